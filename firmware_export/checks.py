@@ -1,0 +1,155 @@
+"""Checks an export runs around conversion: a fast torch-level op pre-check, the int8 lint
+gate, and the cross-runtime verification plan (which comparisons, on which samples).
+
+The primitives (runtimes in child processes, figures, tolerances) live in
+``firmware_export.verify`` and ``firmware_export.tflm``; this module decides what to compare.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from firmware_export.analyze import LintIssue
+from firmware_export.budget import DeviceProfile
+from firmware_export.calibration import to_channels_first, to_channels_last
+from tinyprune.errors import UnsupportedOpError, VerificationError
+
+log = logging.getLogger(__name__)
+
+_TFLM_MISSING = {
+    nn.Conv3d: ("CONV_3D", "Conv3d: use a 2-D/(2+1)-D variant (e.g. zoo:physnet_2p1d) "
+                           "or a Raspberry Pi target (--target rpi4)"),
+    nn.ConvTranspose3d: ("CONV_3D_TRANSPOSE", "ConvTranspose3d: use a 2-D/(2+1)-D variant "
+                                              "or a Raspberry Pi target (--target rpi4)"),
+}
+
+
+def precheck_module(module: nn.Module, profile: DeviceProfile) -> None:
+    """Fail fast, naming the PyTorch layers, on layers that always convert to ops TFLM lacks.
+
+    The flatbuffer op check after conversion stays the authority; this check only saves the
+    conversion time and names the layer, which the converted graph no longer can.
+    """
+    if profile.runtime != "tflm":
+        return
+    found = [(name, *_TFLM_MISSING[type(m)]) for name, m in module.named_modules()
+             if type(m) in _TFLM_MISSING]
+    if not found:
+        return
+    lines = "\n".join(f"  - {op} (layer {name!r}): {way}" for name, op, way in found)
+    msg = (f"the model uses ops that TensorFlow Lite Micro builtins lack, so target {profile.name!r} "
+           f"(runtime tflm) cannot run it; nothing was emitted:\n{lines}")
+    raise UnsupportedOpError(msg, ops=tuple(sorted({op for _, op, _ in found})), target=profile.name)
+
+
+def lint_gate(issues: list[LintIssue]) -> list[str]:
+    """Raise on int8 tensors that would crash or mislead the runtimes; return warnings."""
+    fatal = [i for i in issues if i.severity == "error"]
+    if fatal:
+        lines = "\n".join(f"  - {i.tensor} ({i.op}): {i.message}" for i in fatal)
+        msg = ("the int8 model has broken quantization parameters; the native runtimes would abort "
+               f"on it, so nothing was emitted:\n{lines}\nLook at the layer feeding that tensor: a "
+               "padded max-pool not preceded by ReLU pads with the float minimum (use padding=0 "
+               "with an explicit F.pad, or pool after the activation), and check the calibration data")
+        raise VerificationError(msg, stage="lint")
+    return [f"{i.severity}: {i.tensor} ({i.op}): {i.message}" for i in issues]
+
+
+@dataclass(frozen=True)
+class VerifyInputs:
+    """The model in its three forms plus float samples (PyTorch layout)."""
+
+    model_bytes: bytes
+    float_tflite: bytes | None
+    onnx_bytes: bytes | None
+    module: nn.Module | None
+    samples: np.ndarray | None
+    tflm_runnable: bool
+
+
+def run_verification(inp: VerifyInputs, *, float_tolerance: float, min_cosine: float,
+                     tflm_tolerance_lsb: int) -> dict[str, Any]:
+    """Run every comparison that applies; raise VerificationError on a hard failure.
+
+    Hard failures (exit 5): torch vs ONNX Runtime, ONNX Runtime vs the float TFLite model (a
+    silently broken conversion), int8 vs float below ``min_cosine``, TFLM vs LiteRT reference
+    kernels beyond ``tflm_tolerance_lsb``. XNNPACK vs reference is reported only.
+    """
+    from firmware_export import verify as v
+    from firmware_export.tflite_model import parse_tflite
+
+    results: dict[str, Any] = {}
+    model = parse_tflite(inp.model_bytes)
+    tin, tout = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
+    int8_in = _int8_inputs(inp.samples, tin, len(model.tensors[model.inputs[0]].shape))
+    if inp.samples is not None:
+        reference = _float_chain(inp, results, v, float_tolerance)
+        ref_q = v.run_litert(inp.model_bytes, int8_in, "ref")
+        deq = v.dequantize(ref_q, tout.scale[0], tout.zero_point[0])
+        results["int8_vs_float"] = v.compare_quantized(
+            reference, _match_layout(deq, reference), "int8_vs_float", min_cos=min_cosine).to_dict()
+        _raise_if_failed(results, "int8_vs_float",
+                         f"raise the calibration set's coverage or lower --min-cosine (now {min_cosine})")
+    if inp.tflm_runnable:
+        results["tflm_vs_litert_ref"] = v.check_runtime_parity(
+            inp.model_bytes, int8_in, tflm_tolerance_lsb).to_dict()
+    results["litert_xnnpack_vs_ref"] = v.xnnpack_vs_ref(inp.model_bytes, int8_in).to_dict()
+    return results
+
+
+def _float_chain(inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float) -> np.ndarray:
+    """torch -> ONNX Runtime -> float TFLite; returns the float reference outputs."""
+    from firmware_export.export_onnx import onnxruntime_forward, torch_forward
+
+    samples = np.asarray(inp.samples)
+    ort = onnxruntime_forward(inp.onnx_bytes, samples) if inp.onnx_bytes is not None else None
+    reference = ort
+    if inp.module is not None:
+        reference = torch_forward(inp.module.eval(), samples)
+        if ort is not None:
+            results["torch_vs_onnxruntime"] = v.compare_float(
+                reference, ort, "torch_vs_onnxruntime", tol * _scale(reference)).to_dict()
+            _raise_if_failed(results, "torch_vs_onnxruntime", "report the model to tinyprune")
+    if inp.float_tflite is not None and ort is not None:
+        lite = v.run_litert(inp.float_tflite, to_channels_last(samples), "ref")
+        results["onnx_vs_tflite_float"] = v.compare_float(
+            ort, _match_layout(lite, ort), "onnx_vs_tflite_float", tol * _scale(ort)).to_dict()
+        _raise_if_failed(results, "onnx_vs_tflite_float",
+                         "onnx2tf changed what the model computes; try an export-friendly "
+                         "rewrite of the layer or raise --float-tolerance")
+    return reference  # type: ignore[return-value]
+
+
+def _scale(x: np.ndarray) -> float:
+    return max(1.0, float(np.max(np.abs(x)))) if x.size else 1.0
+
+
+def _raise_if_failed(results: dict[str, Any], key: str, way_out: str) -> None:
+    r = results[key]
+    if r["passed"]:
+        return
+    figures = ", ".join(f"{k}={r[k]:.4g}" for k in ("max_abs", "cos", "l2r") if r.get(k) is not None)
+    msg = f"verification {key} failed ({figures}; limits {r['tolerance']}): {way_out}"
+    raise VerificationError(msg)
+
+
+def _int8_inputs(samples: np.ndarray | None, tin: Any, rank: int) -> np.ndarray:
+    """Quantized channels-last inputs; random int8 data when no float samples exist."""
+    from firmware_export.verify import quantize_input
+
+    if samples is None:
+        rng = np.random.default_rng(0)
+        return rng.integers(-128, 128, size=(8, *tin.shape[1:]), dtype=np.int64).astype(np.int8)
+    return quantize_input(to_channels_last(samples), tin.scale[0], tin.zero_point[0])
+
+
+def _match_layout(channels_last: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Bring a converted model's output (NHWC for image-like outputs) to the reference layout."""
+    if channels_last.ndim >= 3 and to_channels_first(channels_last).shape == reference.shape:
+        return to_channels_first(channels_last)
+    return channels_last.reshape(reference.shape)

@@ -1,0 +1,87 @@
+"""Stage 2: ONNX -> TensorFlow SavedModel with channels-last I/O (onnx2tf), strictly offline.
+
+onnx2tf 1.x downloads 20 sample images whenever the model input looks like a small RGB batch,
+to run a dummy inference it uses for its layout heuristics. We hand it the project's own
+calibration samples instead, so nothing ever goes to the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tinyprune.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+_ONNX2TF_SAMPLES = 20
+
+
+@contextlib.contextmanager
+def _offline_sample_images(calib_channels_last: np.ndarray) -> Iterator[None]:
+    """Replace onnx2tf's sample-image download with (repeated) calibration samples."""
+    import onnx2tf.onnx2tf as entry
+    import onnx2tf.utils.common_functions as common
+
+    reps = -(-_ONNX2TF_SAMPLES // len(calib_channels_last))
+    data = np.concatenate([calib_channels_last] * reps)[:_ONNX2TF_SAMPLES].astype(np.float32)
+
+    def local_samples() -> np.ndarray:
+        return data
+
+    saved = entry.download_test_image_data, common.download_test_image_data
+    entry.download_test_image_data = common.download_test_image_data = local_samples
+    try:
+        yield
+    finally:
+        entry.download_test_image_data, common.download_test_image_data = saved
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ and Python logging off the terminal (before its first import)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # deterministic float kernels
+
+
+def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: np.ndarray) -> Path:
+    """Convert ``onnx_path`` into a SavedModel at ``out_dir``; return the float32 .tflite it also wrote.
+
+    Raises:
+        ExportError: onnx2tf failed (stage "convert"); the message carries its last log lines.
+    """
+    quiet_tensorflow()
+    import onnx2tf
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    captured = io.StringIO()
+    try:
+        with _offline_sample_images(calib_channels_last), contextlib.redirect_stdout(captured):
+            onnx2tf.convert(
+                input_onnx_file_path=str(onnx_path),
+                output_folder_path=str(out_dir),
+                output_signaturedefs=True,
+                copy_onnx_input_output_names_to_tflite=True,
+                non_verbose=True,
+            )
+    except BaseException as e:  # onnx2tf calls sys.exit(1) on failure
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        tail = " | ".join(line.strip() for line in captured.getvalue().splitlines()[-6:] if line.strip())
+        msg = f"onnx2tf could not convert the ONNX model ({type(e).__name__}: {e}). onnx2tf said: {tail}"
+        raise ExportError(msg, stage="convert") from e
+    log.debug("onnx2tf output:\n%s", captured.getvalue())
+    float_tflite = out_dir / f"{onnx_path.stem}_float32.tflite"
+    if not (out_dir / "saved_model.pb").is_file() or not float_tflite.is_file():
+        msg = f"onnx2tf finished without writing a SavedModel in {out_dir}"
+        raise ExportError(msg, stage="convert")
+    for extra in out_dir.glob("*_float16.tflite"):
+        extra.unlink()
+    return float_tflite

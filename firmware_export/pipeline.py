@@ -1,0 +1,257 @@
+"""The only place that chains the export stages: torch -> ONNX -> SavedModel -> int8 TFLite ->
+op check -> verification -> TFLM arena -> C sources -> budget -> reports.
+
+Everything is built in a private folder beside ``out_dir`` and moved into place at the end,
+so a failed export leaves nothing half-written. An over-budget model is the one exception
+that still writes everything (exit 3), as build scripts want the report of what did not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from firmware_export import calibration as calib_io
+from firmware_export.budget import DeviceProfile, load_profile
+from firmware_export.checks import precheck_module
+from firmware_export.export_onnx import export_onnx, load_onnx
+from firmware_export.report_builder import ReportInputs, analyze_and_report
+from tinyprune.errors import BudgetExceededError, ConfigError
+from tinyprune.model_source import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+Stage = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Knobs of one export; defaults are what the CLI uses."""
+
+    calib_cap: int = 512                 # samples used for int8 calibration (all, up to this)
+    verify_samples: int = 32             # samples run through every runtime for verification
+    per_channel: bool = True
+    tflm_tolerance_lsb: int = 0          # LiteRT reference kernels vs TFLM: bit-exact by default
+    float_tolerance: float = 1e-3        # relative max-abs error torch vs ONNX vs TFLite float
+    min_cosine: float = 0.90             # int8 vs float output cosine similarity floor
+    arena_margin_fraction: float = 0.10  # added to the measured arena for 32-bit targets + CMSIS-NN
+    arena_margin_min_bytes: int = 1024
+    name: str | None = None              # C identifier stem; default: the model's name
+
+    def __post_init__(self) -> None:
+        """Reject values that make no sense before any slow stage runs."""
+        if self.calib_cap < 1 or self.verify_samples < 1:
+            msg = f"calib_cap and verify_samples must be >= 1, got {self.calib_cap}, {self.verify_samples}"
+            raise ConfigError(msg)
+        if self.tflm_tolerance_lsb < 0 or self.float_tolerance <= 0 or not 0 <= self.min_cosine <= 1:
+            msg = "tolerances must be non-negative (float tolerance > 0, min cosine in [0, 1])"
+            raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export produced: the run folder, its files and the report dictionary."""
+
+    out_dir: Path
+    paths: dict[str, Path]
+    report: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool:
+        """True when every budget row is within its limit."""
+        return all(row["ok"] for row in self.report["budget"].values())
+
+
+def export(
+    model: nn.Module | LoadedModel | str,
+    calibration: np.ndarray | str | Path,
+    *,
+    target: str | Path = "cortex-m4",
+    out_dir: str | Path = "run",
+    options: ExportOptions | None = None,
+    on_stage: Stage | None = None,
+    raise_on_budget: bool = True,
+) -> ExportResult:
+    """Export a PyTorch model (or an ONNX file) to verified int8 TFLite, C sources and a report.
+
+    Args:
+        model: A module, a :class:`LoadedModel`, or a MODEL string (``zoo:NAME``, ``file.py:fn``, ...).
+        calibration: Float32 samples in the model's PyTorch layout, or the path of a ``.npy``.
+        target: A built-in device profile name or a TOML profile path.
+        out_dir: The run folder (created; existing artifacts of the same names are replaced).
+        options: See :class:`ExportOptions`.
+        on_stage: Called with the name of each stage as it starts (progress display).
+        raise_on_budget: Raise :class:`BudgetExceededError` (after writing) when over budget.
+
+    Raises:
+        ConfigError: Bad input (exit 2). UnsupportedOpError: op missing on the target (exit 4).
+        VerificationError: runtimes disagree (exit 5). BudgetExceededError: does not fit (exit 3).
+    """
+    opts = options or ExportOptions()
+    profile = load_profile(target)
+    loaded = _as_loaded(model)
+    samples = _calibration(calibration, loaded)
+    out = _prepare_out_dir(Path(out_dir))
+    timer = _Timer(on_stage)
+    with _staging(out) as work:
+        result = _run_stages(loaded, samples, profile, opts, work, timer)
+        paths = _publish(work, out, result)
+    report = result.report
+    log.info("export finished in %.1f s", sum(timer.times.values()))
+    res = ExportResult(out, paths, report, dict(timer.times))
+    if raise_on_budget and not res.fits:
+        failing = [k for k, row in report["budget"].items() if not row["ok"]]
+        msg = f"the model does not fit {profile.name}: over budget on {', '.join(failing)} (see {out / 'report.md'})"
+        raise BudgetExceededError(msg, report=res)
+    return res
+
+
+@dataclass
+class _StageOutput:
+    files: dict[str, str]                 # artifact key -> file name inside the staging folder
+    report: dict[str, Any]
+
+
+def _run_stages(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile,
+                opts: ExportOptions, work: Path, timer: _Timer) -> _StageOutput:
+    from firmware_export.convert import convert_to_saved_model
+    from firmware_export.quantize import quantize_int8
+
+    onnx_path = work / "model.onnx"
+    rewrites: list[str] = []
+    with timer("onnx"):
+        if loaded.module is not None:
+            precheck_module(loaded.module, profile)
+            rewrites = export_onnx(loaded.module, samples[0], onnx_path)
+        else:
+            proto, _ = load_onnx(loaded.onnx_path)  # type: ignore[arg-type]
+            onnx_path.write_bytes(proto.SerializeToString())  # type: ignore[attr-defined]
+    cl = calib_io.to_channels_last(samples)
+    with timer("convert"):
+        float_tflite = convert_to_saved_model(onnx_path, work / "saved_model", cl)
+        os.replace(float_tflite, work / "model_float32.tflite")
+    with timer("quantize"):
+        model_bytes = quantize_int8(work / "saved_model", cl[: opts.calib_cap], per_channel=opts.per_channel)
+    (work / "model_int8.tflite").write_bytes(model_bytes)
+    inputs = ReportInputs(
+        name=opts.name or loaded.name, source=loaded.source, model_bytes=model_bytes,
+        float_tflite=(work / "model_float32.tflite").read_bytes(), onnx_bytes=onnx_path.read_bytes(),
+        module=loaded.module, samples=samples[: opts.verify_samples], profile=profile,
+        rewrites=tuple(rewrites), calib_count=min(len(samples), opts.calib_cap),
+    )
+    done = analyze_and_report(inputs, opts, timer)
+    sources = done.sources
+    files = {"onnx": "model.onnx", "saved_model": "saved_model", "tflite": "model_int8.tflite",
+             "tflite_float": "model_float32.tflite"}
+    if sources is not None:
+        (work / "model_data.h").write_text(sources.header)
+        (work / "model_data.cc").write_text(sources.source)
+        files |= {"header": "model_data.h", "source": "model_data.cc"}
+    _write_json(work / "verify.json", done.report["verify"])
+    files["verify"] = "verify.json"
+    from firmware_export.report import write_reports
+
+    written = write_reports(work, done.report, done.analysis, done.budget)
+    files |= {p.suffix.lstrip(".") + "_report": p.name for p in written}
+    return _StageOutput(files, done.report)
+
+
+def _as_loaded(model: nn.Module | LoadedModel | str) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model)
+    if isinstance(model, nn.Module):
+        shape = getattr(model, "input_shape", None)
+        return LoadedModel(name=type(model).__name__.lower(), source=f"<{type(model).__name__}>",
+                           module=model, input_shape=tuple(shape) if shape is not None else None)
+    msg = f"model must be an nn.Module, a LoadedModel or a MODEL string, got {type(model).__name__}"
+    raise ConfigError(msg)
+
+
+def _calibration(calibration: np.ndarray | str | Path, loaded: LoadedModel) -> np.ndarray:
+    if isinstance(calibration, (str, Path)):
+        data = calib_io.load_calibration(calibration)
+    else:
+        data = calib_io.check_calibration(np.asarray(calibration))
+    shape = loaded.input_shape
+    if loaded.onnx_path is not None:
+        _, shape = load_onnx(loaded.onnx_path)
+    calib_io.check_against_model(data, shape, model=loaded.source)
+    return data
+
+
+def _prepare_out_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        msg = f"cannot create the output folder {str(out)!r}: {e.strerror}; choose a writable --out"
+        raise ConfigError(msg) from e
+    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
+        msg = f"the output folder {str(out)!r} is not a writable folder; choose another --out"
+        raise ConfigError(msg)
+    return out
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A private folder inside ``out`` (same file system, so the final moves are atomic)."""
+    work = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish(work: Path, out: Path, result: _StageOutput) -> dict[str, Path]:
+    """Move the staged artifacts into ``out``: stale C sources of an earlier run go too."""
+    if "header" not in result.files:
+        for stale in ("model_data.h", "model_data.cc"):
+            (out / stale).unlink(missing_ok=True)
+    paths = {}
+    for key, name in result.files.items():
+        dest = out / name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(work / name, dest)
+        paths[key] = dest
+    return paths
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class _Timer:
+    """Times named stages and reports each start to an optional progress callback."""
+
+    def __init__(self, on_stage: Stage | None) -> None:
+        self.on_stage = on_stage
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.on_stage is not None:
+            self.on_stage(name)
+        log.info("stage %s", name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+
+__all__ = ["ExportOptions", "ExportResult", "export"]

@@ -1,0 +1,166 @@
+"""From an int8 flatbuffer to the figures a report carries: analysis, lint, target op check,
+verification, measured TFLM arena (+ margin), C sources and the budget check.
+
+Shared by ``tinyprune export`` (which also has the float model to verify against) and
+``tinyprune report`` (which may only have a ``.tflite`` from elsewhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from torch import nn
+
+from firmware_export.analyze import ModelAnalysis, analyze_tflite, lint_int8
+from firmware_export.budget import BudgetReport, DeviceProfile, check_budget
+from firmware_export.c_array import CModelInfo, CSource, TensorSpec, to_c_source
+from firmware_export.checks import VerifyInputs, lint_gate, run_verification
+from firmware_export.tflm import check_ops, measure_arena, tflm_builtin_ops
+from tinyprune import __version__
+
+if TYPE_CHECKING:
+    from firmware_export.pipeline import ExportOptions
+
+
+class _Timer(Protocol):
+    def __call__(self, name: str) -> AbstractContextManager[None]: ...
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything known about the model being reported on."""
+
+    name: str
+    source: str
+    model_bytes: bytes
+    profile: DeviceProfile
+    float_tflite: bytes | None = None
+    onnx_bytes: bytes | None = None
+    module: nn.Module | None = None
+    samples: np.ndarray | None = None          # float, PyTorch layout (verification samples)
+    rewrites: tuple[str, ...] = ()
+    calib_count: int = 0
+
+
+@dataclass(frozen=True)
+class ArenaFigures:
+    """Measured arena, the margin added for the device, and the analytical lower bound."""
+
+    measured: int | None          # TFLM recording allocator on this host (None: TFLM can't run it)
+    smallest: int | None          # bisection: smallest arena TFLM runs in
+    lower_bound: int              # peak of live activation bytes in execution order
+    margin: int
+    margin_reason: str
+
+    @property
+    def base(self) -> int:
+        """Smallest arena TFLM ran in on this host, or the analytical bound when it cannot run."""
+        return self.smallest if self.smallest is not None else self.lower_bound
+
+    @property
+    def for_device(self) -> int:
+        """What the header tells firmware to allocate: the base plus the margin."""
+        return self.base + self.margin
+
+
+def arena_figures(model_bytes: bytes, analysis: ModelAnalysis, runnable: bool,
+                  fraction: float, minimum: int) -> ArenaFigures:
+    """Measure the arena on TFLM (when it can run the model) and add the device margin."""
+    measured = smallest = None
+    if runnable:
+        m = measure_arena(model_bytes)
+        measured, smallest = m.recorded_bytes, m.smallest_bytes
+    base = smallest if smallest is not None else analysis.activation_lower_bound_bytes
+    margin = max(minimum, math.ceil(base * fraction))
+    margin = (margin + 15) // 16 * 16
+    reason = (f"max({minimum} B, {fraction:.0%} of the measured arena), rounded to 16 B: the host "
+              "measurement uses 64-bit pointers and TFLM's reference kernels; a 32-bit Cortex-M with "
+              "optimized kernels (CMSIS-NN) needs scratch buffers the host does not")
+    if measured is None:
+        reason = "TFLM cannot run this model; the base is the analytical lower bound, an estimate. " + reason
+    return ArenaFigures(measured, smallest, analysis.activation_lower_bound_bytes, margin, reason)
+
+
+@dataclass(frozen=True)
+class Analysed:
+    """The report dict plus the objects the report files and the C sources are rendered from."""
+
+    report: dict[str, Any]
+    analysis: ModelAnalysis
+    budget: BudgetReport
+    sources: CSource | None
+
+
+def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) -> Analysed:
+    """Run every post-conversion check; C sources only when TFLM can run the model."""
+    from firmware_export.report import build_report_dict
+
+    with timer("check"):
+        analysis = analyze_tflite(inp.model_bytes)
+        lint = lint_int8(inp.model_bytes)
+        lint_gate(lint)
+        ops = check_ops(inp.model_bytes, inp.profile.runtime, inp.profile.name)
+        runnable = set(ops) <= tflm_builtin_ops()
+    with timer("verify"):
+        verify = run_verification(
+            VerifyInputs(inp.model_bytes, inp.float_tflite, inp.onnx_bytes, inp.module, inp.samples, runnable),
+            float_tolerance=opts.float_tolerance, min_cosine=opts.min_cosine,
+            tflm_tolerance_lsb=opts.tflm_tolerance_lsb)
+    with timer("arena"):
+        arena = arena_figures(inp.model_bytes, analysis, runnable, opts.arena_margin_fraction,
+                              opts.arena_margin_min_bytes)
+    sources = c_sources(inp, analysis, arena, ops) if runnable else None
+    io_bytes = sum(t.nbytes for t in (*analysis.inputs, *analysis.outputs))
+    budget = check_budget(inp.profile, model_bytes=len(inp.model_bytes), arena_bytes=arena.for_device,
+                          io_bytes=io_bytes, macs=analysis.macs)
+    report = build_report_dict(
+        analysis=analysis, budget=budget, profile=inp.profile, arena_bytes=arena.base,
+        arena_margin_bytes=arena.margin, arena_margin_reason=arena.margin_reason, verify=verify,
+        lint=lint, extra=_extra(inp, arena, ops, runnable, analysis),
+    )
+    return Analysed(report, analysis, budget, sources)
+
+
+def _extra(inp: ReportInputs, arena: ArenaFigures, ops: list[str], runnable: bool,
+           analysis: ModelAnalysis) -> dict[str, Any]:
+    p = inp.profile
+    latency = None
+    if p.cycles_per_mac is not None:
+        latency = {"ms": analysis.macs * p.cycles_per_mac / (p.clock_mhz * 1e3), "estimate": True,
+                   "formula": "MACs x cycles_per_mac / clock",
+                   "source": p.cycles_per_mac_source or "profile"}
+    return {
+        "name": inp.name, "source": inp.source, "sha256": _sha(inp.model_bytes),
+        "tinyprune_version": __version__, "rewrites": list(inp.rewrites),
+        "calibration_samples": inp.calib_count,
+        "verify_samples": 0 if inp.samples is None else len(inp.samples),
+        "tflm_runnable": runnable, "ops_used": ops, "latency_estimate": latency,
+        "arena": {"recorded_bytes": arena.measured, "smallest_bytes": arena.smallest,
+                  "lower_bound_bytes": arena.lower_bound, "margin_bytes": arena.margin,
+                  "header_bytes": arena.for_device, "measured": arena.measured is not None},
+    }
+
+
+def c_sources(inp: ReportInputs, analysis: ModelAnalysis, arena: ArenaFigures,
+              ops: list[str]) -> CSource:
+    """Render model_data.h/.cc for the model."""
+    def spec(t: Any) -> TensorSpec:
+        return TensorSpec(tuple(t.shape), t.dtype, t.scale[0] if t.scale else 0.0,
+                          t.zero_point[0] if t.zero_point else 0)
+
+    info = CModelInfo(
+        name=inp.name, inputs=tuple(spec(t) for t in analysis.inputs),
+        outputs=tuple(spec(t) for t in analysis.outputs), arena_bytes=arena.base,
+        arena_margin_bytes=arena.margin, arena_margin_reason=arena.margin_reason,
+        tflm_ops=tuple(ops), tinyprune_version=__version__, sha256=_sha(inp.model_bytes),
+    )
+    return to_c_source(inp.model_bytes, info)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

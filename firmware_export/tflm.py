@@ -1,0 +1,424 @@
+"""TensorFlow Lite Micro on the host: which ops it has, how much arena a model needs, run it.
+
+The Cortex-M target runs TFLM, so the export must (1) refuse a model that uses an op TFLM
+lacks, before anything is emitted, naming the op, the layer and the way out, (2) measure
+the tensor arena the model needs, and (3) produce TFLM's own outputs for verification.
+The op set is read from the installed runtime binary rather than kept by hand, so it moves
+with the runtime. Every call into the native interpreter runs in a child process
+(:mod:`firmware_export.isolate`), because a broken int8 model can abort the process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from firmware_export.isolate import run_isolated
+from firmware_export.tflite_model import _builtin_names, parse_tflite
+from tinyprune.errors import ConfigError, ExportError, UnsupportedOpError
+
+logger = logging.getLogger(__name__)
+
+#: A mangled ``tflite::Register_X()`` or ``tflite::micro::Register_X()``; the length prefix is
+#: checked so that ``Register_X`` inside a longer identifier does not count.
+_REGISTER_RE = re.compile(rb"_ZN6tflite(?:5micro)?(\d+)Register_([A-Z0-9_]+)Ev")
+
+_CONV3D_HINT = (
+    "Conv3d: use a 2-D/(2+1)-D variant (zoo: physnet_2d / (2+1)-D) "
+    "or a Raspberry Pi target (--target rpi4)"
+)
+_POOL3D_HINT = (
+    "MaxPool3d/AvgPool3d: TFLite has no 3-D pooling builtin; pool over space with 2-D pooling "
+    "(firmware_export.rewrite) or use a 2-D/(2+1)-D variant of the network"
+)
+_GENERIC_HINT = "rewrite the layer with TFLM builtins or target a LiteRT profile (--target rpi4)"
+_FLEX_HINT = (
+    "a TensorFlow (Flex) op that no TFLite builtin covers: rewrite the layer with builtin ops "
+    "(check the export log of onnx2tf for the layer)"
+)
+_OP_HINTS = {
+    "CONV_3D": _CONV3D_HINT,
+    "CONV_3D_TRANSPOSE": _CONV3D_HINT.replace("Conv3d", "ConvTranspose3d"),
+}
+
+#: Below about 500 bytes the host runtime cannot even place its allocator in the arena and
+#: segfaults instead of reporting; bisection never probes under this size.
+_CRASH_FLOOR = 1024
+
+#: Words TFLM prints on stderr when the arena is too small (it may then segfault).
+_ARENA_FAILURES = ("Failed to allocate", "Failed to resize buffer", "failed to allocate")
+
+#: A generous arena for host runs when the caller does not give one.
+DEFAULT_HOST_ARENA = 1 << 20
+
+
+@cache
+def tflm_builtin_ops() -> frozenset[str]:
+    """TFLite builtin op names the installed TFLM runtime registers.
+
+    Read from the ``Register_*`` symbols of ``tflite_micro``'s ``_runtime.so`` and kept to
+    names of the TFLite schema's ``BuiltinOperator`` (TFLM-only registrations such as
+    ``ETHOSU``, ``DECODE`` or the signal-library kernels are custom ops, not builtins).
+
+    Returns:
+        For example ``{"CONV_2D", "FULLY_CONNECTED", ...}``; never ``CONV_3D``.
+
+    Raises:
+        ExportError: tflite-micro is not installed or its binary holds no registrations.
+    """
+    data = _runtime_binary().read_bytes()
+    found = set()
+    for m in _REGISTER_RE.finditer(data):
+        name = m.group(2).decode()
+        if int(m.group(1)) == len("Register_") + len(name):
+            found.add(name)
+    schema = set(_builtin_names().values())
+    ops = frozenset(found & schema)
+    if not ops:
+        msg = "found no TFLM kernel registrations in the tflite-micro runtime binary; reinstall it"
+        raise ExportError(msg, stage="op-check")
+    logger.debug("TFLM registers %d builtins; non-builtin kernels: %s", len(ops), found - schema)
+    return ops
+
+
+def _runtime_binary() -> Path:
+    spec = importlib.util.find_spec("tflite_micro")  # top level only: imports nothing
+    if spec is None or not spec.submodule_search_locations:
+        msg = "tflite-micro is not installed; install the export extra: pip install tinyprune[export]"
+        raise ExportError(msg, stage="op-check")
+    for root in spec.submodule_search_locations:
+        hits = sorted(Path(root, "python", "tflite_micro").glob("_runtime*.so"))
+        if hits:
+            return hits[0]
+    msg = f"no _runtime*.so under {list(spec.submodule_search_locations)}; reinstall tflite-micro"
+    raise ExportError(msg, stage="op-check")
+
+
+def check_ops(
+    model_bytes: bytes, runtime: str, target: str, layer_hints: dict[str, str] | None = None
+) -> list[str]:
+    """Check that every op of the model exists on the target runtime.
+
+    Args:
+        model_bytes: The ``.tflite`` flatbuffer.
+        runtime: ``"tflm"`` (only TFLM builtins) or ``"litert"`` (no CUSTOM / Flex ops).
+        target: Profile name, quoted in the error.
+        layer_hints: Tensor or op-output names -> PyTorch layer names. A hint matches when it
+            equals, or is contained in, an output tensor name of the op (onnx2tf keeps ONNX
+            node names inside tensor names); without a match the output tensor name is shown.
+
+    Returns:
+        The sorted op names the model uses.
+
+    Raises:
+        ConfigError: Unknown runtime, or the bytes are not a ``.tflite`` model.
+        UnsupportedOpError: Some ops are missing on the runtime (exit code 4).
+    """
+    if runtime not in ("tflm", "litert"):
+        msg = f"unknown runtime {runtime!r} for target {target!r}; expected 'tflm' or 'litert'"
+        raise ConfigError(msg)
+    model = parse_tflite(model_bytes)
+    supported = tflm_builtin_ops() if runtime == "tflm" else frozenset()
+    problems: list[str] = []
+    missing: set[str] = set()
+    for op in model.ops:
+        if not _unsupported(op.name, runtime, supported):
+            continue
+        missing.add(op.name)
+        outs = [model.tensors[i].name for i in op.outputs if i >= 0]
+        problems.append(
+            f"  - {op.name} (op {op.index}, {_layer_of(outs, layer_hints)}): {_hint(op.name)}"
+        )
+    if problems:
+        what = "TFLite Micro builtins" if runtime == "tflm" else "LiteRT builtins"
+        msg = (
+            f"the model uses ops that {what} lack, so target {target!r} (runtime {runtime}) "
+            f"cannot run it; nothing was emitted:\n" + "\n".join(problems)
+        )
+        raise UnsupportedOpError(msg, ops=tuple(sorted(missing)), target=target)
+    return sorted({op.name for op in model.ops})
+
+
+def _unsupported(name: str, runtime: str, supported: frozenset[str]) -> bool:
+    if runtime == "tflm":
+        return name not in supported
+    return name.startswith(("CUSTOM", "UNKNOWN_")) or "Flex" in name
+
+
+def _hint(op_name: str) -> str:
+    if op_name in _OP_HINTS:
+        return _OP_HINTS[op_name]
+    if "Pool3D" in op_name or "POOL_3D" in op_name.upper():
+        return _POOL3D_HINT
+    if "Flex" in op_name:
+        return _FLEX_HINT
+    return _GENERIC_HINT
+
+
+def _layer_of(output_names: Sequence[str], hints: dict[str, str] | None) -> str:
+    for name in output_names:
+        if hints and name in hints:
+            return f"layer {hints[name]!r}"
+    if hints:
+        for name in output_names:
+            keys = [k for k in hints if k and k in name]
+            if keys:
+                return f"layer {hints[max(keys, key=len)]!r}"
+    shown = ", ".join(repr(n) for n in output_names) or "no output"
+    return f"output tensor {shown}"
+
+
+@dataclass(frozen=True)
+class ArenaMeasurement:
+    """Tensor-arena figures of one model on the host TFLM runtime (64-bit, reference kernels).
+
+    Attributes:
+        recorded_bytes: "Arena allocation total" of TFLM's recording allocator after invoke.
+        smallest_bytes: Smallest arena size, found by bisection to the byte, in which the
+            interpreter is created and ``invoke`` succeeds (the interpreter receives a
+            16-byte-aligned heap buffer, as ``alignas(16)`` gives on the device).
+        allocations: The recording allocator's full text (head, tail, per-kind usage).
+    """
+
+    recorded_bytes: int
+    smallest_bytes: int
+    allocations: str
+
+
+def measure_arena(model_bytes: bytes, timeout: float = 300) -> ArenaMeasurement:
+    """Measure the arena a model needs on TFLM, in one child process.
+
+    Raises:
+        ExportError: TFLM cannot run the model at any tried size, or it crashed.
+    """
+    recorded, smallest, text = run_isolated(
+        _measure_arena_child, bytes(model_bytes), timeout=timeout, stage="tflm-arena"
+    )
+    logger.info("TFLM arena: recorded %d bytes, smallest working %d bytes", recorded, smallest)
+    return ArenaMeasurement(recorded, smallest, text)
+
+
+def run_tflm(
+    model_bytes: bytes,
+    inputs: Sequence[np.ndarray] | np.ndarray,
+    arena_bytes: int | None = None,
+    timeout: float = 300,
+) -> np.ndarray:
+    """Run samples through TFLM (in a child process) and stack output 0 of each.
+
+    Args:
+        model_bytes: The ``.tflite`` flatbuffer.
+        inputs: A batch of samples for input 0, already in the model's input dtype (int8 for
+            a full-int8 model): shape ``(N, *input_shape[1:])`` or a list of N such samples.
+        arena_bytes: Arena size; default :data:`DEFAULT_HOST_ARENA` (1 MiB).
+        timeout: Seconds before the child is killed.
+
+    Returns:
+        Output 0 for every sample, shape ``(N, *output_shape[1:])``, in the output dtype.
+
+    Raises:
+        ConfigError: Inputs with the wrong dtype or shape.
+        ExportError: TFLM failed (too small an arena, a failing op) or crashed.
+    """
+    samples = prepare_samples(model_bytes, inputs)
+    arena = DEFAULT_HOST_ARENA if arena_bytes is None else int(arena_bytes)
+    try:
+        return run_isolated(  # type: ignore[no-any-return]
+            _run_tflm_child, bytes(model_bytes), samples, arena, timeout=timeout, stage="tflm"
+        )
+    except ExportError as e:
+        if not any(words in str(e) for words in _ARENA_FAILURES):
+            raise
+        msg = f"a {arena}-byte arena is too small for this model; measure it with measure_arena\n{e}"
+        raise ExportError(msg, stage="tflm") from e
+
+
+def tflm_tensors(
+    model_bytes: bytes, sample: np.ndarray, arena_bytes: int | None = None, timeout: float = 300
+) -> dict[int, np.ndarray]:
+    """Run one sample through TFLM with every tensor preserved; return them by tensor index.
+
+    TFLM's ``kPreserveAllTensors`` config plans no buffer reuse, so after ``invoke`` every
+    intermediate tensor still holds its value and ``GetTensor`` can read it. Indices are those
+    of the flatbuffer's main subgraph (as in :func:`firmware_export.tflite_model.parse_tflite`).
+
+    Args:
+        model_bytes: The ``.tflite`` flatbuffer.
+        sample: One sample for input 0 (with or without the batch axis), in the input dtype.
+        arena_bytes: Arena size; default :data:`DEFAULT_HOST_ARENA`.
+        timeout: Seconds before the child is killed.
+
+    Returns:
+        Tensor index -> value, for every op output tensor.
+
+    Raises:
+        ConfigError: Wrong input dtype or shape.
+        ExportError: TFLM failed or crashed.
+    """
+    samples = prepare_samples(model_bytes, as_batch_of_one(model_bytes, sample))
+    arena = DEFAULT_HOST_ARENA if arena_bytes is None else int(arena_bytes)
+    return run_isolated(  # type: ignore[no-any-return]
+        _tflm_tensors_child, bytes(model_bytes), samples[0], arena, timeout=timeout, stage="tflm"
+    )
+
+
+def tflm_runs_in(model_bytes: bytes, arena_bytes: int, timeout: float = 120) -> bool:
+    """Whether TFLM creates the interpreter and invokes the model within ``arena_bytes``.
+
+    Raises:
+        ExportError: The runtime crashed (a broken model, not a small arena).
+    """
+    try:
+        return bool(
+            run_isolated(
+                _runs_in_child, bytes(model_bytes), int(arena_bytes), timeout=timeout,
+                stage="tflm-arena",
+            )
+        )
+    except ExportError as e:
+        # Very small arenas make the host runtime segfault after it reports the shortage.
+        if any(words in str(e) for words in _ARENA_FAILURES):
+            return False
+        raise
+
+
+def prepare_samples(model_bytes: bytes, inputs: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Check a batch against input 0 of the model; return it as ``(N, 1, *shape[1:])``.
+
+    Raises:
+        ConfigError: The dtype or the per-sample shape does not match input 0.
+    """
+    model = parse_tflite(model_bytes)
+    info = model.tensors[model.inputs[0]]
+    want_dtype = np.dtype(info.dtype.lower()) if info.dtype != "BOOL" else np.dtype(bool)
+    batch = np.stack([np.asarray(x) for x in inputs]) if isinstance(inputs, list) else np.asarray(
+        inputs
+    )
+    sample_shape = tuple(info.shape[1:])
+    if batch.ndim == 0 or batch.shape[0] == 0:
+        msg = f"no input samples given (shape {batch.shape}); pass a batch (N, *{sample_shape})"
+        raise ConfigError(msg)
+    if batch.dtype != want_dtype:
+        msg = (
+            f"inputs have dtype {batch.dtype}, the model's input {info.name!r} expects "
+            f"{want_dtype}; quantize first with firmware_export.verify.quantize_input"
+        )
+        raise ConfigError(msg)
+    if tuple(batch.shape[1:]) != sample_shape:
+        msg = (
+            f"inputs have shape {batch.shape}, expected (N, *{sample_shape}) for the model's "
+            f"input {info.name!r} of shape {info.shape} (channels-last)"
+        )
+        raise ConfigError(msg)
+    return np.ascontiguousarray(batch.reshape((batch.shape[0], 1, *sample_shape)))
+
+
+def as_batch_of_one(model_bytes: bytes, sample: np.ndarray) -> np.ndarray:
+    """Give one sample a leading batch axis unless it already has the model's full rank."""
+    model = parse_tflite(model_bytes)
+    rank = len(model.tensors[model.inputs[0]].shape)
+    x = np.asarray(sample)
+    return x[None] if x.ndim == rank - 1 else x
+
+
+# --- functions that run in the child process (top level, so they can be pickled) -----------
+
+
+def _interpreter(model_bytes: bytes, arena: int, preserve: bool = False):  # noqa: ANN202
+    from tflite_micro.python.tflite_micro import runtime
+
+    config = (
+        runtime.InterpreterConfig.kPreserveAllTensors
+        if preserve
+        else runtime.InterpreterConfig.kAllocationRecording
+    )
+    return runtime.Interpreter.from_bytes(model_bytes, arena_size=arena, intrepreter_config=config)
+
+
+def _invoke_zeros(interp, model_bytes: bytes) -> None:  # noqa: ANN001
+    model = parse_tflite(model_bytes)
+    for k, t in enumerate(model.inputs):
+        details = interp.get_input_details(k)
+        interp.set_input(np.zeros(model.tensors[t].shape, dtype=details["dtype"]), k)
+    interp.invoke()
+
+
+def _runs_in_child(model_bytes: bytes, arena: int) -> bool:
+    try:
+        _invoke_zeros(_interpreter(model_bytes, arena), model_bytes)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _measure_arena_child(model_bytes: bytes) -> tuple[int, int, str]:
+    hi = max(DEFAULT_HOST_ARENA, 16 * len(model_bytes))
+    if not _runs_in_child(model_bytes, hi):
+        msg = f"TFLM cannot run the model even with a {hi}-byte arena; see the stderr above"
+        raise ExportError(msg, stage="tflm-arena")
+    interp = _interpreter(model_bytes, hi)
+    _invoke_zeros(interp, model_bytes)
+    text = _capture_fd2(interp.print_allocations)
+    m = re.search(r"Arena allocation total (\d+) bytes", text)
+    if m is None:
+        msg = f"TFLM's recording allocator printed no total; it printed: {text[:400]!r}"
+        raise ExportError(msg, stage="tflm-arena")
+    recorded = int(m.group(1))
+    if _runs_in_child(model_bytes, 2 * recorded + 1024):
+        hi = 2 * recorded + 1024
+    lo = recorded // 2
+    while lo >= _CRASH_FLOOR and _runs_in_child(model_bytes, lo):
+        hi, lo = lo, lo // 2
+    while hi - lo > 1:  # invariant: lo fails (or is 0), hi works
+        mid = (lo + hi) // 2
+        if _runs_in_child(model_bytes, mid):
+            hi = mid
+        else:
+            lo = mid
+    return recorded, hi, text
+
+
+def _capture_fd2(fn) -> str:  # noqa: ANN001
+    """Run ``fn`` with file descriptor 2 on a temp file; the C++ runtime writes there."""
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return tmp.read().decode(errors="replace")
+
+
+def _run_tflm_child(model_bytes: bytes, samples: np.ndarray, arena: int) -> np.ndarray:
+    interp = _interpreter(model_bytes, arena)
+    outs = []
+    for x in samples:
+        interp.set_input(x, 0)
+        interp.invoke()
+        outs.append(np.array(interp.get_output(0), copy=True))
+    return np.concatenate(outs, axis=0)
+
+
+def _tflm_tensors_child(model_bytes: bytes, sample: np.ndarray, arena: int) -> dict[int, np.ndarray]:
+    interp = _interpreter(model_bytes, arena, preserve=True)
+    interp.set_input(sample, 0)
+    interp.invoke()
+    model = parse_tflite(model_bytes)
+    out: dict[int, np.ndarray] = {}
+    for op in model.ops:
+        for t in op.outputs:
+            if t >= 0:
+                out[t] = np.array(interp.GetTensor(t, 0)["tensor_data"], copy=True)
+    return out

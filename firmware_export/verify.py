@@ -1,0 +1,378 @@
+"""Cross-runtime comparisons with explicit tolerances.
+
+An int8 model is only worth flashing if it computes what the float model computes, and
+if the microcontroller runtime computes what the desktop runtime computes. This module
+holds the comparisons: float vs float (PyTorch vs ONNX Runtime), float vs int8
+(dequantized), and TFLM vs LiteRT's reference kernels, which must agree bit for bit
+(both use the same reference integer arithmetic). When they do not, it names the first
+op whose output differs, so the user knows where to look. LiteRT with XNNPACK (the
+Raspberry Pi default) may round differently by 1 LSB and is reported, never enforced.
+
+Figures follow ST Edge AI's ``validate`` report: max abs error, rmse, mae, l2r (relative
+L2 error), cosine similarity, and top-1 agreement / accuracy for class vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from firmware_export.isolate import run_isolated
+from firmware_export.tflite_model import parse_tflite
+from firmware_export.tflm import as_batch_of_one, prepare_samples, run_tflm, tflm_tensors
+from tinyprune.errors import ConfigError, VerificationError
+
+logger = logging.getLogger(__name__)
+
+_RESOLVERS = ("ref", "xnnpack")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of a candidate against a reference output, with its tolerances.
+
+    Attributes:
+        name: What was compared, e.g. ``"tflm_vs_litert_ref"``.
+        samples: Number of samples compared.
+        units: Units of the error figures (``"output units"`` or ``"LSB"``).
+        max_abs, mae, rmse: Absolute error figures in ``units``.
+        cos: Cosine similarity of the flattened outputs (1.0 = same direction).
+        l2r: ``||ref - cand||_2 / ||ref||_2`` (relative L2 error).
+        tolerance: Named limits; keys ending ``_max`` are upper bounds of the figure before
+            the suffix, keys ending ``_min`` lower bounds (``{"max_abs_max": 0.0}``).
+        passed: Whether every limit holds.
+        top1_agreement: Share of samples with the same argmax (class vectors only).
+        accuracy_reference, accuracy_candidate: Top-1 accuracy against labels, if given.
+        first_divergent_op: For runtime parity, the first op whose output differs.
+    """
+
+    name: str
+    samples: int
+    units: str
+    max_abs: float
+    mae: float
+    rmse: float
+    cos: float
+    l2r: float
+    tolerance: dict[str, float] = field(default_factory=dict)
+    passed: bool = True
+    top1_agreement: float | None = None
+    accuracy_reference: float | None = None
+    accuracy_candidate: float | None = None
+    first_divergent_op: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; non-finite numbers become ``None``."""
+        return {k: _json_number(v) for k, v in asdict(self).items()}
+
+
+def _json_number(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_number(x) for k, x in v.items()}
+    return v
+
+
+def _figures(reference: np.ndarray, candidate: np.ndarray, name: str) -> dict[str, float]:
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape:
+        msg = f"{name}: reference has shape {ref.shape}, candidate {cand.shape}; they must match"
+        raise ConfigError(msg)
+    if ref.size == 0:
+        msg = f"{name}: nothing to compare (empty outputs)"
+        raise ConfigError(msg)
+    diff = (cand - ref).ravel()
+    r, c = ref.ravel(), cand.ravel()
+    nr, nc, nd = np.linalg.norm(r), np.linalg.norm(c), np.linalg.norm(diff)
+    if nd == 0:
+        cos = 1.0
+    elif nr == 0 or nc == 0:
+        cos = 0.0
+    else:
+        cos = float(np.clip(r @ c / (nr * nc), -1.0, 1.0))
+    return {
+        "max_abs": float(np.max(np.abs(diff))),
+        "mae": float(np.mean(np.abs(diff))),
+        "rmse": float(np.sqrt(np.mean(diff**2))),
+        "cos": cos,
+        "l2r": float(nd / nr) if nr > 0 else (0.0 if nd == 0 else math.inf),
+    }
+
+
+def _top1(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    if reference.ndim != 2 or reference.shape[1] < 2:
+        return None
+    return float(np.mean(np.argmax(reference, 1) == np.argmax(candidate, 1)))
+
+
+def _accuracy(out: np.ndarray, labels: np.ndarray | None) -> float | None:
+    if labels is None or out.ndim != 2 or out.shape[1] < 2:
+        return None
+    return float(np.mean(np.argmax(out, 1) == np.asarray(labels).ravel()))
+
+
+def compare_float(
+    reference: np.ndarray, candidate: np.ndarray, name: str, tol_max_abs: float
+) -> Comparison:
+    """Compare two float outputs (e.g. PyTorch vs ONNX Runtime); pass if max abs <= tol.
+
+    Raises:
+        ConfigError: Shapes differ or the outputs are empty.
+    """
+    ref, cand = np.asarray(reference), np.asarray(candidate)
+    f = _figures(ref, cand, name)
+    return Comparison(
+        name, int(ref.shape[0]) if ref.ndim else 1, "output units", **f,
+        tolerance={"max_abs_max": float(tol_max_abs)}, passed=f["max_abs"] <= tol_max_abs,
+        top1_agreement=_top1(ref, cand),
+    )
+
+
+def compare_quantized(
+    float_out: np.ndarray,
+    int8_out_dequantized: np.ndarray,
+    name: str,
+    *,
+    min_cos: float = 0.99,
+    min_top1: float | None = None,
+    max_abs: float | None = None,
+    labels: np.ndarray | None = None,
+) -> Comparison:
+    """Compare the float model's outputs with the dequantized int8 model's outputs.
+
+    Args:
+        float_out: Float reference outputs, samples on axis 0.
+        int8_out_dequantized: The int8 model's outputs mapped back with :func:`dequantize`.
+        name: Name of the comparison.
+        min_cos: Lowest acceptable cosine similarity (int8 rounding keeps it near 1).
+        min_top1: Lowest acceptable top-1 agreement, checked for class vectors only.
+        max_abs: Highest acceptable max abs error in output units, if given.
+        labels: Class labels; adds top-1 accuracy of both models (ST Edge AI's ``acc``).
+
+    Raises:
+        ConfigError: Shapes differ or the outputs are empty.
+    """
+    ref, cand = np.asarray(float_out), np.asarray(int8_out_dequantized)
+    f = _figures(ref, cand, name)
+    top1 = _top1(ref, cand)
+    tol: dict[str, float] = {"cos_min": float(min_cos)}
+    ok = f["cos"] >= min_cos
+    if min_top1 is not None and top1 is not None:
+        tol["top1_agreement_min"] = float(min_top1)
+        ok = ok and top1 >= min_top1
+    if max_abs is not None:
+        tol["max_abs_max"] = float(max_abs)
+        ok = ok and f["max_abs"] <= max_abs
+    return Comparison(
+        name, int(ref.shape[0]) if ref.ndim else 1, "output units", **f, tolerance=tol,
+        passed=bool(ok), top1_agreement=top1, accuracy_reference=_accuracy(ref, labels),
+        accuracy_candidate=_accuracy(cand, labels),
+    )
+
+
+def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: Any = np.int8) -> np.ndarray:
+    """Quantize float data: ``clip(round(x / scale) + zero_point)`` in ``dtype``'s range."""
+    if not scale > 0:
+        msg = f"quantization scale must be > 0, got {scale}"
+        raise ConfigError(msg)
+    info = np.iinfo(dtype)
+    q = np.round(np.asarray(x, dtype=np.float64) / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Map quantized values back to real numbers: ``(q - zero_point) * scale`` (float32)."""
+    return ((np.asarray(q, dtype=np.float64) - zero_point) * scale).astype(np.float32)
+
+
+def run_litert(
+    model_bytes: bytes,
+    inputs: Sequence[np.ndarray] | np.ndarray,
+    resolver: str = "ref",
+    timeout: float = 300,
+) -> np.ndarray:
+    """Run samples through LiteRT (in a child process); stack output 0 of each.
+
+    Args:
+        model_bytes: The ``.tflite`` flatbuffer.
+        inputs: Batch for input 0 in its dtype, as for :func:`firmware_export.tflm.run_tflm`.
+        resolver: ``"ref"`` (reference kernels, bit-exact with TFLM) or ``"xnnpack"``
+            (LiteRT's default, what a Raspberry Pi runs).
+        timeout: Seconds before the child is killed.
+
+    Raises:
+        ConfigError: Unknown resolver, wrong input dtype or shape.
+        ExportError: LiteRT failed or crashed.
+    """
+    if resolver not in _RESOLVERS:
+        msg = f"unknown LiteRT resolver {resolver!r}; expected one of {_RESOLVERS}"
+        raise ConfigError(msg)
+    samples = prepare_samples(model_bytes, inputs)
+    return run_isolated(  # type: ignore[no-any-return]
+        _litert_child, bytes(model_bytes), samples, resolver, timeout=timeout, stage="litert"
+    )
+
+
+def first_divergent_op(
+    model_bytes: bytes,
+    sample: np.ndarray,
+    *,
+    candidate_model: bytes | None = None,
+    tolerance_lsb: int = 0,
+) -> str | None:
+    """Find the first op (execution order) whose output differs between LiteRT REF and TFLM.
+
+    Both runtimes keep every intermediate tensor: LiteRT with
+    ``experimental_preserve_all_tensors`` and the reference resolver, TFLM with its
+    ``kPreserveAllTensors`` config, whose ``GetTensor`` reads any tensor after ``invoke``.
+    Tensor indices are the flatbuffer's in both runtimes, so outputs pair up by index.
+
+    Args:
+        model_bytes: The model LiteRT runs (and TFLM too, unless ``candidate_model``).
+        sample: One input sample in the input dtype (with or without the batch axis).
+        candidate_model: A model with the same graph for TFLM to run instead, e.g. an edited
+            or re-converted copy; its tensor indices must match ``model_bytes``.
+        tolerance_lsb: Largest per-element difference still counted as equal.
+
+    Returns:
+        E.g. ``"op 3 CONV_2D (output 'conv1/Relu')"``, or None if every op output agrees.
+    """
+    model = parse_tflite(model_bytes)
+    batch = as_batch_of_one(model_bytes, sample)
+    ref = run_isolated(
+        _litert_tensors_child, bytes(model_bytes), prepare_samples(model_bytes, batch)[0],
+        stage="verify",
+    )
+    cand = tflm_tensors(candidate_model if candidate_model is not None else model_bytes, batch)
+    for op in model.ops:
+        for t in op.outputs:
+            if t < 0 or t not in ref or t not in cand:
+                continue
+            a, b = ref[t], cand[t]
+            if a.shape != b.shape or np.any(
+                np.abs(a.astype(np.float64) - b.astype(np.float64)) > tolerance_lsb
+            ):
+                return f"op {op.index} {op.name} (output '{model.tensors[t].name}')"
+    return None
+
+
+def check_runtime_parity(
+    model_bytes: bytes,
+    int8_inputs: Sequence[np.ndarray] | np.ndarray,
+    tolerance_lsb: int = 0,
+    *,
+    candidate_model: bytes | None = None,
+    arena_bytes: int | None = None,
+) -> Comparison:
+    """Check that TFLM reproduces LiteRT's reference kernels (expected: bit-identical).
+
+    Args:
+        model_bytes: The int8 ``.tflite`` model.
+        int8_inputs: Batch for input 0 in the input dtype.
+        tolerance_lsb: Largest accepted difference in output LSB (``--tflm-tolerance``).
+        candidate_model: A same-graph model for TFLM to run instead (see
+            :func:`first_divergent_op`); default ``model_bytes``.
+        arena_bytes: TFLM arena; default the host default of :func:`run_tflm`.
+
+    Returns:
+        The comparison in LSB (passed).
+
+    Raises:
+        VerificationError: Some output differs by more than ``tolerance_lsb`` LSB; the
+            message names the first divergent op and the way to raise the tolerance.
+    """
+    tflm_model = candidate_model if candidate_model is not None else model_bytes
+    ref = run_litert(model_bytes, int8_inputs, "ref")
+    cand = run_tflm(tflm_model, int8_inputs, arena_bytes)
+    f = _figures(ref, cand, "tflm_vs_litert_ref")
+    ok = f["max_abs"] <= tolerance_lsb
+    first = None
+    if not ok:
+        per_sample = np.abs(cand.astype(np.int64) - ref.astype(np.int64)).reshape(len(ref), -1)
+        worst = int(np.argmax(per_sample.max(axis=1)))
+        bad = int(np.sum(per_sample.max(axis=1) > tolerance_lsb))
+        batch = prepare_samples(model_bytes, int8_inputs)
+        first = first_divergent_op(
+            model_bytes, batch[worst], candidate_model=tflm_model, tolerance_lsb=tolerance_lsb
+        )
+        msg = (
+            f"TFLM and LiteRT's reference kernels disagree by up to {f['max_abs']:g} LSB on "
+            f"output 0 (tolerance {tolerance_lsb} LSB) in {bad}/{len(ref)} samples; first "
+            f"divergent op on sample {worst}: {first or 'none found (outputs differ only)'}. "
+            f"They are expected to be bit-identical; if a small difference is acceptable "
+            f"(e.g. a kernel variant), raise the tolerance with --tflm-tolerance "
+            f"{int(math.ceil(f['max_abs']))}."
+        )
+        raise VerificationError(msg)
+    return Comparison(
+        "tflm_vs_litert_ref", len(ref), "LSB", **f,
+        tolerance={"max_abs_max": float(tolerance_lsb)}, passed=True,
+        top1_agreement=_top1(ref, cand), first_divergent_op=first,
+    )
+
+
+def xnnpack_vs_ref(
+    model_bytes: bytes, int8_inputs: Sequence[np.ndarray] | np.ndarray, tolerance_lsb: int = 1
+) -> Comparison:
+    """Compare LiteRT with XNNPACK against the reference kernels, in LSB; never raises.
+
+    XNNPACK may round requantization differently (up to 1 LSB was seen), so ``passed`` is
+    informative only: the export reports it but does not fail on it.
+    """
+    ref = run_litert(model_bytes, int8_inputs, "ref")
+    fast = run_litert(model_bytes, int8_inputs, "xnnpack")
+    f = _figures(ref, fast, "litert_xnnpack_vs_ref")
+    return Comparison(
+        "litert_xnnpack_vs_ref", len(ref), "LSB", **f,
+        tolerance={"max_abs_max": float(tolerance_lsb)}, passed=f["max_abs"] <= tolerance_lsb,
+        top1_agreement=_top1(ref, fast),
+    )
+
+
+# --- functions that run in the child process ------------------------------------------------
+
+
+def _litert_interpreter(model_bytes: bytes, resolver: str, preserve: bool = False):  # noqa: ANN202
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kind = OpResolverType.BUILTIN_REF if resolver == "ref" else OpResolverType.AUTO
+    interp = Interpreter(
+        model_content=model_bytes, num_threads=1, experimental_op_resolver_type=kind,
+        experimental_preserve_all_tensors=preserve,
+    )
+    interp.allocate_tensors()
+    return interp
+
+
+def _litert_child(model_bytes: bytes, samples: np.ndarray, resolver: str) -> np.ndarray:
+    interp = _litert_interpreter(model_bytes, resolver)
+    inp = interp.get_input_details()[0]["index"]
+    out = interp.get_output_details()[0]["index"]
+    outs = []
+    for x in samples:
+        interp.set_tensor(inp, x)
+        interp.invoke()
+        outs.append(np.array(interp.get_tensor(out), copy=True))
+    return np.concatenate(outs, axis=0)
+
+
+def _litert_tensors_child(model_bytes: bytes, sample: np.ndarray) -> dict[int, np.ndarray]:
+    interp = _litert_interpreter(model_bytes, "ref", preserve=True)
+    interp.set_tensor(interp.get_input_details()[0]["index"], sample)
+    interp.invoke()
+    values: dict[int, np.ndarray] = {}
+    for op in parse_tflite(model_bytes).ops:
+        for t in op.outputs:
+            if t >= 0:
+                try:
+                    values[t] = np.array(interp.get_tensor(t), copy=True)
+                except ValueError:  # a tensor LiteRT folded away has no data
+                    continue
+    return values

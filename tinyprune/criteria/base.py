@@ -1,0 +1,69 @@
+"""The criterion contract: what a pruning criterion receives, returns and declares.
+
+A criterion only scores (STYLE.md §2): it never chooses what to prune and never changes the
+model. Selection lives in ``pruning/select.py`` and surgery in ``pruning/structured.py`` /
+``pruning/masks.py``. Criteria are frozen dataclasses whose fields are their hyperparameters
+and they register in :data:`CRITERIA` under a short name with a :class:`Granularity`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from tinyprune.registry import Registry
+
+
+class Granularity(enum.Enum):
+    """What one score refers to."""
+
+    ELEMENT = "element"  # unstructured: one score per weight
+    CHANNEL = "channel"  # structured: one score per output channel
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    """Everything a criterion may read about one prunable layer.
+
+    Attributes:
+        name: Module FQN, e.g. ``"features.3.conv"``.
+        weight: Read-only weight with the output channel on dim 0 (a conv-transpose weight is
+            given transposed, so ``weight.shape[0]`` is always the number of output channels).
+        grad: Gradient of ``weight`` (same layout), set only when the criterion needs it.
+        module: The layer itself (bias, groups, ...).
+        bn: The batch-norm that normalises this layer's output, if any.
+        features: Post-activation outputs of this layer over calibration data,
+            shape ``(N, C, *spatial)``; set only for criteria with ``needs_data``.
+    """
+
+    name: str
+    weight: torch.Tensor
+    grad: torch.Tensor | None
+    module: nn.Module
+    bn: nn.Module | None = None
+    features: torch.Tensor | None = None
+
+
+@runtime_checkable
+class Criterion(Protocol):
+    """One method; a plugin needs no base class."""
+
+    name: ClassVar[str]
+    granularity: ClassVar[Granularity]
+    needs_grad: ClassVar[bool]
+
+    def score(self, inp: ScoreInput) -> torch.Tensor:
+        """Higher = keep; shape ``(out_channels,)`` (CHANNEL) or ``weight.shape`` (ELEMENT)."""
+        ...
+
+
+CRITERIA: Registry[Any] = Registry("criterion")
+
+
+def needs_data(criterion: object) -> bool:
+    """True when the criterion reads ``ScoreInput.features`` (calibration data required)."""
+    return bool(getattr(criterion, "needs_data", False))

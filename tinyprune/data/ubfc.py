@@ -1,0 +1,159 @@
+"""UBFC-rPPG DATASET_2 on-disk format: reader and writer (methods.md §8.2).
+
+Layout::
+
+    UBFC/subject<N>/vid.avi            uncompressed 8-bit RGB video (~30 fps)
+    UBFC/subject<N>/ground_truth.txt   line 1 PPG, line 2 HR (bpm), line 3 time (s), one value
+                                       per frame, whitespace separated, scientific notation
+
+Videos are read with :mod:`tinyprune.data.avi` (no codec library exists on this machine), lazily,
+one frame at a time. The writer produces the same layout so the reader is exercised on real-format
+files by the tests and by the synthetic generator.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinyprune.data.avi import iter_avi, read_avi_info, write_avi
+from tinyprune.errors import ConfigError
+
+_NAME = re.compile(r"^subject(\d+)$")
+
+
+@dataclass(frozen=True)
+class UbfcSubject:
+    """One UBFC-rPPG subject: the video path and its per-frame ground truth.
+
+    Attributes:
+        subject: Subject number ``N``.
+        video: Path of ``vid.avi``.
+        ppg: Contact PPG per frame (line 1).
+        hr: Sensor HR per frame (line 2).
+        times: Frame times in seconds (line 3).
+        fs: Frame rate (from the AVI header).
+        n_frames: Frames declared by the AVI header.
+    """
+
+    subject: int
+    video: Path
+    ppg: np.ndarray
+    hr: np.ndarray
+    times: np.ndarray
+    fs: float
+    n_frames: int
+
+    @property
+    def name(self) -> str:
+        """Folder name ``subject<N>``."""
+        return f"subject{self.subject}"
+
+    def frames(self, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+               max_frames: int | None = None) -> Iterator[np.ndarray]:
+        """Yield RGB ``uint8 [H, W, 3]`` frames (``transform`` applied to each)."""
+        for frame in iter_avi(self.video, max_frames):
+            yield frame if transform is None else transform(frame)
+
+    def read_all(self, max_frames: int | None = None) -> np.ndarray:
+        """All frames as ``uint8 [T, H, W, 3]``."""
+        return np.stack(list(self.frames(max_frames=max_frames)))
+
+
+def list_subjects(root: str | Path) -> list[int]:
+    """Subject numbers found under ``root`` (folders ``subject<N>``), ascending.
+
+    Raises:
+        ConfigError: ``root`` is missing or holds no ``subject<N>`` folder.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        msg = f"UBFC-rPPG folder {base} does not exist; expected a folder of 'subject<N>' folders"
+        raise ConfigError(msg)
+    found = sorted(int(m.group(1)) for p in base.iterdir()
+                   if p.is_dir() and (m := _NAME.match(p.name)))
+    if not found:
+        msg = (f"no UBFC-rPPG subjects in {base}: expected folders 'subject<N>' each with "
+               "'vid.avi' and 'ground_truth.txt'")
+        raise ConfigError(msg)
+    return found
+
+
+def read_subject(root: str | Path, subject: int) -> UbfcSubject:
+    """Read subject ``N``'s ground truth and video header (frames stay on disk).
+
+    Raises:
+        ConfigError: missing files, a ground truth without 3 equal-length numeric lines, or
+            a video with a codec the AVI reader does not handle.
+    """
+    folder = Path(root) / f"subject{subject}"
+    video, gt = folder / "vid.avi", folder / "ground_truth.txt"
+    for path in (video, gt):
+        if not path.is_file():
+            msg = (f"UBFC-rPPG subject folder {folder} lacks {path.name}: expected 'vid.avi' "
+                   "and 'ground_truth.txt' (DATASET_2 layout)")
+            raise ConfigError(msg)
+    ppg, hr, times = _parse_ground_truth(gt)
+    info = read_avi_info(video)
+    return UbfcSubject(subject, video, ppg, hr, times, info.fps, info.declared_frames)
+
+
+def _parse_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lines = [ln for ln in path.read_text(encoding="ascii", errors="replace").splitlines()
+             if ln.strip()]
+    if len(lines) < 3:
+        msg = (f"{path} has {len(lines)} non-empty line(s); expected 3 (PPG, HR, time in s). "
+               "DATASET_1's gtdump.xmp format is not supported")
+        raise ConfigError(msg)
+    try:
+        rows = [np.array(ln.split(), dtype=np.float64) for ln in lines[:3]]
+    except ValueError as e:
+        msg = f"{path}: non-numeric value in the ground truth ({e})"
+        raise ConfigError(msg) from e
+    if len({r.size for r in rows}) != 1:
+        msg = (f"{path}: lines have {[r.size for r in rows]} values; expected the same count "
+               "(one per frame) on all 3 lines")
+        raise ConfigError(msg)
+    return rows[0], rows[1], rows[2]
+
+
+def write_subject(root: str | Path, subject: int, frames: np.ndarray, fs: float,
+                  ppg: np.ndarray, hr: np.ndarray) -> Path:
+    """Write ``subject<N>/vid.avi`` and ``ground_truth.txt`` under ``root``.
+
+    Args:
+        root: Dataset folder (created if needed).
+        subject: Subject number ``N`` (>= 1).
+        frames: ``uint8 [T, H, W, 3]`` RGB.
+        fs: Frame rate.
+        ppg: PPG per frame ``[T]``.
+        hr: HR (bpm) per frame ``[T]``.
+
+    Returns:
+        The subject folder.
+    """
+    n = len(frames)
+    if subject < 1 or len(ppg) != n or len(hr) != n:
+        msg = (f"UBFC writer needs subject >= 1 and one PPG and HR value per frame; got "
+               f"subject={subject}, {n} frames, {len(ppg)} PPG, {len(hr)} HR values")
+        raise ConfigError(msg)
+    folder = Path(root) / f"subject{subject}"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_avi(folder / "vid.avi", frames, fs)
+    times = np.arange(n) / fs
+    text = "\n".join(" ".join(f"{v:.7e}" for v in row) for row in (ppg, hr, times)) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ground_truth.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(text)
+        os.replace(tmp, folder / "ground_truth.txt")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return folder

@@ -1,0 +1,70 @@
+"""One exception hierarchy for tinyprune and firmware_export.
+
+Every error carries the process exit code the CLI maps it to, so that build scripts can
+tell a bad input (2) from an over-budget model (3), an op the target lacks (4) and a
+verification failure (5). Messages say what was wrong, what was expected and the way out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TinypruneError(Exception):
+    """Base class of every error tinyprune raises on purpose (exit code 1)."""
+
+    exit_code: int = 1
+
+
+class ConfigError(TinypruneError, ValueError):
+    """Bad option, incompatible options or an unreadable / malformed input file (exit 2)."""
+
+    exit_code = 2
+
+
+class UnknownNameError(ConfigError):
+    """A name not found in a registry; the message lists valid names and close matches."""
+
+
+class PruningError(TinypruneError):
+    """A pruning step cannot be carried out (wrong score shape, a layer would be emptied)."""
+
+
+class ExportError(TinypruneError):
+    """A conversion stage failed; ``stage`` names it (onnx, convert, quantize, tflm, ...)."""
+
+    def __init__(self, message: str, *, stage: str = "export") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class UnsupportedOpError(ExportError):
+    """The model needs an op the target runtime lacks (exit 4); nothing is emitted."""
+
+    exit_code = 4
+
+    def __init__(
+        self, message: str, *, ops: tuple[str, ...] = (), target: str = "", stage: str = "op-check"
+    ) -> None:
+        super().__init__(message, stage=stage)
+        self.ops = ops
+        self.target = target
+
+
+class VerificationError(ExportError):
+    """Two runtimes disagree beyond the tolerance (exit 5)."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, stage: str = "verify") -> None:
+        super().__init__(message, stage=stage)
+
+
+class BudgetExceededError(TinypruneError):
+    """The model does not fit the target (exit 3); artifacts and report are still written."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report

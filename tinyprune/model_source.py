@@ -1,0 +1,153 @@
+"""Resolve the MODEL argument of every command into a PyTorch module (or an ONNX file).
+
+MODEL is ``zoo:NAME``, ``path/to/file.py:factory``, ``package.module:factory``, a ``.pt2``
+exported program or a ``.onnx`` file. Loading never unpickles arbitrary objects: ``.pt2``
+archives are read with ``torch.load`` forced to ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinyprune.errors import ConfigError, TinypruneError
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for export: a torch module, or the path of an ONNX file."""
+
+    name: str                                  # used for C identifiers and report titles
+    source: str                                # the MODEL argument as given
+    module: nn.Module | None = None
+    onnx_path: Path | None = None
+    input_shape: tuple[int, ...] | None = None  # per-sample PyTorch layout, when the model knows it
+
+
+def load_model(spec: str, **factory_kwargs: Any) -> LoadedModel:
+    """Load MODEL (see module docstring); errors are :class:`ConfigError` with the way out."""
+    if spec.startswith("zoo:"):
+        return _from_zoo(spec, spec[4:], factory_kwargs)
+    path = Path(spec)
+    if spec.endswith(".onnx"):
+        _require_file(path, "ONNX model")
+        return LoadedModel(name=path.stem, source=spec, onnx_path=path)
+    if spec.endswith(".pt2"):
+        _require_file(path, "exported program")
+        module = load_exported_program(path)
+        return LoadedModel(name=path.stem, source=spec, module=module,
+                           input_shape=getattr(module, "input_shape", None))
+    if ":" not in spec:
+        msg = (f"cannot read MODEL {spec!r}; expected zoo:NAME, path/to/file.py:factory, "
+               "package.module:factory, a .pt2 exported program or a .onnx file")
+        raise ConfigError(msg)
+    target, factory = spec.rsplit(":", 1)
+    module_obj = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+    return _call_factory(spec, module_obj, factory, factory_kwargs)
+
+
+def _from_zoo(spec: str, name: str, kwargs: dict[str, Any]) -> LoadedModel:
+    from tinyprune.models import create_model
+
+    model = create_model(name, **kwargs)
+    return LoadedModel(name=name, source=spec, module=model,
+                       input_shape=tuple(getattr(model, "input_shape", ())) or None)
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        msg = f"{what} {str(path)!r} does not exist (or is not a file)"
+        raise ConfigError(msg)
+
+
+def _import_file(path: Path) -> Any:
+    _require_file(path, "Python file")
+    mod_name = f"_tinyprune_user_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        msg = f"cannot import {str(path)!r} as a Python module"
+        raise ConfigError(msg)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        msg = f"importing {str(path)!r} failed: {type(e).__name__}: {e}"
+        raise ConfigError(msg) from e
+    return module
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        msg = f"cannot import module {name!r} ({e}); is it installed or on PYTHONPATH?"
+        raise ConfigError(msg) from e
+
+
+def _call_factory(spec: str, module_obj: Any, factory: str, kwargs: dict[str, Any]) -> LoadedModel:
+    fn = getattr(module_obj, factory, None)
+    if fn is None or not callable(fn):
+        msg = f"{spec!r}: no callable {factory!r} in {getattr(module_obj, '__name__', module_obj)}"
+        raise ConfigError(msg)
+    try:
+        model = fn(**kwargs)
+    except TinypruneError:
+        raise
+    except Exception as e:
+        msg = f"{spec!r}: the factory {factory!r} raised {type(e).__name__}: {e}"
+        raise ConfigError(msg) from e
+    if not isinstance(model, nn.Module):
+        msg = f"{spec!r}: the factory returned {type(model).__name__}, expected a torch.nn.Module"
+        raise ConfigError(msg)
+    shape = getattr(model, "input_shape", None)
+    return LoadedModel(name=factory, source=spec, module=model,
+                       input_shape=tuple(shape) if shape is not None else None)
+
+
+@contextlib.contextmanager
+def _weights_only_torch_load() -> Iterator[None]:
+    """Force every ``torch.load`` inside the block to ``weights_only=True``.
+
+    ``torch.export.load`` falls back to a full unpickle for some archives; an untrusted
+    ``.pt2`` must never get that far.
+    """
+    original = torch.load
+
+    @functools.wraps(original)
+    def safe_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = safe_load  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load = original  # type: ignore[assignment]
+
+
+def load_exported_program(path: Path) -> nn.Module:
+    """Load a ``.pt2`` written by ``torch.export.save`` as a runnable module (safely)."""
+    try:
+        with _weights_only_torch_load():
+            program = torch.export.load(str(path))
+    except Exception as e:
+        msg = (f"cannot load exported program {str(path)!r}: {type(e).__name__}: {e}. "
+               "Expected a file written by torch.export.save (tinyprune writes pruned.pt2)")
+        raise ConfigError(msg) from e
+    module = program.module()
+    meta = program.example_inputs
+    if meta and meta[0]:
+        module.input_shape = tuple(meta[0][0].shape[1:])  # type: ignore[assignment]
+    return module

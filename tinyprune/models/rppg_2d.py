@@ -1,0 +1,244 @@
+"""Per-frame 2-D rPPG networks (DeepPhys, TS-CAN, EfficientPhys-C), TFLM-native.
+
+These nets are Conv2d-only (methods.md §6.2-§6.4), so they map to TFLite Micro builtins.
+To export as one single-input model, a clip is fed *frame-stacked*: a 4-D tensor
+``(B, C, T*H, W)`` whose frames are stacked along the height axis. In NHWC (what TFLM sees)
+that is ``[1, T*H, W, C]``, byte-for-byte the same as ``[T, H, W, C]``: on the device one
+writes the T frames one after the other. Inside, the nets move the frames into the batch
+axis ``(B*T, C, H, W)`` with transpose/reshape ops and never build a rank-5 tensor. The
+temporal shift module (TSM) and EfficientPhys' frame difference use slices, pads and
+concatenations over a ``(B, T, C, H*W)`` view. Every net returns ``(B, T)``.
+
+DeepPhys and TS-CAN take 6 channels per frame, ``[DiffNormalized (3), Standardized (3)]``,
+computed outside the net as in rPPG-Toolbox. EfficientPhys takes 3 standardised channels and
+differentiates inside (the last difference is zero-padded so T frames give T outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinyprune.errors import ConfigError
+from tinyprune.models.registry import register_model
+
+
+def check_clip_size(img_size: int, minimum: int) -> None:
+    """Raise :class:`ConfigError` unless ``img_size >= minimum``."""
+    if img_size < minimum:
+        msg = f"img_size={img_size} is too small for this net; expected >= {minimum}"
+        raise ConfigError(msg)
+
+
+def stack_frames(clip: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T, H, W)`` clip -> frame-stacked ``(B, C, T*H, W)`` (a free reshape)."""
+    b, c, t, h, w = clip.shape
+    return clip.reshape(b, c, t * h, w)
+
+
+def to_stacked(x: torch.Tensor) -> torch.Tensor:
+    """Accept a 5-D clip or an already stacked 4-D clip; return the stacked 4-D form."""
+    if x.dim() == 5:
+        return stack_frames(x)
+    if x.dim() != 4:
+        msg = (f"rPPG input has shape {tuple(x.shape)}; expected (B, C, T*H, W) "
+               "(frame-stacked) or (B, C, T, H, W)")
+        raise ConfigError(msg)
+    return x
+
+
+def stacked_to_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Frame-stacked ``(B, C, T*H, W)`` -> frames in the batch axis ``(B*T, C, H, W)``."""
+    b, c, th, w = x.shape
+    h = th // frames
+    y = x.permute(0, 2, 3, 1).reshape(b * frames, h, w, c)
+    return y.permute(0, 3, 1, 2)
+
+
+def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 3) -> torch.Tensor:
+    """TSM (Lin et al., ICCV 2019) as in TS-CAN: a third of channels from the next frame.
+
+    Channels ``[0, C/fold_div)`` take the next frame's values (last frame gets 0), channels
+    ``[C/fold_div, 2C/fold_div)`` the previous frame's (first frame gets 0), the rest stay.
+    """
+    n, c, h, w = x.shape
+    fold = c // fold_div
+    v = x.reshape(n // frames, frames, c, h * w)
+    nxt = F.pad(v[:, 1:, :fold], (0, 0, 0, 0, 0, 1))
+    prv = F.pad(v[:, :-1, fold:2 * fold], (0, 0, 0, 0, 1, 0))
+    return torch.cat([nxt, prv, v[:, :, 2 * fold:]], dim=2).reshape(n, c, h, w)
+
+
+class AttentionMask(nn.Module):
+    """Soft attention mask normalised so that it sums to H*W/2 (DeepPhys)."""
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        """``g * H * W / (2 * sum_HW g)``, written as ``g / (2 * mean_HW g)``."""
+        return g / (2.0 * g.mean(dim=(2, 3), keepdim=True))
+
+
+def _flat_size(img_size: int) -> int:
+    s1 = (img_size - 2) // 2
+    return (s1 - 2) // 2
+
+
+class _Trunk(nn.Module):
+    """conv1 (pad) - conv2 (no pad) - pool - conv3 (pad) - conv4 (no pad), tanh after each."""
+
+    def __init__(self, cin: int, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3)
+        self.conv3 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.conv4 = nn.Conv2d(2 * width, 2 * width, 3)
+
+
+class DeepPhys(nn.Module):
+    """DeepPhys (Chen & McDuff, ECCV 2018); with ``tsm=True`` it is TS-CAN (Liu et al., 2020).
+
+    Motion branch on DiffNormalized frames, appearance branch on standardised frames, two
+    soft-attention gates from the appearance branch. Input ``(B, 6, T*H, W)``.
+    """
+
+    def __init__(self, frames: int, img_size: int, width: int = 32, hidden: int = 128,
+                 tsm: bool = False, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.frames, self.tsm = frames, tsm
+        self.motion = _Trunk(3, width)
+        self.appearance = _Trunk(3, width)
+        self.att1 = nn.Conv2d(width, 1, 1)
+        self.att2 = nn.Conv2d(2 * width, 1, 1)
+        self.mask = AttentionMask()
+        self.pool = nn.AvgPool2d(2)
+        self.drop = nn.Dropout(dropout)
+        self.dense1 = nn.Linear(2 * width * _flat_size(img_size) ** 2, hidden)
+        self.drop_dense = nn.Dropout(2 * dropout)
+        self.dense2 = nn.Linear(hidden, 1)
+
+    def _shift(self, x: torch.Tensor) -> torch.Tensor:
+        return temporal_shift(x, self.frames) if self.tsm else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, 6, T*H, W)`` (or ``(B, 6, T, H, W)``) to ``(B, T)``."""
+        x = stacked_to_frames(to_stacked(x), self.frames)
+        m, a = x[:, :3], x[:, 3:]
+        mo, ap = self.motion, self.appearance
+        d2 = torch.tanh(mo.conv2(self._shift(torch.tanh(mo.conv1(self._shift(m))))))
+        r2 = torch.tanh(ap.conv2(torch.tanh(ap.conv1(a))))
+        d = self.drop(self.pool(d2 * self.mask(torch.sigmoid(self.att1(r2)))))
+        r = self.drop(self.pool(r2))
+        d6 = torch.tanh(mo.conv4(self._shift(torch.tanh(mo.conv3(self._shift(d))))))
+        r6 = torch.tanh(ap.conv4(torch.tanh(ap.conv3(r))))
+        d = self.drop(self.pool(d6 * self.mask(torch.sigmoid(self.att2(r6)))))
+        d = self.drop_dense(torch.tanh(self.dense1(d.flatten(1))))
+        return self.dense2(d).reshape(-1, self.frames)
+
+
+class EfficientPhys(nn.Module):
+    """EfficientPhys-C (Liu et al., WACV 2023): one branch, learned input normalisation.
+
+    Frame difference and BatchNorm2d(3) inside, TSM before each conv, self-attention gates
+    from the same branch. Input ``(B, 3, T*H, W)`` of standardised frames.
+    """
+
+    def __init__(self, frames: int, img_size: int, width: int = 32, hidden: int = 128,
+                 dropout: float = 0.25) -> None:
+        super().__init__()
+        self.frames = frames
+        self.norm = nn.BatchNorm2d(3)
+        self.trunk = _Trunk(3, width)
+        self.att1 = nn.Conv2d(width, 1, 1)
+        self.att2 = nn.Conv2d(2 * width, 1, 1)
+        self.mask = AttentionMask()
+        self.pool = nn.AvgPool2d(2)
+        self.drop = nn.Dropout(dropout)
+        self.dense1 = nn.Linear(2 * width * _flat_size(img_size) ** 2, hidden)
+        self.drop_dense = nn.Dropout(2 * dropout)
+        self.dense2 = nn.Linear(hidden, 1)
+
+    def _diff(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        v = x.reshape(n // self.frames, self.frames, c, h * w)
+        d = F.pad(v[:, 1:] - v[:, :-1], (0, 0, 0, 0, 0, 1))
+        return d.reshape(n, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, 3, T*H, W)`` (or ``(B, 3, T, H, W)``) to ``(B, T)``."""
+        t, tr = self.frames, self.trunk
+        x = self.norm(self._diff(stacked_to_frames(to_stacked(x), t)))
+        d2 = torch.tanh(tr.conv2(temporal_shift(torch.tanh(tr.conv1(temporal_shift(x, t))), t)))
+        d = self.drop(self.pool(d2 * self.mask(torch.sigmoid(self.att1(d2)))))
+        d5 = torch.tanh(tr.conv3(temporal_shift(d, t)))
+        d6 = torch.tanh(tr.conv4(temporal_shift(d5, t)))
+        d = self.drop(self.pool(d6 * self.mask(torch.sigmoid(self.att2(d6)))))
+        d = self.drop_dense(torch.tanh(self.dense1(d.flatten(1))))
+        return self.dense2(d).reshape(-1, t)
+
+
+def _check(frames: int, img_size: int, width: int) -> None:
+    check_clip_size(img_size, 8)
+    if frames < 2 or width < 3:
+        msg = f"frames={frames} and width={width} must be >= 2 and >= 3"
+        raise ConfigError(msg)
+
+
+@register_model("deepphys", task="rppg", input_shape=(6, 10 * 36, 36), tflm_native=True)
+def deepphys(frames: int = 10, img_size: int = 36, width: int = 16,
+             hidden: int = 128) -> nn.Module:
+    """DeepPhys two-branch CAN, frame-stacked input (6, T*H, W) = [diff(3), appearance(3)].
+
+    At defaults (T=10, 36x36, width 16, half the paper's 32): 234,323 params, 134.8 M MACs
+    per clip (13.5 M per frame). ``width=32`` is the paper net: 532,899 params,
+    51.2 M MACs per frame at 36x36.
+    """
+    _check(frames, img_size, width)
+    model = DeepPhys(frames, img_size, width=width, hidden=hidden, tsm=False)
+    model.input_shape = (6, frames * img_size, img_size)
+    return model
+
+
+@register_model("tscan", task="rppg", input_shape=(6, 10 * 36, 36), tflm_native=True)
+def tscan(frames: int = 10, img_size: int = 36, width: int = 16, hidden: int = 128) -> nn.Module:
+    """TS-CAN (DeepPhys + temporal shift, one TSM segment per clip), input (6, T*H, W).
+
+    Same params/MACs as ``deepphys`` (the shift is free): 234,323 params, 134.8 M MACs per
+    clip at defaults (T=10, 36x36, width 16).
+    """
+    _check(frames, img_size, width)
+    model = DeepPhys(frames, img_size, width=width, hidden=hidden, tsm=True)
+    model.input_shape = (6, frames * img_size, img_size)
+    return model
+
+
+@register_model("efficientphys", task="rppg", input_shape=(3, 10 * 36, 36), tflm_native=True)
+def efficientphys(frames: int = 10, img_size: int = 36, width: int = 16,
+                  hidden: int = 128) -> nn.Module:
+    """EfficientPhys-C, frame-stacked standardised frames (3, T*H, W), diff inside.
+
+    At defaults (T=10, 36x36, width 16): 217,673 params, 68.6 M MACs per clip.
+    ``width=32`` is the paper net: 467,337 params, 25.8 M MACs per frame at 36x36.
+    """
+    _check(frames, img_size, width)
+    model = EfficientPhys(frames, img_size, width=width, hidden=hidden)
+    model.input_shape = (3, frames * img_size, img_size)
+    return model
+
+
+@register_model("test_deepphys", task="rppg", input_shape=(6, 4 * 12, 12), tflm_native=True)
+def test_deepphys(frames: int = 4, img_size: int = 12) -> nn.Module:
+    """Tiny DeepPhys (width 4, hidden 8) for tests."""
+    return deepphys(frames=frames, img_size=img_size, width=4, hidden=8)
+
+
+@register_model("test_tscan", task="rppg", input_shape=(6, 4 * 12, 12), tflm_native=True)
+def test_tscan(frames: int = 4, img_size: int = 12) -> nn.Module:
+    """Tiny TS-CAN (width 4, hidden 8) for tests."""
+    return tscan(frames=frames, img_size=img_size, width=4, hidden=8)
+
+
+@register_model("test_efficientphys", task="rppg", input_shape=(3, 4 * 12, 12),
+                tflm_native=True)
+def test_efficientphys(frames: int = 4, img_size: int = 12) -> nn.Module:
+    """Tiny EfficientPhys-C (width 4, hidden 8) for tests."""
+    return efficientphys(frames=frames, img_size=img_size, width=4, hidden=8)

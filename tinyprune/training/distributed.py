@@ -1,0 +1,157 @@
+"""Thin helpers around ``torch.distributed`` so the training loop runs under ``torchrun``.
+
+``torchrun`` (``python -m torch.distributed.run``) starts one process per replica and passes
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in the
+environment. Every helper here also works in a plain single process, where it is a no-op, so
+library code (the loop, criteria that reduce statistics) calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from tinyprune.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits among the replicas."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        msg = f"environment variable {name} must be an integer, got {raw!r} (set by torchrun)"
+        raise ConfigError(msg) from e
+
+
+def default_backend() -> str:
+    """``nccl`` when CUDA is available, ``gloo`` otherwise (CPU training)."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_from_env(backend: str | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment variables.
+
+    Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) nothing is initialised and a
+    single-process :class:`DistInfo` is returned. Calling it again is harmless.
+
+    Args:
+        backend: process-group backend; default ``gloo`` on CPU, ``nccl`` with CUDA.
+
+    Returns:
+        This process's rank, the world size, its local rank and the backend used.
+
+    Raises:
+        ConfigError: the environment is incomplete or inconsistent.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return current()
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistInfo()
+    missing = [k for k in _ENV_KEYS if not os.environ.get(k)]
+    if missing:
+        msg = (
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch with "
+            "`torchrun --standalone --nproc_per_node N ...` which sets them all"
+        )
+        raise ConfigError(msg)
+    if not dist.is_available():
+        msg = "this torch build has no torch.distributed; run with WORLD_SIZE=1"
+        raise ConfigError(msg)
+    backend = backend or default_backend()
+    dist.init_process_group(backend=backend, init_method="env://")
+    info = current()
+    logger.info("joined process group: rank %d of %d (%s)", info.rank, info.world_size, backend)
+    return info
+
+
+def is_initialized() -> bool:
+    """True when this process belongs to a process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def current() -> DistInfo:
+    """Rank, world size, local rank and backend of this process (single process if no group)."""
+    if not is_initialized():
+        return DistInfo()
+    return DistInfo(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=_env_int("LOCAL_RANK", 0),
+        backend=str(dist.get_backend()),
+    )
+
+
+def get_rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of replicas (1 without a process group)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0: the process that logs, shows progress and writes files."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every replica gets here (no-op in a single process)."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """Replace ``tensor`` in place by its mean over replicas and return it.
+
+    Use it for data-dependent statistics (activation norms, gradient EMAs, losses) so that
+    every replica takes the same decision. Integer tensors are summed then floor-divided.
+    """
+    world = get_world_size()
+    if world > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if tensor.is_floating_point() or tensor.is_complex():
+            tensor.div_(world)
+        else:
+            tensor.floor_divide_(world)
+    return tensor
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Return rank ``src``'s ``obj`` on every replica (picklable objects; no-op alone)."""
+    if get_world_size() <= 1:
+        return obj
+    box: list[Any] = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def cleanup() -> None:
+    """Leave the process group if this process is in one (call at the end of a script)."""
+    if is_initialized():
+        dist.destroy_process_group()
