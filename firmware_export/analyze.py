@@ -298,8 +298,9 @@ def lint_int8(model: TfliteModel | bytes) -> list[LintIssue]:
     """Flag quantization parameters that make an int8 model wrong or useless.
 
     Errors: a scale that is not finite, ``<= 0`` or above ``MAX_SANE_SCALE`` (a calibration
-    that saw inf/NaN or nothing); a zero point outside the int8 range; an int8 constant
-    (weight) with a non-zero zero point (the TFLite int8 spec makes weights symmetric).
+    that saw inf/NaN or nothing); a zero point outside the int8 range; the int8 weight of
+    a conv / depthwise / fully-connected op with a non-zero zero point (the TFLite int8 spec
+    makes those weights symmetric; constant operands of ADD or MUL may be asymmetric).
     Warnings: a scale below ``MIN_SANE_SCALE``; an int8 activation with zero point 127, whose
     real range is entirely <= 0 (likely saturated, e.g. a dead layer or a sign error).
 
@@ -312,14 +313,15 @@ def lint_int8(model: TfliteModel | bytes) -> list[LintIssue]:
     if isinstance(model, (bytes, bytearray)):
         model = parse_tflite(bytes(model))
     producers = _producers(model)
+    weights = {op.inputs[1] for op in model.ops if op.name in WEIGHTED_OPS and len(op.inputs) > 1}
     issues: list[LintIssue] = []
     for t in model.tensors:
-        for severity, msg in _tensor_problems(t):
+        for severity, msg in _tensor_problems(t, t.index in weights):
             issues.append(LintIssue(severity, t.name, _op_label(model, t.index, producers), msg))
     return issues
 
 
-def _tensor_problems(t: TensorInfo) -> list[tuple[str, str]]:
+def _tensor_problems(t: TensorInfo, is_weight: bool) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     bad = [s for s in t.scale if not math.isfinite(s) or s <= 0 or s > MAX_SANE_SCALE]
     if bad:
@@ -334,7 +336,7 @@ def _tensor_problems(t: TensorInfo) -> list[tuple[str, str]]:
     if any(z < -128 or z > 127 for z in t.zero_point):
         problems.append(("error", f"zero point {t.zero_point[0]} outside the int8 range "
                          "[-128, 127]"))
-    elif t.is_constant and any(z != 0 for z in t.zero_point):
+    elif is_weight and any(z != 0 for z in t.zero_point):
         problems.append(("error", "int8 constant with a non-zero zero point; TFLite's int8 "
                          "spec requires symmetric weights (zero point 0)"))
     elif not t.is_constant and any(z == 127 for z in t.zero_point):

@@ -70,6 +70,7 @@ def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: 
                 output_signaturedefs=True,
                 copy_onnx_input_output_names_to_tflite=True,
                 non_verbose=True,
+                not_use_onnxsim=True,  # export_onnx already simplified the graph in-process
             )
     except BaseException as e:  # onnx2tf calls sys.exit(1) on failure
         if isinstance(e, KeyboardInterrupt):

@@ -6,12 +6,14 @@ import copy
 import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from firmware_export.rewrite import rewrite_adaptive_pool3d_, rewrite_maxpool_padding, rewrite_pool3d_
+from firmware_export.rewrite import rewrite_adaptive_pool3d_, rewrite_pool3d_
+from firmware_export.rewrite_onnx import rewrite_onnx
 from tinyprune.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,8 @@ def export_onnx(module: nn.Module, sample: np.ndarray, path: Path) -> list[str]:
     except Exception as e:
         msg = f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}"
         raise ExportError(msg, stage="onnx") from e
-    proto = onnx.load_from_string(buf.getvalue())
-    rewrites += rewrite_maxpool_padding(proto)
+    proto = simplify(onnx.load_from_string(buf.getvalue()))
+    rewrites += rewrite_onnx(proto)
     if n_out > 1:  # firmware models have one output; keep the first (e.g. PhysNet's BVP)
         keep = proto.graph.output[0]
         del proto.graph.output[:]
@@ -97,8 +99,26 @@ def load_onnx(path: Path) -> tuple[object, tuple[int, ...]]:
     if any(s <= 0 for s in shape):
         msg = f"{str(path)!r}: input {inputs[0].name!r} has dynamic non-batch dimensions {shape}; export it with static shapes"
         raise ConfigError(msg)
-    rewrite_maxpool_padding(proto)
+    proto = simplify(proto)
+    rewrite_onnx(proto)
     return proto, shape
+
+
+def simplify(proto: Any) -> Any:
+    """Fold shape arithmetic into constants (onnx-simplifier), as onnx2tf expects.
+
+    PyTorch exports ``chunk``/``split`` and ``view`` with Shape -> Gather -> Div chains; onnx2tf
+    only simplifies through an ``onnxsim`` executable it looks up on PATH, so we run the library
+    in-process instead (and tell onnx2tf not to), which keeps conversion independent of PATH.
+    """
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(proto)
+    except Exception as e:  # the simplifier is an optimisation: fall back to the graph as is
+        log.warning("onnx-simplifier failed (%s); converting the unsimplified graph", e)
+        return proto
+    return simplified if ok else proto
 
 
 def onnxruntime_forward(onnx_bytes: bytes, samples: np.ndarray) -> np.ndarray:

@@ -32,10 +32,25 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Environment variable that tells the child where its stderr file is.
+_STDERR_ENV = "TINYPRUNE_ISOLATE_STDERR"
+
 #: Lines of the child's stderr quoted in a crash message.
 STDERR_TAIL_LINES = 15
 
-_BOOTSTRAP = "from firmware_export.isolate import _child_main; _child_main()"
+# The child registers the ``firmware_export`` package without running its ``__init__``,
+# which pulls in the whole pipeline (torch, seconds of start-up); the runtime helpers the
+# child calls need none of it. argv: [-c, result path, package dir].
+_BOOTSTRAP = (
+    "import sys, importlib.util as u\n"
+    "d = sys.argv[2]\n"
+    "if 'firmware_export' not in sys.modules:\n"
+    "    s = u.spec_from_file_location('firmware_export', d + '/__init__.py',"
+    " submodule_search_locations=[d])\n"
+    "    sys.modules['firmware_export'] = u.module_from_spec(s)\n"
+    "from firmware_export.isolate import _child_main\n"
+    "_child_main()\n"
+)
 
 
 def run_isolated(
@@ -81,7 +96,9 @@ def run_isolated(
         return value  # type: ignore[no-any-return]
     if status == "tinyprune":
         raise value
-    msg = f"{stage}: {fn.__qualname__} failed in the child process: {value}"
+    text, child_traceback = value
+    logger.debug("child traceback of %s:\n%s", fn.__qualname__, child_traceback)
+    msg = f"{stage}: {fn.__qualname__} failed in the child process: {text}"
     if stderr_tail:
         msg += f"\nlast lines of its stderr:\n{stderr_tail}"
     raise ExportError(msg, stage=stage)
@@ -92,10 +109,11 @@ def _spawn(
     fn: Callable[..., Any],
 ) -> int:
     """Start the child, feed it the payload and wait; return its exit code."""
-    cmd = [sys.executable, "-c", _BOOTSTRAP, str(result_path)]
+    cmd = [sys.executable, "-c", _BOOTSTRAP, str(result_path), str(Path(__file__).parent)]
+    env = {**os.environ, _STDERR_ENV: str(stderr_path)}
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env
         )
         try:
             proc.communicate(payload, timeout=timeout)
@@ -139,6 +157,49 @@ def _crash_message(fn: Callable[..., Any], returncode: int, stderr_tail: str) ->
     return msg
 
 
+def capture_fd2(fn: Callable[[], object]) -> str:
+    """Call ``fn`` with file descriptor 2 on a temp file; return what was written there.
+
+    C++ runtimes (TFLM's ``print_allocations``) write to the C-level stderr, which
+    ``contextlib.redirect_stderr`` does not see.
+    """
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return tmp.read().decode(errors="replace")
+
+
+def stderr_offset() -> int:
+    """Inside an isolated child: the current size of its stderr file (0 elsewhere).
+
+    Native runtimes write straight to file descriptor 2. A child function that must read
+    what a call printed takes the offset before the call and :func:`stderr_since` after it;
+    the text also stays in the file, so it survives a crash during the call.
+    """
+    if not os.environ.get(_STDERR_ENV):
+        return 0
+    sys.stderr.flush()
+    return os.fstat(2).st_size
+
+
+def stderr_since(offset: int) -> str:
+    """Inside an isolated child: what was written to stderr after ``offset`` ("" elsewhere)."""
+    path = os.environ.get(_STDERR_ENV)
+    if not path:
+        return ""
+    sys.stderr.flush()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
 def _child_main() -> None:
     """Entry point of the child: read the call from stdin, write the outcome to argv[1]."""
     result_path = sys.argv[1]
@@ -150,12 +211,12 @@ def _child_main() -> None:
     except TinypruneError as e:
         outcome = ("tinyprune", e)
     except BaseException as e:  # anything else is reported, not lost
-        traceback.print_exc()
-        outcome = ("other", f"{type(e).__name__}: {e}")
+        outcome = ("other", (f"{type(e).__name__}: {e}", traceback.format_exc()))
     try:
         data = pickle.dumps(outcome)
     except Exception as e:  # an unpicklable result or exception
-        data = pickle.dumps(("other", f"could not send the result back: {type(e).__name__}: {e}"))
+        text = f"could not send the result back: {type(e).__name__}: {e}"
+        data = pickle.dumps(("other", (text, traceback.format_exc())))
     tmp = result_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)

@@ -104,11 +104,17 @@ def export(
     profile = load_profile(target)
     loaded = _as_loaded(model)
     samples = _calibration(calibration, loaded)
+    created = not Path(out_dir).exists()
     out = _prepare_out_dir(Path(out_dir))
     timer = _Timer(on_stage)
-    with _staging(out) as work:
-        result = _run_stages(loaded, samples, profile, opts, work, timer)
-        paths = _publish(work, out, result)
+    try:
+        with _staging(out) as work:
+            result = _run_stages(loaded, samples, profile, opts, work, timer)
+            paths = _publish(work, out, result)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # leave no trace of a failed export
+        raise
     report = result.report
     log.info("export finished in %.1f s", sum(timer.times.values()))
     res = ExportResult(out, paths, report, dict(timer.times))

@@ -6,9 +6,8 @@ behaves:
 
 * 3-D pooling -> 2-D pooling over frames + 2-D pooling over time (TFLite has no 3-D pooling
   builtin; max and average pooling are separable over a box window).
-* max-pool padding after a non-negative activation -> an explicit zero ``Pad`` + unpadded
-  max-pool (onnx2tf otherwise pads with the float minimum, calibration then gives that
-  tensor an int8 scale near 1e36 and the native runtimes abort).
+
+Rewrites of the ONNX graph (for models that arrive as ``.onnx`` too) are in ``rewrite_onnx``.
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-_NON_NEGATIVE_ONNX_OPS = {"Relu", "Sigmoid", "Softmax", "HardSigmoid", "Abs", "Exp", "Softplus"}
-
 
 def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else (int(v[0]), int(v[1]), int(v[2]))
@@ -124,53 +120,3 @@ def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str
             setattr(parent, child, AdaptiveAvgPool3dAs2d(out))
             done.append(name)
     return done
-
-
-def rewrite_maxpool_padding(onnx_model: Any) -> list[str]:
-    """ONNX pass: a padded MaxPool fed by a non-negative op gets an explicit zero Pad instead.
-
-    With every input >= 0 and at least one real element in each window, padding with 0 gives
-    the same maxima as padding with -inf. Returns the names of the rewritten nodes.
-    """
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    graph = onnx_model.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    done, new_nodes = [], []
-    for node in graph.node:
-        pads = next((list(a.ints) for a in node.attribute if a.name == "pads"), [])
-        src = producers.get(node.input[0]) if node.input else None
-        if node.op_type != "MaxPool" or not any(pads) or src is None or not _non_negative(src, inits):
-            new_nodes.append(node)
-            continue
-        rank = len(pads) // 2
-        pad_name = f"{node.name or node.output[0]}_zero_pads"
-        full = [0, 0, *pads[:rank], 0, 0, *pads[rank:]]
-        graph.initializer.append(numpy_helper.from_array(np.array(full, dtype=np.int64), pad_name))
-        padded = f"{node.input[0]}_zero_padded_for_{node.name or node.output[0]}"
-        new_nodes.append(helper.make_node("Pad", [node.input[0], pad_name], [padded], mode="constant",
-                                          name=f"{node.name}_ZeroPad"))
-        for a in node.attribute:
-            if a.name == "pads":
-                del a.ints[:]
-                a.ints.extend([0] * len(pads))
-        node.input[0] = padded
-        new_nodes.append(node)
-        done.append(node.name or node.output[0])
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    return done
-
-
-def _non_negative(node: Any, inits: dict[str, Any]) -> bool:
-    """True when the node's output is provably >= 0 (ReLU, ReLU6 as Clip(min=0), sigmoid, ...)."""
-    if node.op_type in _NON_NEGATIVE_ONNX_OPS:
-        return True
-    if node.op_type != "Clip":
-        return False
-    if len(node.input) > 1 and node.input[1]:  # opset >= 11: min is an input
-        low = inits.get(node.input[1])
-        return low is not None and float(low) >= 0
-    return any(a.name == "min" and a.f >= 0 for a in node.attribute)

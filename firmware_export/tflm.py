@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from firmware_export.isolate import run_isolated
+from firmware_export.isolate import capture_fd2, run_isolated, stderr_offset, stderr_since
 from firmware_export.tflite_model import _builtin_names, parse_tflite
 from tinyprune.errors import ConfigError, ExportError, UnsupportedOpError
 
@@ -54,8 +53,8 @@ _OP_HINTS = {
 #: segfaults instead of reporting; bisection never probes under this size.
 _CRASH_FLOOR = 1024
 
-#: Words TFLM prints on stderr when the arena is too small (it may then segfault).
-_ARENA_FAILURES = ("Failed to allocate", "Failed to resize buffer", "failed to allocate")
+#: TFLM's arena allocators print this when the arena is short (tiny arenas then segfault).
+_SHORTAGE_RE = re.compile(r"Requested: \d+, available \d+, missing: \d+")
 
 #: A generous arena for host runs when the caller does not give one.
 DEFAULT_HOST_ARENA = 1 << 20
@@ -93,7 +92,7 @@ def tflm_builtin_ops() -> frozenset[str]:
 def _runtime_binary() -> Path:
     spec = importlib.util.find_spec("tflite_micro")  # top level only: imports nothing
     if spec is None or not spec.submodule_search_locations:
-        msg = "tflite-micro is not installed; install the export extra: pip install tinyprune[export]"
+        msg = "tflite-micro is not installed; install the extra: pip install 'tinyprune[export]'"
         raise ExportError(msg, stage="op-check")
     for root in spec.submodule_search_locations:
         hits = sorted(Path(root, "python", "tflite_micro").glob("_runtime*.so"))
@@ -187,11 +186,22 @@ class ArenaMeasurement:
             interpreter is created and ``invoke`` succeeds (the interpreter receives a
             16-byte-aligned heap buffer, as ``alignas(16)`` gives on the device).
         allocations: The recording allocator's full text (head, tail, per-kind usage).
+
+    The two figures differ a little either way: Prepare needs temporaries that the
+    end-of-run record no longer shows (smallest above recorded, by a few hundred bytes on
+    tiny models), and the record counts alignment slack the last buffer does not need
+    (smallest a few bytes below). :attr:`needed_bytes` is the larger one. A 32-bit Cortex-M
+    with optimized (CMSIS-NN) kernels needs a different figure, so a header adds a margin.
     """
 
     recorded_bytes: int
     smallest_bytes: int
     allocations: str
+
+    @property
+    def needed_bytes(self) -> int:
+        """``max(recorded_bytes, smallest_bytes)``: the arena this host run needs."""
+        return max(self.recorded_bytes, self.smallest_bytes)
 
 
 def measure_arena(model_bytes: bytes, timeout: float = 300) -> ArenaMeasurement:
@@ -236,9 +246,9 @@ def run_tflm(
             _run_tflm_child, bytes(model_bytes), samples, arena, timeout=timeout, stage="tflm"
         )
     except ExportError as e:
-        if not any(words in str(e) for words in _ARENA_FAILURES):
+        if not _SHORTAGE_RE.search(str(e)):
             raise
-        msg = f"a {arena}-byte arena is too small for this model; measure it with measure_arena\n{e}"
+        msg = f"a {arena}-byte arena is too small for this model (see measure_arena)\n{e}"
         raise ExportError(msg, stage="tflm") from e
 
 
@@ -280,13 +290,13 @@ def tflm_runs_in(model_bytes: bytes, arena_bytes: int, timeout: float = 120) -> 
     try:
         return bool(
             run_isolated(
-                _runs_in_child, bytes(model_bytes), int(arena_bytes), timeout=timeout,
+                _fits_child, bytes(model_bytes), int(arena_bytes), timeout=timeout,
                 stage="tflm-arena",
             )
         )
     except ExportError as e:
         # Very small arenas make the host runtime segfault after it reports the shortage.
-        if any(words in str(e) for words in _ARENA_FAILURES):
+        if _SHORTAGE_RE.search(str(e)):
             return False
         raise
 
@@ -300,9 +310,10 @@ def prepare_samples(model_bytes: bytes, inputs: Sequence[np.ndarray] | np.ndarra
     model = parse_tflite(model_bytes)
     info = model.tensors[model.inputs[0]]
     want_dtype = np.dtype(info.dtype.lower()) if info.dtype != "BOOL" else np.dtype(bool)
-    batch = np.stack([np.asarray(x) for x in inputs]) if isinstance(inputs, list) else np.asarray(
-        inputs
-    )
+    if isinstance(inputs, (list, tuple)):
+        batch = np.stack([np.asarray(x) for x in inputs])
+    else:
+        batch = np.asarray(inputs)
     sample_shape = tuple(info.shape[1:])
     if batch.ndim == 0 or batch.shape[0] == 0:
         msg = f"no input samples given (shape {batch.shape}); pass a batch (N, *{sample_shape})"
@@ -333,7 +344,7 @@ def as_batch_of_one(model_bytes: bytes, sample: np.ndarray) -> np.ndarray:
 # --- functions that run in the child process (top level, so they can be pickled) -----------
 
 
-def _interpreter(model_bytes: bytes, arena: int, preserve: bool = False):  # noqa: ANN202
+def _interpreter(model_bytes: bytes, arena: int, preserve: bool = False) -> Any:
     from tflite_micro.python.tflite_micro import runtime
 
     config = (
@@ -344,7 +355,7 @@ def _interpreter(model_bytes: bytes, arena: int, preserve: bool = False):  # noq
     return runtime.Interpreter.from_bytes(model_bytes, arena_size=arena, intrepreter_config=config)
 
 
-def _invoke_zeros(interp, model_bytes: bytes) -> None:  # noqa: ANN001
+def _invoke_zeros(interp: Any, model_bytes: bytes) -> None:
     model = parse_tflite(model_bytes)
     for k, t in enumerate(model.inputs):
         details = interp.get_input_details(k)
@@ -352,53 +363,48 @@ def _invoke_zeros(interp, model_bytes: bytes) -> None:  # noqa: ANN001
     interp.invoke()
 
 
-def _runs_in_child(model_bytes: bytes, arena: int) -> bool:
+def _fits_child(model_bytes: bytes, arena: int) -> bool:
+    """Create and invoke; False only when TFLM reports an arena shortage, else raise."""
+    start = stderr_offset()
     try:
         _invoke_zeros(_interpreter(model_bytes, arena), model_bytes)
-    except RuntimeError:
-        return False
+    except RuntimeError as e:
+        printed = stderr_since(start)
+        if _SHORTAGE_RE.search(printed):
+            return False
+        msg = (
+            f"TFLM cannot prepare or run the model ({e}), and not for lack of arena "
+            f"({arena} bytes); TFLM printed:\n{printed[-2000:].strip() or '(nothing)'}"
+        )
+        raise ExportError(msg, stage="tflm") from e
     return True
 
 
 def _measure_arena_child(model_bytes: bytes) -> tuple[int, int, str]:
     hi = max(DEFAULT_HOST_ARENA, 16 * len(model_bytes))
-    if not _runs_in_child(model_bytes, hi):
-        msg = f"TFLM cannot run the model even with a {hi}-byte arena; see the stderr above"
+    if not _fits_child(model_bytes, hi):
+        msg = f"TFLM cannot run the model even with a {hi}-byte arena"
         raise ExportError(msg, stage="tflm-arena")
     interp = _interpreter(model_bytes, hi)
     _invoke_zeros(interp, model_bytes)
-    text = _capture_fd2(interp.print_allocations)
+    text = capture_fd2(interp.print_allocations)
     m = re.search(r"Arena allocation total (\d+) bytes", text)
     if m is None:
         msg = f"TFLM's recording allocator printed no total; it printed: {text[:400]!r}"
         raise ExportError(msg, stage="tflm-arena")
     recorded = int(m.group(1))
-    if _runs_in_child(model_bytes, 2 * recorded + 1024):
+    if _fits_child(model_bytes, 2 * recorded + 1024):
         hi = 2 * recorded + 1024
     lo = recorded // 2
-    while lo >= _CRASH_FLOOR and _runs_in_child(model_bytes, lo):
+    while lo >= _CRASH_FLOOR and _fits_child(model_bytes, lo):
         hi, lo = lo, lo // 2
-    while hi - lo > 1:  # invariant: lo fails (or is 0), hi works
+    while hi - lo > 1:  # invariant: lo fails (or is below the crash floor), hi works
         mid = (lo + hi) // 2
-        if _runs_in_child(model_bytes, mid):
+        if _fits_child(model_bytes, mid):
             hi = mid
         else:
             lo = mid
     return recorded, hi, text
-
-
-def _capture_fd2(fn) -> str:  # noqa: ANN001
-    """Run ``fn`` with file descriptor 2 on a temp file; the C++ runtime writes there."""
-    with tempfile.TemporaryFile() as tmp:
-        saved = os.dup(2)
-        try:
-            os.dup2(tmp.fileno(), 2)
-            fn()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        tmp.seek(0)
-        return tmp.read().decode(errors="replace")
 
 
 def _run_tflm_child(model_bytes: bytes, samples: np.ndarray, arena: int) -> np.ndarray:
@@ -411,7 +417,9 @@ def _run_tflm_child(model_bytes: bytes, samples: np.ndarray, arena: int) -> np.n
     return np.concatenate(outs, axis=0)
 
 
-def _tflm_tensors_child(model_bytes: bytes, sample: np.ndarray, arena: int) -> dict[int, np.ndarray]:
+def _tflm_tensors_child(
+    model_bytes: bytes, sample: np.ndarray, arena: int
+) -> dict[int, np.ndarray]:
     interp = _interpreter(model_bytes, arena, preserve=True)
     interp.set_input(sample, 0)
     interp.invoke()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -177,7 +177,9 @@ def compare_quantized(
     )
 
 
-def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: Any = np.int8) -> np.ndarray:
+def quantize_input(
+    x: np.ndarray, scale: float, zero_point: int, dtype: Any = np.int8
+) -> np.ndarray:
     """Quantize float data: ``clip(round(x / scale) + zero_point)`` in ``dtype``'s range."""
     if not scale > 0:
         msg = f"quantization scale must be > 0, got {scale}"
@@ -243,8 +245,20 @@ def first_divergent_op(
 
     Returns:
         E.g. ``"op 3 CONV_2D (output 'conv1/Relu')"``, or None if every op output agrees.
+
+    Raises:
+        ConfigError: ``candidate_model`` has other ops, or the sample does not fit input 0.
+        ExportError: A runtime failed or crashed.
     """
     model = parse_tflite(model_bytes)
+    if candidate_model is not None:
+        other = [op.name for op in parse_tflite(candidate_model).ops]
+        if other != [op.name for op in model.ops]:
+            msg = (
+                f"candidate_model must have the same graph as the model (ops "
+                f"{[op.name for op in model.ops]}), got ops {other}"
+            )
+            raise ConfigError(msg)
     batch = as_batch_of_one(model_bytes, sample)
     ref = run_isolated(
         _litert_tensors_child, bytes(model_bytes), prepare_samples(model_bytes, batch)[0],
@@ -286,36 +300,47 @@ def check_runtime_parity(
 
     Raises:
         VerificationError: Some output differs by more than ``tolerance_lsb`` LSB; the
-            message names the first divergent op and the way to raise the tolerance.
+            message names the first divergent op and the way to raise the tolerance, and
+            its ``comparison`` attribute holds the failed :class:`Comparison` for the report.
     """
     tflm_model = candidate_model if candidate_model is not None else model_bytes
     ref = run_litert(model_bytes, int8_inputs, "ref")
     cand = run_tflm(tflm_model, int8_inputs, arena_bytes)
     f = _figures(ref, cand, "tflm_vs_litert_ref")
-    ok = f["max_abs"] <= tolerance_lsb
-    first = None
-    if not ok:
-        per_sample = np.abs(cand.astype(np.int64) - ref.astype(np.int64)).reshape(len(ref), -1)
-        worst = int(np.argmax(per_sample.max(axis=1)))
-        bad = int(np.sum(per_sample.max(axis=1) > tolerance_lsb))
-        batch = prepare_samples(model_bytes, int8_inputs)
-        first = first_divergent_op(
-            model_bytes, batch[worst], candidate_model=tflm_model, tolerance_lsb=tolerance_lsb
-        )
-        msg = (
-            f"TFLM and LiteRT's reference kernels disagree by up to {f['max_abs']:g} LSB on "
-            f"output 0 (tolerance {tolerance_lsb} LSB) in {bad}/{len(ref)} samples; first "
-            f"divergent op on sample {worst}: {first or 'none found (outputs differ only)'}. "
-            f"They are expected to be bit-identical; if a small difference is acceptable "
-            f"(e.g. a kernel variant), raise the tolerance with --tflm-tolerance "
-            f"{int(math.ceil(f['max_abs']))}."
-        )
-        raise VerificationError(msg)
-    return Comparison(
+    comparison = Comparison(
         "tflm_vs_litert_ref", len(ref), "LSB", **f,
-        tolerance={"max_abs_max": float(tolerance_lsb)}, passed=True,
-        top1_agreement=_top1(ref, cand), first_divergent_op=first,
+        tolerance={"max_abs_max": float(tolerance_lsb)}, passed=f["max_abs"] <= tolerance_lsb,
+        top1_agreement=_top1(ref, cand),
     )
+    if comparison.passed:
+        return comparison
+    batch = prepare_samples(model_bytes, int8_inputs)
+    msg, first = _parity_failure(model_bytes, tflm_model, batch, ref, cand, tolerance_lsb)
+    err = VerificationError(msg)
+    err.comparison = replace(comparison, first_divergent_op=first)  # type: ignore[attr-defined]
+    raise err
+
+
+def _parity_failure(
+    model_bytes: bytes, tflm_model: bytes, batch: np.ndarray, ref: np.ndarray, cand: np.ndarray,
+    tolerance_lsb: int,
+) -> tuple[str, str | None]:
+    """Explain a parity failure: how far, how often, where it starts, and the way out."""
+    per_sample = np.abs(cand.astype(np.int64) - ref.astype(np.int64)).reshape(len(ref), -1)
+    worst = int(np.argmax(per_sample.max(axis=1)))
+    bad = int(np.sum(per_sample.max(axis=1) > tolerance_lsb))
+    largest = int(per_sample.max())
+    first = first_divergent_op(
+        model_bytes, batch[worst], candidate_model=tflm_model, tolerance_lsb=tolerance_lsb
+    )
+    msg = (
+        f"TFLM and LiteRT's reference kernels disagree by up to {largest} LSB on output 0 "
+        f"(tolerance {tolerance_lsb} LSB) in {bad}/{len(ref)} samples; first divergent op on "
+        f"sample {worst}: {first or 'none found (only the final outputs differ)'}. They are "
+        f"expected to be bit-identical; if a small difference is acceptable (e.g. a kernel "
+        f"variant), raise the tolerance with --tflm-tolerance {largest}."
+    )
+    return msg, first
 
 
 def xnnpack_vs_ref(
@@ -339,7 +364,7 @@ def xnnpack_vs_ref(
 # --- functions that run in the child process ------------------------------------------------
 
 
-def _litert_interpreter(model_bytes: bytes, resolver: str, preserve: bool = False):  # noqa: ANN202
+def _litert_interpreter(model_bytes: bytes, resolver: str, preserve: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     kind = OpResolverType.BUILTIN_REF if resolver == "ref" else OpResolverType.AUTO

@@ -64,9 +64,10 @@ def bandpass(signal: ArrayLike, fs: float, band: tuple[float, float] = DEFAULT_B
     return scipy.signal.filtfilt(b, a, x)
 
 
-def preprocess_bvp(bvp: ArrayLike, fs: float, *, diff: bool = False, detrend_lambda: float = 100.0,
+def preprocess_bvp(bvp: ArrayLike, fs: float, *, diff: bool = False,
+                   detrend_lambda: float = 100.0,
                    band: tuple[float, float] | None = DEFAULT_BAND_HZ) -> Array:
-    """Steps 1-3 of §9.1: cumsum (if ``diff``), detrend, band-pass (skipped if ``band`` is None)."""
+    """Steps 1-3 of §9.1: cumsum (if ``diff``), detrend, band-pass (skipped if band is None)."""
     x = _as_1d(bvp, "BVP", 8)
     if diff:
         x = np.cumsum(x)
@@ -85,7 +86,8 @@ def hr_fft(signal: ArrayLike, fs: float, band: tuple[float, float] = DEFAULT_BAN
     f, p = _periodogram(x, fs)
     mask = (f >= band[0]) & (f <= band[1])
     if not mask.any():
-        msg = f"no periodogram bin in band {band} Hz for {x.size} samples at {fs} Hz; use a longer signal"
+        msg = (f"no periodogram bin in band {band} Hz for {x.size} samples at {fs} Hz; "
+               "use a longer signal")
         raise ConfigError(msg)
     return float(f[mask][np.argmax(p[mask])] * 60.0)
 
@@ -101,7 +103,8 @@ def hr_peaks(signal: ArrayLike, fs: float, max_bpm: float = 200.0) -> float:
 
 
 def hr_from_bvp(bvp: ArrayLike, fs: float, *, method: str = "fft", diff: bool = False,
-                band: tuple[float, float] = DEFAULT_BAND_HZ, detrend_lambda: float = 100.0) -> float:
+                band: tuple[float, float] = DEFAULT_BAND_HZ,
+                detrend_lambda: float = 100.0) -> float:
     """Heart rate (bpm) of a BVP waveform, rPPG-Toolbox style (methods.md §9.1).
 
     Args:

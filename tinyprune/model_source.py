@@ -116,6 +116,26 @@ def _call_factory(spec: str, module_obj: Any, factory: str, kwargs: dict[str, An
                        input_shape=tuple(shape) if shape is not None else None)
 
 
+class ExportedModule(nn.Module):
+    """Wraps ``ExportedProgram.module()``, whose ``train()``/``eval()`` raise, as a plain module.
+
+    An exported program is already specialised for inference; switching modes is a no-op.
+    """
+
+    def __init__(self, graph_module: nn.Module) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        """Record the mode only (the exported graph has no train/eval switch)."""
+        self.training = mode
+        return self
+
+    def forward(self, *args: Any) -> Any:
+        """Run the exported graph."""
+        return self.graph_module(*args)
+
+
 @contextlib.contextmanager
 def _weights_only_torch_load() -> Iterator[None]:
     """Force every ``torch.load`` inside the block to ``weights_only=True``.
@@ -146,7 +166,7 @@ def load_exported_program(path: Path) -> nn.Module:
         msg = (f"cannot load exported program {str(path)!r}: {type(e).__name__}: {e}. "
                "Expected a file written by torch.export.save (tinyprune writes pruned.pt2)")
         raise ConfigError(msg) from e
-    module = program.module()
+    module = ExportedModule(program.module())
     meta = program.example_inputs
     if meta and meta[0]:
         module.input_shape = tuple(meta[0][0].shape[1:])  # type: ignore[assignment]

@@ -31,7 +31,7 @@ def make_info(name: str = "tiny_net", ops: tuple[str, ...] = ("CONV_2D", "FULLY_
         outputs=(TensorSpec((1, 10), "INT8", 0.1171875, 12),),
         arena_bytes=22776,
         arena_margin_bytes=2048,
-        arena_margin_reason="32-bit pointers and CMSIS-NN scratch buffers",
+        arena_margin_reason="32-bit pointers and\nCMSIS-NN scratch buffers \\",
         tflm_ops=ops,
         tinyprune_version="0.1.0",
         sha256=hashlib.sha256(DATA).hexdigest(),

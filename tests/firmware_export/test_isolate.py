@@ -48,7 +48,7 @@ def _exit_code(code: int) -> None:
 
 
 def _modules_loaded() -> list[str]:
-    return sorted(m for m in ("tensorflow", "onnx") if m in sys.modules)
+    return sorted(m for m in ("tensorflow", "onnx", "firmware_export.pipeline") if m in sys.modules)
 
 
 def test_returns_result_of_child() -> None:

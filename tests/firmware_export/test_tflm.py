@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,7 @@ def test_arena_recorded_close_to_smallest(arena: tflm.ArenaMeasurement) -> None:
     assert f"total {arena.recorded_bytes} bytes" in arena.allocations
     # Prepare needs a few hundred bytes of temporaries the end-of-run record no longer shows.
     assert abs(arena.smallest_bytes - arena.recorded_bytes) <= 512
+    assert arena.needed_bytes == max(arena.smallest_bytes, arena.recorded_bytes)
 
 
 def test_run_tflm_matches_litert_ref_bit_exactly(int8_model: bytes) -> None:
@@ -176,3 +178,27 @@ def test_tflm_tensors_holds_intermediates(int8_model: bytes) -> None:
         assert values[t.index].shape == t.shape
     final = values[model.outputs[0]]
     np.testing.assert_array_equal(final, tflm.run_tflm(int8_model, _inputs(1)))
+
+
+def test_tiny_arena_is_a_shortage_not_a_crash(int8_model: bytes) -> None:
+    # The host runtime segfaults after reporting the shortage; that still means "does not fit".
+    assert tflm.tflm_runs_in(int8_model, 64) is False
+
+
+def _with_pool_scale(model: bytes, new_scale: float) -> bytes:
+    """Copy whose first occurrence of the pooling input's scale is replaced (a broken model)."""
+    parsed = parse_tflite(model)
+    (pool,) = [op for op in parsed.ops if op.name == "MAX_POOL_2D"]
+    raw = struct.pack("<f", parsed.tensors[pool.inputs[0]].scale[0])
+    at = model.find(raw)
+    assert at >= 0
+    return model[:at] + struct.pack("<f", new_scale) + model[at + 4:]
+
+
+def test_broken_model_is_reported_with_failing_node(int8_model: bytes) -> None:
+    broken = _with_pool_scale(int8_model, 1e36)
+    with pytest.raises(ExportError, match="Node MAX_POOL_2D") as info:
+        tflm.run_tflm(broken, _inputs(1))
+    assert "too small" not in str(info.value)
+    with pytest.raises(ExportError, match="not for lack of arena"):
+        tflm.tflm_runs_in(broken, 1 << 16)

@@ -100,7 +100,7 @@ UNSTRUCTURED: tuple[type[DynamicSparsityConfig], ...] = (
 
 
 def register_unstructured(registry: Any) -> None:
-    """Register wgj, gmp, set and rigl in ``registry`` (a ``Registry`` with ``register(name, help)``).
+    """Register wgj, gmp, set and rigl in ``registry`` (anything with ``register(name, help)``).
 
     Args:
         registry: The criteria registry, e.g. ``tinyprune.criteria.CRITERIA``.

@@ -75,7 +75,8 @@ class DynamicSparsityConfig:
         init_sparsity: Sparsity at ``t_start`` (0 = dense-to-sparse; 0.5 = GraNet S2S), <= sparsity.
         delta_t: Optimizer steps between mask updates (dT).
         t_start: First update step; None = one epoch (``ctx.steps_per_epoch``), else ``delta_t``.
-        t_f: Step at which the cubic schedule reaches the final density; None = ``t_f_frac`` x total.
+        t_f: Step at which the cubic schedule reaches the final density; None = ``t_f_frac``
+            x total.
         t_end: Last drop/regenerate update; None = ``t_end_frac`` x total. Static mask afterwards.
         t_f_frac: Default ``t_f`` as a fraction of the total steps (0.6 E [R]).
         t_end_frac: Default ``t_end`` as a fraction of the total steps (0.75 E [R]).
@@ -199,6 +200,7 @@ class WGJCriterion(DynamicSparsityConfig):
         beta_g: EMA factor of |dL/dW| per iteration [R].
         r0: Initial drop fraction, cosine-decayed to 0 at ``t_end`` (0.3 RigL; 0.5 GraNet) [R].
         trim_score: ``joint`` (wn + gn) or ``taylor`` (wn x gn, i.e. normalised |W x gbar|) [R].
+        keep_score: ``ratio`` (wn / (1 + gn)) or ``exp`` (wn x exp(-gn)), same ordering idea [R].
     """
 
     name: ClassVar[str] = "wgj"
@@ -206,6 +208,7 @@ class WGJCriterion(DynamicSparsityConfig):
     beta_g: float = 0.9
     r0: float = 0.3
     trim_score: str = "joint"
+    keep_score: str = "ratio"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -213,9 +216,11 @@ class WGJCriterion(DynamicSparsityConfig):
             if not 0.0 <= value < 1.0:
                 msg = f"{field} must lie in [0, 1), got {value!r}"
                 raise ConfigError(msg)
-        if self.trim_score not in ("joint", "taylor"):
-            msg = f"trim_score {self.trim_score!r} is not one of ('joint', 'taylor')"
-            raise ConfigError(msg)
+        for field, value, allowed in (("trim_score", self.trim_score, ("joint", "taylor")),
+                                      ("keep_score", self.keep_score, ("ratio", "exp"))):
+            if value not in allowed:
+                msg = f"{field} {value!r} is not one of {allowed}"
+                raise ConfigError(msg)
 
     @property
     def grad_beta(self) -> float:
@@ -227,8 +232,8 @@ class WGJCriterion(DynamicSparsityConfig):
         return st.wn * st.gn if self.trim_score == "taylor" else st.wn + st.gn
 
     def keep_scores(self, st: LayerStats) -> torch.Tensor:
-        """``I_keep = wn / (1 + gn)``."""
-        return st.wn / (1.0 + st.gn)
+        """``I_keep = wn / (1 + gn)`` (or ``wn * exp(-gn)`` with ``keep_score='exp'``)."""
+        return st.wn * torch.exp(-st.gn) if self.keep_score == "exp" else st.wn / (1.0 + st.gn)
 
     def regen_scores(self, st: LayerStats, generator: torch.Generator) -> torch.Tensor:
         """``I_regen = gn / (1 + wn)`` with wn of the regrowth value (0 unless ``restore``)."""
@@ -311,7 +316,7 @@ class DynamicSparseHook(TrainHook):
 
     # --- TrainHook -----------------------------------------------------------------------
     def on_train_begin(self, ctx: TrainContext) -> None:
-        """Select the prunable tensors, place the schedule, check floors, apply ``init_sparsity``."""
+        """Select prunable tensors, place the schedule, check floors, apply ``init_sparsity``."""
         cfg = self.cfg
         tensors = mk.find_prunable(ctx.model, keep_first_dense=cfg.keep_first_dense,
                                    keep_last_dense=cfg.keep_last_dense, exclude=cfg.exclude)
@@ -336,9 +341,9 @@ class DynamicSparseHook(TrainHook):
         """Update the gradient-magnitude EMA from the dense (already all-reduced) gradients."""
         if self.masks is None:
             self.on_train_begin(ctx)
-        assert self.masks is not None  # for the type checker; set just above
+        masks = self._ready()[0]
         beta = self.cfg.grad_beta
-        for name, t in self.masks.tensors.items():
+        for name, t in masks.tensors.items():
             if t.param.grad is not None:
                 self.gbar[name].mul_(beta).add_(t.param.grad.detach().abs().float(), alpha=1 - beta)
 
@@ -347,9 +352,9 @@ class DynamicSparseHook(TrainHook):
         """Re-apply the masks to weights and optimizer state; update them every ``delta_t``."""
         if self.masks is None or self.sched is None:
             self.on_train_begin(ctx)
-        assert self.masks is not None and self.sched is not None
-        self.masks.apply_(ctx.optimizer)
-        if self.sched.is_update(ctx.step):
+        masks, sched = self._ready()
+        masks.apply_(ctx.optimizer)
+        if sched.is_update(ctx.step):
             self.update(ctx)
 
     def on_train_end(self, ctx: TrainContext) -> None:
@@ -378,34 +383,40 @@ class DynamicSparseHook(TrainHook):
         """Replace the masks (e.g. from :func:`masks.load_masks`) and apply them."""
         if self.masks is None:
             self.on_train_begin(ctx)
-        assert self.masks is not None
-        self.masks.load_state_dict(state)
-        self.masks.apply_(ctx.optimizer)
+        masks = self._ready()[0]
+        masks.load_state_dict(state)
+        masks.apply_(ctx.optimizer)
+
+    def _ready(self) -> tuple[mk.MaskSet, ResolvedSchedule]:
+        if self.masks is None or self.sched is None:
+            msg = "the pruning hook is not initialised: call on_train_begin(ctx) first"
+            raise PruningError(msg)
+        return self.masks, self.sched
 
     # --- the update ----------------------------------------------------------------------
     @torch.no_grad()
     def update(self, ctx: TrainContext) -> dict[str, Any]:
         """One mask update at ``ctx.step`` (methods.md §2.6); returns and records its counters."""
-        assert self.masks is not None and self.sched is not None
+        masks, sched = self._ready()
         t, u = int(ctx.step), self._n_updates
         stats = self._stats()
         codes = self._type_codes(stats)
         rec: dict[str, Any] = {"step": t, "update": u, "n_trim": 0, "n_drop": 0, "n_regen": 0}
         trimmed: dict[str, torch.Tensor] = {}
-        if t <= self.sched.t_f:
-            trimmed = self._trim(stats, self.sched.density(t))
+        if t <= sched.t_f:
+            trimmed = self._trim(stats, sched.density(t))
         rec["n_trim"] = sum(int(i.numel()) for i in trimmed.values())
-        rec["active_after_trim"] = self.masks.active_counts()
-        r_t = self.cfg.drop_fraction(t, self.sched.t_start, self.sched.t_end)
+        rec["active_after_trim"] = masks.active_counts()
+        r_t = self.cfg.drop_fraction(t, sched.t_start, sched.t_end)
         dropped, regrown, just = self._drop_regen(stats, r_t, u, ctx.optimizer)
-        self.masks.apply_(ctx.optimizer)
+        masks.apply_(ctx.optimizer)
         self._sync_masks(ctx)
-        rec.update(drop_fraction=r_t, density_target=self.sched.density(t),
+        rec.update(drop_fraction=r_t, density_target=sched.density(t),
                    n_drop=sum(int(i.numel()) for i in dropped.values()),
                    n_regen=sum(int(i.numel()) for i in regrown.values()), regen_just_dropped=just,
                    drop_per_layer={n: int(i.numel()) for n, i in dropped.items()},
                    regen_per_layer={n: int(i.numel()) for n, i in regrown.items()},
-                   active=self.masks.active_counts(), total_active=self.masks.total_active(),
+                   active=masks.active_counts(), total_active=masks.total_active(),
                    types={k: _count_types(codes, v) for k, v in
                           (("trim", trimmed), ("drop", dropped), ("regen", regrown))},
                    survival=self._survival(u, regrown))
@@ -417,17 +428,17 @@ class DynamicSparseHook(TrainHook):
         return rec
 
     def _stats(self) -> dict[str, LayerStats]:
-        assert self.masks is not None
+        masks = self._ready()[0]
         return {
-            n: layer_stats(t.param, self.masks.masks[n], self.gbar[n], self.shadow.get(n),
+            n: layer_stats(t.param, masks.masks[n], self.gbar[n], self.shadow.get(n),
                            self.cfg.eps)
-            for n, t in self.masks.tensors.items()
+            for n, t in masks.tensors.items()
         }
 
     def _protected(self, name: str, score: torch.Tensor, active: torch.Tensor,
                    floor: int | None = None) -> torch.Tensor:
-        assert self.masks is not None
-        t = self.masks.tensors[name]
+        masks = self._ready()[0]
+        t = masks.tensors[name]
         return mk.floor_protected(score, active, t.param.shape, mk.out_channel_dim(t.module),
                                   self._floors[name] if floor is None else floor,
                                   self.cfg.min_per_channel)
@@ -435,9 +446,9 @@ class DynamicSparseHook(TrainHook):
     def _trim(self, stats: dict[str, LayerStats], density: float,
               magnitude: bool = False) -> dict[str, torch.Tensor]:
         """Remove weights permanently down to ``density`` (global or per layer), above floors."""
-        assert self.masks is not None
+        masks = self._ready()[0]
         scores = {n: (s.weight if magnitude else self.cfg.trim_scores(s)) for n, s in stats.items()}
-        active = {n: self.masks.masks[n].flatten() for n in stats}
+        active = {n: masks.masks[n].flatten() for n in stats}
         cands = {n: active[n] & ~self._protected(n, scores[n], active[n]) for n in stats}
         if self.cfg.scope == "layer":
             out = {}
@@ -445,10 +456,10 @@ class DynamicSparseHook(TrainHook):
                 target = max(mk.round_count(density * active[n].numel()), self._floors[n])
                 out[n] = mk.smallest_k(scores[n], cands[n], int(active[n].sum()) - target)
         else:
-            n_trim = self.masks.total_active() - mk.round_count(density * self.masks.numel())
+            n_trim = masks.total_active() - mk.round_count(density * masks.numel())
             out = _global_smallest(scores, cands, n_trim)
         for n, idx in out.items():
-            self.masks.masks[n].view(-1)[idx] = False
+            masks.masks[n].view(-1)[idx] = False
         return out
 
     def _drop_regen(
@@ -456,14 +467,14 @@ class DynamicSparseHook(TrainHook):
         optimizer: torch.optim.Optimizer,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
         """Drop ``ceil(r_t * active)`` per layer by I_keep and regrow as many by I_regen."""
-        assert self.masks is not None
+        masks = self._ready()[0]
         dropped: dict[str, torch.Tensor] = {}
         regrown: dict[str, torch.Tensor] = {}
         just = 0
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + u)
         for n, st in stats.items():
-            mask = self.masks.masks[n].view(-1)
-            param = self.masks.tensors[n].param
+            mask = masks.masks[n].view(-1)
+            param = masks.tensors[n].param
             n_active = int(mask.sum())
             keep = self.cfg.keep_scores(st)
             cands = mask & (u - self._regen_at[n].view(-1) > self.cfg.protect_k)
@@ -495,14 +506,14 @@ class DynamicSparseHook(TrainHook):
 
     def _survival(self, u: int, regrown: dict[str, torch.Tensor]) -> dict[str, float]:
         """Fraction of earlier cohorts of regenerated connections still active now."""
-        assert self.masks is not None
+        masks = self._ready()[0]
         out: dict[str, float] = {}
         keep = []
         for born, idx in self._cohorts:
             age = u - born
             total = sum(int(i.numel()) for i in idx.values())
             if age in _SURVIVAL_AGES and total:
-                alive = sum(int(self.masks.masks[n].view(-1)[i].sum()) for n, i in idx.items())
+                alive = sum(int(masks.masks[n].view(-1)[i].sum()) for n, i in idx.items())
                 out[str(age)] = alive / total
             if age < max(_SURVIVAL_AGES):
                 keep.append((born, idx))
@@ -510,14 +521,14 @@ class DynamicSparseHook(TrainHook):
         return out
 
     def _check_floors(self) -> None:
-        assert self.masks is not None and self.sched is not None
+        masks, sched = self._ready()
         if self.cfg.scope != "global":
             return
         need = sum(self._floors.values())
-        target = mk.round_count(self.sched.d_final * self.masks.numel())
+        target = mk.round_count(sched.d_final * masks.numel())
         if need > target:
             msg = (f"per-layer floors need {need} active weights but sparsity {self.cfg.sparsity} "
-                   f"leaves {target} of {self.masks.numel()}; lower min_density_layer "
+                   f"leaves {target} of {masks.numel()}; lower min_density_layer "
                    f"({self.cfg.min_density_layer}) / min_per_channel ({self.cfg.min_per_channel}) "
                    "or the sparsity")
             raise ConfigError(msg)
@@ -526,12 +537,12 @@ class DynamicSparseHook(TrainHook):
         """Under DDP make rank 0's masks authoritative (they should already agree bit for bit)."""
         if not (ctx.distributed and dist.is_available() and dist.is_initialized()):
             return
-        assert self.masks is not None
-        for mask in self.masks.masks.values():
+        masks = self._ready()[0]
+        for mask in masks.masks.values():
             buf = mask.to(torch.uint8)
             dist.broadcast(buf, src=0)
             mask.copy_(buf.bool())
-        self.masks.apply_(ctx.optimizer)
+        masks.apply_(ctx.optimizer)
 
 
 def _global_smallest(

@@ -2,8 +2,8 @@
 
 Why: CIFAR-10 is a standard pruning benchmark, but nothing may be downloaded, so users point
 tinyprune at their own copy of ``cifar-10-batches-py/``: ``data_batch_1`` .. ``data_batch_5`` and
-``test_batch``, each a pickled dict with ``b"data"`` (a numpy ``uint8`` array ``(N, 3072)``: 1024 red,
-1024 green, 1024 blue values, row-major 32x32) and ``b"labels"`` (list of ints 0-9).
+``test_batch``, each a pickled dict with ``b"data"`` (a numpy ``uint8`` array ``(N, 3072)``:
+1024 red, 1024 green, 1024 blue values, row-major 32x32) and ``b"labels"`` (list of ints 0-9).
 
 Pickles can run arbitrary code when loaded, so these files are read with a restricted unpickler
 that resolves only the few globals a numpy array needs (``_reconstruct``, ``ndarray``, ``dtype``
@@ -49,7 +49,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_loads(data: bytes) -> Any:
-    """Unpickle ``data`` with :class:`RestrictedUnpickler` (``encoding="bytes"``, as CIFAR needs)."""
+    """Unpickle ``data`` with :class:`RestrictedUnpickler` (``encoding="bytes"``)."""
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except ConfigError:
@@ -83,7 +83,8 @@ def load_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]):
         shape = getattr(data, "shape", None)
         msg = (f"{p}: b'data' must be uint8 (N, 3072) with one label each; got "
-               f"{getattr(data, 'dtype', type(data).__name__)} {shape} and {labels.shape[0]} labels")
+               f"{getattr(data, 'dtype', type(data).__name__)} {shape} and "
+               f"{labels.shape[0]} labels")
         raise ConfigError(msg)
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         msg = f"{p}: labels must be in 0..9, found {labels.min()}..{labels.max()}"

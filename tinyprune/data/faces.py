@@ -6,7 +6,8 @@ scikit-image, so detectors, crops and networks see real skin texture, eyes, hair
 * ``astronaut``: ``skimage.data.astronaut()``; its face box (row 69, col 177, 90x90, found by the
   bundled LBP cascade) is the reference; the template is the 180x180 region around it.
 * ``lfw:<k>``: face ``k`` (0-99) of ``skimage.data.lfw_subset()`` (25x25 greyscale crops), tinted
-  with a skin tone between methods.md's light ``(0.75, 0.55, 0.45)`` and dark ``(0.35, 0.22, 0.16)``.
+  with a skin tone between methods.md's light ``(0.75, 0.55, 0.45)`` and dark
+  ``(0.35, 0.22, 0.16)``.
 
 Region maps are drawn in face-box coordinates (v down, u across, both 0..1 over the box) [R]:
 pulsatility ``m(x)`` is 1 on forehead/cheeks, 0.6 on nose and chin, 0 on eyes, brows, lips and
@@ -107,7 +108,8 @@ def _lfw(k: int, skin_tone: float) -> FaceTemplate:
     return FaceTemplate(albedo, *maps, box, f"lfw:{k}")
 
 
-def _ellipse(v: np.ndarray, u: np.ndarray, cv: float, cu: float, rv: float, ru: float) -> np.ndarray:
+def _ellipse(v: np.ndarray, u: np.ndarray, cv: float, cu: float, rv: float,
+             ru: float) -> np.ndarray:
     return ((v - cv) / rv) ** 2 + ((u - cu) / ru) ** 2 <= 1.0
 
 

@@ -1,8 +1,8 @@
 """rPPG-Toolbox style preprocessing (methods.md §8.3): face box, resize, normalise, chunk.
 
 Why: every rPPG network here is trained on the toolbox's conventions (face box from the first frame
-enlarged 1.5x, area resize to 72x72 or 36x36, ``DiffNormalized`` / ``Standardized`` / ``Raw`` inputs,
-per-video normalisation before chunking, tail dropped). OpenCV is not available, so the face
+enlarged 1.5x, area resize to 72x72 or 36x36, ``DiffNormalized`` / ``Standardized`` / ``Raw``
+inputs, per-video normalisation before chunking, tail dropped). OpenCV is not available, so the face
 detector is scikit-image's bundled LBP frontal-face cascade (instead of the toolbox's Haar cascade)
 with a centre-crop fallback, and resizing uses PIL's BOX filter (area averaging, like INTER_AREA).
 """
@@ -196,3 +196,18 @@ def preprocess_video(face_frames: np.ndarray, bvp: np.ndarray,
     y = normalise_label(bvp, cfg.label_type)
     xc, yc = chunk(x, y, cfg.chunk)
     return np.ascontiguousarray(xc.transpose(0, 4, 1, 2, 3)), yc.astype(np.float32)
+
+
+def fft_hr(y: np.ndarray, fs: float, band: tuple[float, float] = (0.6, 3.3)) -> float:
+    """HR (bpm) of a label window: periodogram peak inside ``band`` (nfft >= 2048, zero-padded).
+
+    A small copy of the toolbox's FFT rule used to give each clip of a real data set its
+    ground-truth HR from the contact PPG (methods.md §9.1 step 6); evaluation of predictions
+    belongs to ``tinyprune.metrics``.
+    """
+    x = np.asarray(y, np.float64) - np.mean(y)
+    nfft = max(2048, 1 << int(np.ceil(np.log2(max(len(x), 2)))))
+    freqs = np.fft.rfftfreq(nfft, 1.0 / fs)
+    power = np.abs(np.fft.rfft(x, nfft)) ** 2
+    inside = (freqs >= band[0]) & (freqs <= band[1])
+    return float(60.0 * freqs[inside][np.argmax(power[inside])])

@@ -88,7 +88,24 @@ def synthesize_pulse(
     if not duration_s > 0:
         msg = f"pulse duration must be > 0 s, got {duration_s!r}"
         raise ConfigError(msg)
-    p: dict[str, object] = {
+    p = _draw_params(rng, hr_bpm, hr_drift_bpm, rsa, respiration)
+    beats = _beat_times(p, duration_s + 1.0, rng)
+    t = np.arange(0.0, duration_s + 1.0, 1.0 / FINE_HZ)
+    k = np.clip(np.searchsorted(beats, t, side="right") - 1, 0, beats.size - 2)
+    u = (t - beats[k]) / (beats[k + 1] - beats[k])
+    shape = np.exp(-((u - 0.25) ** 2) / (2 * 0.08**2))
+    shape += float(p["dicrotic_amp"]) * np.exp(-((u - 0.55) ** 2) / (2 * 0.12**2))
+    sos = signal.butter(4, 8.0, fs=FINE_HZ, output="sos")
+    shape = _unit_range(signal.sosfiltfilt(sos, shape))
+    resp = np.sin(2 * np.pi * float(p["resp_hz"]) * t)
+    value = shape * (1 + float(p["resp_am"]) * resp) + float(p["wander"]) * resp
+    return Pulse(t, value, beats, p)
+
+
+def _draw_params(rng: np.random.Generator, hr_bpm: float | None, hr_drift_bpm: float | None,
+                 rsa: bool, respiration: bool) -> dict[str, object]:
+    """Draw the §10.1 parameters (the draw order is fixed so seeds stay reproducible)."""
+    return {
         "source": "synthetic",
         "hr0_bpm": float(rng.uniform(50, 140)) if hr_bpm is None else float(hr_bpm),
         "drift_bpm": float(rng.uniform(0, 8)) if hr_drift_bpm is None else float(hr_drift_bpm),
@@ -102,17 +119,6 @@ def synthesize_pulse(
         "dicrotic_amp": float(rng.uniform(0.3, 0.6)),
         "first_beat_s": float(rng.uniform(-1.0, 0.0)),
     }
-    beats = _beat_times(p, duration_s + 1.0, rng)
-    t = np.arange(0.0, duration_s + 1.0, 1.0 / FINE_HZ)
-    k = np.clip(np.searchsorted(beats, t, side="right") - 1, 0, beats.size - 2)
-    u = (t - beats[k]) / (beats[k + 1] - beats[k])
-    shape = np.exp(-((u - 0.25) ** 2) / (2 * 0.08**2))
-    shape += float(p["dicrotic_amp"]) * np.exp(-((u - 0.55) ** 2) / (2 * 0.12**2))
-    sos = signal.butter(4, 8.0, fs=FINE_HZ, output="sos")
-    shape = _unit_range(signal.sosfiltfilt(sos, shape))
-    resp = np.sin(2 * np.pi * float(p["resp_hz"]) * t)
-    value = shape * (1 + float(p["resp_am"]) * resp) + float(p["wander"]) * resp
-    return Pulse(t, value, beats, p)
 
 
 def _beat_times(p: dict[str, object], stop: float, rng: np.random.Generator) -> np.ndarray:

@@ -8,13 +8,14 @@ networks, HR metrics) needs videos whose pulse is known exactly. A real face pho
 ``I_k(x,t) = L(t) l_k(t) [rho_k(x) (1 - a s_k m(x) p(t - tau(x)))] + noise``
 
 with the PBV signature ``s = (0.33, 0.77, 0.53) / 0.77``, depth ``a`` on green, pulsatility map
-``m``, spatial delay ``tau``. Sign [R]: more blood absorbs more light, so skin gets *darker* when the
-label (a pleth, positive = more blood volume) rises, as in real cameras; methods.md writes ``+``.
+``m``, spatial delay ``tau``. Sign [R]: more blood absorbs more light, so skin gets *darker* when
+the label (a pleth, positive = more blood volume) rises, as in real cameras; methods.md
+writes ``+``.
 Specular highlights and the ``talking`` preset are not modelled.
 
-Nuisance presets (combinable): ``static``, ``translation_slow`` / ``translation_fast`` (7 % / 14 % of
-face height per second on average, sinusoidal so turn-arounds are smooth), ``rotation_small`` /
-``rotation_medium`` (yaw +/-10 / +/-20 deg as horizontal squeeze + Lambertian shading),
+Nuisance presets (combinable): ``static``, ``translation_slow`` / ``translation_fast``
+(7 % / 14 % of face height per second on average, sinusoidal so turn-arounds are smooth),
+``rotation_small`` / ``rotation_medium`` (yaw +/-10 / +/-20 deg as horizontal squeeze + Lambertian shading),
 ``illumination`` (drift, ramped steps, colour-temperature drift, optional mains flicker) and
 ``camera`` (Poisson-Gaussian noise, optional gamma 2.2 and JPEG).
 ``crop`` mode renders face-centred ``crop x crop`` clips directly (face box = crop / 1.5).

@@ -6,8 +6,10 @@ To export as one single-input model, a clip is fed *frame-stacked*: a 4-D tensor
 that is ``[1, T*H, W, C]``, byte-for-byte the same as ``[T, H, W, C]``: on the device one
 writes the T frames one after the other. Inside, the nets move the frames into the batch
 axis ``(B*T, C, H, W)`` with transpose/reshape ops and never build a rank-5 tensor. The
-temporal shift module (TSM) and EfficientPhys' frame difference use slices, pads and
-concatenations over a ``(B, T, C, H*W)`` view. Every net returns ``(B, T)``.
+temporal shift module (TSM) and EfficientPhys' frame difference shift frames along that
+batch axis (slices + concat + a constant clip-edge mask): onnx2tf misreads pads/concats on a
+``(B, T, C, H*W)`` view as NCHW and breaks them, so no such view is used. Every net
+returns ``(B, T)``.
 
 DeepPhys and TS-CAN take 6 channels per frame, ``[DiffNormalized (3), Standardized (3)]``,
 computed outside the net as in rPPG-Toolbox. EfficientPhys takes 3 standardised channels and
@@ -56,18 +58,37 @@ def stacked_to_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
     return y.permute(0, 3, 1, 2)
 
 
+def clip_edge_mask(n: int, frames: int, last: bool, device: torch.device) -> torch.Tensor:
+    """``(n, 1, 1, 1)`` mask, 0 at the last (or first) frame of every clip, 1 elsewhere."""
+    t = torch.arange(n, device=device) % frames
+    return (t != (frames - 1 if last else 0)).float().reshape(n, 1, 1, 1)
+
+
+def shift_frames(x: torch.Tensor, frames: int, step: int) -> torch.Tensor:
+    """Frame ``i`` of every clip takes frame ``i + step`` (``step`` = +1 or -1), 0 past the end.
+
+    Works on ``(B*T, C, H, W)``: a cyclic roll along the batch axis (two slices and a
+    concatenation on axis 0) times a constant clip-edge mask, so clips never leak into each
+    other. onnx2tf maps these to STRIDED_SLICE/CONCATENATION/MUL correctly; a PAD along the
+    batch axis it moves to the wrong axis.
+    """
+    if step == 1:
+        y = torch.cat([x[1:], x[:1]], dim=0)
+    else:
+        y = torch.cat([x[-1:], x[:-1]], dim=0)
+    return y * clip_edge_mask(x.shape[0], frames, last=step == 1, device=x.device)
+
+
 def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 3) -> torch.Tensor:
-    """TSM (Lin et al., ICCV 2019) as in TS-CAN: a third of channels from the next frame.
+    """TSM (Lin et al., ICCV 2019) as in TS-CAN, on frames ``(B*T, C, H, W)``.
 
     Channels ``[0, C/fold_div)`` take the next frame's values (last frame gets 0), channels
     ``[C/fold_div, 2C/fold_div)`` the previous frame's (first frame gets 0), the rest stay.
     """
-    n, c, h, w = x.shape
-    fold = c // fold_div
-    v = x.reshape(n // frames, frames, c, h * w)
-    nxt = F.pad(v[:, 1:, :fold], (0, 0, 0, 0, 0, 1))
-    prv = F.pad(v[:, :-1, fold:2 * fold], (0, 0, 0, 0, 1, 0))
-    return torch.cat([nxt, prv, v[:, :, 2 * fold:]], dim=2).reshape(n, c, h, w)
+    fold = x.shape[1] // fold_div
+    nxt = shift_frames(x[:, :fold], frames, 1)
+    prv = shift_frames(x[:, fold:2 * fold], frames, -1)
+    return torch.cat([nxt, prv, x[:, 2 * fold:]], dim=1)
 
 
 class AttentionMask(nn.Module):
@@ -158,10 +179,9 @@ class EfficientPhys(nn.Module):
         self.dense2 = nn.Linear(hidden, 1)
 
     def _diff(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        v = x.reshape(n // self.frames, self.frames, c, h * w)
-        d = F.pad(v[:, 1:] - v[:, :-1], (0, 0, 0, 0, 0, 1))
-        return d.reshape(n, c, h, w)
+        """``x[t+1] - x[t]`` per clip; the last frame's difference is 0."""
+        return shift_frames(x, self.frames, 1) - x * clip_edge_mask(
+            x.shape[0], self.frames, last=True, device=x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, 3, T*H, W)`` (or ``(B, 3, T, H, W)``) to ``(B, T)``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -70,8 +71,8 @@ def find_prunable(
     found = [
         PrunableTensor(f"{mname}.weight" if mname else "weight", mod, mod.weight)
         for mname, mod in model.named_modules()
-        if isinstance(mod, PRUNABLE_TYPES) and isinstance(getattr(mod, "weight", None), nn.Parameter)
-        and mname not in excluded
+        if isinstance(mod, PRUNABLE_TYPES) and mname not in excluded
+        and isinstance(getattr(mod, "weight", None), nn.Parameter)
     ]
     total = len(found)
     if keep_last_dense and found:
@@ -83,7 +84,8 @@ def find_prunable(
             f"model {type(model).__name__} has no prunable weight tensor: found {total} "
             f"Conv/ConvTranspose/Linear layer(s), keep_first_dense={keep_first_dense}, "
             f"keep_last_dense={keep_last_dense}, exclude={sorted(excluded)}; expected at least one "
-            "layer left to prune. Set keep_first_dense/keep_last_dense to False or use a larger model."
+            "layer left to prune. Set keep_first_dense/keep_last_dense to False or use a larger "
+            "model."
         )
         raise ConfigError(msg)
     return found
@@ -110,7 +112,7 @@ def layer_floor(
 
 
 def smallest_k(score: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat indices of the ``k`` smallest ``score`` among ``candidates``; ties go to the lower index."""
+    """Flat indices of the ``k`` smallest ``score`` among ``candidates`` (ties: lower index)."""
     idx = candidates.nonzero().flatten()
     if k <= 0 or idx.numel() == 0:
         return idx[:0]
@@ -119,7 +121,7 @@ def smallest_k(score: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.T
 
 
 def largest_k(score: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat indices of the ``k`` largest ``score`` among ``candidates``; ties go to the lower index."""
+    """Flat indices of the ``k`` largest ``score`` among ``candidates`` (ties: lower index)."""
     idx = candidates.nonzero().flatten()
     if k <= 0 or idx.numel() == 0:
         return idx[:0]
@@ -192,7 +194,9 @@ def round_count(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def _param_state(optimizer: torch.optim.Optimizer | None, param: nn.Parameter) -> list[torch.Tensor]:
+def _param_state(
+    optimizer: torch.optim.Optimizer | None, param: nn.Parameter
+) -> list[torch.Tensor]:
     """Optimizer state tensors shaped like ``param`` (momentum_buffer, exp_avg, exp_avg_sq, ...)."""
     if optimizer is None or param not in optimizer.state:
         return []
@@ -286,7 +290,7 @@ def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     """Read masks written by :func:`save_masks` (``weights_only=True``)."""
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
         msg = f"cannot read masks from {str(path)!r}: {e}; expected a file written by save_masks"
         raise ConfigError(msg) from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -309,7 +309,46 @@ def select_greedy(
             raise PruningError(msg)
         counts[best] = best_width
     counts = fill_pass(scores, counts, widths, cost, limits)
+    counts = _drop_and_refill(scores, counts, widths, cost, limits)
     return make_selection(scores, counts, cost)
+
+
+def _drop_and_refill(
+    scores: list[np.ndarray],
+    counts: np.ndarray,
+    widths: list[np.ndarray],
+    cost: CostModel,
+    limits: Limits,
+    max_rounds: int = 20,
+) -> np.ndarray:
+    """Local search: drop a step of one or two groups, refill; keep it when the kept mass grows."""
+    sorted_scores = [np.sort(np.asarray(s, dtype=np.float64))[::-1] for s in scores]
+
+    def mass(k: np.ndarray) -> float:
+        return sum(float(s[: int(c)].sum()) for s, c in zip(sorted_scores, k, strict=True))
+
+    best = mass(counts)
+    pairs = [(a, b) for a in range(len(widths)) for b in range(a, len(widths))]
+    for _ in range(max_rounds):
+        improved = False
+        for a, b in pairs:  # drop one step of a and one of b (a == b: one step only)
+            trial = _step_down(_step_down(counts, a, widths[a]), b, widths[b]) if a != b else _step_down(counts, a, widths[a])
+            if np.array_equal(trial, counts):
+                continue
+            trial = fill_pass(scores, trial, widths, cost, limits)
+            if mass(trial) > best + 1e-12:
+                counts, best, improved = trial, mass(trial), True
+        if not improved:
+            return counts
+    return counts
+
+
+def _step_down(counts: np.ndarray, g: int, w: np.ndarray) -> np.ndarray:
+    idx = np.searchsorted(w, counts[g], side="left")
+    out = counts.copy()
+    if idx > 0:
+        out[g] = w[idx - 1]
+    return out
 
 
 def warn_if_noop(budget: Budget) -> bool:

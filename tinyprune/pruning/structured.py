@@ -42,7 +42,7 @@ ACT_TYPES: tuple[type[nn.Module], ...] = (
 
 @dataclass(frozen=True)
 class Slot:
-    """Channels of one module inside a group: ``idxs[i]`` of the module is group channel ``root[i]``."""
+    """Channels of one module in a group: its channel ``idxs[i]`` is group channel ``root[i]``."""
 
     name: str
     idxs: tuple[int, ...]
@@ -101,14 +101,18 @@ def output_layers(model: nn.Module, example_input: Any) -> list[nn.Module]:
         if isinstance(out, torch.Tensor) and out.grad_fn is not None:
             produced[out.grad_fn] = m
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    prunable = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    handles = [m.register_forward_hook(hook) for m in prunable]
     try:
         with torch.enable_grad():
             out = _run_forward(model, example_input)
     finally:
         for h in handles:
             h.remove()
-    leaves = out.values() if isinstance(out, dict) else (out if isinstance(out, (tuple, list)) else [out])
+    if isinstance(out, dict):
+        leaves = list(out.values())
+    else:
+        leaves = list(out) if isinstance(out, (tuple, list)) else [out]
     stack = [t.grad_fn for t in leaves if isinstance(t, torch.Tensor) and t.grad_fn is not None]
     seen: set[Any] = set()
     found: list[nn.Module] = []
@@ -127,12 +131,17 @@ def output_layers(model: nn.Module, example_input: Any) -> list[nn.Module]:
 class ChannelGraph:
     """Named channel groups of a model, built once from a torch-pruning trace."""
 
-    def __init__(self, model: nn.Module, example_input: Any, ignored_layers: Sequence[nn.Module] = ()) -> None:
+    def __init__(
+        self, model: nn.Module, example_input: Any, ignored_layers: Sequence[nn.Module] = ()
+    ) -> None:
         self.model = model
         self.example_input = example_input
         self.names = {m: n for n, m in model.named_modules()}
         order = {n: i for i, n in enumerate(self.names.values())}
-        ignored = list(ignored_layers) + output_layers(model, example_input)
+        outputs = _traced(
+            model, "tracing the model outputs", lambda: output_layers(model, example_input)
+        )
+        ignored = list(ignored_layers) + outputs
         self.ignored = [self.names[m] for m in ignored]
 
         def build() -> tp.DependencyGraph:
@@ -146,22 +155,25 @@ class ChannelGraph:
         self.groups = sorted((g for g in groups if g.members), key=lambda g: order[g.name])
 
     def _convert(self, tgroup: Any) -> ChannelGroup:
+        is_in = self.dg.is_in_channel_pruning_fn
         root_dep = tgroup[0].dep
-        group = ChannelGroup(name="", size=len(tgroup[0].idxs), _root=root_dep.target.module, _root_fn=root_dep.handler)
+        root, root_fn = root_dep.target.module, root_dep.handler
+        group = ChannelGroup(name="", size=len(tgroup[0].idxs), _root=root, _root_fn=root_fn)
         for item in tgroup:
             module = item.dep.target.module
             name = self.names.get(module) if isinstance(module, nn.Module) else None
             if name is None:
                 continue
-            slot = Slot(name, tuple(int(i) for i in item.idxs), tuple(int(i) for i in item.root_idxs))
+            idxs, root = tuple(int(i) for i in item.idxs), tuple(int(i) for i in item.root_idxs)
+            slot = Slot(name, idxs, root)
             handler = item.dep.handler
             if isinstance(module, BN_TYPES):
                 group.bns.append(slot)
             elif isinstance(module, PRUNABLE_TYPES) and _is_depthwise(module):
                 group.members.append(slot)
-            elif self.dg.is_out_channel_pruning_fn(handler) and not self.dg.is_in_channel_pruning_fn(handler):
+            elif self.dg.is_out_channel_pruning_fn(handler) and not is_in(handler):
                 group.members.append(slot)
-            elif self.dg.is_in_channel_pruning_fn(handler):
+            elif is_in(handler):
                 group.consumers.append(slot)
         order = list(self.names.values())
         group.members.sort(key=lambda s: order.index(s.name))
@@ -185,9 +197,12 @@ class ChannelGraph:
                 return out.module
         return None
 
-    def cost_model(self, comp: ModelComplexity | None = None, *, count_bn: bool = True) -> CostModel:
+    def cost_model(
+        self, comp: ModelComplexity | None = None, *, count_bn: bool = True
+    ) -> CostModel:
         """The exact :class:`CostModel` of the counted layers (see :mod:`complexity`)."""
-        comp = comp if comp is not None else measure_complexity(self.model, self.example_input, count_bn=count_bn)
+        if comp is None:
+            comp = measure_complexity(self.model, self.example_input, count_bn=count_bn)
         layer_idx = {layer.name: i for i, layer in enumerate(comp.layers)}
         n_layers, n_groups = len(comp.layers), len(self.groups)
         in_coef = np.zeros((n_layers, n_groups))
@@ -199,7 +214,10 @@ class ChannelGraph:
             for slot in group.consumers:
                 if slot.name in layer_idx:
                     in_coef[layer_idx[slot.name], g] += len(slot.idxs) / group.size
-        rows = [_layer_row(self.model.get_submodule(layer.name), layer.positions, count_bn) for layer in comp.layers]
+        rows = [
+            _layer_row(self.model.get_submodule(layer.name), layer.positions, count_bn)
+            for layer in comp.layers
+        ]
         arr = np.array(rows, dtype=np.float64).reshape(n_layers, 7)
         sizes = np.array([g.size for g in self.groups], dtype=np.float64)
         return CostModel(
@@ -223,16 +241,19 @@ class ChannelGraph:
         for group, kept in zip(self.groups, keep, strict=True):
             kept_set = {int(i) for i in kept}
             if not kept_set:
-                msg = f"group {group.name!r} would lose all {group.size} channels; keep at least one"
+                msg = f"group {group.name!r} would lose all {group.size} channels; keep >= 1"
                 raise PruningError(msg)
             drop = [i for i in range(group.size) if i not in kept_set]
             if drop:
                 self.dg.get_pruning_group(group._root, group._root_fn, drop).prune()
-        _traced(self.model, "forward after surgery", lambda: _run_forward(self.model, self.example_input))
+        model, x = self.model, self.example_input
+        _traced(model, "forward after surgery", lambda: _run_forward(model, x))
 
 
 def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, CONV_TYPES) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    if not isinstance(m, CONV_TYPES):
+        return False
+    return bool(m.groups > 1 and m.groups == m.in_channels == m.out_channels)
 
 
 def _layer_row(m: nn.Module, positions: int, count_bn: bool) -> list[float]:
@@ -244,13 +265,17 @@ def _layer_row(m: nn.Module, positions: int, count_bn: bool) -> list[float]:
     if isinstance(m, nn.Linear):
         return [m.in_features, m.out_features, positions, 1.0, bias, 1.0, 0.0]
     kprod = float(np.prod(m.kernel_size))
-    return [m.in_channels, m.out_channels, kprod * positions, kprod, bias, m.groups, float(_is_depthwise(m))]
+    dw = float(_is_depthwise(m))
+    return [m.in_channels, m.out_channels, kprod * positions, kprod, bias, m.groups, dw]
 
 
 def out_first_weight(m: nn.Module) -> torch.Tensor:
     """The weight with output channels on dim 0 (conv-transpose weights are transposed)."""
     w = m.weight.detach()
     return w.transpose(0, 1) if isinstance(m, CONVT_TYPES) else w
+
+
+_Event = tuple[nn.Module, int, torch.Tensor, torch.Tensor]
 
 
 def capture_features(
@@ -268,7 +293,7 @@ def capture_features(
         if b >= max_batches:
             break
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        events: list[tuple[nn.Module, int, torch.Tensor, torch.Tensor]] = []
+        events: list[_Event] = []
 
         def hook(m: nn.Module, inp: Any, out: Any) -> None:
             events.append((m, id(inp[0]), out, out.detach().clone()))  # noqa: B023
@@ -288,7 +313,7 @@ def capture_features(
     return {n: torch.cat(v) for n, v in feats.items()}
 
 
-def _follow_chain(events: list[tuple[nn.Module, int, torch.Tensor, torch.Tensor]], m: nn.Module) -> torch.Tensor:
+def _follow_chain(events: list[_Event], m: nn.Module) -> torch.Tensor:
     start = next(e for e in events if e[0] is m)
     current_id, value = id(start[2]), start[3]
     for kinds in (BN_TYPES, ACT_TYPES):
@@ -341,7 +366,8 @@ def _member_scores(
         return None
     with torch.no_grad():
         s = criterion.score(inp)
-    if not isinstance(s, torch.Tensor) or s.shape != (weight.shape[0],) or not torch.isfinite(s).all():
+    ok = isinstance(s, torch.Tensor) and s.shape == (weight.shape[0],)
+    if not ok or not torch.isfinite(s).all():
         got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
         msg = (
             f"criterion {criterion.name!r} returned scores of shape {got} (or non-finite values) "
@@ -483,7 +509,10 @@ def prune_structured(
         scores = score_groups(graph, criterion, reduce=reduce, features=features)
         mc = min_channels if min_channels is not None else getattr(criterion, "min_channels", 1)
         mf = min_fraction if min_fraction is not None else getattr(criterion, "min_fraction", 0.0)
-        widths = [sel.allowed_widths(g.size, round_to, sel.min_keep_for(g.size, mc, mf)) for g in graph.groups]
+        widths = [
+            sel.allowed_widths(g.size, round_to, sel.min_keep_for(g.size, mc, mf))
+            for g in graph.groups
+        ]
         chosen = _select(criterion, selection, scores, cost, limits, widths, normalize, sparsity)
         graph.remove_channels_(chosen.keep)
         after = measure_complexity(model, example_input)

@@ -88,7 +88,7 @@ def test_t2_conservation_per_layer():
 
 def planted(crit: WGJCriterion, opt: torch.optim.Optimizer | None = None
             ) -> tuple[nn.Linear, DynamicSparseHook, TrainContext]:
-    """A 4x8 layer with groups A (|w| big, g small), B (small, big), C (small, small), D (big, big)."""
+    """A 4x8 layer, groups A (|w| big, g small), B (small, big), C (small, small), D (big, big)."""
     layer = nn.Linear(8, 4, bias=False)
     opt = opt or torch.optim.SGD(layer.parameters(), lr=0.1)
     ctx = TrainContext(model=layer, optimizer=opt, total_steps=4, step=0)
@@ -108,8 +108,9 @@ T3 = dict(sparsity=0.125, delta_t=1, t_start=1, t_f=1, t_end=3, r0=0.3, keep_fir
           keep_last_dense=False, min_density_layer=0.0, min_per_channel=0)
 
 
-def test_t3_planted_types():
-    _, hook, ctx = planted(WGJCriterion(**T3))
+@pytest.mark.parametrize("keep_score", ["ratio", "exp"])
+def test_t3_planted_types(keep_score):
+    _, hook, ctx = planted(WGJCriterion(**T3, keep_score=keep_score))
     ctx.step = 1
     hook.after_step(ctx)
     rec = hook.records[0]
@@ -240,6 +241,7 @@ def test_taylor_trim_score_and_score_shape():
     ({"init_sparsity": 0.5, "sparsity": 0.3}, "init_sparsity"),
     ({"r0": 1.5}, "r0"),
     ({"trim_score": "rank"}, "trim_score"),
+    ({"keep_score": "rank"}, "keep_score"),
     ({"regrow_init": "random"}, "regrow_init"),
     ({"delta_t": 0}, "delta_t"),
 ])
@@ -268,3 +270,46 @@ def test_no_prunable_tensor():
                        total_steps=60)
     with pytest.raises(ConfigError, match="no prunable weight tensor"):
         WGJCriterion(**SCHED).make_hook().on_train_begin(ctx)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        model = mlp()
+        ddp = DistributedDataParallel(model)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        ctx = TrainContext(model=model, optimizer=opt, total_steps=30, rank=rank, world_size=world)
+        hook = WGJCriterion(**{**SCHED, "t_f": 15, "t_end": 25}).make_hook()
+        hook.on_train_begin(ctx)
+        g = torch.Generator().manual_seed(100 + rank)  # each replica sees different data
+        for _ in range(30):
+            opt.zero_grad()
+            ddp(torch.randn(8, 8, generator=g)).square().mean().backward()
+            hook.after_backward(ctx)
+            opt.step()
+            ctx.step += 1
+            hook.after_step(ctx)
+        torch.save(hook.masks.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_masks_identical_on_every_rank_under_ddp(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    m0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    m1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
+    assert sum(int(m.sum()) for m in m0.values()) == math.floor(0.2 * (32 * 32 + 32 * 16) + 0.5)

@@ -1,0 +1,143 @@
+"""Selection: budgets, round_to, global threshold, greedy SELECT (methods.md §3.5, §5.3, §5.7)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from tiny_nets import PlainCNN, make
+from torch import nn
+
+from tinyprune.errors import ConfigError, PruningError
+from tinyprune.pruning import select as sel
+from tinyprune.pruning.structured import ChannelGraph
+
+
+def _chain(widths: tuple[int, ...], seed: int = 0) -> tuple[sel.CostModel, list[int]]:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    cin = 2
+    for w in widths:
+        layers += [nn.Conv2d(cin, w, 3, padding=1), nn.ReLU()]
+        cin = w
+    layers += [nn.Flatten(), nn.Linear(cin * 16, 3)]
+    model = nn.Sequential(*layers).eval()
+    graph = ChannelGraph(model, torch.randn(1, 2, 4, 4))
+    return graph.cost_model(), [g.size for g in graph.groups]
+
+
+@pytest.fixture(scope="module")
+def chain() -> tuple[sel.CostModel, list[int]]:
+    return _chain((6, 5, 4))
+
+
+def test_budget_fractions_and_absolute() -> None:
+    assert sel.Budget(target_flops=0.5).limits(1000, 50) == (500, np.inf)
+    assert sel.Budget(target_flops=600.0).limits(1000, 50) == (300, np.inf)  # absolute FLOPs = 2 x MACs
+    assert sel.Budget(target_params=40.0).limits(1000, 50) == (np.inf, 40)
+    assert sel.Budget(target_flops=1.0).is_noop
+
+
+@pytest.mark.parametrize("kw", [{}, {"target_flops": 0.0}, {"target_params": -1}], ids=str)
+def test_budget_rejects_bad_values(kw: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match="budget|target"):
+        sel.Budget(**kw)
+
+
+def test_allowed_widths_round_to() -> None:
+    assert sel.allowed_widths(10, 4).tolist() == [4, 8, 10]
+    assert sel.allowed_widths(10, 4, min_keep=5).tolist() == [8, 10]
+    assert sel.allowed_widths(3, 4).tolist() == [3]
+    assert sel.min_keep_for(200, 8, 0.05) == 10
+
+
+def _maximal(cost: sel.CostModel, counts: tuple[int, ...], widths: list[np.ndarray], limits: sel.Limits) -> bool:
+    for g, w in enumerate(widths):
+        bigger = w[w > counts[g]]
+        if bigger.size:
+            trial = np.array(counts)
+            trial[g] = bigger[0]
+            macs, params = cost.cost(trial)
+            if macs <= limits[0] and params <= limits[1]:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("frac", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize("method", ["global", "greedy"])
+def test_budget_met_and_maximal(chain: tuple[sel.CostModel, list[int]], frac: float, method: str) -> None:
+    cost, sizes = chain
+    rng = np.random.default_rng(1)
+    scores = [rng.random(s) for s in sizes]
+    widths = [sel.allowed_widths(s, 1) for s in sizes]
+    limits = sel.Budget(target_flops=frac, target_params=frac + 0.1).limits(*cost.dense)
+    fn = sel.select_global if method == "global" else sel.select_greedy
+    chosen = fn(scores, cost, limits, widths)
+    assert chosen.macs <= limits[0] and chosen.params <= limits[1]
+    assert _maximal(cost, chosen.counts, widths, limits)
+    for s, k, c in zip(scores, chosen.keep, chosen.counts, strict=True):
+        assert len(k) == c and set(np.argsort(-s, kind="stable")[:c]) == set(k)
+
+
+def test_global_threshold_exact_small_case(chain: tuple[sel.CostModel, list[int]]) -> None:
+    cost, sizes = chain
+    scores = [np.arange(s, dtype=float) + 1 for s in sizes]  # channel i has score i+1
+    widths = [sel.allowed_widths(s, 1) for s in sizes]
+    chosen = sel.select_global(scores, cost, (np.inf, np.inf), widths)
+    assert chosen.counts == tuple(sizes)
+    tight = sel.select_global(scores, cost, (cost.cost([1, 1, 1])[0], np.inf), widths)
+    assert tight.counts == (1, 1, 1)
+    assert [k.tolist() for k in tight.keep] == [[5], [4], [3]]  # the highest index = best score
+
+
+def _brute_force(scores: list[np.ndarray], cost: sel.CostModel, limit: float) -> float:
+    best = -np.inf
+    sorted_scores = [np.sort(s)[::-1] for s in scores]
+    for counts in itertools.product(*[range(1, len(s) + 1) for s in scores]):
+        if cost.cost(np.array(counts))[0] <= limit:
+            best = max(best, sum(float(s[:c].sum()) for s, c in zip(sorted_scores, counts, strict=True)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_select_close_to_brute_force(chain: tuple[sel.CostModel, list[int]], seed: int) -> None:
+    cost, sizes = chain
+    rng = np.random.default_rng(seed)
+    scores = [rng.random(s) for s in sizes]
+    limit = cost.dense[0] * rng.uniform(0.3, 0.7)
+    widths = [sel.allowed_widths(s, 1) for s in sizes]
+    chosen = sel.select_greedy(scores, cost, (limit, np.inf), widths)
+    mass = sum(float(s[k].sum()) for s, k in zip(scores, chosen.keep, strict=True))
+    assert mass >= 0.98 * _brute_force(scores, cost, limit)
+
+
+def test_greedy_exact_for_one_layer() -> None:
+    cost, sizes = _chain((8,))
+    rng = np.random.default_rng(3)
+    scores = [rng.random(8)]
+    limit = cost.dense[0] * 0.55
+    chosen = sel.select_greedy(scores, cost, (limit, np.inf), [sel.allowed_widths(8, 1)])
+    assert float(scores[0][chosen.keep[0]].sum()) == pytest.approx(_brute_force(scores, cost, limit))
+
+
+def test_unreachable_budget_names_smallest_reachable() -> None:
+    model, x = make(PlainCNN)
+    cost = ChannelGraph(model, x).cost_model()
+    widths = [sel.allowed_widths(s, 4, 4) for s in (16, 16, 12)]
+    scores = [np.ones(s) for s in (16, 16, 12)]
+    with pytest.raises(PruningError, match=r"smallest reachable model has \d+ MACs .*minimum width \[4, 4, 4\]"):
+        sel.select_global(scores, cost, sel.Budget(target_flops=0.01).limits(*cost.dense), widths)
+
+
+def test_uniform_and_local() -> None:
+    cost, sizes = _chain((8, 8))
+    scores = [np.arange(8.0), np.arange(8.0)[::-1].copy()]
+    widths = [sel.allowed_widths(8, 2)] * 2
+    uni = sel.select_uniform(scores, cost, (cost.dense[0] * 0.5, np.inf), widths)
+    assert uni.counts[0] == uni.counts[1] and uni.macs <= cost.dense[0] * 0.5
+    loc = sel.select_local(scores, cost, [0.5, 0.25], [sel.allowed_widths(8, 1)] * 2)
+    assert [k.tolist() for k in loc.keep] == [[4, 5, 6, 7], [0, 1, 2, 3, 4, 5]]
+    with pytest.raises(ConfigError, match="sparsities"):
+        sel.select_local(scores, cost, [0.5], widths)
