@@ -1,11 +1,25 @@
 """firmware_export: PyTorch -> ONNX -> TensorFlow -> full-int8 TFLite -> verified on ONNX
 Runtime, LiteRT and TFLite Micro -> C arrays -> budget checks -> reports.
 
-Heavy libraries (TensorFlow, onnx2tf, the runtimes) are imported inside the stages, so
-importing this package stays cheap.
+Heavy libraries (torch, TensorFlow, onnx2tf, the runtimes) are imported on first use, so
+importing this package (as the runtime child processes do) stays cheap.
 """
 
-from firmware_export.pipeline import ExportOptions, ExportResult, export
-from firmware_export.recheck import report_existing
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["ExportOptions", "ExportResult", "export", "report_existing"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ExportOptions", "ExportResult", "export"):
+        from firmware_export import pipeline
+
+        return getattr(pipeline, name)
+    if name == "report_existing":
+        from firmware_export.recheck import report_existing
+
+        return report_existing
+    msg = f"module 'firmware_export' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -58,7 +58,11 @@ def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: 
     """
     quiet_tensorflow()
     import onnx2tf
+    import tf_keras
 
+    # Keras numbers layer names per process (model, model_1, ...) and those names end up in the
+    # flatbuffer: a fresh session makes a second export in one process byte-identical.
+    tf_keras.backend.clear_session()
     if out_dir.exists():
         shutil.rmtree(out_dir)
     captured = io.StringIO()

@@ -54,7 +54,8 @@ _OP_HINTS = {
 _CRASH_FLOOR = 1024
 
 #: TFLM's arena allocators print this when the arena is short (tiny arenas then segfault).
-_SHORTAGE_RE = re.compile(r"Requested: \d+, available \d+, missing: \d+")
+# "Too many buffers" comes from the memory planner, whose bookkeeping is carved from the arena.
+_SHORTAGE_RE = re.compile(r"Requested: \d+, available \d+, missing: \d+|Too many buffers \(max is \d+\)")
 
 #: A generous arena for host runs when the caller does not give one.
 DEFAULT_HOST_ARENA = 1 << 20

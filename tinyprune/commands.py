@@ -33,6 +33,24 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--out", required=True, help="run folder (model.pt2, checkpoint.pt, calib.npy, summary.json)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("prune", formatter_class=fmt,
+                       help="train with a pruning criterion, prune, fine-tune; writes RUN/pruned.pt2")
+    p.add_argument("model", help="zoo:NAME, file.py:factory or package.module:factory")
+    p.add_argument("--data", required=True, help="digits, synthetic-rppg, pure:/path, ubfc:/path, cifar10:/path")
+    p.add_argument("--criterion", required=True, help="see `tinyprune criteria`")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--target-flops", type=float, help="FLOPs kept: fraction in (0, 1] or absolute FLOPs")
+    budget.add_argument("--target-params", type=float, help="params kept: fraction in (0, 1] or absolute count")
+    budget.add_argument("--sparsity", type=float, help="unstructured criteria: fraction of weights removed")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs (with the criterion's hook)")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--round-to", type=int, default=4, help="kept channel counts are multiples of this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder (pruned.pt2, checkpoint.pt, calib.npy, summary.json)")
+    p.set_defaults(func=cmd_prune)
+
     p = sub.add_parser("demo", formatter_class=fmt,
                        help="the main job on an embedded default: train on handwritten digits, "
                             "export to int8 for a Cortex-M4, report")
@@ -71,6 +89,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty())
     final = json.loads(files.summary.read_text())["fit"].get("final", {})
     print(f"final: {final}", file=sys.stderr)
+    print(files.out_dir)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """``tinyprune prune``."""
+    from tinyprune.prune_job import prune_run
+
+    files = prune_run(args.model, args.data, args.criterion, args.out, target_flops=args.target_flops,
+                      target_params=args.target_params, sparsity=args.sparsity, epochs=args.epochs,
+                      finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
+                      seed=args.seed, round_to=args.round_to, progress=sys.stderr.isatty())
+    summary = json.loads(files.summary.read_text())
+    for key in ("metric_before", "metric_trained", "metric_pruned", "metric_finetuned"):
+        if key in summary:
+            print(f"{key}: {summary[key]}", file=sys.stderr)
     print(files.out_dir)
     return 0
 

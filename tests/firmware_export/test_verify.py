@@ -133,12 +133,15 @@ def _inputs(n: int = 8) -> np.ndarray:
     return np.random.default_rng(2).integers(-128, 128, (n, 12, 12, 2)).astype(np.int8)
 
 
-def _negate_weights(model: bytes, weight_name: str) -> bytes:
-    """Copy of the model with one constant weight tensor negated in place (same graph)."""
+def _negate_weights(model: bytes, op_index: int) -> bytes:
+    """Copy of the model with the weight tensor of one op negated in place (same graph).
+
+    Ops are picked by index: Keras names tensors per process (sequential, sequential_1, ...).
+    """
     from firmware_export.tflite_model import parse_tflite
 
     parsed = parse_tflite(model)
-    (t,) = [t for t in parsed.tensors if t.name == weight_name]
+    t = parsed.tensors[parsed.ops[op_index].inputs[1]]
     raw = parsed.constant(t.index).tobytes()
     at = model.find(raw)
     assert at >= 0 and model.find(raw, at + 1) < 0, "weights must occur once in the flatbuffer"
@@ -146,9 +149,7 @@ def _negate_weights(model: bytes, weight_name: str) -> bytes:
     return model[:at] + flipped.tobytes() + model[at + len(raw):]
 
 
-_CONV1_W = "sequential_1/conv1_1/convolution"
-_CONV2_W = "sequential_1/conv2_1/convolution"
-_FC_W = "sequential_1/fc_1/MatMul1"
+_CONV1_W, _CONV2_W, _FC_W = 0, 2, 7  # op indices of conv1, conv2 and fc
 
 
 @pytest.mark.tf

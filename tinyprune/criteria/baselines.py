@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 
 from tinyprune.criteria.base import CRITERIA, Granularity, ScoreInput
+from tinyprune.errors import PruningError
 
 
 @CRITERIA.register("l1", help="L1 norm of each output filter (Li et al. 2017)")
@@ -72,10 +73,8 @@ class BNScaleCriterion:
 
     def score(self, inp: ScoreInput) -> torch.Tensor:
         """``|gamma|`` of the following BatchNorm."""
-        if not self.applies_to(inp):
-            from tinyprune.errors import PruningError
-
+        gamma = getattr(inp.bn, "weight", None) if inp.bn is not None else None
+        if not isinstance(gamma, torch.Tensor):
             msg = f"bn_scale needs an affine BatchNorm after layer {inp.name!r}; use 'l1' there"
             raise PruningError(msg)
-        assert inp.bn is not None  # narrowed by applies_to (for mypy)
-        return inp.bn.weight.detach().abs().double()
+        return gamma.detach().abs().double()

@@ -27,7 +27,9 @@ from tinyprune.errors import ConfigError
 SOURCES = ("weights", "mixed", "layer_direction")
 
 
-def descriptors(weight: torch.Tensor, source: str = "weights", features: torch.Tensor | None = None) -> np.ndarray:
+def descriptors(
+    weight: torch.Tensor, source: str = "weights", features: torch.Tensor | None = None
+) -> np.ndarray:
     """``(C, 3)`` float64 descriptors ``(mu, var, delta)`` of each output filter (§4.2)."""
     v = weight.reshape(weight.shape[0], -1).double()
     mu, var = v.mean(dim=1), v.var(dim=1, unbiased=False)
@@ -102,13 +104,15 @@ def cluster_priority(labels: np.ndarray, crowd: np.ndarray, l1: np.ndarray) -> n
     return scores
 
 
-def select_in_clusters(labels: np.ndarray, crowd: np.ndarray, l1: np.ndarray, n_keep: int) -> np.ndarray:
+def select_in_clusters(
+    labels: np.ndarray, crowd: np.ndarray, l1: np.ndarray, n_keep: int
+) -> np.ndarray:
     """Indices (sorted) of the ``n_keep`` channels kept by the cluster rule."""
     order = np.argsort(-cluster_priority(labels, crowd, l1), kind="stable")
     return np.sort(order[:n_keep])
 
 
-@CRITERIA.register("cluster_de", help="k-means on (mean, var, direction) + crowding distance; DE picks k")
+@CRITERIA.register("cluster_de", help="k-means of filter descriptors + crowding; DE picks k")
 @dataclass(frozen=True)
 class ClusterDECriterion:
     """Sun et al. 2024 (Neural Processing Letters, doi:10.1007/s11063-024-11684-z).
@@ -129,7 +133,10 @@ class ClusterDECriterion:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES or self.n_clusters < 1:
-            msg = f"cluster_de(source={self.source!r}, n_clusters={self.n_clusters}) invalid; sources {SOURCES}"
+            msg = (
+                f"cluster_de(source={self.source!r}, n_clusters={self.n_clusters}) invalid; "
+                f"expected a source in {SOURCES} and n_clusters >= 1"
+            )
             raise ConfigError(msg)
 
     @property
@@ -167,7 +174,8 @@ class DEResult:
 
 
 def _init_population(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, pop: int,
-                     fit: Callable[[np.ndarray], float], opposition: bool) -> tuple[np.ndarray, np.ndarray]:
+                     fit: Callable[[np.ndarray], float],
+                     opposition: bool) -> tuple[np.ndarray, np.ndarray]:
     x = rng.uniform(lo, hi, size=(pop, len(lo)))
     if opposition:
         x = np.concatenate([x, lo + hi - x])
@@ -239,7 +247,8 @@ def shade_de(fitness: Callable[[np.ndarray], float], lo: Sequence[float], hi: Se
             k, updates = (k + 1) % memory, updates + 1
         history.append(m_f.copy())
     best = int(np.argmax(f))
-    return DEResult(np.clip(np.rint(x[best]), lo_a, hi_a).astype(int), float(f[best]), len(cache), updates, history)
+    best_x = np.clip(np.rint(x[best]), lo_a, hi_a).astype(int)
+    return DEResult(best_x, float(f[best]), len(cache), updates, history)
 
 
 def recalibrate_bn_(model: nn.Module, batches: Iterable[Any]) -> None:
@@ -272,7 +281,8 @@ def cluster_fitness(model: nn.Module, example_input: Any, budget: Any, layers: S
     from tinyprune.pruning.structured import prune_structured
 
     def fitness(k: np.ndarray) -> float:
-        crit = ClusterDECriterion(k_per_layer=tuple(zip(layers, (int(v) for v in k), strict=True)), seed=seed)
+        ks = tuple(zip(layers, (int(v) for v in k), strict=True))
+        crit = ClusterDECriterion(k_per_layer=ks, seed=seed)
         pruned = copy.deepcopy(model)
         prune_structured(pruned, example_input, crit, budget, round_to=round_to)
         recalibrate_bn_(pruned, calib)
@@ -283,7 +293,8 @@ def cluster_fitness(model: nn.Module, example_input: Any, budget: Any, layers: S
 
 def search_clusters(model: nn.Module, example_input: Any, budget: Any, calib: Sequence[Any],
                     heldout: Sequence[tuple[torch.Tensor, torch.Tensor]], *, k_max: int = 16,
-                    pop: int = 20, gens: int = 30, round_to: int = 4, seed: int = 0) -> ClusterDECriterion:
+                    pop: int = 20, gens: int = 30, round_to: int = 4,
+                    seed: int = 0) -> ClusterDECriterion:
     """Run the DE of §4.6 and return the criterion configured with the best ``k`` per layer."""
     from tinyprune.pruning.structured import ChannelGraph
 
@@ -292,6 +303,9 @@ def search_clusters(model: nn.Module, example_input: Any, budget: Any, calib: Se
     sizes = [model.get_submodule(n).weight.shape[0] for n in layers]
     lo = [2] * len(layers)
     hi = [max(2, min(k_max, c - 1)) for c in sizes]
-    fit = cluster_fitness(model, example_input, budget, layers, calib, heldout, round_to=round_to, seed=seed)
+    fit = cluster_fitness(
+        model, example_input, budget, layers, calib, heldout, round_to=round_to, seed=seed
+    )
     result = shade_de(fit, lo, hi, pop=pop, gens=gens, seed=seed)
-    return ClusterDECriterion(k_per_layer=tuple(zip(layers, result.best_x.tolist(), strict=True)), seed=seed)
+    ks = tuple(zip(layers, result.best_x.tolist(), strict=True))
+    return ClusterDECriterion(k_per_layer=ks, seed=seed)

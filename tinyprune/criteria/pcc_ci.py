@@ -133,9 +133,10 @@ class PCCHook(TrainHook):
         seed: int = 0,
     ) -> None:
         if mode not in PCC_MODES or lambda_pcc < 0:
-            msg = f"PCCHook(mode={mode!r}, lambda_pcc={lambda_pcc}) invalid; modes {PCC_MODES}, lambda >= 0"
+            msg = f"PCCHook(mode={mode!r}, lambda_pcc={lambda_pcc}): modes {PCC_MODES}, lambda >= 0"
             raise ConfigError(msg)
-        self.lambda_pcc, self.mode, self.margin, self.max_pixels = lambda_pcc, mode, margin, max_pixels
+        self.lambda_pcc, self.mode, self.margin = lambda_pcc, mode, margin
+        self.max_pixels = max_pixels
         self.layers = layers
         self.generator = torch.Generator().manual_seed(seed)
         self._feats: list[torch.Tensor] = []
@@ -157,12 +158,15 @@ class PCCHook(TrainHook):
         if module.training and torch.is_grad_enabled() and out.dim() >= 3:
             self._feats.append(out)
 
-    def extra_loss(self, ctx: TrainContext, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor | None:
+    def extra_loss(
+        self, ctx: TrainContext, inputs: torch.Tensor, outputs: torch.Tensor
+    ) -> torch.Tensor | None:
         """``lambda_pcc`` times the mean layer term over the feature maps of this batch."""
         feats, self._feats = self._feats, []
         if not feats or self.lambda_pcc == 0:
             return None
-        terms = [pcc_layer_loss(f, self.mode, self.margin, self.max_pixels, self.generator) for f in feats]
+        gen = self.generator
+        terms = [pcc_layer_loss(f, self.mode, self.margin, self.max_pixels, gen) for f in feats]
         loss = torch.stack(terms).mean()
         self.last = float(loss.detach())
         return self.lambda_pcc * loss
@@ -178,7 +182,7 @@ class PCCHook(TrainHook):
         return {"pcc_last": self.last, "pcc_mode": self.mode, "lambda_pcc": self.lambda_pcc}
 
 
-@CRITERIA.register("pcc_ci", help="channel independence (CHIP nuclear-norm drop) + PCC pre-training loss")
+@CRITERIA.register("pcc_ci", help="channel independence (CHIP nuclear-norm drop) + PCC loss")
 @dataclass(frozen=True)
 class PCCCICriterion:
     """Channel Independence of Li et al. 2025 / CHIP (arXiv:2110.13981).
@@ -205,7 +209,7 @@ class PCCCICriterion:
 
     def __post_init__(self) -> None:
         if self.mode not in ("adaptive_budget", "chip_fixed"):
-            msg = f"pcc_ci mode {self.mode!r} is unknown; expected 'adaptive_budget' or 'chip_fixed'"
+            msg = f"pcc_ci mode {self.mode!r} unknown; expected 'adaptive_budget' or 'chip_fixed'"
             raise ConfigError(msg)
         if self.pcc_mode not in PCC_MODES:
             msg = f"pcc_mode {self.pcc_mode!r} is unknown; expected one of: {', '.join(PCC_MODES)}"
@@ -228,4 +232,6 @@ class PCCCICriterion:
 
     def train_hook(self, layers: tuple[str, ...] = (), seed: int = 0) -> PCCHook:
         """The PCC loss term to add to pre-training with this criterion's settings."""
-        return PCCHook(self.lambda_pcc, self.pcc_mode, self.pcc_margin, self.pcc_max_pixels, layers, seed)
+        return PCCHook(
+            self.lambda_pcc, self.pcc_mode, self.pcc_margin, self.pcc_max_pixels, layers, seed
+        )

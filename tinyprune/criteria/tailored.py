@@ -1,4 +1,4 @@
-"""Tailored Channel Pruning with adaptive sparsity regularisation (Lee et al., IEEE Access 13, 2025).
+"""Tailored Channel Pruning with adaptive sparsity regularisation (Lee et al., IEEE Access 2025).
 
 Only the abstract was available; this is the TCP-R reconstruction of methods.md §5 [R]: BN
 scales are channel gates; every ``select_every`` steps a budget-exact greedy SELECT (plus a
@@ -56,7 +56,7 @@ class TailoredCriterion:
 
     def __post_init__(self) -> None:
         if self.importance not in ("gamma", "taylor"):
-            msg = f"tailored importance {self.importance!r} is unknown; expected 'gamma' or 'taylor'"
+            msg = f"tailored importance {self.importance!r} unknown; expected 'gamma' or 'taylor'"
             raise ConfigError(msg)
         if self.select_every < 1 or self.kappa <= 0:
             msg = f"select_every={self.select_every}, kappa={self.kappa}: expected >= 1 and > 0"
@@ -74,7 +74,7 @@ class TailoredCriterion:
         gamma = inp.bn.weight.detach().double()
         if self.importance == "taylor":
             if inp.bn.weight.grad is None:
-                msg = f"importance='taylor' needs gradients of {inp.name!r}'s BN scale; run a backward first"
+                msg = f"importance='taylor' needs grads of {inp.name!r}'s BN scale; run a backward"
                 raise ConfigError(msg)
             return (gamma * inp.bn.weight.grad.double()).abs()
         return gamma.abs()
@@ -82,7 +82,7 @@ class TailoredCriterion:
 
 @dataclass
 class LambdaController:
-    """``lambda <- clip(lambda * exp(kappa e_t + kappa_d (e_t - e_{t-1})))``, ``e = log rho - log rho*``.
+    """``lambda <- clip(lambda exp(kappa e_t + kappa_d (e_t - e_{t-1})))``, ``e = log(rho/rho*)``.
 
     With ``kappa_d = 0`` this is the bare law of methods.md §5.3. Because the leakage integrates
     lambda, that law alone oscillates around the target (factor ~3-5 in simulation); the
@@ -158,7 +158,8 @@ def fold_beta_(graph: Any, keep: Sequence[Sequence[int]], activation: str = "rel
 
 def _fold_into(consumer: nn.Module, slot: Any, removed: set[int], const: torch.Tensor) -> None:
     if isinstance(consumer, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        warnings.warn(f"beta of removed channels not folded into conv-transpose {slot.name!r}", stacklevel=3)
+        msg = f"beta of removed channels not folded into conv-transpose {slot.name!r}"
+        warnings.warn(msg, stacklevel=3)
         return
     w = consumer.weight.detach()
     if consumer.bias is None:
@@ -188,8 +189,10 @@ class TailoredHook(TrainHook):
         self.example_input, self.budget = example_input, budget
         self.crit = criterion if criterion is not None else TailoredCriterion()
         self.round_to, self.prune_steps, self.ignored = round_to, prune_steps, ignored_layers
-        self.controller = LambdaController(self.crit.lambda_init, self.crit.kappa, self.crit.kappa_d,
-                                           self.crit.rho_min, self.crit.lambda_bounds)
+        c = self.crit
+        self.controller = LambdaController(
+            c.lambda_init, c.kappa, c.kappa_d, c.rho_min, c.lambda_bounds
+        )
         self.history: list[dict[str, float]] = []
         self.keep: list[np.ndarray] = []
         self.pset: list[np.ndarray] = []
@@ -208,14 +211,19 @@ class TailoredHook(TrainHook):
             ctx.model.train(was)
         self.limits = self.budget.limits(*self.cost.dense)
         crit = self.crit
-        self.widths = [sel.allowed_widths(g.size, self.round_to,
-                                          sel.min_keep_for(g.size, crit.min_channels, crit.min_fraction))
-                       for g in self.graph.groups]
+        groups = self.graph.groups
+        mins = [sel.min_keep_for(g.size, crit.min_channels, crit.min_fraction) for g in groups]
+        self.widths = [
+            sel.allowed_widths(g.size, self.round_to, m)
+            for g, m in zip(self.graph.groups, mins, strict=True)
+        ]
         full = self.cost.group_sizes.copy()
         dcost = np.array([sel._step_cost(self.cost, full, g, int(full[g] - 1), self.limits)
                           for g in range(len(full))])
         self.weights = dcost / max(float(np.mean(dcost)), 1e-12)
-        self._gates = [[(self.graph.bn_after(s.name), s) for s in g.members] for g in self.graph.groups]
+        self._gates = [
+            [(self.graph.bn_after(s.name), s) for s in g.members] for g in self.graph.groups
+        ]
         self._select(ctx)
 
     def importance(self) -> list[np.ndarray]:
@@ -230,7 +238,8 @@ class TailoredHook(TrainHook):
         scores = self.importance()
         chosen = sel.select_greedy(scores, self.cost, self.limits, self.widths)
         self.keep = list(chosen.keep)
-        self.pset = [np.setdiff1d(np.arange(g.size), k) for g, k in zip(self.graph.groups, self.keep, strict=True)]
+        pairs = zip(self.graph.groups, self.keep, strict=True)
+        self.pset = [np.setdiff1d(np.arange(g.size), k) for g, k in pairs]
         rho = self.leakage(scores)
         lam = self.controller.value
         if self.history:
@@ -268,7 +277,8 @@ class TailoredHook(TrainHook):
                     continue
                 in_p = torch.zeros(bn.weight.shape[0], dtype=bn.weight.dtype)
                 root = torch.tensor(slot.root)
-                in_p[torch.tensor(slot.idxs)] = torch.isin(root, torch.as_tensor(pset)).to(in_p.dtype)
+                hit = torch.isin(root, torch.as_tensor(pset)).to(in_p.dtype)
+                in_p[torch.tensor(slot.idxs)] = hit
                 proximal_l1_(bn.weight, ctx.lr * w * (lam * in_p + lam_all))
 
     def freeze_(self, model: nn.Module, activation: str = "relu") -> Any:

@@ -35,7 +35,10 @@ class Budget:
         for key in ("target_flops", "target_params"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                msg = f"{key}={value!r} is invalid; expected a fraction kept in (0, 1] or an absolute number > 1"
+                msg = (
+                    f"{key}={value!r} is invalid; expected a fraction kept in (0, 1] "
+                    "or an absolute number > 1"
+                )
                 raise ConfigError(msg)
         if self.target_flops is None and self.target_params is None:
             msg = "empty budget; give target_flops and/or target_params (e.g. target_flops=0.5)"
@@ -139,7 +142,7 @@ def make_selection(scores: list[np.ndarray], counts: np.ndarray, cost: CostModel
 
 
 def check_reachable(cost: CostModel, widths: list[np.ndarray], limits: Limits) -> None:
-    """Raise :class:`PruningError` with the smallest reachable cost when ``limits`` cannot be met."""
+    """Raise :class:`PruningError` naming the smallest reachable cost if ``limits`` is unmet."""
     k_min = np.array([w[0] for w in widths], dtype=np.float64)
     if _fits(cost, k_min, limits):
         return
@@ -147,8 +150,9 @@ def check_reachable(cost: CostModel, widths: list[np.ndarray], limits: Limits) -
     fixed_macs, fixed_params = cost.cost(np.zeros_like(k_min))
     dense_macs, dense_params = cost.dense
     msg = (
-        f"budget unreachable: limits MACs<={limits[0]:.0f}, params<={limits[1]:.0f}, but the smallest "
-        f"reachable model has {macs:.0f} MACs ({macs / dense_macs:.1%} of dense) and {params:.0f} "
+        f"budget unreachable: limits MACs<={limits[0]:.0f}, params<={limits[1]:.0f}, but the "
+        f"smallest reachable model has {macs:.0f} MACs ({macs / dense_macs:.1%} of dense) and "
+        f"{params:.0f} "
         f"params ({params / dense_params:.1%}) with every group at its minimum width "
         f"{[int(w[0]) for w in widths]} (min channels and round_to); {fixed_macs:.0f} MACs / "
         f"{fixed_params:.0f} params sit in layers that cannot be pruned (coupled to the input or "
@@ -177,7 +181,11 @@ def _width_for(count: int, widths: np.ndarray) -> int:
 
 
 def fill_pass(
-    scores: list[np.ndarray], counts: np.ndarray, widths: list[np.ndarray], cost: CostModel, limits: Limits
+    scores: list[np.ndarray],
+    counts: np.ndarray,
+    widths: list[np.ndarray],
+    cost: CostModel,
+    limits: Limits,
 ) -> np.ndarray:
     """Re-add the best removed channels, one allowed step at a time, while the budget holds."""
     ranks = _ranks(scores)
@@ -239,7 +247,8 @@ def select_uniform(
     sizes = [int(w[-1]) for w in widths]
 
     def counts_at(ratio: float) -> np.ndarray:
-        return np.array([_width_for(math.ceil(ratio * c), w) for c, w in zip(sizes, widths, strict=True)])
+        pairs = zip(sizes, widths, strict=True)
+        return np.array([_width_for(math.ceil(ratio * c), w) for c, w in pairs])
 
     lo, hi = 0.0, 1.0
     if _fits(cost, counts_at(1.0), limits):
@@ -258,7 +267,7 @@ def select_local(
 ) -> Selection:
     """Per-group sparsity given by hand (CHIP style): prune ``int(s * C)`` channels, round up."""
     if len(sparsity) != len(scores):
-        msg = f"got {len(sparsity)} sparsities for {len(scores)} prunable groups; give one per group"
+        msg = f"got {len(sparsity)} sparsities for {len(scores)} prunable groups; give one each"
         raise ConfigError(msg)
     counts = []
     for s, w in zip(sparsity, widths, strict=True):
@@ -276,14 +285,15 @@ def _step_cost(cost: CostModel, k: np.ndarray, g: int, width: int, limits: Limit
     trial = k.copy()
     trial[g] = width
     new = cost.cost(trial)
-    parts = [(b - n) / lim for b, n, lim in zip(base, new, limits, strict=True) if math.isfinite(lim)]
+    triples = zip(base, new, limits, strict=True)
+    parts = [(b - n) / lim for b, n, lim in triples if math.isfinite(lim)]
     return max(parts)
 
 
 def select_greedy(
     scores: list[np.ndarray], cost: CostModel, limits: Limits, widths: list[np.ndarray]
 ) -> Selection:
-    """Budget-exact greedy SELECT of methods.md §5.3: drop the cheapest importance per cost, then fill.
+    """Budget-exact greedy SELECT of methods.md §5.3: drop least importance per cost, then fill.
 
     Starting from the dense model, repeatedly remove the lowest-ranked step of the group with
     the smallest ``(score mass of the step) / (normalised cost saved)`` until the limits hold,
@@ -332,7 +342,9 @@ def _drop_and_refill(
     for _ in range(max_rounds):
         improved = False
         for a, b in pairs:  # drop one step of a and one of b (a == b: one step only)
-            trial = _step_down(_step_down(counts, a, widths[a]), b, widths[b]) if a != b else _step_down(counts, a, widths[a])
+            trial = _step_down(counts, a, widths[a])
+            if a != b:
+                trial = _step_down(trial, b, widths[b])
             if np.array_equal(trial, counts):
                 continue
             trial = fill_pass(scores, trial, widths, cost, limits)

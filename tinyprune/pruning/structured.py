@@ -103,9 +103,12 @@ def output_layers(model: nn.Module, example_input: Any) -> list[nn.Module]:
 
     prunable = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
     handles = [m.register_forward_hook(hook) for m in prunable]
+    x = example_input
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        x = x.detach().requires_grad_(True)  # grad_fns exist even when parameters are frozen
     try:
         with torch.enable_grad():
-            out = _run_forward(model, example_input)
+            out = _run_forward(model, x)
     finally:
         for h in handles:
             h.remove()

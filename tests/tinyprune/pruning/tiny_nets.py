@@ -113,6 +113,21 @@ class TransposeNet(nn.Module):
         return self.head(self.tr1(self.tb1(self.t1(self.r1(self.b1(self.c1(x)))))))
 
 
+class ConcatNet(nn.Module):
+    """Two branches concatenated on channels, then a 3x3 conv (index offsets must shift)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.ab, self.ra = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()
+        self.b, self.bb, self.rb = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU()
+        self.c, self.cb, self.rc = nn.Conv2d(14, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.ra(self.ab(self.a(x))), self.rb(self.bb(self.b(x)))], dim=1)
+        return self.fc(self.rc(self.cb(self.c(h))).mean(dim=(2, 3)))
+
+
 # activation module -> a layer whose group's removed channels are zeroed at that activation
 ZERO_POINTS: dict[type[nn.Module], dict[str, str]] = {
     PlainCNN: {"r1": "c1", "r2": "c2", "r3": "c3"},
@@ -120,6 +135,7 @@ ZERO_POINTS: dict[type[nn.Module], dict[str, str]] = {
     DepthwiseNet: {"r1": "c1", "dr1": "c1", "pr1": "p1", "dr2": "p1", "pr2": "p2"},
     FlattenNet: {"r1": "c1", "r2": "c2", "r3": "l1"},
     TransposeNet: {"r1": "c1", "tr1": "t1"},
+    ConcatNet: {"ra": "a", "rb": "b", "rc": "c"},
 }
 INPUTS: dict[type[nn.Module], tuple[int, ...]] = {
     PlainCNN: (2, 3, 8, 8),
@@ -127,8 +143,11 @@ INPUTS: dict[type[nn.Module], tuple[int, ...]] = {
     DepthwiseNet: (2, 3, 8, 8),
     FlattenNet: (2, 2, 8, 8),
     TransposeNet: (2, 2, 6, 4),
+    ConcatNet: (2, 3, 6, 6),
 }
-ALL_NETS: tuple[type[nn.Module], ...] = (PlainCNN, ResNetTiny, DepthwiseNet, FlattenNet, TransposeNet)
+ALL_NETS: tuple[type[nn.Module], ...] = (
+    PlainCNN, ResNetTiny, DepthwiseNet, FlattenNet, TransposeNet, ConcatNet,
+)
 
 
 def make(cls: type[nn.Module], seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
