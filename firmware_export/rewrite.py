@@ -4,14 +4,19 @@ Each rewrite changes how a computation is expressed, never what it computes (tes
 equality in float), so that the converter emits ops the targets have and quantization
 behaves:
 
-* 3-D pooling -> 2-D pooling over frames + 2-D pooling over time (TFLite has no 3-D pooling
-  builtin; max and average pooling are separable over a box window).
+* 3-D pooling without padding -> the max (or mean) of strided 5-D slices, one per window
+  offset (TFLite has no 3-D pooling builtin; slices keep the tensor 5-D, which onnx2tf lays out
+  correctly, while chains of 5-D <-> 4-D reshapes come out of onnx2tf 1.28 scrambled);
+* padded 3-D pooling -> 2-D pooling over frames + 2-D pooling over time via reshapes (max and
+  average pooling are separable over a box window);
+* an ``AdaptiveAvgPool3d`` that keeps the time axis and pools space to 1x1 -> a mean over H, W.
 
 Rewrites of the ONNX graph (for models that arrive as ``.onnx`` too) are in ``rewrite_onnx``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -58,15 +63,49 @@ class Pool3dAs2d(nn.Module):
         return y.reshape(b, c, y.shape[2], h2, w2)
 
 
+class Pool3dAsSlices(nn.Module):
+    """An unpadded 3-D max/avg pool as the elementwise max (or mean) of strided slices.
+
+    Output element ``o`` of a window with offset ``j`` reads input ``o * stride + j``, so one
+    strided slice per offset in the kernel covers every window at once: exact, and 5-D throughout.
+    """
+
+    def __init__(self, kind: str, kernel: Any, stride: Any) -> None:
+        super().__init__()
+        self.kind = kind
+        self.kernel, self.stride = _triple(kernel), _triple(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = x.shape[-3:]
+        outs = [(n - k) // s + 1 for n, k, s in zip(sizes, self.kernel, self.stride, strict=True)]
+        (kt, kh, kw), (st, sh, sw), (ot, oh, ow) = self.kernel, self.stride, outs
+
+        def window(a: int, b: int, c: int) -> torch.Tensor:
+            return x[:, :, a : a + st * (ot - 1) + 1 : st, b : b + sh * (oh - 1) + 1 : sh,
+                     c : c + sw * (ow - 1) + 1 : sw]
+
+        offsets = list(itertools.product(range(kt), range(kh), range(kw)))
+        acc = window(*offsets[0])
+        for off in offsets[1:]:
+            acc = torch.maximum(acc, window(*off)) if self.kind == "max" else acc + window(*off)
+        return acc if self.kind == "max" else acc * (1.0 / (kt * kh * kw))
+
+
+def _pool3d(kind: str, kernel: Any, stride: Any, padding: Any, count_include_pad: bool = True) -> nn.Module:
+    if _triple(padding) == (0, 0, 0):
+        return Pool3dAsSlices(kind, kernel, stride)
+    return Pool3dAs2d(kind, kernel, stride, padding, count_include_pad)
+
+
 def _pool3d_replacement(m: nn.Module) -> nn.Module | None:
     if isinstance(m, nn.MaxPool3d):
         if m.ceil_mode or _triple(m.dilation) != (1, 1, 1) or m.return_indices:
             return None
-        return Pool3dAs2d("max", m.kernel_size, m.stride, m.padding)
+        return _pool3d("max", m.kernel_size, m.stride or m.kernel_size, m.padding)
     if isinstance(m, nn.AvgPool3d):
         if m.ceil_mode or m.divisor_override is not None:
             return None
-        return Pool3dAs2d("avg", m.kernel_size, m.stride, m.padding, m.count_include_pad)
+        return _pool3d("avg", m.kernel_size, m.stride or m.kernel_size, m.padding, m.count_include_pad)
     return None
 
 
@@ -94,8 +133,10 @@ class AdaptiveAvgPool3dAs2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, h, w = x.shape[-3:]
         out = [o if o is not None else i for o, i in zip(_triple(self.output_size), (t, h, w), strict=True)]
+        if out[0] == t and out[1:] == [1, 1]:
+            return x.mean(dim=(3, 4), keepdim=True)
         k = tuple(i // o for i, o in zip((t, h, w), out, strict=True))
-        return Pool3dAs2d("avg", k, k, 0)(x)
+        return Pool3dAsSlices("avg", k, k)(x)
 
 
 def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str]:

@@ -29,7 +29,7 @@ from tinyprune.errors import ConfigError, VerificationError
 
 logger = logging.getLogger(__name__)
 
-_RESOLVERS = ("ref", "xnnpack")
+_RESOLVERS = ("ref", "xnnpack", "builtin")
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,8 @@ def run_litert(
     Args:
         model_bytes: The ``.tflite`` flatbuffer.
         inputs: Batch for input 0 in its dtype, as for :func:`firmware_export.tflm.run_tflm`.
-        resolver: ``"ref"`` (reference kernels, bit-exact with TFLM) or ``"xnnpack"``
+        resolver: ``"ref"`` (reference kernels, bit-exact with TFLM), ``"builtin"`` (optimized
+            kernels, no delegate; has ops the reference resolver lacks, e.g. ELU) or ``"xnnpack"``
             (LiteRT's default, what a Raspberry Pi runs).
         timeout: Seconds before the child is killed.
 
@@ -367,7 +368,8 @@ def xnnpack_vs_ref(
 def _litert_interpreter(model_bytes: bytes, resolver: str, preserve: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    kind = OpResolverType.BUILTIN_REF if resolver == "ref" else OpResolverType.AUTO
+    kind = {"ref": OpResolverType.BUILTIN_REF, "xnnpack": OpResolverType.AUTO,
+            "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}[resolver]
     interp = Interpreter(
         model_content=model_bytes, num_threads=1, experimental_op_resolver_type=kind,
         experimental_preserve_all_tensors=preserve,

@@ -81,19 +81,19 @@ class MnasNetStyle(nn.Module):
     def forward(self, x): return self.fc(F.adaptive_avg_pool2d(self.f(x), 1).flatten(1))
 
 class Conv3dNet(nn.Module):
-    """A tiny 3-D clip net: Conv3d + ReLU, a 3-D max-pool, global mean, Linear."""
+    """A tiny 3-D clip net: Conv3d + BN + ReLU, 3-D max-pool, temporal Conv3d, 3-D avg-pool, Linear."""
 
     input_shape = (3, 4, 8, 8)
 
     def __init__(self):
         super().__init__()
-        # onnx2tf 1.28 mis-lays-out some chains of rewritten 3-D pools and Conv3d (the export's
-        # ONNX-vs-float-TFLite check stops those with exit 5); this net keeps to one that converts.
-        self.f = nn.Sequential(nn.Conv3d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool3d((1, 2, 2)))
-        self.fc = nn.Linear(4, 4)
+        self.f = nn.Sequential(nn.Conv3d(3, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(),
+                               nn.MaxPool3d((1, 2, 2)), nn.Conv3d(4, 4, (3, 1, 1), padding=(1, 0, 0)),
+                               nn.ReLU(), nn.AvgPool3d(2))
+        self.fc = nn.Linear(4 * 2 * 2 * 2, 4)
 
     def forward(self, x):
-        return self.fc(self.f(x).mean((2, 3, 4)))
+        return self.fc(self.f(x).flatten(1))
 
 
 STYLES = {"resnet": ResNetStyle, "mobilenetv2": MobileNetV2Style, "shufflenet": ShuffleNetStyle,

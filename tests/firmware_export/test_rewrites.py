@@ -9,13 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from firmware_export.rewrite import Pool3dAs2d, rewrite_adaptive_pool3d_, rewrite_pool3d_
+from firmware_export.rewrite import Pool3dAs2d, Pool3dAsSlices, rewrite_adaptive_pool3d_, rewrite_pool3d_
 
 POOLS = [
     nn.MaxPool3d((1, 2, 2)), nn.MaxPool3d(2), nn.MaxPool3d((3, 3, 3), stride=(2, 1, 2), padding=1),
-    nn.AvgPool3d((2, 2, 2)), nn.AvgPool3d(3, stride=2, padding=1),
+    nn.MaxPool3d((3, 2, 3), stride=(2, 1, 2)), nn.AvgPool3d((2, 2, 2)), nn.AvgPool3d(3, stride=2, padding=1),
+    nn.AvgPool3d((2, 3, 2), stride=(1, 2, 2)),
     nn.AvgPool3d(3, stride=2, padding=1, count_include_pad=False),
 ]
+
+
+def _padding(pool: nn.Module) -> tuple[int, ...]:
+    p = pool.padding
+    return (p, p, p) if isinstance(p, int) else tuple(p)
 
 
 @pytest.mark.parametrize("pool", POOLS, ids=repr)
@@ -24,13 +30,14 @@ def test_pool3d_as_2d_is_exact(pool: nn.Module) -> None:
     model = nn.Sequential(pool)
     expected = model(x)
     assert rewrite_pool3d_(model) == ["0"]
-    assert isinstance(model[0], Pool3dAs2d)
+    assert isinstance(model[0], Pool3dAs2d if any(_padding(pool)) else Pool3dAsSlices)
     torch.testing.assert_close(model(x), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_adaptive_avgpool3d_rewrite_is_exact() -> None:
+@pytest.mark.parametrize("size", [(8, 1, 1), (4, 3, 2)], ids=str)
+def test_adaptive_avgpool3d_rewrite_is_exact(size: tuple[int, int, int]) -> None:
     x = torch.randn(1, 4, 8, 6, 6)
-    model = nn.Sequential(nn.AdaptiveAvgPool3d((8, 1, 1)))
+    model = nn.Sequential(nn.AdaptiveAvgPool3d(size))
     expected = model(x)
     assert rewrite_adaptive_pool3d_(model, x) == ["0"]
     torch.testing.assert_close(model(x), expected, rtol=1e-6, atol=1e-6)

@@ -120,7 +120,7 @@ def _keras_int8() -> bytes:
 def int8_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     pytest.importorskip("tflite_micro")
     pytest.importorskip("ai_edge_litert")
-    path: Path = tmp_path_factory.getbasetemp() / "tinyprune_tflite_models" / "cnn_int8.tflite"
+    path: Path = tmp_path_factory.getbasetemp() / "tinyprune_tflite_models" / "verify_cnn_int8.tflite"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".part")

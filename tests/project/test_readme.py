@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+# (kept out of tests/ itself: a test file there would put tests/ on sys.path, and the namespace
+# folders tests/tinyprune, tests/firmware_export would then shadow the installed packages)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _test_command_in_ci() -> str:
