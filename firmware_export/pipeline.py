@@ -106,7 +106,7 @@ def export(
     samples = _calibration(calibration, loaded)
     created = not Path(out_dir).exists()
     out = _prepare_out_dir(Path(out_dir))
-    timer = _Timer(on_stage)
+    timer = StageTimer(on_stage)
     try:
         with _staging(out) as work:
             result = _run_stages(loaded, samples, profile, opts, work, timer)
@@ -115,14 +115,21 @@ def export(
         if created and not any(out.iterdir()):
             out.rmdir()  # leave no trace of a failed export
         raise
-    report = result.report
     log.info("export finished in %.1f s", sum(timer.times.values()))
-    res = ExportResult(out, paths, report, dict(timer.times))
-    if raise_on_budget and not res.fits:
-        failing = [k for k, row in report["budget"].items() if not row["ok"]]
-        msg = f"the model does not fit {profile.name}: over budget on {', '.join(failing)} (see {out / 'report.md'})"
-        raise BudgetExceededError(msg, report=res)
+    res = ExportResult(out, paths, result.report, dict(timer.times))
+    if raise_on_budget:
+        raise_if_over_budget(res, profile.name)
     return res
+
+
+def raise_if_over_budget(result: ExportResult, target: str) -> None:
+    """Raise :class:`BudgetExceededError` (exit 3) naming the failing resources; files stay written."""
+    if result.fits:
+        return
+    failing = [k for k, row in result.report["budget"].items() if not row["ok"]]
+    where = result.out_dir / "report.md"
+    msg = f"the model does not fit {target}: over budget on {', '.join(failing)} (see {where})"
+    raise BudgetExceededError(msg, report=result)
 
 
 @dataclass
@@ -132,7 +139,7 @@ class _StageOutput:
 
 
 def _run_stages(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile,
-                opts: ExportOptions, work: Path, timer: _Timer) -> _StageOutput:
+                opts: ExportOptions, work: Path, timer: StageTimer) -> _StageOutput:
     from firmware_export.convert import convert_to_saved_model
     from firmware_export.quantize import quantize_int8
 
@@ -241,7 +248,7 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-class _Timer:
+class StageTimer:
     """Times named stages and reports each start to an optional progress callback."""
 
     def __init__(self, on_stage: Stage | None) -> None:
@@ -260,4 +267,4 @@ class _Timer:
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
 
 
-__all__ = ["ExportOptions", "ExportResult", "export"]
+__all__ = ["ExportOptions", "ExportResult", "export", "raise_if_over_budget"]

@@ -13,13 +13,14 @@ import tempfile
 from pathlib import Path
 
 from firmware_export.budget import load_profile
-from firmware_export.pipeline import ExportOptions, ExportResult, _Timer
+from firmware_export.pipeline import ExportOptions, ExportResult, Stage, StageTimer, raise_if_over_budget
 from firmware_export.report_builder import Analysed, ReportInputs, analyze_and_report
-from tinyprune.errors import BudgetExceededError, ConfigError
+from tinyprune.errors import ConfigError
 
 
 def report_existing(path: str | Path, *, target: str | Path, out_dir: str | Path | None = None,
-                    options: ExportOptions | None = None, raise_on_budget: bool = True) -> ExportResult:
+                    options: ExportOptions | None = None, on_stage: Stage | None = None,
+                    raise_on_budget: bool = True) -> ExportResult:
     """Analyse ``path`` (a run folder holding ``model_int8.tflite``, or a ``.tflite`` file).
 
     Reports are written to ``out_dir`` (default: the run folder, or the ``.tflite``'s folder).
@@ -36,17 +37,15 @@ def report_existing(path: str | Path, *, target: str | Path, out_dir: str | Path
     profile = load_profile(target)
     out = Path(out_dir) if out_dir is not None else tflite.parent
     opts = options or ExportOptions()
-    timer = _Timer(None)
+    timer = StageTimer(on_stage)
     inputs = ReportInputs(name=opts.name or tflite.stem, source=str(tflite), model_bytes=model_bytes,
                           profile=profile)
     done = analyze_and_report(inputs, opts, timer)
     report = done.report
     paths = _write(out, done)
     result = ExportResult(out, paths, report, dict(timer.times))
-    if raise_on_budget and not result.fits:
-        failing = [k for k, row in report["budget"].items() if not row["ok"]]
-        msg = f"the model does not fit {profile.name}: over budget on {', '.join(failing)}"
-        raise BudgetExceededError(msg, report=result)
+    if raise_on_budget:
+        raise_if_over_budget(result, profile.name)
     return result
 
 

@@ -111,16 +111,12 @@ def _print_summary(result: Any, console: Any) -> None:
         console.print(line, highlight=False, markup=False)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    """``tinyprune export``."""
-    from firmware_export.pipeline import export
-
-    opts = _export_options(args, calib_cap=args.calib_cap, verify_samples=args.verify_samples)
+def _run_job(job: Any, args: argparse.Namespace) -> int:
+    """Run an export-like job under a progress spinner; print the summary and the result."""
     console, status, on_stage = _progress(args)
     with status:
         try:
-            result = export(args.model, args.calib, target=args.target, out_dir=args.out,
-                            options=opts, on_stage=on_stage)
+            result = job(on_stage)
         except BudgetExceededError as e:
             status.stop()
             _print_summary(e.report, console)
@@ -128,24 +124,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     _print_summary(result, console)
     print(json.dumps(result.report, indent=2) if args.json else result.out_dir)
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``tinyprune export``."""
+    from firmware_export.pipeline import export
+
+    opts = _export_options(args, calib_cap=args.calib_cap, verify_samples=args.verify_samples)
+    return _run_job(lambda on_stage: export(args.model, args.calib, target=args.target,
+                                            out_dir=args.out, options=opts, on_stage=on_stage), args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``tinyprune report``."""
     from firmware_export.recheck import report_existing
 
-    console, status, _ = _progress(args)
-    with status:
-        try:
-            result = report_existing(args.path, target=args.target, out_dir=args.out,
-                                     options=_export_options(args))
-        except BudgetExceededError as e:
-            status.stop()
-            _print_summary(e.report, console)
-            raise
-    _print_summary(result, console)
-    print(json.dumps(result.report, indent=2) if args.json else result.out_dir)
-    return 0
+    return _run_job(lambda on_stage: report_existing(args.path, target=args.target, out_dir=args.out,
+                                                     options=_export_options(args),
+                                                     on_stage=on_stage), args)
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
