@@ -13,8 +13,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from firmware_export.analyze import LayerRow, LintIssue, ModelAnalysis
 from firmware_export.budget import BudgetReport, DeviceProfile
 from firmware_export.tflite_model import TensorInfo
+from tinyprune.fileio import write_text_atomic
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
 
@@ -273,14 +272,7 @@ def render_html(report: Mapping[str, Any], analysis: ModelAnalysis) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def write_reports(

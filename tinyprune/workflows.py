@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from tinyprune.errors import ConfigError
+from tinyprune.fileio import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +86,13 @@ def save_run(out: Path, model: nn.Module, spec: dict[str, Any], calib: np.ndarra
     example = torch.from_numpy(calib[:1])
     program = torch.export.export(model, (example,))
     prog_path = out / program_name
-    _atomic(prog_path, lambda p: torch.export.save(program, str(p)))
+    with atomic_path(prog_path) as tmp:
+        torch.export.save(program, str(tmp))
     ckpt = save_checkpoint(out / "checkpoint.pt", model, spec, {"summary": _plain(summary)})
-    _atomic(out / "calib.npy", lambda p: np.save(p, calib))
-    _atomic(out / "summary.json", lambda p: Path(p).write_text(json.dumps(_plain(summary), indent=2) + "\n"))
+    with atomic_path(out / "calib.npy") as tmp, tmp.open("wb") as f:
+        np.save(f, calib)
+    write_text_atomic(out / "summary.json", json.dumps(_plain(summary), indent=2) + "\n")
     return RunFiles(out, prog_path, Path(ckpt), out / "calib.npy", out / "summary.json")
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plain(value: Any) -> Any:

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
 
 from tinyprune.errors import ConfigError
+from tinyprune.fileio import write_bytes_atomic
 
 _RIFF_LIMIT = 1 << 30
 _AVIF_HASINDEX = 0x10
@@ -280,13 +280,4 @@ def _parse_strl(data: bytes, path: Path, fps: float, declared: int) -> AviInfo |
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, data)

@@ -17,9 +17,7 @@ this reader on real-format files.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from tinyprune.errors import ConfigError
+from tinyprune.fileio import write_text_atomic
 
 _NAME = re.compile(r"^\d{2}-\d{2}$")
 T0_NS = 1_392_643_993_642_815_000  # an epoch-ns start like PURE's (Feb 2014); any value works
@@ -211,16 +210,7 @@ def write_sequence(root: str | Path, ss: int, tt: int, frames: np.ndarray, fs: f
                           "o2saturation": 98}}
                for i, (w, h) in enumerate(zip(codes, hr60, strict=True))]
     doc = {"/FullPackage": package, "/Image": [{"Timestamp": t} for t in frame_t]}
-    _atomic_text(seq_dir / f"{name}.json", json.dumps(doc))
+    write_text_atomic(seq_dir / f"{name}.json", json.dumps(doc))
     return seq_dir
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

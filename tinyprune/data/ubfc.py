@@ -13,9 +13,7 @@ files by the tests and by the synthetic generator.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 
 from tinyprune.data.avi import iter_avi, read_avi_info, write_avi
 from tinyprune.errors import ConfigError
+from tinyprune.fileio import write_text_atomic
 
 _NAME = re.compile(r"^subject(\d+)$")
 
@@ -148,12 +147,5 @@ def write_subject(root: str | Path, subject: int, frames: np.ndarray, fs: float,
     write_avi(folder / "vid.avi", frames, fs)
     times = np.arange(n) / fs
     text = "\n".join(" ".join(f"{v:.7e}" for v in row) for row in (ppg, hr, times)) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ground_truth.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-        os.replace(tmp, folder / "ground_truth.txt")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(folder / "ground_truth.txt", text, encoding="ascii")
     return folder

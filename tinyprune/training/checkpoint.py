@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from tinyprune.errors import ConfigError
+from tinyprune.fileio import atomic_path
 
 FORMAT = "tinyprune-checkpoint"
 VERSION = 1
@@ -103,15 +103,8 @@ def save_checkpoint(
         "extra": extra,
     }
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp:
+        torch.save(payload, tmp)
     return dest
 
 
