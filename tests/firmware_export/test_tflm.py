@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("tflite_micro")
 pytest.importorskip("ai_edge_litert")
+
+from conftest import cached_model  # noqa: E402
 
 from firmware_export import tflm  # noqa: E402
 from firmware_export.tflite_model import parse_tflite  # noqa: E402
@@ -19,36 +20,7 @@ from tinyprune.errors import ConfigError, ExportError, UnsupportedOpError  # noq
 pytestmark = pytest.mark.tf
 
 
-def _keras_int8(path: Path) -> bytes:
-    """Conv2D+ReLU, MaxPool, Conv2D+ReLU, Dense: full int8 with random calibration data."""
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(0)
-    layers = tf.keras.layers
-    model = tf.keras.Sequential([
-        tf.keras.Input((12, 12, 2)),
-        layers.Conv2D(8, 3, activation="relu", name="conv1"),
-        layers.MaxPool2D(2, name="pool"),
-        layers.Conv2D(8, 3, activation="relu", name="conv2"),
-        layers.Flatten(name="flat"),
-        layers.Dense(4, name="fc"),
-    ])
-    rng = np.random.default_rng(0)
-
-    def representative():
-        for _ in range(16):
-            yield [rng.standard_normal((1, 12, 12, 2)).astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return conv.convert()
-
-
-def _keras_conv3d(path: Path) -> bytes:
+def _keras_conv3d() -> bytes:
     """A float model with a CONV_3D builtin (TFLM has no kernel for it)."""
     import tensorflow as tf
 
@@ -62,25 +34,9 @@ def _keras_conv3d(path: Path) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def _cached(factory, tmp_path_factory: pytest.TempPathFactory, name: str) -> bytes:
-    """Build once per session (the file is shared with test_verify.py's identical builder)."""
-    path = tmp_path_factory.getbasetemp() / "tinyprune_tflite_models" / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(factory(path))
-        tmp.replace(path)
-    return path.read_bytes()
-
-
-@pytest.fixture(scope="session")
-def int8_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return _cached(_keras_int8, tmp_path_factory, "cnn_int8.tflite")
-
-
 @pytest.fixture(scope="session")
 def conv3d_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return _cached(_keras_conv3d, tmp_path_factory, "conv3d_float.tflite")
+    return cached_model(_keras_conv3d, tmp_path_factory, "conv3d_float.tflite")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,64 +83,25 @@ def test_quantize_dequantize_round_trip_and_clipping() -> None:
 # --- runtimes on a TensorFlow-built int8 model ------------------------------------------------
 
 
-def _keras_int8() -> bytes:
-    """Conv2D+ReLU, MaxPool, Conv2D+ReLU, Dense: full int8 with random calibration data.
-
-    The same model (and cache file) as in test_tflm.py.
-    """
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(0)
-    layers = tf.keras.layers
-    model = tf.keras.Sequential([
-        tf.keras.Input((12, 12, 2)),
-        layers.Conv2D(8, 3, activation="relu", name="conv1"),
-        layers.MaxPool2D(2, name="pool"),
-        layers.Conv2D(8, 3, activation="relu", name="conv2"),
-        layers.Flatten(name="flat"),
-        layers.Dense(4, name="fc"),
-    ])
-    rng = np.random.default_rng(0)
-
-    def representative():
-        for _ in range(16):
-            yield [rng.standard_normal((1, 12, 12, 2)).astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return conv.convert()
-
-
-@pytest.fixture(scope="session")
-def int8_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    pytest.importorskip("tflite_micro")
-    pytest.importorskip("ai_edge_litert")
-    path: Path = tmp_path_factory.getbasetemp() / "tinyprune_tflite_models" / "verify_cnn_int8.tflite"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(_keras_int8())
-        tmp.replace(path)
-    return path.read_bytes()
-
-
 def _inputs(n: int = 8) -> np.ndarray:
     return np.random.default_rng(2).integers(-128, 128, (n, 12, 12, 2)).astype(np.int8)
 
 
-def _negate_weights(model: bytes, op_index: int) -> bytes:
-    """Copy of the model with the weight tensor of one op negated in place (same graph).
+def _weighted_op(model: bytes, layer: str) -> int:
+    """Index of the op of layer conv1 / conv2 / fc (by op kind and order: Keras tensor names
+    depend on how many models the process built before)."""
+    from firmware_export.tflite_model import parse_tflite
 
-    Ops are picked by index: Keras names tensors per process (sequential, sequential_1, ...).
-    """
+    kind, nth = {"conv1": ("CONV_2D", 0), "conv2": ("CONV_2D", 1), "fc": ("FULLY_CONNECTED", 0)}[layer]
+    return [op.index for op in parse_tflite(model).ops if op.name == kind][nth]
+
+
+def _negate_weights(model: bytes, layer: str) -> bytes:
+    """Copy of the model with the weight tensor of one layer negated in place (same graph)."""
     from firmware_export.tflite_model import parse_tflite
 
     parsed = parse_tflite(model)
-    t = parsed.tensors[parsed.ops[op_index].inputs[1]]
+    t = parsed.tensors[parsed.ops[_weighted_op(model, layer)].inputs[1]]
     raw = parsed.constant(t.index).tobytes()
     at = model.find(raw)
     assert at >= 0 and model.find(raw, at + 1) < 0, "weights must occur once in the flatbuffer"
@@ -149,7 +109,7 @@ def _negate_weights(model: bytes, op_index: int) -> bytes:
     return model[:at] + flipped.tobytes() + model[at + len(raw):]
 
 
-_CONV1_W, _CONV2_W, _FC_W = 0, 2, 7  # op indices of conv1, conv2 and fc
+_CONV1_W, _CONV2_W, _FC_W = "conv1", "conv2", "fc"
 
 
 @pytest.mark.tf
@@ -166,10 +126,11 @@ def test_parity_failure_names_first_divergent_op(int8_model: bytes) -> None:
         verify.check_runtime_parity(int8_model, _inputs(), candidate_model=tampered)
     assert info.value.exit_code == 5
     assert "first divergent op on sample" in str(info.value)
-    assert "op 0 CONV_2D" in str(info.value)
+    first = f"op {_weighted_op(int8_model, _CONV1_W)} CONV_2D"
+    assert first in str(info.value)
     failed = info.value.comparison
     assert not failed.passed and failed.max_abs > 0
-    assert failed.first_divergent_op.startswith("op 0 CONV_2D")
+    assert failed.first_divergent_op.startswith(first)
 
 
 @pytest.mark.tf
@@ -182,12 +143,13 @@ def test_parity_tolerance_is_respected(int8_model: bytes) -> None:
 @pytest.mark.tf
 @pytest.mark.parametrize(
     ("weights", "expected"),
-    [(_CONV1_W, "op 0 CONV_2D"), (_CONV2_W, "op 2 CONV_2D"), (_FC_W, "op 7 FULLY_CONNECTED")],
+    [(_CONV1_W, "CONV_2D"), (_CONV2_W, "CONV_2D"), (_FC_W, "FULLY_CONNECTED")],
     ids=["conv1", "conv2", "fc"],
 )
 def test_first_divergent_op_finds_planted_layer(
     int8_model: bytes, weights: str, expected: str
 ) -> None:
+    expected = f"op {_weighted_op(int8_model, weights)} {expected}"
     tampered = _negate_weights(int8_model, weights)
     found = verify.first_divergent_op(int8_model, _inputs(1)[0], candidate_model=tampered)
     assert found is not None and found.startswith(expected)

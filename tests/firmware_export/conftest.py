@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny int8 models built directly with TensorFlow (not with the pipeline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def keras_int8_cnn() -> bytes:
+    """Conv2D+ReLU, MaxPool, Conv2D+ReLU, Dense: full int8 with random calibration data."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    model = tf.keras.Sequential([
+        tf.keras.Input((12, 12, 2)),
+        layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        layers.MaxPool2D(2, name="pool"),
+        layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        layers.Flatten(name="flat"),
+        layers.Dense(4, name="fc"),
+    ])
+    rng = np.random.default_rng(0)
+
+    def representative():  # noqa: ANN202
+        for _ in range(16):
+            yield [rng.standard_normal((1, 12, 12, 2)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def cached_model(factory: Callable[[], bytes], tmp_path_factory: pytest.TempPathFactory, name: str) -> bytes:
+    """Build once per session and keep the bytes in the session's temp folder."""
+    path: Path = tmp_path_factory.getbasetemp() / "tinyprune_tflite_models" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(factory())
+        tmp.replace(path)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def int8_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The shared int8 CNN (12x12x2 input, 4 outputs)."""
+    pytest.importorskip("tflite_micro")
+    pytest.importorskip("ai_edge_litert")
+    return cached_model(keras_int8_cnn, tmp_path_factory, "cnn_int8.tflite")
