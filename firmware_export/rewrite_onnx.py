@@ -8,7 +8,10 @@ Each keeps what the graph computes (tests prove equality in float) and changes o
 * channel shuffle written as Reshape(5-D) -> Transpose -> Reshape -> one ``Gather`` of the
   channels (onnx2tf mis-lays-out the 5-D transpose and fails on a zero-sized tensor);
 * ``HardSigmoid`` -> ``Add`` + ``Clip(0, 1/alpha)`` + ``Mul`` (the converter otherwise fuses it
-  into RELU_0_TO_1, which TFLite Micro does not have; RELU6 it has).
+  into RELU_0_TO_1, which TFLite Micro does not have; RELU6 it has);
+* a 3-D ``ConvTranspose`` with a bias -> the same ``ConvTranspose`` without bias + an ``Add`` of
+  the bias per channel (onnx2tf 1.28 adds the bias of a 3-D transposed convolution only when
+  ``group > 1`` and silently drops it otherwise; PhysNet's upsampling, BN folded in, hits this).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def rewrite_onnx(model: Any) -> list[str]:
     done = [f"maxpool-zero-pad:{n}" for n in rewrite_maxpool_padding(model)]
     done += [f"channel-shuffle-gather:{n}" for n in rewrite_channel_shuffle(model)]
     done += [f"hardsigmoid-relu6:{n}" for n in rewrite_hardsigmoid(model)]
+    done += [f"convtranspose3d-bias-add:{n}" for n in rewrite_conv_transpose3d_bias(model)]
     if done:
         log.info("ONNX rewrites: %s", ", ".join(done))
     return done
@@ -174,3 +178,53 @@ def rewrite_hardsigmoid(onnx_model: Any) -> list[str]:
     del graph.node[:]
     graph.node.extend(new_nodes)
     return done
+
+
+def _spatial_rank(node: Any, consts: dict[str, np.ndarray]) -> int:
+    """Number of spatial axes of a Conv/ConvTranspose node (from its kernel or its weight)."""
+    kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [])
+    if kernel:
+        return len(kernel)
+    weight = consts.get(node.input[1]) if len(node.input) > 1 else None
+    return weight.ndim - 2 if weight is not None else -1
+
+
+def rewrite_conv_transpose3d_bias(onnx_model: Any) -> list[str]:
+    """3-D ConvTranspose(x, W, b) -> Add(ConvTranspose(x, W), b reshaped to (1, C, 1, 1, 1)).
+
+    The bias is added to every output position of its channel, so adding it afterwards is exact.
+    Returns the names of the rewritten nodes.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = onnx_model.graph
+    consts = _constants(graph)
+    new_nodes, done = [], []
+    for node in graph.node:
+        has_bias = node.op_type == "ConvTranspose" and len(node.input) > 2 and bool(node.input[2])
+        if not has_bias or _spatial_rank(node, consts) != 3 or node.input[2] not in consts:
+            new_nodes.append(node)
+            continue
+        base = node.name or node.output[0]
+        bias = consts[node.input[2]].astype(np.float32).reshape(1, -1, 1, 1, 1)
+        bias_name, raw = f"{base}_bias_5d", f"{base}_without_bias"
+        graph.initializer.append(numpy_helper.from_array(bias, bias_name))
+        out = node.output[0]
+        del node.input[2:]
+        node.output[0] = raw
+        add = helper.make_node("Add", [raw, bias_name], [out], name=f"{base}_BiasAdd")
+        new_nodes += [node, add]
+        done.append(base)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _drop_unused_initializers(graph)
+    return done
+
+
+def _drop_unused_initializers(graph: Any) -> None:
+    used = {i for n in graph.node for i in n.input}
+    used |= {v.name for v in (*graph.input, *graph.output)}
+    kept = [init for init in graph.initializer if init.name in used]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)

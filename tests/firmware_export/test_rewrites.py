@@ -119,3 +119,55 @@ def test_hardsigmoid_becomes_relu6_form() -> None:
     assert len(rewrite_hardsigmoid(proto)) == 1
     assert "HardSigmoid" not in _ops(proto)
     np.testing.assert_allclose(_run(proto, x), before, rtol=0, atol=1e-6)
+
+
+def _upsample3d(groups: int = 1) -> nn.Module:
+    """PhysNet's temporal upsampling block; in eval mode the export folds BN into the bias."""
+    torch.manual_seed(0)
+    block = nn.Sequential(
+        nn.ConvTranspose3d(4, 4, (4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0), groups=groups),
+        nn.BatchNorm3d(4), nn.ELU())
+    block[1].running_mean.normal_()
+    block[1].bias.data.normal_()
+    return block
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_transpose3d_bias_becomes_an_add(groups: int) -> None:
+    import onnx
+
+    from firmware_export.rewrite_onnx import rewrite_conv_transpose3d_bias
+
+    x = torch.randn(2, 4, 4, 3, 5)
+    proto = _onnx(_upsample3d(groups), x)
+    before = _run(proto, x)
+    assert len(rewrite_conv_transpose3d_bias(proto)) == 1
+    conv = next(n for n in proto.graph.node if n.op_type == "ConvTranspose")
+    assert len(conv.input) == 2  # onnx2tf 1.28 drops a 3-D ConvTranspose bias when group == 1
+    assert _ops(proto).index("Add") == _ops(proto).index("ConvTranspose") + 1
+    onnx.checker.check_model(proto)
+    np.testing.assert_allclose(_run(proto, x), before, rtol=0, atol=1e-6)
+    assert np.abs(before).max() > 0.1  # a dropped bias would show: the data is not all ~0
+
+
+@pytest.mark.tf
+def test_conv_transpose_without_bias_or_2d_is_left_alone() -> None:
+    from firmware_export.rewrite_onnx import rewrite_conv_transpose3d_bias
+
+    no_bias = nn.Sequential(nn.ConvTranspose3d(4, 4, (4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0),
+                                               bias=False))
+    assert rewrite_conv_transpose3d_bias(_onnx(no_bias, torch.randn(1, 4, 4, 3, 3))) == []
+    two_d = nn.Sequential(nn.ConvTranspose2d(4, 4, (4, 1), stride=(2, 1), padding=(1, 0)))
+    assert rewrite_conv_transpose3d_bias(_onnx(two_d, torch.randn(1, 4, 4, 3))) == []
+
+
+@pytest.mark.tf
+def test_rewrite_onnx_reports_conv_transpose3d_bias() -> None:
+    from firmware_export.rewrite_onnx import rewrite_onnx
+
+    x = torch.randn(1, 4, 4, 3, 3)
+    proto = _onnx(_upsample3d(), x)
+    before = _run(proto, x)
+    assert [d.split(":")[0] for d in rewrite_onnx(proto)] == ["convtranspose3d-bias-add"]
+    np.testing.assert_allclose(_run(proto, x), before, rtol=0, atol=1e-6)
