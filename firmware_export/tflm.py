@@ -183,7 +183,7 @@ class ArenaMeasurement:
 
     Attributes:
         recorded_bytes: "Arena allocation total" of TFLM's recording allocator after invoke.
-        smallest_bytes: Smallest arena size, found by bisection to the byte, in which the
+        smallest_bytes: Smallest arena size, found by bisection to ARENA_STEP (8) bytes, in which the
             interpreter is created and ``invoke`` succeeds (the interpreter receives a
             16-byte-aligned heap buffer, as ``alignas(16)`` gives on the device).
         allocations: The recording allocator's full text (head, tail, per-kind usage).
@@ -205,17 +205,68 @@ class ArenaMeasurement:
         return max(self.recorded_bytes, self.smallest_bytes)
 
 
+#: Largest arena tried on the host while looking for one that runs the model.
+MAX_HOST_ARENA = 256 << 20
+
+#: Bisection resolution: TFLM aligns its allocations to at least 8 bytes.
+ARENA_STEP = 8
+
+
 def measure_arena(model_bytes: bytes, timeout: float = 300) -> ArenaMeasurement:
-    """Measure the arena a model needs on TFLM, in one child process.
+    """Measure the arena a model needs on TFLM: recorded total, then the smallest that runs.
+
+    Every probe runs in its own child process: after TFLM has failed to allocate, its state in
+    that process cannot be trusted (later probes were seen to segfault), and a probe far below
+    the need can crash the runtime outright. The search starts at the recorded total, gallops
+    to a bracket and bisects it to :data:`ARENA_STEP` bytes.
 
     Raises:
-        ExportError: TFLM cannot run the model at any tried size, or it crashed.
+        ExportError: TFLM cannot run the model in any arena up to :data:`MAX_HOST_ARENA`, or a
+            probe crashed for another reason than a short arena.
     """
-    recorded, smallest, text = run_isolated(
-        _measure_arena_child, bytes(model_bytes), timeout=timeout, stage="tflm-arena"
-    )
-    logger.info("TFLM arena: recorded %d bytes, smallest working %d bytes", recorded, smallest)
-    return ArenaMeasurement(recorded, smallest, text)
+    recorded, text = _recorded_total(model_bytes, timeout)
+    lo, hi = _bracket(model_bytes, recorded, timeout)
+    while hi - lo > ARENA_STEP:
+        mid = (lo + hi) // 2 // ARENA_STEP * ARENA_STEP
+        mid = mid if lo < mid < hi else (lo + hi) // 2
+        if tflm_runs_in(model_bytes, mid, timeout, known_to_run=True):
+            hi = mid
+        else:
+            lo = mid
+    logger.info("TFLM arena: recorded %d bytes, smallest working %d bytes", recorded, hi)
+    return ArenaMeasurement(recorded, hi, text)
+
+
+def _recorded_total(model_bytes: bytes, timeout: float) -> tuple[int, str]:
+    size = max(DEFAULT_HOST_ARENA, 16 * len(model_bytes))
+    while size <= MAX_HOST_ARENA:
+        found = run_isolated(_record_child, bytes(model_bytes), size, timeout=timeout,
+                             stage="tflm-arena")
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        size *= 4
+    msg = f"TFLM cannot run the model even with a {MAX_HOST_ARENA}-byte arena"
+    raise ExportError(msg, stage="tflm-arena")
+
+
+def _bracket(model_bytes: bytes, recorded: int, timeout: float) -> tuple[int, int]:
+    """(lo, hi) with lo failing (or below the crash floor) and hi running, near ``recorded``."""
+    step = max(ARENA_STEP, recorded // 16)
+    if tflm_runs_in(model_bytes, recorded, timeout, known_to_run=True):
+        hi = recorded
+        lo = max(_CRASH_FLOOR - 1, hi - step)
+        while lo >= _CRASH_FLOOR and tflm_runs_in(model_bytes, lo, timeout, known_to_run=True):
+            hi, step = lo, step * 2
+            lo = max(_CRASH_FLOOR - 1, hi - step)
+        return lo, hi
+    lo, hi = recorded, recorded + step
+    while not tflm_runs_in(model_bytes, hi, timeout, known_to_run=True):
+        lo, step = hi, step * 2
+        hi = lo + step
+        if hi > MAX_HOST_ARENA:
+            msg = f"TFLM ran the model in a large arena but in none up to {MAX_HOST_ARENA} bytes"
+            raise ExportError(msg, stage="tflm-arena")
+    return lo, hi
 
 
 def run_tflm(
@@ -282,8 +333,17 @@ def tflm_tensors(
     )
 
 
-def tflm_runs_in(model_bytes: bytes, arena_bytes: int, timeout: float = 120) -> bool:
+def tflm_runs_in(model_bytes: bytes, arena_bytes: int, timeout: float = 120,
+                 *, known_to_run: bool = False) -> bool:
     """Whether TFLM creates the interpreter and invokes the model within ``arena_bytes``.
+
+    Args:
+        model_bytes: The ``.tflite`` flatbuffer.
+        arena_bytes: Arena size to try.
+        timeout: Seconds before the child is killed.
+        known_to_run: The model already ran in a larger arena, so a crash here can only come
+            from the small arena (the host runtime sometimes segfaults silently far below the
+            need) and counts as "does not run".
 
     Raises:
         ExportError: The runtime crashed (a broken model, not a small arena).
@@ -297,7 +357,7 @@ def tflm_runs_in(model_bytes: bytes, arena_bytes: int, timeout: float = 120) -> 
         )
     except ExportError as e:
         # Very small arenas make the host runtime segfault after it reports the shortage.
-        if _SHORTAGE_RE.search(str(e)):
+        if _SHORTAGE_RE.search(str(e)) or (known_to_run and "killed by SIG" in str(e)):
             return False
         raise
 
@@ -381,31 +441,18 @@ def _fits_child(model_bytes: bytes, arena: int) -> bool:
     return True
 
 
-def _measure_arena_child(model_bytes: bytes) -> tuple[int, int, str]:
-    hi = max(DEFAULT_HOST_ARENA, 16 * len(model_bytes))
-    if not _fits_child(model_bytes, hi):
-        msg = f"TFLM cannot run the model even with a {hi}-byte arena"
-        raise ExportError(msg, stage="tflm-arena")
-    interp = _interpreter(model_bytes, hi)
+def _record_child(model_bytes: bytes, arena: int) -> tuple[int, str] | None:
+    """The recording allocator's total in an arena of ``arena`` bytes (None if too small)."""
+    if not _fits_child(model_bytes, arena):
+        return None
+    interp = _interpreter(model_bytes, arena)
     _invoke_zeros(interp, model_bytes)
     text = capture_fd2(interp.print_allocations)
     m = re.search(r"Arena allocation total (\d+) bytes", text)
     if m is None:
         msg = f"TFLM's recording allocator printed no total; it printed: {text[:400]!r}"
         raise ExportError(msg, stage="tflm-arena")
-    recorded = int(m.group(1))
-    if _fits_child(model_bytes, 2 * recorded + 1024):
-        hi = 2 * recorded + 1024
-    lo = recorded // 2
-    while lo >= _CRASH_FLOOR and _fits_child(model_bytes, lo):
-        hi, lo = lo, lo // 2
-    while hi - lo > 1:  # invariant: lo fails (or is below the crash floor), hi works
-        mid = (lo + hi) // 2
-        if _fits_child(model_bytes, mid):
-            hi = mid
-        else:
-            lo = mid
-    return recorded, hi, text
+    return int(m.group(1)), text
 
 
 def _run_tflm_child(model_bytes: bytes, samples: np.ndarray, arena: int) -> np.ndarray:

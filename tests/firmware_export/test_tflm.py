@@ -93,7 +93,7 @@ def test_check_ops_rejects_unknown_runtime(int8_model: bytes) -> None:
 
 def test_arena_smallest_is_tight(int8_model: bytes, arena: tflm.ArenaMeasurement) -> None:
     assert tflm.tflm_runs_in(int8_model, arena.smallest_bytes)
-    assert not tflm.tflm_runs_in(int8_model, arena.smallest_bytes - 1)  # bisection to the byte
+    assert not tflm.tflm_runs_in(int8_model, arena.smallest_bytes - tflm.ARENA_STEP)  # bisection step
     assert not tflm.tflm_runs_in(int8_model, arena.smallest_bytes - 64)
 
 

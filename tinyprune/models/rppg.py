@@ -15,7 +15,13 @@ from torch import nn
 
 from tinyprune.errors import ConfigError
 from tinyprune.models.registry import register_model
-from tinyprune.models.rppg_2d import check_clip_size, stacked_to_frames, to_stacked
+from tinyprune.models.rppg_2d import (
+    check_clip_size,
+    frames_to_time,
+    stacked_to_frames,
+    time_to_frames,
+    to_stacked,
+)
 
 
 def _conv3d_block(cin: int, cout: int, kernel: tuple[int, int, int],
@@ -98,16 +104,8 @@ class DeeprPPG(nn.Module):
         return self.head(x).squeeze(1)
 
 
-def _frames_to_time(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """``(B*T, C, H, W)`` -> ``(B, C, T, H*W)`` (rank 4 throughout)."""
-    n, c, h, w = x.shape
-    return x.reshape(n // frames, frames, c, h * w).permute(0, 2, 1, 3)
-
-
-def _time_to_frames(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``(B, C, T, H*W)`` -> ``(B*T, C, H, W)``."""
-    b, c, t, _ = x.shape
-    return x.permute(0, 2, 1, 3).reshape(b * t, c, h, w)
+_frames_to_time = frames_to_time
+_time_to_frames = time_to_frames
 
 
 class Block2p1d(nn.Module):

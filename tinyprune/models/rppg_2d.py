@@ -6,10 +6,10 @@ To export as one single-input model, a clip is fed *frame-stacked*: a 4-D tensor
 that is ``[1, T*H, W, C]``, byte-for-byte the same as ``[T, H, W, C]``: on the device one
 writes the T frames one after the other. Inside, the nets move the frames into the batch
 axis ``(B*T, C, H, W)`` with transpose/reshape ops and never build a rank-5 tensor. The
-temporal shift module (TSM) and EfficientPhys' frame difference shift frames along that
-batch axis (slices + concat + a constant clip-edge mask): onnx2tf misreads pads/concats on a
-``(B, T, C, H*W)`` view as NCHW and breaks them, so no such view is used. Every net
-returns ``(B, T)``.
+temporal shift module (TSM) and EfficientPhys' frame difference work on a time view
+``(B, C, T, H*W)`` (channels kept on axis 1, which onnx2tf reads as NCHW correctly; a
+``(B, T, C, H*W)`` view it misreads) with time slices, zero pads and a channel concat: exact,
+no MACs, and one int8 scale per shift. Every net returns ``(B, T)``.
 
 DeepPhys and TS-CAN take 6 channels per frame, ``[DiffNormalized (3), Standardized (3)]``,
 computed outside the net as in rPPG-Toolbox. EfficientPhys takes 3 standardised channels and
@@ -58,25 +58,43 @@ def stacked_to_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
     return y.permute(0, 3, 1, 2)
 
 
-def clip_edge_mask(n: int, frames: int, last: bool, device: torch.device) -> torch.Tensor:
-    """``(n, 1, 1, 1)`` mask, 0 at the last (or first) frame of every clip, 1 elsewhere."""
-    t = torch.arange(n, device=device) % frames
-    return (t != (frames - 1 if last else 0)).float().reshape(n, 1, 1, 1)
+def frames_to_time(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Frames ``(B*T, C, H, W)`` -> time view ``(B, C, T, H*W)`` (rank 4 throughout).
+
+    In the time view channels stay on axis 1, so converters that read 4-D tensors as NCHW
+    (onnx2tf) see time as "height" and convert pads, slices and concats along it correctly.
+    """
+    n, c, h, w = x.shape
+    return x.reshape(n // frames, frames, c, h * w).permute(0, 2, 1, 3)
+
+
+def time_to_frames(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Time view ``(B, C, T, H*W)`` -> frames ``(B*T, C, H, W)``."""
+    b, c, t, _ = x.shape
+    return x.permute(0, 2, 1, 3).reshape(b * t, c, h, w)
+
+
+def shift_time(y: torch.Tensor, step: int) -> torch.Tensor:
+    """On a time view ``(B, C, T, S)``: frame ``t`` takes frame ``t + step`` (``step`` = +1
+    or -1) of the same clip, and the frame past the clip edge gets 0.
+
+    A slice along time plus a zero PAD: both keep the input's int8 scale, so a whole shift
+    quantizes with one scale (a roll times a clip-edge mask did not: the converter then
+    asked a STRIDED_SLICE for two scales).
+    """
+    if step == 1:
+        return F.pad(y[:, :, 1:], (0, 0, 0, 1))
+    return F.pad(y[:, :, :-1], (0, 0, 1, 0))
 
 
 def shift_frames(x: torch.Tensor, frames: int, step: int) -> torch.Tensor:
     """Frame ``i`` of every clip takes frame ``i + step`` (``step`` = +1 or -1), 0 past the end.
 
-    Works on ``(B*T, C, H, W)``: a cyclic roll along the batch axis (two slices and a
-    concatenation on axis 0) times a constant clip-edge mask, so clips never leak into each
-    other. onnx2tf maps these to STRIDED_SLICE/CONCATENATION/MUL correctly; a PAD along the
-    batch axis it moves to the wrong axis.
+    Works on frames ``(B*T, C, H, W)`` through the time view (see :func:`shift_time`), so
+    clips never leak into each other and every tensor stays rank 4.
     """
-    if step == 1:
-        y = torch.cat([x[1:], x[:1]], dim=0)
-    else:
-        y = torch.cat([x[-1:], x[:-1]], dim=0)
-    return y * clip_edge_mask(x.shape[0], frames, last=step == 1, device=x.device)
+    h, w = x.shape[-2:]
+    return time_to_frames(shift_time(frames_to_time(x, frames), step), h, w)
 
 
 def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 3) -> torch.Tensor:
@@ -84,11 +102,27 @@ def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 3) -> torch.Ten
 
     Channels ``[0, C/fold_div)`` take the next frame's values (last frame gets 0), channels
     ``[C/fold_div, 2C/fold_div)`` the previous frame's (first frame gets 0), the rest stay.
+    Exact in float; in int8 every part keeps the input's scale (slices, zero pads, one
+    channel concat), and it adds no MACs.
     """
+    h, w = x.shape[-2:]
     fold = x.shape[1] // fold_div
-    nxt = shift_frames(x[:, :fold], frames, 1)
-    prv = shift_frames(x[:, fold:2 * fold], frames, -1)
-    return torch.cat([nxt, prv, x[:, 2 * fold:]], dim=1)
+    y = frames_to_time(x, frames)
+    nxt = shift_time(y[:, :fold], 1)
+    prv = shift_time(y[:, fold:2 * fold], -1)
+    return time_to_frames(torch.cat([nxt, prv, y[:, 2 * fold:]], dim=1), h, w)
+
+
+def frame_difference(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """``x[t+1] - x[t]`` per clip on frames ``(B*T, C, H, W)``; the last frame's difference is 0.
+
+    Both terms are a time slice plus a zero pad (next frame; current frame with the last one
+    zeroed), so the last frame gives ``0 - 0`` exactly and each term keeps one int8 scale.
+    """
+    h, w = x.shape[-2:]
+    y = frames_to_time(x, frames)
+    cur = F.pad(y[:, :, :-1], (0, 0, 0, 1))
+    return time_to_frames(shift_time(y, 1) - cur, h, w)
 
 
 class AttentionMask(nn.Module):
@@ -102,6 +136,17 @@ class AttentionMask(nn.Module):
 def _flat_size(img_size: int) -> int:
     s1 = (img_size - 2) // 2
     return (s1 - 2) // 2
+
+
+def _dense_head(channels: int, size: int, hidden: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """The paper's Linear(C*S*S, hidden) and Linear(hidden, 1), written as convolutions.
+
+    A ``size x size`` Conv2d on a ``(N, C, S, S)`` map is exactly that Linear on its
+    ``flatten(1)`` (same weights reshaped, same params and MACs). As CONV_2D the int8 head
+    requantizes the same way in TFLM and LiteRT's reference kernels, which a FULLY_CONNECTED
+    does not (LiteRT's reference FC requantizes in float): the export stays bit-exact.
+    """
+    return nn.Conv2d(channels, hidden, size), nn.Conv2d(hidden, 1, 1)
 
 
 class _Trunk(nn.Module):
@@ -133,9 +178,8 @@ class DeepPhys(nn.Module):
         self.mask = AttentionMask()
         self.pool = nn.AvgPool2d(2)
         self.drop = nn.Dropout(dropout)
-        self.dense1 = nn.Linear(2 * width * _flat_size(img_size) ** 2, hidden)
+        self.dense1, self.dense2 = _dense_head(2 * width, _flat_size(img_size), hidden)
         self.drop_dense = nn.Dropout(2 * dropout)
-        self.dense2 = nn.Linear(hidden, 1)
 
     def _shift(self, x: torch.Tensor) -> torch.Tensor:
         return temporal_shift(x, self.frames) if self.tsm else x
@@ -152,7 +196,7 @@ class DeepPhys(nn.Module):
         d6 = torch.tanh(mo.conv4(self._shift(torch.tanh(mo.conv3(self._shift(d))))))
         r6 = torch.tanh(ap.conv4(torch.tanh(ap.conv3(r))))
         d = self.drop(self.pool(d6 * self.mask(torch.sigmoid(self.att2(r6)))))
-        d = self.drop_dense(torch.tanh(self.dense1(d.flatten(1))))
+        d = self.drop_dense(torch.tanh(self.dense1(d)))
         return self.dense2(d).reshape(-1, self.frames)
 
 
@@ -174,14 +218,12 @@ class EfficientPhys(nn.Module):
         self.mask = AttentionMask()
         self.pool = nn.AvgPool2d(2)
         self.drop = nn.Dropout(dropout)
-        self.dense1 = nn.Linear(2 * width * _flat_size(img_size) ** 2, hidden)
+        self.dense1, self.dense2 = _dense_head(2 * width, _flat_size(img_size), hidden)
         self.drop_dense = nn.Dropout(2 * dropout)
-        self.dense2 = nn.Linear(hidden, 1)
 
     def _diff(self, x: torch.Tensor) -> torch.Tensor:
         """``x[t+1] - x[t]`` per clip; the last frame's difference is 0."""
-        return shift_frames(x, self.frames, 1) - x * clip_edge_mask(
-            x.shape[0], self.frames, last=True, device=x.device)
+        return frame_difference(x, self.frames)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, 3, T*H, W)`` (or ``(B, 3, T, H, W)``) to ``(B, T)``."""
@@ -192,7 +234,7 @@ class EfficientPhys(nn.Module):
         d5 = torch.tanh(tr.conv3(temporal_shift(d, t)))
         d6 = torch.tanh(tr.conv4(temporal_shift(d5, t)))
         d = self.drop(self.pool(d6 * self.mask(torch.sigmoid(self.att2(d6)))))
-        d = self.drop_dense(torch.tanh(self.dense1(d.flatten(1))))
+        d = self.drop_dense(torch.tanh(self.dense1(d)))
         return self.dense2(d).reshape(-1, t)
 
 
