@@ -70,6 +70,8 @@ class VerifyInputs:
     module: nn.Module | None
     samples: np.ndarray | None
     tflm_runnable: bool
+    float_reference: np.ndarray | None = None   # float outputs when there is no torch/ONNX model
+    channels_last: bool = False                  # samples already in the converted model's layout
 
 
 def run_verification(inp: VerifyInputs, *, float_tolerance: float, min_cosine: float,
@@ -86,14 +88,17 @@ def run_verification(inp: VerifyInputs, *, float_tolerance: float, min_cosine: f
     results: dict[str, Any] = {}
     model = parse_tflite(inp.model_bytes)
     tin, tout = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
-    int8_in = _int8_inputs(inp.samples, tin, len(model.tensors[model.inputs[0]].shape))
+    int8_in = _int8_inputs(inp.samples, tin, inp.channels_last)
     if inp.samples is not None:
-        reference = _float_chain(inp, results, v, float_tolerance)
+        reference = inp.float_reference
+        if reference is None:
+            reference = _float_chain(inp, results, v, float_tolerance)
         # LiteRT's optimized kernels without delegates: the reference resolver lacks some ops (ELU)
         ref_q = v.run_litert(inp.model_bytes, int8_in, "builtin")
         deq = v.dequantize(ref_q, tout.scale[0], tout.zero_point[0])
+        deq = deq.reshape(reference.shape) if inp.channels_last else _match_layout(deq, reference)
         results["int8_vs_float"] = v.compare_quantized(
-            reference, _match_layout(deq, reference), "int8_vs_float", min_cos=min_cosine).to_dict()
+            reference, deq, "int8_vs_float", min_cos=min_cosine).to_dict()
         _raise_if_failed(results, "int8_vs_float",
                          f"raise the calibration set's coverage or lower --min-cosine (now {min_cosine})")
     if inp.tflm_runnable:
@@ -166,14 +171,15 @@ def _raise_if_failed(results: dict[str, Any], key: str, way_out: str) -> None:
     raise VerificationError(msg)
 
 
-def _int8_inputs(samples: np.ndarray | None, tin: Any, rank: int) -> np.ndarray:
-    """Quantized channels-last inputs; random int8 data when no float samples exist."""
+def _int8_inputs(samples: np.ndarray | None, tin: Any, channels_last: bool) -> np.ndarray:
+    """Quantized channels-last inputs; seeded random int8 data when no float samples exist."""
     from firmware_export.verify import quantize_input
 
     if samples is None:
         rng = np.random.default_rng(0)
         return rng.integers(-128, 128, size=(8, *tin.shape[1:]), dtype=np.int64).astype(np.int8)
-    return quantize_input(to_channels_last(samples), tin.scale[0], tin.zero_point[0])
+    x = samples if channels_last else to_channels_last(samples)
+    return quantize_input(x, tin.scale[0], tin.zero_point[0])
 
 
 def _match_layout(channels_last: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 Stage = Callable[[str], None]
 
 
+#: Below this share of non-zero weights, LiteRT exports also try the sparse TFLite encoding.
+SPARSE_DENSITY_MAX = 0.7
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """Knobs of one export; defaults are what the CLI uses."""
@@ -76,7 +80,7 @@ class ExportResult:
 
 
 def export(
-    model: nn.Module | LoadedModel | str,
+    model: nn.Module | LoadedModel | str | Path,
     calibration: np.ndarray | str | Path,
     *,
     target: str | Path = "cortex-m4",
@@ -140,6 +144,29 @@ class _StageOutput:
 
 def _run_stages(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile,
                 opts: ExportOptions, work: Path, timer: StageTimer) -> _StageOutput:
+    if loaded.keras_path is not None:
+        inputs, files = _convert_keras(loaded, samples, profile, opts, work, timer)
+    else:
+        inputs, files = _convert_torch_or_onnx(loaded, samples, profile, opts, work, timer)
+    done = analyze_and_report(inputs, opts, timer)
+    if done.sources is not None:
+        (work / "model_data.h").write_text(done.sources.header)
+        (work / "model_data.cc").write_text(done.sources.source)
+        files |= {"header": "model_data.h", "source": "model_data.cc"}
+    if profile.runtime == "litert" and done.analysis.density < SPARSE_DENSITY_MAX:
+        files |= _sparse_variant(work, inputs, samples, opts, timer, done.report)
+    _write_json(work / "verify.json", done.report["verify"])
+    files["verify"] = "verify.json"
+    from firmware_export.report import write_reports
+
+    written = write_reports(work, done.report, done.analysis, done.budget)
+    files |= {p.suffix.lstrip(".") + "_report": p.name for p in written}
+    return _StageOutput(files, done.report)
+
+
+def _convert_torch_or_onnx(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile,
+                           opts: ExportOptions, work: Path,
+                           timer: StageTimer) -> tuple[ReportInputs, dict[str, str]]:
     from firmware_export.convert import convert_to_saved_model
     from firmware_export.quantize import quantize_int8
 
@@ -165,28 +192,63 @@ def _run_stages(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile
         module=loaded.module, samples=samples[: opts.verify_samples], profile=profile,
         rewrites=tuple(rewrites), calib_count=min(len(samples), opts.calib_cap),
     )
-    done = analyze_and_report(inputs, opts, timer)
-    sources = done.sources
     files = {"onnx": "model.onnx", "saved_model": "saved_model", "tflite": "model_int8.tflite",
              "tflite_float": "model_float32.tflite"}
-    if sources is not None:
-        (work / "model_data.h").write_text(sources.header)
-        (work / "model_data.cc").write_text(sources.source)
-        files |= {"header": "model_data.h", "source": "model_data.cc"}
-    _write_json(work / "verify.json", done.report["verify"])
-    files["verify"] = "verify.json"
-    from firmware_export.report import write_reports
-
-    written = write_reports(work, done.report, done.analysis, done.budget)
-    files |= {p.suffix.lstrip(".") + "_report": p.name for p in written}
-    return _StageOutput(files, done.report)
+    return inputs, files
 
 
-def _as_loaded(model: nn.Module | LoadedModel | str) -> LoadedModel:
+def _convert_keras(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile,
+                   opts: ExportOptions, work: Path,
+                   timer: StageTimer) -> tuple[ReportInputs, dict[str, str]]:
+    """A Keras model or SavedModel (e.g. pruned with TF-MOT): straight to TFLiteConverter.
+
+    Its calibration samples are in the Keras model's own (channels-last) layout.
+    """
+    from firmware_export.keras_source import keras_to_int8
+
+    with timer("quantize"):
+        model_bytes, reference = keras_to_int8(loaded.keras_path, samples[: opts.calib_cap],  # type: ignore[arg-type]
+                                               per_channel=opts.per_channel)
+    (work / "model_int8.tflite").write_bytes(model_bytes)
+    n = min(len(reference), opts.verify_samples)
+    inputs = ReportInputs(
+        name=opts.name or loaded.name, source=loaded.source, model_bytes=model_bytes,
+        samples=samples[:n], profile=profile, calib_count=min(len(samples), opts.calib_cap),
+        float_reference=reference[:n], channels_last=True,
+    )
+    return inputs, {"tflite": "model_int8.tflite"}
+
+
+def _sparse_variant(work: Path, inputs: ReportInputs, samples: np.ndarray, opts: ExportOptions,
+                    timer: StageTimer, report: dict[str, Any]) -> dict[str, str]:
+    """For LiteRT targets: the sparse TFLite encoding, kept when smaller and output-identical."""
+    from firmware_export.sparse import sparse_tflite
+
+    saved = work / "saved_model"
+    if not saved.is_dir():
+        return {}
+    cl = samples if inputs.channels_last else calib_io.to_channels_last(samples)
+    with timer("sparse"):
+        result = sparse_tflite(saved, cl[: opts.calib_cap], inputs.model_bytes,
+                               per_channel=opts.per_channel)
+    if result is None:
+        report["sparse"] = None
+        return {}
+    (work / "model_int8_sparse.tflite").write_bytes(result.model_bytes)
+    report["sparse"] = result.to_report("model_int8_sparse.tflite")
+    return {"tflite_sparse": "model_int8_sparse.tflite"}
+
+
+def _as_loaded(model: nn.Module | LoadedModel | str | Path) -> LoadedModel:
+    from firmware_export.keras_source import is_keras_source
+
     if isinstance(model, LoadedModel):
         return model
-    if isinstance(model, str):
-        return load_model(model)
+    if isinstance(model, (str, Path)) and is_keras_source(model):
+        path = Path(model)
+        return LoadedModel(name=path.stem, source=str(model), keras_path=path)
+    if isinstance(model, (str, Path)):
+        return load_model(str(model))
     if isinstance(model, nn.Module):
         shape = getattr(model, "input_shape", None)
         return LoadedModel(name=type(model).__name__.lower(), source=f"<{type(model).__name__}>",
@@ -200,6 +262,8 @@ def _calibration(calibration: np.ndarray | str | Path, loaded: LoadedModel) -> n
         data = calib_io.load_calibration(calibration)
     else:
         data = calib_io.check_calibration(np.asarray(calibration))
+    if loaded.keras_path is not None:
+        return data  # channels-last, checked against the Keras model when it is loaded
     shape = loaded.input_shape
     if loaded.onnx_path is not None:
         _, shape = load_onnx(loaded.onnx_path)

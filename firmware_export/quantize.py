@@ -19,8 +19,12 @@ from tinyprune.errors import ExportError, UnsupportedOpError
 _TF_OP = re.compile(r"tf\.([A-Za-z0-9_]+)")
 
 
-def quantize_int8(saved_model: Path, calib_channels_last: np.ndarray, *, per_channel: bool = True) -> bytes:
+def quantize_int8(saved_model: Path, calib_channels_last: np.ndarray, *, per_channel: bool = True,
+                  sparse: bool = False) -> bytes:
     """Convert with TFLiteConverter to a full-int8 model; return the flatbuffer bytes.
+
+    With ``sparse`` the converter also stores mostly-zero weights in TFLite's sparse encoding
+    (``EXPERIMENTAL_SPARSITY``; LiteRT densifies them at load, TFLM cannot read them).
 
     Raises:
         UnsupportedOpError: the graph needs TensorFlow ops that are not TFLite builtins.
@@ -31,6 +35,8 @@ def quantize_int8(saved_model: Path, calib_channels_last: np.ndarray, *, per_cha
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8

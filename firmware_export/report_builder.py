@@ -45,6 +45,8 @@ class ReportInputs:
     samples: np.ndarray | None = None          # float, PyTorch layout (verification samples)
     rewrites: tuple[str, ...] = ()
     calib_count: int = 0
+    float_reference: np.ndarray | None = None   # Keras sources: the float model's outputs
+    channels_last: bool = False                  # samples are already NHWC (Keras sources)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
         runnable = set(ops) <= tflm_builtin_ops()
     with timer("verify"):
         verify = run_verification(
-            VerifyInputs(inp.model_bytes, inp.float_tflite, inp.onnx_bytes, inp.module, inp.samples, runnable),
+            VerifyInputs(inp.model_bytes, inp.float_tflite, inp.onnx_bytes, inp.module, inp.samples,
+                         runnable, inp.float_reference, inp.channels_last),
             float_tolerance=opts.float_tolerance, min_cosine=opts.min_cosine,
             tflm_tolerance_lsb=opts.tflm_tolerance_lsb)
     with timer("arena"):
@@ -143,7 +146,33 @@ def _extra(inp: ReportInputs, arena: ArenaFigures, ops: list[str], runnable: boo
         "arena": {"recorded_bytes": arena.measured, "smallest_bytes": arena.smallest,
                   "lower_bound_bytes": arena.lower_bound, "margin_bytes": arena.margin,
                   "header_bytes": arena.for_device, "measured": arena.measured is not None},
+        "float_ops": float_ops(inp.model_bytes),
+        "sparsity_note": _sparsity_note(analysis, p.runtime),
     }
+
+
+def float_ops(model_bytes: bytes) -> list[str]:
+    """Ops that still compute in float in a "full-int8" model (the converter keeps an op in
+    float, between DEQUANTIZE and QUANTIZE, when it has no int8 kernel, e.g. CONV_3D)."""
+    from firmware_export.tflite_model import parse_tflite
+
+    model = parse_tflite(model_bytes)
+    return [f"op {op.index} {op.name}" for op in model.ops
+            if op.name not in ("DEQUANTIZE", "QUANTIZE")
+            and any(model.tensors[t].dtype == "FLOAT32" for t in op.outputs if t >= 0)]
+
+
+def _sparsity_note(analysis: ModelAnalysis, runtime: str) -> str | None:
+    """What unstructured zeros buy on this runtime, said plainly (None for a dense model)."""
+    if analysis.density > 0.98:
+        return None
+    zeros = f"{1 - analysis.density:.0%} of the weights are zero"
+    if runtime == "tflm":
+        return (f"{zeros}, but TFLM has no sparse kernels and stores weights dense: flash, arena "
+                "and latency do not shrink with unstructured sparsity (non-zero MACs are shown for "
+                "reference only); prune channels (structured) to make the model smaller and faster")
+    return (f"{zeros}; LiteRT runs dense kernels, so latency and RAM do not shrink; the sparse "
+            "TFLite encoding (report['sparse'], when smaller) only shrinks the file")
 
 
 def c_sources(inp: ReportInputs, analysis: ModelAnalysis, arena: ArenaFigures,

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", formatter_class=fmt,
                        help="PyTorch/ONNX model -> verified int8 TFLite, C arrays and a budget report")
-    p.add_argument("model", help="zoo:NAME, file.py:factory, package.module:factory, .pt2 or .onnx")
+    p.add_argument("model", help="zoo:NAME, file.py:factory, package.module:factory, .pt2, .onnx, "
+                                 "or a Keras .keras/.h5 file or SavedModel folder (calibration NHWC)")
     p.add_argument("--calib", required=True, help=".npy float32 samples, (N,C,H,W) or (N,C,T,H,W)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--calib-cap", type=int, default=512, help="most calibration samples used")
@@ -109,6 +110,12 @@ def _print_summary(result: Any, console: Any) -> None:
 
     for line in summary_lines(result.report):
         console.print(line, highlight=False, markup=False)
+    if result.report.get("float_ops"):
+        console.print(f"warning: ops still computing in float: {', '.join(result.report['float_ops'])}",
+                      highlight=False, markup=False, soft_wrap=True)
+    if result.report.get("sparsity_note"):
+        console.print(f"note: {result.report['sparsity_note']}", highlight=False, markup=False,
+                      soft_wrap=True)
 
 
 def _run_job(job: Any, args: argparse.Namespace) -> int:

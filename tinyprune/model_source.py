@@ -33,6 +33,7 @@ class LoadedModel:
     module: nn.Module | None = None
     onnx_path: Path | None = None
     input_shape: tuple[int, ...] | None = None  # per-sample PyTorch layout, when the model knows it
+    keras_path: Path | None = None             # a Keras model / SavedModel (export only)
 
 
 def load_model(spec: str, **factory_kwargs: Any) -> LoadedModel:

@@ -1,0 +1,176 @@
+"""Keras models as an export source: ``.keras`` / ``.h5`` files and SavedModel folders -> int8.
+
+Users who prune with TensorFlow Model Optimization (``prune_low_magnitude`` then
+``strip_pruning``) hold a Keras 2 (``tf_keras``) model whose pruned weights are exactly zero.
+Such a model needs no ONNX round trip: it is channels-last already, so it goes straight to a
+SavedModel and through the same full-int8 conversion as the PyTorch route
+(:func:`firmware_export.quantize.quantize_int8`). Symmetric int8 weight quantization maps 0.0
+to 0, so the zeros survive and the report's non-zero counts see them.
+
+Which Keras wrote a ``.keras`` file is read from its ``metadata.json`` (``keras_version``):
+2.x files load with ``tf_keras`` (TF-MOT's Keras), 3.x files with ``keras``. ``.h5`` files are
+Keras 2. A SavedModel folder is used as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from firmware_export.quantize import quantize_int8
+from tinyprune.errors import ConfigError, ExportError
+
+logger = logging.getLogger(__name__)
+
+KERAS_SUFFIXES = (".keras", ".h5")
+
+
+def is_keras_source(path: str | Path) -> bool:
+    """True for a ``.keras`` / ``.h5`` file or a folder holding ``saved_model.pb``."""
+    p = Path(path)
+    return (p.is_file() and p.suffix in KERAS_SUFFIXES) or (p / "saved_model.pb").is_file()
+
+
+def keras_major_version(path: Path) -> int:
+    """Major Keras version that wrote a ``.keras`` zip (2 for ``.h5`` files)."""
+    if path.suffix == ".h5":
+        return 2
+    try:
+        with zipfile.ZipFile(path) as zf:
+            meta = json.loads(zf.read("metadata.json"))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        msg = (f"{str(path)!r} is not a readable .keras file ({type(e).__name__}: {e}); "
+               "save it with model.save('model.keras')")
+        raise ConfigError(msg) from e
+    version = str(meta.get("keras_version", "3"))
+    return int(version.split(".")[0]) if version.split(".")[0].isdigit() else 3
+
+
+def load_keras(path: Path) -> Any:
+    """Load a ``.keras`` / ``.h5`` model with the Keras that wrote it (not compiled).
+
+    Raises:
+        ConfigError: the file cannot be loaded, e.g. it still holds TF-MOT pruning wrappers.
+    """
+    from firmware_export.convert import quiet_tensorflow
+
+    quiet_tensorflow()
+    if keras_major_version(path) == 2:
+        import tf_keras as keras_mod
+    else:
+        import keras as keras_mod  # type: ignore[no-redef]
+    try:
+        return keras_mod.models.load_model(str(path), compile=False)
+    except Exception as e:
+        text = (str(e).splitlines()[0] if str(e) else "").rstrip(".")
+        hint = (" It holds TF-MOT pruning wrappers: call "
+                "tfmot.sparsity.keras.strip_pruning(model) before saving."
+                if "PruneLowMagnitude" in str(e) else "")
+        msg = f"cannot load the Keras model {str(path)!r}: {type(e).__name__}: {text}.{hint}"
+        raise ConfigError(msg) from e
+
+
+def _input_shape(model: Any) -> tuple[int | None, ...]:
+    inputs = model.inputs
+    if len(inputs) != 1:
+        msg = f"the Keras model has {len(inputs)} inputs; only single-input models are exported"
+        raise ConfigError(msg)
+    return tuple(inputs[0].shape)
+
+
+def _check_calib(calib: np.ndarray, shape: tuple[int | None, ...], source: str) -> np.ndarray:
+    data = np.asarray(calib, dtype=np.float32)
+    want = tuple(shape[1:])
+    ok = data.ndim == len(shape) and len(data) > 0 and all(
+        w is None or w == g for w, g in zip(want, data.shape[1:], strict=True))
+    if not ok:
+        msg = (f"calibration data has shape {data.shape} but {source} takes "
+               f"(N, {', '.join('?' if w is None else str(w) for w in want)}) channels-last "
+               "samples; pass NHWC data for Keras models")
+        raise ConfigError(msg)
+    if not np.isfinite(data).all():
+        msg = "calibration data contains NaN or infinite values"
+        raise ConfigError(msg)
+    return data
+
+
+def _saved_model_outputs(saved_model: Path, calib: np.ndarray) -> tuple[np.ndarray, tuple[
+        int | None, ...]]:
+    """Float output 0 of a SavedModel's ``serving_default`` signature, and its input shape."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(saved_model))
+    sig = loaded.signatures.get("serving_default") if hasattr(loaded, "signatures") else None
+    if sig is None:
+        msg = f"the SavedModel {str(saved_model)!r} has no 'serving_default' signature"
+        raise ConfigError(msg)
+    specs = sig.structured_input_signature[1]
+    if len(specs) != 1:
+        msg = f"the SavedModel has {len(specs)} inputs; only single-input models are exported"
+        raise ConfigError(msg)
+    name, spec = next(iter(specs.items()))
+    shape = tuple(spec.shape.as_list())
+    data = _check_calib(calib, shape, f"SavedModel {str(saved_model)!r}")
+    outs = sig(**{name: tf.constant(data)})
+    first = outs[sorted(outs)[0]]
+    return np.asarray(first.numpy(), dtype=np.float32), shape
+
+
+def _export_saved_model(model: Any, dest: Path, major: int) -> None:
+    """Write a Keras model as a SavedModel (Keras 3: ``model.export``)."""
+    import tensorflow as tf
+
+    try:
+        if major >= 3:
+            model.export(str(dest), verbose=False)
+        else:
+            tf.saved_model.save(model, str(dest))
+    except Exception as e:
+        msg = f"cannot write the Keras model as a SavedModel: {type(e).__name__}: {e}"
+        raise ExportError(msg, stage="convert") from e
+
+
+def keras_to_int8(path: str | Path, calib_nhwc: np.ndarray, *,
+                  per_channel: bool = True) -> tuple[bytes, np.ndarray]:
+    """Convert a Keras model or SavedModel to full int8 TFLite; also return float outputs.
+
+    Args:
+        path: A ``.keras`` / ``.h5`` file or a SavedModel folder.
+        calib_nhwc: Float32 calibration samples in the model's own (channels-last) layout.
+        per_channel: Per-channel weight quantization (as :func:`quantize_int8`).
+
+    Returns:
+        ``(int8 flatbuffer, float reference outputs of output 0 on calib_nhwc)``.
+
+    Raises:
+        ConfigError: unreadable model, several inputs, or calibration of the wrong shape.
+        UnsupportedOpError: ops that are not TFLite builtins. ExportError: converter failure.
+    """
+    src = Path(path)
+    if (src / "saved_model.pb").is_file():
+        reference, _ = _saved_model_outputs(src, calib_nhwc)
+        data = np.asarray(calib_nhwc, dtype=np.float32)
+        return quantize_int8(src, data, per_channel=per_channel), reference
+    if not (src.is_file() and src.suffix in KERAS_SUFFIXES):
+        msg = (f"{str(src)!r} is neither a .keras/.h5 file nor a SavedModel folder "
+               "(with saved_model.pb)")
+        raise ConfigError(msg)
+    model = load_keras(src)
+    data = _check_calib(calib_nhwc, _input_shape(model), f"Keras model {src.name!r}")
+    out = model(data, training=False)
+    first = out[0] if isinstance(out, list | tuple) else out
+    reference = np.asarray(first, dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="tinyprune_keras_") as tmp:
+        saved = Path(tmp) / "saved_model"
+        _export_saved_model(model, saved, keras_major_version(src))
+        logger.info("converting %s via a temporary SavedModel", src)
+        return quantize_int8(saved, data, per_channel=per_channel), reference
+
+
+__all__ = ["is_keras_source", "keras_major_version", "keras_to_int8", "load_keras"]
