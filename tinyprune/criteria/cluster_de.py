@@ -12,7 +12,10 @@ whose top-n is a proportional, at-least-one-per-cluster choice, so the engine's 
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,6 +27,7 @@ from torch import nn
 from tinyprune.criteria.base import CRITERIA, Granularity, ScoreInput
 from tinyprune.errors import ConfigError
 
+log = logging.getLogger(__name__)
 SOURCES = ("weights", "mixed", "layer_direction")
 
 
@@ -58,15 +62,29 @@ def standardise(d: np.ndarray) -> np.ndarray:
     return (d - d.mean(axis=0)) / np.where(std > 0, std, 1.0)
 
 
+_KMEANS_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
+_KMEANS_CACHE_SIZE = 4096
+
+
 def kmeans_labels(points: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """k-means++ labels (``n_init=10``, ``max_iter=300``, fixed seed; §4.3)."""
+    """k-means++ labels (``n_init=10``, ``max_iter=300``, fixed seed; §4.3).
+
+    Results are cached per (points, k, seed): a DE search asks for the same clusterings of the
+    same filters hundreds of times (§4.3 precomputes them once).
+    """
     from sklearn.cluster import KMeans
 
     k = max(1, min(k, len(points)))
     if k == 1:
         return np.zeros(len(points), dtype=np.int64)
-    km = KMeans(n_clusters=k, init="k-means++", n_init=10, max_iter=300, random_state=seed)
-    return np.asarray(km.fit_predict(points), dtype=np.int64)
+    pts = np.ascontiguousarray(points, dtype=np.float64)
+    key = (hashlib.sha1(pts.tobytes() + str(pts.shape).encode()).hexdigest(), k, seed)
+    if key not in _KMEANS_CACHE:
+        if len(_KMEANS_CACHE) >= _KMEANS_CACHE_SIZE:
+            _KMEANS_CACHE.pop(next(iter(_KMEANS_CACHE)))
+        km = KMeans(n_clusters=k, init="k-means++", n_init=10, max_iter=300, random_state=seed)
+        _KMEANS_CACHE[key] = np.asarray(km.fit_predict(pts), dtype=np.int64)
+    return _KMEANS_CACHE[key].copy()
 
 
 def crowding_distance(points: np.ndarray) -> np.ndarray:
@@ -274,38 +292,168 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     return correct / max(total, 1)
 
 
+def neg_cross_entropy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                      ) -> float:
+    """Minus the mean cross-entropy over ``(x, y)`` batches (a smooth fitness, higher = better)."""
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in batches:
+            total += float(nn.functional.cross_entropy(model(xb), yb, reduction="sum"))
+            n += int(yb.numel())
+    return -total / max(n, 1)
+
+
+METRICS: dict[str, Callable[..., float]] = {"accuracy": accuracy, "neg_ce": neg_cross_entropy}
+
+
+class _MaskedEvaluator:
+    """Fitness by zeroing removed channels of one working copy (no copy or surgery per trial).
+
+    The first call checks that the masked copy equals the physically pruned network on the
+    example input; if an activation does not map 0 to 0 it falls back to real surgery.
+    """
+
+    def __init__(self, model: nn.Module, example_input: Any, budget: Any, round_to: int) -> None:
+        from tinyprune.pruning import select as sel
+        from tinyprune.pruning.channel_mask import bn_momenta, bn_state
+        from tinyprune.pruning.structured import ChannelGraph
+
+        self.model, self.example, self.budget, self.round_to = model, example_input, budget, round_to
+        self.work = copy.deepcopy(model).eval()
+        self.graph = ChannelGraph(self.work, example_input)
+        self.cost = self.graph.cost_model()
+        limits = budget.limits(*self.cost.dense)
+        widths = [sel.allowed_widths(g.size, round_to, 1) for g in self.graph.groups]
+        zeros = [np.zeros(g.size) for g in self.graph.groups]
+        self.counts = np.array(sel.select_uniform(zeros, self.cost, limits, widths).counts)
+        self.bn0, self.momenta = bn_state(self.work), bn_momenta(self.work)
+        self.exact: bool | None = None
+
+    def __call__(self, crit: ClusterDECriterion, calib: Sequence[Any], heldout: Sequence[Any],
+                 metric: Callable[..., float]) -> float:
+        from tinyprune.pruning.channel_mask import masked_channels, restore_bn_state_
+        from tinyprune.pruning.select import make_selection
+        from tinyprune.pruning.structured import score_groups
+
+        if self.exact is None:
+            self.exact = self._check(crit)
+        if not self.exact:
+            return _pruned_fitness(self.model, self.example, crit, self.budget, calib, heldout,
+                                   self.round_to, metric)
+        keep = make_selection(score_groups(self.graph, crit), self.counts, self.cost).keep
+        try:
+            with masked_channels(self.graph, keep):
+                recalibrate_bn_(self.work, calib)
+                return metric(self.work, heldout)
+        finally:
+            restore_bn_state_(self.work, self.bn0, self.momenta)
+            self.work.eval()
+
+    def _check(self, crit: ClusterDECriterion) -> bool:
+        from tinyprune.pruning.channel_mask import masked_channels
+        from tinyprune.pruning.select import make_selection
+        from tinyprune.pruning.structured import prune_structured, score_groups
+
+        pruned = copy.deepcopy(self.model).eval()
+        prune_structured(pruned, self.example, crit, self.budget, round_to=self.round_to)
+        keep = make_selection(score_groups(self.graph, crit), self.counts, self.cost).keep
+        with torch.no_grad(), masked_channels(self.graph, keep):
+            a, b = self.work(self.example), pruned(self.example)
+        return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+
+
+def _pruned_fitness(model: nn.Module, example_input: Any, crit: ClusterDECriterion, budget: Any,
+                    calib: Sequence[Any], heldout: Sequence[Any], round_to: int,
+                    metric: Callable[..., float]) -> float:
+    from tinyprune.pruning.structured import prune_structured
+
+    pruned = copy.deepcopy(model)
+    prune_structured(pruned, example_input, crit, budget, round_to=round_to)
+    recalibrate_bn_(pruned, calib)
+    return metric(pruned, heldout)
+
+
 def cluster_fitness(model: nn.Module, example_input: Any, budget: Any, layers: Sequence[str],
                     calib: Sequence[Any], heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                    *, round_to: int = 4, seed: int = 0) -> Callable[[np.ndarray], float]:
-    """Fitness of a clusters-per-layer vector: prune a copy, recalibrate BN, held-out accuracy."""
-    from tinyprune.pruning.structured import prune_structured
+                    *, round_to: int = 4, seed: int = 0,
+                    metric: str | Callable[..., float] = "accuracy",
+                    masked: bool = True) -> Callable[[np.ndarray], float]:
+    """Fitness of a clusters-per-layer vector: prune (or mask) a copy, recalibrate BN, score.
+
+    Args:
+        metric: ``"accuracy"`` (held-out top-1, §4.6) or ``"neg_ce"`` (minus the mean
+            cross-entropy: smooth when few held-out images are used), or a callable
+            ``metric(model, heldout) -> float`` (higher = better, e.g. minus an rPPG loss).
+        masked: Evaluate by zeroing channels of one working copy (exact, much faster) instead
+            of a deep copy and surgery per call.
+    """
+    if not callable(metric) and metric not in METRICS:
+        msg = f"fitness metric {metric!r} is unknown; expected one of: {', '.join(METRICS)}"
+        raise ConfigError(msg)
+    score = metric if callable(metric) else METRICS[metric]
+    evaluator = _MaskedEvaluator(model, example_input, budget, round_to) if masked else None
 
     def fitness(k: np.ndarray) -> float:
         ks = tuple(zip(layers, (int(v) for v in k), strict=True))
         crit = ClusterDECriterion(k_per_layer=ks, seed=seed)
-        pruned = copy.deepcopy(model)
-        prune_structured(pruned, example_input, crit, budget, round_to=round_to)
-        recalibrate_bn_(pruned, calib)
-        return accuracy(pruned, heldout)
+        if evaluator is not None:
+            return evaluator(crit, calib, heldout, score)
+        return _pruned_fitness(model, example_input, crit, budget, calib, heldout, round_to, score)
 
     return fitness
 
 
-def search_clusters(model: nn.Module, example_input: Any, budget: Any, calib: Sequence[Any],
-                    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]], *, k_max: int = 16,
-                    pop: int = 20, gens: int = 30, round_to: int = 4,
-                    seed: int = 0) -> ClusterDECriterion:
-    """Run the DE of §4.6 and return the criterion configured with the best ``k`` per layer."""
+@dataclass(frozen=True)
+class SearchReport:
+    """What a DE cluster search did (for logs and benchmark tables)."""
+
+    pop: int
+    gens: int
+    evaluations: int
+    calib_images: int
+    heldout_images: int
+    best_fitness: float
+    seconds: float
+    metric: str
+
+
+def search_clusters_report(
+    model: nn.Module, example_input: Any, budget: Any, calib: Sequence[Any],
+    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]], *, k_max: int = 16, pop: int = 20,
+    gens: int = 30, round_to: int = 4, seed: int = 0,
+    metric: str | Callable[..., float] = "accuracy",
+) -> tuple[ClusterDECriterion, SearchReport]:
+    """Run the DE of §4.6; return the configured criterion and a :class:`SearchReport`."""
     from tinyprune.pruning.structured import ChannelGraph
 
+    start = time.perf_counter()
     graph = ChannelGraph(copy.deepcopy(model).eval(), example_input)
     layers = [s.name for g in graph.groups for s in g.members]
     sizes = [model.get_submodule(n).weight.shape[0] for n in layers]
     lo = [2] * len(layers)
     hi = [max(2, min(k_max, c - 1)) for c in sizes]
-    fit = cluster_fitness(
-        model, example_input, budget, layers, calib, heldout, round_to=round_to, seed=seed
-    )
+    fit = cluster_fitness(model, example_input, budget, layers, calib, heldout,
+                          round_to=round_to, seed=seed, metric=metric)
     result = shade_de(fit, lo, hi, pop=pop, gens=gens, seed=seed)
     ks = tuple(zip(layers, result.best_x.tolist(), strict=True))
-    return ClusterDECriterion(k_per_layer=ks, seed=seed)
+    report = SearchReport(pop, gens, result.evaluations, _count(calib), _count(heldout),
+                          result.best_f, time.perf_counter() - start,
+                          metric if isinstance(metric, str) else getattr(metric, "__name__", "?"))
+    log.info("cluster DE search: %s", report)
+    return ClusterDECriterion(k_per_layer=ks, seed=seed), report
+
+
+def _count(batches: Sequence[Any]) -> int:
+    return sum(int((b[0] if isinstance(b, (tuple, list)) else b).shape[0]) for b in batches)
+
+
+def search_clusters(model: nn.Module, example_input: Any, budget: Any, calib: Sequence[Any],
+                    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]], *, k_max: int = 16,
+                    pop: int = 20, gens: int = 30, round_to: int = 4,
+                    seed: int = 0, metric: str | Callable[..., float] = "accuracy"
+                    ) -> ClusterDECriterion:
+    """Run the DE of §4.6 and return the criterion configured with the best ``k`` per layer."""
+    crit, _ = search_clusters_report(model, example_input, budget, calib, heldout, k_max=k_max,
+                                     pop=pop, gens=gens, round_to=round_to, seed=seed,
+                                     metric=metric)
+    return crit

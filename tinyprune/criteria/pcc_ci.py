@@ -75,7 +75,8 @@ def _ci_chunk(a: torch.Tensor) -> torch.Tensor:
 def pcc_matrix(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Pearson cross-correlation between channels over pixels: ``(B, C, P) -> (B, C, C)``."""
     xc = x - x.mean(dim=-1, keepdim=True)
-    std = xc.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    # clamp before sqrt: a dead channel (std 0) would give an infinite gradient, then NaN
+    std = xc.pow(2).mean(dim=-1, keepdim=True).clamp(min=1e-12).sqrt()
     xh = xc / (std + eps)
     return xh @ xh.transpose(1, 2) / x.shape[-1]
 

@@ -1,0 +1,174 @@
+"""``tinyprune prune --target PROFILE``: the largest pruned network whose int8 export fits a board.
+
+Flash (the ``.tflite`` bytes plus the runtime allowance) and the TFLM arena are only known after
+an export, and they are monotone in the MACs fraction kept only roughly, so the fraction is
+searched by bisection with a few real exports (``firmware_export.export(...,
+raise_on_budget=False)`` and ``result.fits``). Each trial prunes a copy of the trained network
+with the job's criterion; weights do not change sizes, so the choice holds after fine-tuning
+(a final export of the fine-tuned model checks it). firmware_export (and TensorFlow) are
+imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from tinyprune.errors import BudgetExceededError, ConfigError, ExportError, UnsupportedOpError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitSearch:
+    """The chosen MACs fraction and every export tried (fraction, fits, flash, arena)."""
+
+    fraction: float
+    tried: list[dict[str, Any]] = field(default_factory=list)
+
+
+def smallest_fraction(model: nn.Module, example: Any, crit: Any, round_to: int) -> float:
+    """MACs fraction of the network with every prunable group at its minimum width."""
+    from tinyprune.pruning import select as sel
+    from tinyprune.pruning.structured import ChannelGraph
+
+    graph = ChannelGraph(copy.deepcopy(model).eval(), example)
+    cost = graph.cost_model()
+    mc, mf = getattr(crit, "min_channels", 1), getattr(crit, "min_fraction", 0.0)
+    k_min = [sel.allowed_widths(g.size, round_to, sel.min_keep_for(g.size, mc, mf))[0]
+             for g in graph.groups]
+    return float(cost.cost(np.array(k_min))[0] / cost.dense[0])
+
+
+def _budget_rows(report: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {row['used']} of {row['limit']}" for k, row in report["budget"].items())
+
+
+class _Trial:
+    """Prune a copy of the model at a fraction and export it; remember what was tried."""
+
+    def __init__(self, model: nn.Module, example: Any, crit: Any, calib: np.ndarray,
+                 profile: str | Path, data: Any, round_to: int) -> None:
+        self.model, self.example, self.crit, self.calib = model, example, crit, calib
+        self.profile, self.data, self.round_to = profile, data, round_to
+        self.search = FitSearch(fraction=0.0)
+        self.tolerate_errors = True
+
+    def __call__(self, fraction: float) -> Any:
+        from firmware_export import export
+        from tinyprune.pruning.select import Budget
+        from tinyprune.pruning.structured import prune_structured
+
+        pruned = copy.deepcopy(self.model).eval()
+        if fraction < 1.0:
+            prune_structured(pruned, self.example, self.crit, Budget(target_flops=fraction),
+                             data=self.data, round_to=self.round_to)
+        pruned.input_shape = getattr(self.model, "input_shape", None)
+        with tempfile.TemporaryDirectory(prefix="tinyprune-fit-") as tmp:
+            try:
+                res = export(pruned, self.calib, target=self.profile,
+                             out_dir=Path(tmp) / "trial", raise_on_budget=False)
+            except ExportError as e:
+                if not self.tolerate_errors or isinstance(e, UnsupportedOpError):
+                    raise
+                # a trial whose export breaks (e.g. a runtime crash while measuring the arena)
+                # counts as not fitting; the chosen model is exported again at the end
+                log.warning("fit search: export at %.4f of MACs failed (%s)", fraction, e)
+                self.search.tried.append({"fraction": fraction, "fits": False, "error": str(e)})
+                return None
+        rep = res.report
+        self.search.tried.append({"fraction": fraction, "fits": res.fits,
+                                  "flash_bytes": rep["flash_bytes"],
+                                  "arena_bytes": rep["arena_bytes"]})
+        log.info("fit search: %s", self.search.tried[-1])
+        return res
+
+
+def largest_fitting_fraction(model: nn.Module, example: Any, crit: Any, calib: np.ndarray,
+                             profile: str | Path, *, data: Any = None, round_to: int = 4,
+                             steps: int = 4) -> FitSearch:
+    """Bisection on the MACs fraction kept so that the int8 export fits ``profile``.
+
+    Args:
+        model: The trained network (not changed).
+        example: A batch for tracing.
+        crit: The structured criterion that selects the channels of each trial.
+        calib: Calibration samples for the trial exports.
+        profile: A device profile name or TOML path.
+        data: Calibration batches for data-driven criteria.
+        round_to: Kept widths are multiples of this.
+        steps: Bisection steps after the dense and the smallest trial.
+
+    Raises:
+        BudgetExceededError: Even the smallest reachable network does not fit; the message
+            gives its fraction, flash and arena against the profile's limits.
+    """
+    trial = _Trial(model, example, crit, calib, profile, data, round_to)
+    dense = trial(1.0)
+    if dense is not None and dense.fits:
+        trial.search.fraction = 1.0
+        return trial.search
+    lo = smallest_fraction(model, example, crit, round_to) * (1 + 1e-9)
+    trial.tolerate_errors = False  # the smallest network must export: its error is the answer
+    res = trial(min(lo, 1.0))
+    trial.tolerate_errors = True
+    if not res.fits:
+        msg = (f"the model cannot fit {profile}: even the smallest reachable network (every "
+               f"layer at its minimum width, {lo:.1%} of the MACs) needs "
+               f"{_budget_rows(res.report)}; pick a larger target, a smaller model, or lower "
+               "round_to/min_channels")
+        raise BudgetExceededError(msg, report=res)
+    hi = 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        got = trial(mid)
+        if got is not None and got.fits:
+            lo = mid
+        else:
+            hi = mid
+    trial.search.fraction = lo
+    return trial.search
+
+
+def fit_profile_job(model: nn.Module, bundle: Any, criterion: str, target: str | Path,
+                    calib: np.ndarray, settings: Any) -> dict[str, Any]:
+    """Train, find the largest fitting fraction, prune, fine-tune and check the final export."""
+    from firmware_export.budget import load_profile
+    from tinyprune import criteria
+    from tinyprune.prune_job import prune_structured_job, train_for_criterion
+    from tinyprune.pruning.select import Budget
+
+    load_profile(target)  # a bad name or file fails before any training
+    if len(calib) < 1:
+        msg = "--target needs calibration samples from the training set"
+        raise ConfigError(msg)
+    out: dict[str, Any] = {}
+    s = settings
+    if criterion != "tailored" and s.epochs > 0:
+        out["pretrain"] = train_for_criterion(model, bundle, criterion, s)
+        s = dataclasses.replace(s, epochs=0)
+    loaders = bundle.loaders(batch_size=s.batch_size, seed=s.seed)
+    example = next(iter(loaders.train))[0][:2]
+    search = largest_fitting_fraction(model, example, criteria.get(criterion),
+                                      calib, target, data=loaders.train, round_to=s.round_to)
+    out["target"] = {"profile": str(target), "fraction": search.fraction, "tried": search.tried}
+    if search.fraction < 1.0:
+        out |= prune_structured_job(model, bundle, criterion, Budget(search.fraction), s)
+    checker = _Trial(model, example, None, calib, target, None, s.round_to)
+    checker.tolerate_errors = False
+    final = checker(1.0)
+    out["target"] |= {"flash_bytes": final.report["flash_bytes"],
+                      "arena_bytes": final.report["arena_bytes"], "fits": final.fits}
+    if not final.fits:
+        msg = (f"the pruned and fine-tuned model does not fit {target}: "
+               f"{_budget_rows(final.report)} (the search chose {search.fraction:.1%} of MACs)")
+        raise BudgetExceededError(msg, report=final)
+    return out
