@@ -31,6 +31,7 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder (model.pt2, checkpoint.pt, calib.npy, summary.json)")
+    _add_kwargs_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", formatter_class=fmt,
@@ -63,6 +64,7 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--round-to", type=int, default=4, help="kept channel counts are multiples of this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder (pruned.pt2, checkpoint.pt, calib.npy, summary.json)")
+    _add_kwargs_options(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("demo", formatter_class=fmt,
@@ -72,6 +74,20 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--target", default="cortex-m4", help="device profile")
     p.add_argument("--epochs", type=int, default=20)
     p.set_defaults(func=cmd_demo)
+
+
+def _add_kwargs_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-kw", action="append", metavar="KEY=VALUE",
+                   help="model factory option, repeatable (e.g. --model-kw width=8)")
+    p.add_argument("--data-kw", action="append", metavar="KEY=VALUE",
+                   help="data set option, repeatable (e.g. --data-kw size=16 --data-kw chunk=8)")
+
+
+def _kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from tinyprune.workflows import parse_kwargs
+
+    return {"model_kwargs": parse_kwargs(args.model_kw, "--model-kw"),
+            "data_kwargs": parse_kwargs(args.data_kw, "--data-kw")}
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -100,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tinyprune.workflows import train_run
 
     files = train_run(args.model, args.data, args.out, epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty())
+                      batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty(),
+                      **_kwargs(args))
     final = json.loads(files.summary.read_text())["fit"].get("final", {})
     print(f"final: {final}", file=sys.stderr)
     print(files.out_dir)
@@ -195,7 +212,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                       target_params=args.target_params, sparsity=args.sparsity,
                       target=args.target, epochs=args.epochs,
                       finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
-                      seed=args.seed, round_to=args.round_to, progress=sys.stderr.isatty())
+                      seed=args.seed, round_to=args.round_to, progress=sys.stderr.isatty(),
+                      **_kwargs(args))
     summary = json.loads(files.summary.read_text())
     for key in ("metric_before", "metric_trained", "metric_pruned", "metric_finetuned"):
         if key in summary:

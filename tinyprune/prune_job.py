@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from tinyprune.errors import ConfigError
-from tinyprune.workflows import RunFiles, check_compatible, save_run, task_loss, task_metric
+from tinyprune.workflows import (
+    RunFiles,
+    check_compatible,
+    save_run,
+    task_loss,
+    task_metric,
+    to_model_layout,
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,9 @@ def prune_run(model_spec: str, data_spec: str, criterion: str, out: str | Path, 
               target_flops: float | None = None, target_params: float | None = None,
               sparsity: float | None = None, target: str | Path | None = None,
               epochs: int = 1, finetune_epochs: int = 1, lr: float = 1e-3, batch_size: int = 32,
-              seed: int = 0, round_to: int = 4, progress: bool = True) -> RunFiles:
+              seed: int = 0, round_to: int = 4, progress: bool = True,
+              model_kwargs: dict[str, Any] | None = None,
+              data_kwargs: dict[str, Any] | None = None) -> RunFiles:
     """Run the whole prune job and write ``pruned.pt2``, ``checkpoint.pt``, ``calib.npy``, ``summary.json``.
 
     With ``target`` (a device profile name or TOML path) the MACs fraction kept is searched so
@@ -63,16 +72,16 @@ def prune_run(model_spec: str, data_spec: str, criterion: str, out: str | Path, 
     from tinyprune.model_source import load_model
 
     torch.manual_seed(seed)
-    loaded = load_model(model_spec)
+    loaded = load_model(model_spec, **(model_kwargs or {}))
     if loaded.module is None:
         msg = "pruning needs a PyTorch model; an .onnx file can only be exported"
         raise ConfigError(msg)
-    model, bundle = loaded.module, build_dataset(data_spec)
+    model, bundle = loaded.module, build_dataset(data_spec, **(data_kwargs or {}))
     check_compatible(model, bundle, model_spec, data_spec)
     spec = criteria.CRITERIA.get(criterion)  # unknown name -> UnknownNameError with a close match
     settings = PruneSettings(epochs, finetune_epochs, lr, batch_size, seed, round_to, progress)
     summary: dict[str, Any] = {"model": model_spec, "data": data_spec, "criterion": criterion}
-    calib = bundle.calibration_batches(min(128, len(bundle.train)), seed=seed)
+    calib = to_model_layout(bundle.calibration_batches(min(128, len(bundle.train)), seed=seed), model)
     if getattr(spec, "granularity", None) == Granularity.ELEMENT:
         if target is not None:
             msg = f"--target needs a structured criterion; {criterion!r} is unstructured"

@@ -23,6 +23,23 @@ from tinyprune.fileio import atomic_path, write_text_atomic
 log = logging.getLogger(__name__)
 
 
+def parse_kwargs(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["width=8", "size=16"]`` -> ``{"width": 8, "size": 16}`` (Python literals, else strings)."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            msg = f"{what} option {item!r} is not KEY=VALUE (e.g. width=8)"
+            raise ConfigError(msg)
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
 def task_loss(task: str) -> Any:
     """The training loss of a task: cross-entropy (classification) or negative Pearson (rPPG)."""
     from tinyprune.metrics import neg_pearson_loss
@@ -35,8 +52,13 @@ def task_loss(task: str) -> Any:
     raise ConfigError(msg)
 
 
+#: Fewest samples per clip for which the validation metric includes an FFT heart rate.
+MIN_HR_SAMPLES = 64
+
+
 def task_metric(task: str, fs: float | None = None) -> Any:
-    """``metric(outputs, targets) -> dict``: top-1 accuracy, or HR MAE/RMSE from the BVP."""
+    """``metric(outputs, targets) -> dict``: top-1 accuracy; or, for rPPG, the per-clip Pearson
+    correlation of the waveform plus HR MAE/RMSE when clips are long enough for an FFT rate."""
     from tinyprune.metrics import hr_errors, hr_from_bvp, top1_accuracy
 
     if task == "classification":
@@ -44,25 +66,53 @@ def task_metric(task: str, fs: float | None = None) -> Any:
 
     def rppg(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         rate = float(fs or 30.0)
-        pred = [hr_from_bvp(p.numpy(), rate) for p in out.detach()]
-        gt = [hr_from_bvp(t.numpy(), rate) for t in y.detach()]
-        err = hr_errors(np.array(pred), np.array(gt))
-        return {"hr_mae": float(err.mae), "hr_rmse": float(err.rmse)}
+        pred, true = out.detach().double(), y.detach().double()
+        pc, tc = pred - pred.mean(1, keepdim=True), true - true.mean(1, keepdim=True)
+        r = (pc * tc).sum(1) / (pc.norm(dim=1) * tc.norm(dim=1)).clamp_min(1e-12)
+        result = {"pearson": float(r.mean())}
+        if pred.shape[1] >= MIN_HR_SAMPLES:  # shorter clips give no meaningful FFT heart rate
+            hr_p = [hr_from_bvp(p.numpy(), rate) for p in pred]
+            hr_t = [hr_from_bvp(t.numpy(), rate) for t in true]
+            err = hr_errors(np.array(hr_p), np.array(hr_t))
+            result |= {"hr_mae": float(err.mae), "hr_rmse": float(err.rmse)}
+        return result
 
     return rppg
 
 
+def _frame_stacked(data_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bool:
+    """Clip data (C, T, H, W) for a frame-stacked 2-D rPPG net that takes (C, T*H, W)."""
+    if len(data_shape) != 4 or len(model_shape) != 3:
+        return False
+    c, t, h, w = data_shape
+    return model_shape == (c, t * h, w)
+
+
 def check_compatible(model: nn.Module, bundle: Any, model_name: str, data_name: str) -> None:
-    """Raise when model and data disagree on task or per-sample input shape."""
+    """Raise when model and data disagree on task or per-sample input shape.
+
+    Clip data ``(C, T, H, W)`` suits a frame-stacked rPPG net taking ``(C, T*H, W)``: those nets
+    accept 5-D clips in training, and :func:`to_model_layout` stacks the calibration samples.
+    """
     shape = tuple(getattr(model, "input_shape", ()) or ())
     task = getattr(model, "task", bundle.task)
     if task != bundle.task:
         msg = f"model {model_name} is a {task} model but data {data_name} is a {bundle.task} data set"
         raise ConfigError(msg)
-    if shape and tuple(bundle.input_shape) != shape:
-        msg = (f"data {data_name} gives samples of shape {tuple(bundle.input_shape)} but model "
+    data_shape = tuple(bundle.input_shape)
+    if shape and data_shape != shape and not _frame_stacked(data_shape, shape):
+        msg = (f"data {data_name} gives samples of shape {data_shape} but model "
                f"{model_name} expects {shape}; pick matching sizes (model kwargs or data options)")
         raise ConfigError(msg)
+
+
+def to_model_layout(samples: np.ndarray, model: nn.Module) -> np.ndarray:
+    """Samples in the model's export layout: clips are frame-stacked for 2-D rPPG nets (a reshape)."""
+    shape = tuple(getattr(model, "input_shape", ()) or ())
+    if shape and _frame_stacked(tuple(samples.shape[1:]), shape):
+        n, c, t, h, w = samples.shape
+        return np.ascontiguousarray(samples.reshape(n, c, t * h, w))
+    return samples
 
 
 @dataclass(frozen=True)
@@ -109,25 +159,27 @@ def _plain(value: Any) -> Any:
 
 def train_run(model_spec: str, data_spec: str, out: str | Path, *, epochs: int, lr: float = 1e-3,
               batch_size: int = 32, seed: int = 0, calib_samples: int = 128,
-              progress: bool = True) -> RunFiles:
+              progress: bool = True, model_kwargs: dict[str, Any] | None = None,
+              data_kwargs: dict[str, Any] | None = None) -> RunFiles:
     """Train MODEL on DATA from scratch (or fine-tune a factory's weights) and save a run."""
     from tinyprune.data import build_dataset
     from tinyprune.model_source import load_model
     from tinyprune.training import TrainConfig, fit
 
     torch.manual_seed(seed)
-    loaded = load_model(model_spec)
+    loaded = load_model(model_spec, **(model_kwargs or {}))
     model = loaded.module
     if model is None:
         msg = "training needs a PyTorch model; an .onnx file can only be exported"
         raise ConfigError(msg)
-    bundle = build_dataset(data_spec)
+    bundle = build_dataset(data_spec, **(data_kwargs or {}))
     check_compatible(model, bundle, model_spec, data_spec)
     loaders = bundle.loaders(batch_size=batch_size, seed=seed)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     result = fit(model, loaders.train, cfg, loss_fn=task_loss(bundle.task),
                  val_loader=loaders.test or loaders.val,
                  evaluate_fn=task_metric(bundle.task, bundle.fs), progress=progress)
-    calib = bundle.calibration_batches(min(calib_samples, len(bundle.train)), seed=seed)
+    calib = to_model_layout(bundle.calibration_batches(min(calib_samples, len(bundle.train)), seed=seed),
+                            model)
     summary = {"model": model_spec, "data": data_spec, "train": cfg.to_dict(), "fit": result.to_dict()}
     return save_run(Path(out), model, {"name": loaded.name, "source": model_spec}, calib, summary)

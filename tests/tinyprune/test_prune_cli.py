@@ -70,3 +70,20 @@ def test_unknown_criterion_suggests_the_closest(tmp_path: Path, capsys) -> None:
     assert main(["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l2x",
                  "--target-flops", "0.5", "--out", str(tmp_path / "r")]) == 2
     assert "l1" in capsys.readouterr().err
+
+
+def test_train_frame_stacked_rppg_net_on_clip_data(tmp_path: Path) -> None:
+    """Clip data (C, T, H, W) trains a frame-stacked 2-D rPPG net; calibration is stacked for export."""
+    out = tmp_path / "rppg"
+    assert main(["train", "zoo:test_physnet_2p1d", "--data", "synthetic-rppg", "--data-kw", "size=16",
+                 "--data-kw", "chunk=8", "--epochs", "1", "--out", str(out)]) == 0
+    calib = np.load(out / "calib.npy")
+    assert calib.shape[1:] == (3, 8 * 16, 16)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "val_pearson" in summary["fit"]["history"][-1]
+
+
+def test_malformed_model_option_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    assert main(["train", "zoo:micro_cnn", "--data", "digits", "--model-kw", "width", "--epochs", "1",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
