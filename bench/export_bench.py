@@ -60,13 +60,17 @@ def cases() -> list[Case]:
         def make() -> Any:
             torch.manual_seed(0)
             return create_model(name, **kw).eval()
+
         return make
 
     return [
         Case("tiny_cnn 16x16", tiny_cnn, (1, 16, 16)),
         Case("resnet20 w8 32x32", seeded("resnet20", width=8, input_size=32), (3, 32, 32)),
-        Case("mobilenetv2 x0.35 32x32", seeded("mobilenetv2", num_classes=10, width_mult=0.35,
-                                                input_size=32), (3, 32, 32)),
+        Case(
+            "mobilenetv2 x0.35 32x32",
+            seeded("mobilenetv2", num_classes=10, width_mult=0.35, input_size=32),
+            (3, 32, 32),
+        ),
     ]
 
 
@@ -94,8 +98,16 @@ def bare_conversion(model: Any, calib: np.ndarray, work: Path) -> dict[str, floa
     t0 = time.perf_counter()
     x = torch.from_numpy(calib[:1])
     with torch.no_grad():
-        torch.onnx.export(model, (x,), str(onnx_path), opset_version=17, dynamo=False,
-                          input_names=["input"], output_names=["output"], do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(onnx_path),
+            opset_version=17,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            do_constant_folding=True,
+        )
     simplified, ok = onnxsim.simplify(onnx.load(str(onnx_path)))
     if ok:
         onnx.save(simplified, str(onnx_path))
@@ -106,9 +118,14 @@ def bare_conversion(model: Any, calib: np.ndarray, work: Path) -> dict[str, floa
     reps = -(-20 // len(nhwc))
     np.save(work / ONNX2TF_SAMPLES_FILE, np.concatenate([nhwc] * reps)[:20].astype(np.float32))
     with _cwd(work), contextlib.redirect_stdout(io.StringIO()):
-        onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(saved),
-                        output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True,
-                        non_verbose=True, not_use_onnxsim=True)
+        onnx2tf.convert(
+            input_onnx_file_path=str(onnx_path),
+            output_folder_path=str(saved),
+            output_signaturedefs=True,
+            copy_onnx_input_output_names_to_tflite=True,
+            non_verbose=True,
+            not_use_onnxsim=True,
+        )
     times["convert"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -123,12 +140,16 @@ def bare_conversion(model: Any, calib: np.ndarray, work: Path) -> dict[str, floa
     return times
 
 
-def tinyprune_export(model: Any, calib: np.ndarray, work: Path) -> tuple[dict[str, float], dict[str, Any]]:
+def tinyprune_export(
+    model: Any, calib: np.ndarray, work: Path
+) -> tuple[dict[str, float], dict[str, Any]]:
     """tinyprune's full export; return its stage timings and report."""
     from firmware_export import ExportOptions, export
 
     opts = ExportOptions(calib_cap=len(calib), verify_samples=min(len(calib), 16))
-    res = export(model, calib, target="cortex-m7", out_dir=work, options=opts, raise_on_budget=False)
+    res = export(
+        model, calib, target="cortex-m7", out_dir=work, options=opts, raise_on_budget=False
+    )
     return res.timings, res.report
 
 
@@ -139,12 +160,16 @@ def measure(case: Case, repeats: int, n_calib: int, out: Path) -> dict[str, Any]
     model = case.build()
     slug = case.name.split()[0]
     bare, tp, ver = [], [], []
-    stages: dict[str, list[float]] = {f"{w}_{s}": [] for w in ("bare", "tp") for s in CONVERSION_STAGES}
+    stages: dict[str, list[float]] = {
+        f"{w}_{s}": [] for w in ("bare", "tp") for s in CONVERSION_STAGES
+    }
     report: dict[str, Any] = {}
     for r in range(repeats):
         order = ("bare", "tp") if r % 2 == 0 else ("tp", "bare")
         for who in order:
-            print(f"[bench] {case.name}: repeat {r + 1}/{repeats}, {who}", file=sys.stderr, flush=True)
+            print(
+                f"[bench] {case.name}: repeat {r + 1}/{repeats}, {who}", file=sys.stderr, flush=True
+            )
             if who == "bare":
                 times = bare_conversion(model, calib, out / slug / f"bare_{r}")
                 bare.append(sum(times[s] for s in CONVERSION_STAGES))
@@ -156,10 +181,14 @@ def measure(case: Case, repeats: int, n_calib: int, out: Path) -> dict[str, Any]
                 stages[f"{who}_{s}"].append(times[s])
     arena = report["arena"]
     return {
-        "tp": statistics.median(tp), "bare": statistics.median(bare), "verify": statistics.median(ver),
+        "tp": statistics.median(tp),
+        "bare": statistics.median(bare),
+        "verify": statistics.median(ver),
         "stages": {k: statistics.median(v) for k, v in stages.items()},
-        "header": arena["header_bytes"], "smallest": report["arena_bytes"],
-        "lower": arena["lower_bound_bytes"], "measured": arena.get("measured", True),
+        "header": arena["header_bytes"],
+        "smallest": report["arena_bytes"],
+        "lower": arena["lower_bound_bytes"],
+        "measured": arena.get("measured", True),
     }
 
 
@@ -169,12 +198,23 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def render(rows: list[tuple[Case, dict[str, Any] | str]], repeats: int) -> str:
     """Markdown: one row per model (or its error), then the per-stage medians."""
-    head = ("| model | tinyprune conv s | bare conv s | ratio | <= 1.15 | verify s (check+verify+arena) "
-            "| arena reported B | TFLM smallest B | lower bound B | reported/smallest | lower/smallest |")
-    lines = [f"Medians of {repeats} repeat(s), bare and tinyprune interleaved; conv = onnx + convert + quantize.",
-             "", head, "|" + "---|" * 11]
-    stage_lines = ["", "| model | " + " | ".join(f"{w} {s} s" for w in ("tp", "bare") for s in CONVERSION_STAGES)
-                   + " |", "|" + "---|" * 7]
+    head = (
+        "| model | tinyprune conv s | bare conv s | ratio | <= 1.15 | verify s (check+verify+arena) "
+        "| arena reported B | TFLM smallest B | lower bound B | reported/smallest | lower/smallest |"
+    )
+    lines = [
+        f"Medians of {repeats} repeat(s), bare and tinyprune interleaved; conv = onnx + convert + quantize.",
+        "",
+        head,
+        "|" + "---|" * 11,
+    ]
+    stage_lines = [
+        "",
+        "| model | "
+        + " | ".join(f"{w} {s} s" for w in ("tp", "bare") for s in CONVERSION_STAGES)
+        + " |",
+        "|" + "---|" * 7,
+    ]
     for case, m in rows:
         if isinstance(m, str):
             lines.append(f"| {case.name} | error: {m} |" + " |" * 9)
@@ -185,10 +225,14 @@ def render(rows: list[tuple[Case, dict[str, Any] | str]], repeats: int) -> str:
             f"| {case.name} | {m['tp']:.2f} | {m['bare']:.2f} | {ratio:.3f} | "
             f"{'PASS' if ratio <= TARGET_RATIO else 'FAIL'} | {m['verify']:.2f} | {m['header']:,} | "
             f"{smallest} | {m['lower']:,} | {_ratio(m['header'], m['smallest'])} | "
-            f"{_ratio(m['lower'], m['smallest'])} |")
+            f"{_ratio(m['lower'], m['smallest'])} |"
+        )
         st = m["stages"]
-        stage_lines.append(f"| {case.name} | " + " | ".join(
-            f"{st[f'{w}_{s}']:.2f}" for w in ("tp", "bare") for s in CONVERSION_STAGES) + " |")
+        stage_lines.append(
+            f"| {case.name} | "
+            + " | ".join(f"{st[f'{w}_{s}']:.2f}" for w in ("tp", "bare") for s in CONVERSION_STAGES)
+            + " |"
+        )
     return "\n".join(lines + stage_lines)
 
 
@@ -214,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every case and print the markdown table on stdout."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2, help="measurements per side (median is used)")
-    p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir, removed)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="work folder (default: a temp dir, removed)"
+    )
     p.add_argument("--quick", action="store_true", help="only the smallest model")
     p.add_argument("--calib", type=int, default=16, help="calibration samples (seeded Gaussian)")
     args = p.parse_args(argv)

@@ -31,16 +31,19 @@ from typing import Any
 import numpy as np
 import torch
 
-RPPG_MAE_TARGET = 3.0       # bpm, held-out synthetic subjects
-RPPG_TIME_TARGET = 600.0    # s, rPPG training
-INT8_HR_TOLERANCE = 1.0     # bpm, int8 vs float HR MAE
+RPPG_MAE_TARGET = 3.0  # bpm, held-out synthetic subjects
+RPPG_TIME_TARGET = 600.0  # s, rPPG training
+INT8_HR_TOLERANCE = 1.0  # bpm, int8 vs float HR MAE
 DIGITS_ACC_TARGET = 0.97
 DIGITS_TIME_TARGET = 120.0  # s
 # Per-net input: DeepPhys/TS-CAN take [DiffNormalized, Standardized]; EfficientPhys
 # standardised frames (it differentiates inside); the (2+1)-D PhysNet DiffNormalized frames.
-DATA_TYPES = {"tscan": ("DiffNormalized", "Standardized"),
-              "deepphys": ("DiffNormalized", "Standardized"),
-              "efficientphys": ("Standardized",), "physnet_2p1d": ("DiffNormalized",)}
+DATA_TYPES = {
+    "tscan": ("DiffNormalized", "Standardized"),
+    "deepphys": ("DiffNormalized", "Standardized"),
+    "efficientphys": ("Standardized",),
+    "physnet_2p1d": ("DiffNormalized",),
+}
 
 
 @dataclass
@@ -68,10 +71,24 @@ def rppg_data(name: str, frames: int, args: argparse.Namespace) -> tuple[Any, An
     from tinyprune.data import build_dataset
 
     common = {"data_types": DATA_TYPES[name], "chunk": frames, "size": 36, "seed": 0}
-    train = build_dataset("synthetic-rppg", n_train=args.n_train, n_val=1, n_test=1,
-                          clips_per_video=args.train_clips, real_ppg=False, **common)
-    evals = build_dataset("synthetic-rppg", n_train=1, n_val=1, n_test=args.n_test,
-                          clips_per_video=args.eval_frames // frames, real_ppg=True, **common)
+    train = build_dataset(
+        "synthetic-rppg",
+        n_train=args.n_train,
+        n_val=1,
+        n_test=1,
+        clips_per_video=args.train_clips,
+        real_ppg=False,
+        **common,
+    )
+    evals = build_dataset(
+        "synthetic-rppg",
+        n_train=1,
+        n_val=1,
+        n_test=args.n_test,
+        clips_per_video=args.eval_frames // frames,
+        real_ppg=True,
+        **common,
+    )
     return train, evals
 
 
@@ -91,8 +108,9 @@ def torch_outputs(model: torch.nn.Module, x: np.ndarray, batch: int = 16) -> np.
     """Float outputs of ``model`` on ``x`` in eval mode."""
     model.eval()
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x[i:i + batch])).numpy()
-                               for i in range(0, len(x), batch)])
+        return np.concatenate(
+            [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+        )
 
 
 def int8_outputs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
@@ -108,8 +126,14 @@ def int8_outputs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     return dequantize(out, tout.scale[0], tout.zero_point[0]).reshape(len(x), -1)
 
 
-def train(model: torch.nn.Module, bundle: Any, x_train: np.ndarray, epochs: int, lr: float,
-          batch_size: int) -> float:
+def train(
+    model: torch.nn.Module,
+    bundle: Any,
+    x_train: np.ndarray,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+) -> float:
     """Train with the library loop on ``x_train`` (the bundle's labels); return seconds."""
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -117,8 +141,9 @@ def train(model: torch.nn.Module, bundle: Any, x_train: np.ndarray, epochs: int,
     from tinyprune.workflows import task_loss
 
     ds = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(np.asarray(bundle.train.y)))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=0)
     start = time.perf_counter()
     fit(model, loader, cfg, loss_fn=task_loss(bundle.task), progress=sys.stderr.isatty())
@@ -129,11 +154,18 @@ def export_int8(model: torch.nn.Module, calib: np.ndarray, out: Path) -> bytes:
     """Export to int8 for a Cortex-M7; return the ``.tflite`` bytes."""
     from firmware_export import ExportOptions, export
 
-    result = export(model.eval(), calib, target="cortex-m7", out_dir=out,
-                    options=ExportOptions(calib_cap=len(calib), verify_samples=8))
-    log(f"  export: tflm_vs_litert_ref max {result.report['verify']['tflm_vs_litert_ref']['max_abs']}"
+    result = export(
+        model.eval(),
+        calib,
+        target="cortex-m7",
+        out_dir=out,
+        options=ExportOptions(calib_cap=len(calib), verify_samples=8),
+    )
+    log(
+        f"  export: tflm_vs_litert_ref max {result.report['verify']['tflm_vs_litert_ref']['max_abs']}"
         f" LSB, int8 vs float cos {result.report['verify']['int8_vs_float']['cos']:.4f}, "
-        f"flash {result.report['flash_bytes']} B, arena {result.report['arena_bytes']} B")
+        f"flash {result.report['flash_bytes']} B, arena {result.report['arena_bytes']} B"
+    )
     return (out / "model_int8.tflite").read_bytes()
 
 
@@ -146,21 +178,30 @@ def bench_rppg(name: str, args: argparse.Namespace, out: Path) -> list[Row]:
     log(f"{name}: generating synthetic-rppg ({args.n_train} training videos) ...")
     train_set, evals = rppg_data(name, args.frames, args)
     x_train = stacked(train_set.train.x)
-    log(f"{name}: training {args.rppg_epochs} epochs on {len(x_train)} clips of {args.frames} frames")
+    log(
+        f"{name}: training {args.rppg_epochs} epochs on {len(x_train)} clips of {args.frames} frames"
+    )
     seconds = train(model, train_set, x_train, args.rppg_epochs, args.rppg_lr, 8)
     sets = {"synthetic held-out": evals.test, "real PPG (heartpy)": evals.extras["real_ppg"]}
-    floats = {k: video_hr_mae(torch_outputs(model, stacked(ds.x)), ds, evals.fs)
-              for k, ds in sets.items()}
+    floats = {
+        k: video_hr_mae(torch_outputs(model, stacked(ds.x)), ds, evals.fs) for k, ds in sets.items()
+    }
     int8: dict[str, float | None] = dict.fromkeys(sets)
     if not args.skip_export:
         tfl = export_int8(model, x_train[: args.calib], out / name)
-        int8 = {k: video_hr_mae(int8_outputs(tfl, stacked(ds.x)), ds, evals.fs)
-                for k, ds in sets.items()}
+        int8 = {
+            k: video_hr_mae(int8_outputs(tfl, stacked(ds.x)), ds, evals.fs)
+            for k, ds in sets.items()
+        }
     rows = []
     for k in sets:
-        ok = seconds <= RPPG_TIME_TARGET and (k != "synthetic held-out" or floats[k] <= RPPG_MAE_TARGET)
+        ok = seconds <= RPPG_TIME_TARGET and (
+            k != "synthetic held-out" or floats[k] <= RPPG_MAE_TARGET
+        )
         close = int8[k] is not None and abs(int8[k] - floats[k]) <= INT8_HR_TOLERANCE  # type: ignore[operator]
-        met = ("yes" if ok else "no") + ("" if int8[k] is None else f" / int8 {'yes' if close else 'no'}")
+        met = ("yes" if ok else "no") + (
+            "" if int8[k] is None else f" / int8 {'yes' if close else 'no'}"
+        )
         if k != "synthetic held-out":
             met = "(no target)" + ("" if int8[k] is None else f" / int8 {'yes' if close else 'no'}")
         rows.append(Row(name, k, args.rppg_epochs, seconds, "HR MAE bpm", floats[k], int8[k], met))
@@ -185,18 +226,24 @@ def bench_digits(args: argparse.Namespace, out: Path) -> Row:
         tfl = export_int8(model, bundle.calibration_batches(128), out / "micro_cnn")
         acc8 = float(top1_accuracy(int8_outputs(tfl, x), y))
     met = "yes" if acc >= DIGITS_ACC_TARGET and seconds <= DIGITS_TIME_TARGET else "no"
-    return Row("micro_cnn", "digits (test)", args.digits_epochs, seconds, "accuracy", acc, acc8, met)
+    return Row(
+        "micro_cnn", "digits (test)", args.digits_epochs, seconds, "accuracy", acc, acc8, met
+    )
 
 
 def table(rows: list[Row]) -> str:
     """The result table (Markdown)."""
-    head = ("| model | data | epochs | train wall s | metric | float | int8 (LiteRT ref) | target met |\n"
-            "|---|---|---:|---:|---|---:|---:|---|")
+    head = (
+        "| model | data | epochs | train wall s | metric | float | int8 (LiteRT ref) | target met |\n"
+        "|---|---|---:|---:|---|---:|---:|---|"
+    )
     lines = [head]
     for r in rows:
         i8 = "n/a" if r.int8_value is None else f"{r.int8_value:.3f}"
-        lines.append(f"| {r.model} | {r.data} | {r.epochs} | {r.seconds:.0f} | {r.metric} | "
-                     f"{r.float_value:.3f} | {i8} | {r.target_met} |")
+        lines.append(
+            f"| {r.model} | {r.data} | {r.epochs} | {r.seconds:.0f} | {r.metric} | "
+            f"{r.float_value:.3f} | {i8} | {r.target_met} |"
+        )
     return "\n".join(lines)
 
 
@@ -207,11 +254,16 @@ def log(msg: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; the defaults are the documented run."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--rppg-models", nargs="*", default=["tscan"], choices=sorted(DATA_TYPES))
-    p.add_argument("--frames", type=int, default=10,
-                   help="frames per clip (model and data); 10 keeps TS-CAN within a 1 MiB TFLM arena")
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=10,
+        help="frames per clip (model and data); 10 keeps TS-CAN within a 1 MiB TFLM arena",
+    )
     p.add_argument("--rppg-epochs", type=int, default=8)
     p.add_argument("--rppg-lr", type=float, default=1e-3)
     p.add_argument("--n-train", type=int, default=8, help="synthetic training videos")
@@ -220,7 +272,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-frames", type=int, default=510, help="frames per evaluation video")
     p.add_argument("--calib", type=int, default=32, help="int8 calibration clips")
     p.add_argument("--digits-epochs", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)"
+    )
     p.add_argument("--skip-export", action="store_true", help="float metrics only")
     p.add_argument("--out", default=None, help="keep the export folders here")
     return p.parse_args(argv)

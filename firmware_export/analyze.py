@@ -43,14 +43,14 @@ class LayerRow:
 
     index: int
     op: str
-    name: str                                   # name of the (first) output tensor
-    input_shapes: tuple[tuple[int, ...], ...]   # of the non-constant inputs
+    name: str  # name of the (first) output tensor
+    input_shapes: tuple[tuple[int, ...], ...]  # of the non-constant inputs
     output_shapes: tuple[tuple[int, ...], ...]
     macs: int
     params: int
     nonzero_params: int
     nonzero_macs: int
-    activation_bytes: int                       # bytes of the op's outputs
+    activation_bytes: int  # bytes of the op's outputs
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class ModelAnalysis:
     params: int
     nonzero_params: int
     nonzero_macs: int
-    ops: dict[str, int] = field(hash=False)     # op name -> count
+    ops: dict[str, int] = field(hash=False)  # op name -> count
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     activation_lower_bound_bytes: int
@@ -78,9 +78,9 @@ class ModelAnalysis:
 class LintIssue:
     """One suspicious quantization parameter, with the tensor and an op that uses it."""
 
-    severity: str       # "error" or "warning"
+    severity: str  # "error" or "warning"
     tensor: str
-    op: str             # "<OP_NAME>#<index>" of the producer, else of the first consumer
+    op: str  # "<OP_NAME>#<index>" of the producer, else of the first consumer
     message: str
 
 
@@ -140,7 +140,7 @@ def _elems(shape: tuple[int, ...]) -> int:
 def _weight_and_bias(op: OpInfo) -> tuple[int, int]:
     """Input indices of (weight, bias) of a weighted op; -1 where absent."""
     ins = list(op.inputs) + [-1, -1, -1, -1]
-    if op.name == "TRANSPOSE_CONV":     # (output_shape, weights, input, [bias])
+    if op.name == "TRANSPOSE_CONV":  # (output_shape, weights, input, [bias])
         return ins[1], ins[3]
     return ins[1], ins[2]
 
@@ -155,13 +155,13 @@ def _dense_macs(model: TfliteModel, op: OpInfo) -> int:
     w = _shape(model, _weight_and_bias(op)[0])
     if not w:
         return 0
-    if op.name == "CONV_2D":            # filter (cout, kh, kw, cin / groups)
+    if op.name == "CONV_2D":  # filter (cout, kh, kw, cin / groups)
         return out * w[1] * w[2] * w[3]
     if op.name == "DEPTHWISE_CONV_2D":  # filter (1, kh, kw, cout)
         return out * w[1] * w[2]
-    if op.name == "FULLY_CONNECTED":    # weights (out, in); batch = out_elems / out
+    if op.name == "FULLY_CONNECTED":  # weights (out, in); batch = out_elems / out
         return out * w[-1]
-    if op.name == "CONV_3D":            # filter (kd, kh, kw, cin, cout)
+    if op.name == "CONV_3D":  # filter (kd, kh, kw, cin, cout)
         return out * w[0] * w[1] * w[2] * w[3]
     # TRANSPOSE_CONV: filter (cout, kh, kw, cin); every input element scatters kh*kw*cout
     return _elems(_shape(model, op.inputs[2])) * w[0] * w[1] * w[2]
@@ -181,7 +181,7 @@ def _layer_row(
     params = nonzero = 0
     nonzero_macs = macs
     for t, data in _param_tensors(model, op, producers):
-        if t in counted:                # a constant shared by two ops counts once
+        if t in counted:  # a constant shared by two ops counts once
             continue
         counted.add(t)
         params += int(data.size)
@@ -208,7 +208,7 @@ def _param_tensors(
     model: TfliteModel, op: OpInfo, producers: dict[int, OpInfo]
 ) -> list[tuple[int, np.ndarray]]:
     """(tensor, data) of an op's parameters: weight + bias, or other real-valued constants."""
-    if op.name == "DEQUANTIZE":         # its constant is counted by the op that consumes it
+    if op.name == "DEQUANTIZE":  # its constant is counted by the op that consumes it
         return []
     if op.name in WEIGHTED_OPS:
         found = []
@@ -225,9 +225,7 @@ def _param_tensors(
     return found
 
 
-def _sparse_macs(
-    model: TfliteModel, op: OpInfo, producers: dict[int, OpInfo], macs: int
-) -> int:
+def _sparse_macs(model: TfliteModel, op: OpInfo, producers: dict[int, OpInfo], macs: int) -> int:
     """nnz(W) x positions, where positions = dense MACs / |W| (exact for every weighted op)."""
     if op.name == "BATCH_MATMUL":
         w = _weight(model, op.inputs[1], producers) if len(op.inputs) > 1 else None
@@ -276,7 +274,7 @@ def activation_lower_bound(model: TfliteModel) -> int:
         if op.name in _ALIASING_OPS and op.inputs and op.outputs:
             src, dst = op.inputs[0], op.outputs[0]
             if src in life and life[src][1] == op.index and dst in life:
-                life[dst][0] = life[src][0]     # the output continues the input's buffer
+                life[dst][0] = life[src][0]  # the output continues the input's buffer
                 del life[src]
     if not model.ops:
         return sum(model.tensors[t].nbytes for t in life)
@@ -325,21 +323,42 @@ def _tensor_problems(t: TensorInfo, is_weight: bool) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     bad = [s for s in t.scale if not math.isfinite(s) or s <= 0 or s > MAX_SANE_SCALE]
     if bad:
-        problems.append(("error", f"absurd quantization scale {bad[0]!r} (expected a finite "
-                         f"value in (0, {MAX_SANE_SCALE:g}]); recalibrate with representative "
-                         "data that has no inf/NaN"))
+        problems.append(
+            (
+                "error",
+                f"absurd quantization scale {bad[0]!r} (expected a finite "
+                f"value in (0, {MAX_SANE_SCALE:g}]); recalibrate with representative "
+                "data that has no inf/NaN",
+            )
+        )
     elif any(s < MIN_SANE_SCALE for s in t.scale):
-        problems.append(("warning", f"tiny quantization scale {min(t.scale)!r}: the tensor "
-                         "is (nearly) constant zero in the calibration data"))
+        problems.append(
+            (
+                "warning",
+                f"tiny quantization scale {min(t.scale)!r}: the tensor "
+                "is (nearly) constant zero in the calibration data",
+            )
+        )
     if t.dtype != "INT8" or not t.zero_point:
         return problems
     if any(z < -128 or z > 127 for z in t.zero_point):
-        problems.append(("error", f"zero point {t.zero_point[0]} outside the int8 range "
-                         "[-128, 127]"))
+        problems.append(
+            ("error", f"zero point {t.zero_point[0]} outside the int8 range [-128, 127]")
+        )
     elif is_weight and any(z != 0 for z in t.zero_point):
-        problems.append(("error", "int8 constant with a non-zero zero point; TFLite's int8 "
-                         "spec requires symmetric weights (zero point 0)"))
+        problems.append(
+            (
+                "error",
+                "int8 constant with a non-zero zero point; TFLite's int8 "
+                "spec requires symmetric weights (zero point 0)",
+            )
+        )
     elif not t.is_constant and any(z == 127 for z in t.zero_point):
-        problems.append(("warning", "zero point at the int8 edge (127): the real range is "
-                         "entirely <= 0, likely saturated; check the calibration data"))
+        problems.append(
+            (
+                "warning",
+                "zero point at the int8 edge (127): the real range is "
+                "entirely <= 0, likely saturated; check the calibration data",
+            )
+        )
     return problems

@@ -21,10 +21,20 @@ from tinyprune.registry import unknown_name_message
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 RUNTIMES = ("tflm", "litert")
-_REQUIRED = {"name": str, "runtime": str, "flash_bytes": int, "ram_bytes": int,
-             "clock_mhz": (int, float)}
-_OPTIONAL = {"cycles_per_mac": (int, float), "cycles_per_mac_source": str,
-             "runtime_flash_bytes": int, "latency_ms": (int, float), "description": str}
+_REQUIRED = {
+    "name": str,
+    "runtime": str,
+    "flash_bytes": int,
+    "ram_bytes": int,
+    "clock_mhz": (int, float),
+}
+_OPTIONAL = {
+    "cycles_per_mac": (int, float),
+    "cycles_per_mac_source": str,
+    "runtime_flash_bytes": int,
+    "latency_ms": (int, float),
+    "description": str,
+}
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,7 @@ class DeviceProfile:
     """What one target offers; see ``profiles/*.toml`` for the sources of each figure."""
 
     name: str
-    runtime: str                        # "tflm" or "litert"
+    runtime: str  # "tflm" or "litert"
     flash_bytes: int
     ram_bytes: int
     clock_mhz: float
@@ -41,19 +51,19 @@ class DeviceProfile:
     runtime_flash_bytes: int = 0
     latency_ms: float | None = None
     description: str = ""
-    source: str = ""                    # file the profile was read from
+    source: str = ""  # file the profile was read from
 
 
 @dataclass(frozen=True)
 class BudgetRow:
     """One resource: what the model uses against what the target offers."""
 
-    resource: str                       # flash, ram, latency
+    resource: str  # flash, ram, latency
     used: float
     limit: float
-    unit: str                           # bytes or ms
+    unit: str  # bytes or ms
     ok: bool
-    estimate: bool                      # True when ``used`` rests on an estimated figure
+    estimate: bool  # True when ``used`` rests on an estimated figure
     note: str
 
 
@@ -77,8 +87,14 @@ class BudgetReport:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """``{resource: {used, limit, ok, unit, estimate, note}}``: report["budget"]."""
         return {
-            r.resource: {"used": r.used, "limit": r.limit, "ok": r.ok, "unit": r.unit,
-                         "estimate": r.estimate, "note": r.note}
+            r.resource: {
+                "used": r.used,
+                "limit": r.limit,
+                "ok": r.ok,
+                "unit": r.unit,
+                "estimate": r.estimate,
+                "note": r.note,
+            }
             for r in self.rows
         }
 
@@ -107,12 +123,16 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     path = Path(text)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            msg = f"device profile file {str(path)!r} does not exist; pass a built-in name " \
-                  f"({', '.join(list_profiles())}) or the path of a TOML file"
+            msg = (
+                f"device profile file {str(path)!r} does not exist; pass a built-in name "
+                f"({', '.join(list_profiles())}) or the path of a TOML file"
+            )
             raise ConfigError(msg)
         return _load_file(path)
-    raise UnknownNameError(unknown_name_message("device profile", text, list_profiles())
-                           + "; or pass the path of a .toml profile")
+    raise UnknownNameError(
+        unknown_name_message("device profile", text, list_profiles())
+        + "; or pass the path of a .toml profile"
+    )
 
 
 def _load_file(path: Path) -> DeviceProfile:
@@ -132,23 +152,29 @@ def _load_file(path: Path) -> DeviceProfile:
 def _check_keys(path: Path, data: dict[str, Any]) -> None:
     for key, types in _REQUIRED.items():
         if key not in data:
-            msg = (f"device profile {str(path)!r} lacks the key {key!r}; required keys: "
-                   f"{', '.join(_REQUIRED)}")
+            msg = (
+                f"device profile {str(path)!r} lacks the key {key!r}; required keys: "
+                f"{', '.join(_REQUIRED)}"
+            )
             raise ConfigError(msg)
     known = {**_REQUIRED, **_OPTIONAL}
     for key, value in data.items():
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            msg = (f"device profile {str(path)!r} has an unknown key {key!r}{hint}; "
-                   f"known keys: {', '.join(known)}")
+            msg = (
+                f"device profile {str(path)!r} has an unknown key {key!r}{hint}; "
+                f"known keys: {', '.join(known)}"
+            )
             raise ConfigError(msg)
         types = known[key]
         if isinstance(value, bool) or not isinstance(value, types):
             options = types if isinstance(types, tuple) else (types,)
             want = " or ".join(t.__name__ for t in options)
-            msg = (f"device profile {str(path)!r}: key {key!r} must be {want}, got "
-                   f"{type(value).__name__} {value!r}")
+            msg = (
+                f"device profile {str(path)!r}: key {key!r} must be {want}, got "
+                f"{type(value).__name__} {value!r}"
+            )
             raise ConfigError(msg)
 
 
@@ -186,25 +212,49 @@ def check_budget(
         A :class:`BudgetReport` with ``flash`` and ``ram`` rows, plus ``latency`` when the
         profile sets ``latency_ms``.
     """
-    for key, value in {"model_bytes": model_bytes, "arena_bytes": arena_bytes,
-                       "io_bytes": io_bytes, "macs": macs}.items():
+    for key, value in {
+        "model_bytes": model_bytes,
+        "arena_bytes": arena_bytes,
+        "io_bytes": io_bytes,
+        "macs": macs,
+    }.items():
         if value < 0:
             msg = f"{key} must be >= 0, got {value}"
             raise ConfigError(msg)
     flash_used = model_bytes + profile.runtime_flash_bytes
     rows = [
-        BudgetRow("flash", flash_used, profile.flash_bytes, "bytes",
-                  flash_used <= profile.flash_bytes, profile.runtime_flash_bytes > 0,
-                  f"model {model_bytes} B + {profile.runtime} runtime allowance "
-                  f"{profile.runtime_flash_bytes} B (allowance is an estimate)"),
-        BudgetRow("ram", arena_bytes + io_bytes, profile.ram_bytes, "bytes",
-                  arena_bytes + io_bytes <= profile.ram_bytes, False,
-                  f"arena {arena_bytes} B + I/O buffers {io_bytes} B"),
+        BudgetRow(
+            "flash",
+            flash_used,
+            profile.flash_bytes,
+            "bytes",
+            flash_used <= profile.flash_bytes,
+            profile.runtime_flash_bytes > 0,
+            f"model {model_bytes} B + {profile.runtime} runtime allowance "
+            f"{profile.runtime_flash_bytes} B (allowance is an estimate)",
+        ),
+        BudgetRow(
+            "ram",
+            arena_bytes + io_bytes,
+            profile.ram_bytes,
+            "bytes",
+            arena_bytes + io_bytes <= profile.ram_bytes,
+            False,
+            f"arena {arena_bytes} B + I/O buffers {io_bytes} B",
+        ),
     ]
     if profile.latency_ms is not None and profile.cycles_per_mac is not None:
         ms = macs * profile.cycles_per_mac / (profile.clock_mhz * 1e3)
-        rows.append(BudgetRow(
-            "latency", ms, profile.latency_ms, "ms", ms <= profile.latency_ms, True,
-            f"estimate: {macs} MACs x {profile.cycles_per_mac:g} cycles/MAC / "
-            f"{profile.clock_mhz:g} MHz; source: {profile.cycles_per_mac_source or 'not given'}"))
+        rows.append(
+            BudgetRow(
+                "latency",
+                ms,
+                profile.latency_ms,
+                "ms",
+                ms <= profile.latency_ms,
+                True,
+                f"estimate: {macs} MACs x {profile.cycles_per_mac:g} cycles/MAC / "
+                f"{profile.clock_mhz:g} MHz; source: {profile.cycles_per_mac_source or 'not given'}",
+            )
+        )
     return BudgetReport(profile.name, profile.runtime, tuple(rows))

@@ -22,18 +22,9 @@ TFLM_RESOLVER_GUARD = "TENSORFLOW_LITE_MICRO_MICRO_MUTABLE_OP_RESOLVER_H_"
 
 # Builtins with a MicroMutableOpResolver::Add...() method (checked against TFLM's
 # micro_mutable_op_resolver.h and the Register_* symbols of the tflite-micro wheel).
-TFLM_BUILTINS = frozenset("""
-ABS ADD ADD_N ARG_MAX ARG_MIN ASSIGN_VARIABLE AVERAGE_POOL_2D BATCH_MATMUL BATCH_TO_SPACE_ND
-BROADCAST_ARGS BROADCAST_TO CALL_ONCE CAST CEIL CONCATENATION CONV_2D COS CUMSUM DEPTH_TO_SPACE
-DEPTHWISE_CONV_2D DEQUANTIZE DIV DYNAMIC_UPDATE_SLICE ELU EMBEDDING_LOOKUP EQUAL EXP EXPAND_DIMS
-FILL FLOOR FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GATHER_ND GREATER GREATER_EQUAL HARD_SWISH
-IF L2_NORMALIZATION L2_POOL_2D LEAKY_RELU LESS LESS_EQUAL LOG LOGICAL_AND LOGICAL_NOT LOGICAL_OR
-LOGISTIC LOG_SOFTMAX MAXIMUM MAX_POOL_2D MEAN MINIMUM MIRROR_PAD MUL NEG NOT_EQUAL PACK PAD PADV2
-PRELU QUANTIZE READ_VARIABLE REDUCE_MAX REDUCE_MIN RELU RELU6 RESHAPE RESIZE_BILINEAR
-RESIZE_NEAREST_NEIGHBOR REVERSE_V2 ROUND RSQRT SELECT_V2 SHAPE SIN SLICE SOFTMAX SPACE_TO_BATCH_ND
-SPACE_TO_DEPTH SPLIT SPLIT_V SQRT SQUARE SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM SVDF
-TANH TRANSPOSE TRANSPOSE_CONV UNIDIRECTIONAL_SEQUENCE_LSTM UNPACK VAR_HANDLE WHILE ZEROS_LIKE
-""".split())
+TFLM_BUILTINS = frozenset(
+    ["ABS", "ADD", "ADD_N", "ARG_MAX", "ARG_MIN", "ASSIGN_VARIABLE", "AVERAGE_POOL_2D", "BATCH_MATMUL", "BATCH_TO_SPACE_ND", "BROADCAST_ARGS", "BROADCAST_TO", "CALL_ONCE", "CAST", "CEIL", "CONCATENATION", "CONV_2D", "COS", "CUMSUM", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "DIV", "DYNAMIC_UPDATE_SLICE", "ELU", "EMBEDDING_LOOKUP", "EQUAL", "EXP", "EXPAND_DIMS", "FILL", "FLOOR", "FLOOR_DIV", "FLOOR_MOD", "FULLY_CONNECTED", "GATHER", "GATHER_ND", "GREATER", "GREATER_EQUAL", "HARD_SWISH", "IF", "L2_NORMALIZATION", "L2_POOL_2D", "LEAKY_RELU", "LESS", "LESS_EQUAL", "LOG", "LOGICAL_AND", "LOGICAL_NOT", "LOGICAL_OR", "LOGISTIC", "LOG_SOFTMAX", "MAXIMUM", "MAX_POOL_2D", "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "NEG", "NOT_EQUAL", "PACK", "PAD", "PADV2", "PRELU", "QUANTIZE", "READ_VARIABLE", "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "REVERSE_V2", "ROUND", "RSQRT", "SELECT_V2", "SHAPE", "SIN", "SLICE", "SOFTMAX", "SPACE_TO_BATCH_ND", "SPACE_TO_DEPTH", "SPLIT", "SPLIT_V", "SQRT", "SQUARE", "SQUARED_DIFFERENCE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SVDF", "TANH", "TRANSPOSE", "TRANSPOSE_CONV", "UNIDIRECTIONAL_SEQUENCE_LSTM", "UNPACK", "VAR_HANDLE", "WHILE", "ZEROS_LIKE"]
+)
 
 # Where TFLM's method name is not the CamelCase of the builtin name.
 _METHOD_EXCEPTIONS = {
@@ -43,16 +34,9 @@ _METHOD_EXCEPTIONS = {
     "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
 }
 
-CPP_KEYWORDS = frozenset("""
-alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t
-char32_t class compl concept const consteval constexpr constinit const_cast continue co_await
-co_return co_yield decltype default delete do double dynamic_cast else enum explicit export
-extern false float for friend goto if inline int long mutable namespace new noexcept not not_eq
-nullptr operator or or_eq private protected public register reinterpret_cast requires return
-short signed sizeof static static_assert static_cast struct switch template this thread_local
-throw true try typedef typeid typename union unsigned using virtual void volatile wchar_t while
-xor xor_eq restrict _Bool
-""".split())
+CPP_KEYWORDS = frozenset(
+    ["alignas", "alignof", "and", "and_eq", "asm", "auto", "bitand", "bitor", "bool", "break", "case", "catch", "char", "char8_t", "char16_t", "char32_t", "class", "compl", "concept", "const", "consteval", "constexpr", "constinit", "const_cast", "continue", "co_await", "co_return", "co_yield", "decltype", "default", "delete", "do", "double", "dynamic_cast", "else", "enum", "explicit", "export", "extern", "false", "float", "for", "friend", "goto", "if", "inline", "int", "long", "mutable", "namespace", "new", "noexcept", "not", "not_eq", "nullptr", "operator", "or", "or_eq", "private", "protected", "public", "register", "reinterpret_cast", "requires", "return", "short", "signed", "sizeof", "static", "static_assert", "static_cast", "struct", "switch", "template", "this", "thread_local", "throw", "true", "try", "typedef", "typeid", "typename", "union", "unsigned", "using", "virtual", "void", "volatile", "wchar_t", "while", "xor", "xor_eq", "restrict", "_Bool"]
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +44,8 @@ class TensorSpec:
     """What firmware needs to feed or read one model input/output."""
 
     shape: tuple[int, ...]
-    dtype: str                  # schema name: INT8, FLOAT32, ...
-    scale: float = 0.0          # 0.0 for a tensor that is not quantized
+    dtype: str  # schema name: INT8, FLOAT32, ...
+    scale: float = 0.0  # 0.0 for a tensor that is not quantized
     zero_point: int = 0
 
 
@@ -72,18 +56,20 @@ class CModelInfo:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    arena_bytes: int            # measured on this host (TFLM recording allocator / bisection)
+    arena_bytes: int  # measured on this host (TFLM recording allocator / bisection)
     arena_margin_bytes: int
     arena_margin_reason: str
-    tflm_ops: tuple[str, ...]   # builtin names, e.g. ("CONV_2D", "FULLY_CONNECTED")
+    tflm_ops: tuple[str, ...]  # builtin names, e.g. ("CONV_2D", "FULLY_CONNECTED")
     tinyprune_version: str
     sha256: str
 
     def __post_init__(self) -> None:
         """Reject figures that would make the header lie."""
         if self.arena_bytes <= 0 or self.arena_margin_bytes < 0:
-            msg = (f"arena_bytes must be > 0 and arena_margin_bytes >= 0, got "
-                   f"{self.arena_bytes} and {self.arena_margin_bytes}; pass the measured arena")
+            msg = (
+                f"arena_bytes must be > 0 and arena_margin_bytes >= 0, got "
+                f"{self.arena_bytes} and {self.arena_margin_bytes}; pass the measured arena"
+            )
             raise ConfigError(msg)
         if not self.inputs or not self.outputs:
             msg = "CModelInfo needs at least one input and one output TensorSpec"
@@ -126,8 +112,10 @@ def tflm_method(op: str) -> str:
         UnsupportedOpError: TFLM has no resolver method for ``op``.
     """
     if op not in TFLM_BUILTINS:
-        msg = (f"TFLM's MicroMutableOpResolver has no method for op {op!r}; rewrite the "
-               "model to TFLM builtins (see firmware_export.rewrite) or target LiteRT")
+        msg = (
+            f"TFLM's MicroMutableOpResolver has no method for op {op!r}; rewrite the "
+            "model to TFLM builtins (see firmware_export.rewrite) or target LiteRT"
+        )
         raise UnsupportedOpError(msg, ops=(op,), target="tflm", stage="c-array")
     if op in _METHOD_EXCEPTIONS:
         return _METHOD_EXCEPTIONS[op]
@@ -177,8 +165,9 @@ def _io_constants(camel: str, kind: str, specs: Sequence[TensorSpec]) -> list[st
 
 def _resolver_block(camel: str, ops: Sequence[str]) -> list[str]:
     unique = sorted(set(ops))
-    calls = [f"  if (resolver.{tflm_method(op)}() != kTfLiteOk) return kTfLiteError;"
-             for op in unique]
+    calls = [
+        f"  if (resolver.{tflm_method(op)}() != kTfLiteOk) return kTfLiteError;" for op in unique
+    ]
     return [
         f"// TFLM ops this model needs: {', '.join(unique) or '(none)'}",
         f"constexpr unsigned int k{camel}OpCount = {len(unique)};",
@@ -262,17 +251,19 @@ def to_c_source(
         raise ConfigError(msg)
     ident = sanitize_identifier(info.name)
     header = _header(ident, len(model_bytes), info)
-    source = "\n".join([
-        f"// Model {info.name!r} (sha256 {_one_line(info.sha256)}), generated by tinyprune "
-        f"{_one_line(info.tinyprune_version)}. Do not edit.",
-        f'#include "{header_name}"',
-        "",
-        f"alignas(16) const unsigned char g_{ident}_model_data[] = {{",
-        *_hex_lines(model_bytes),
-        "};",
-        f"const unsigned int g_{ident}_model_data_len = {len(model_bytes)};",
-        "",
-    ])
+    source = "\n".join(
+        [
+            f"// Model {info.name!r} (sha256 {_one_line(info.sha256)}), generated by tinyprune "
+            f"{_one_line(info.tinyprune_version)}. Do not edit.",
+            f'#include "{header_name}"',
+            "",
+            f"alignas(16) const unsigned char g_{ident}_model_data[] = {{",
+            *_hex_lines(model_bytes),
+            "};",
+            f"const unsigned int g_{ident}_model_data_len = {len(model_bytes)};",
+            "",
+        ]
+    )
     return CSource(header=header, source=source)
 
 

@@ -34,27 +34,37 @@ def check_calibration(data: np.ndarray, *, source: str = "calibration data") -> 
         msg = f"{source}: expected a numeric array, got {getattr(data, 'dtype', type(data))}"
         raise ConfigError(msg)
     if data.ndim not in (2, 3, 4, 5):
-        msg = (f"{source}: expected samples shaped (N, C, H, W) or (N, C, T, H, W), "
-               f"got an array of shape {data.shape}")
+        msg = (
+            f"{source}: expected samples shaped (N, C, H, W) or (N, C, T, H, W), "
+            f"got an array of shape {data.shape}"
+        )
         raise ConfigError(msg)
     if data.shape[0] == 0 or data.size == 0:
-        msg = f"{source}: the calibration set is empty (shape {data.shape}); give at least one sample"
+        msg = (
+            f"{source}: the calibration set is empty (shape {data.shape}); give at least one sample"
+        )
         raise ConfigError(msg)
     data = np.ascontiguousarray(data, dtype=np.float32)
     bad = ~np.isfinite(data)
     if bad.any():
         first = np.argwhere(bad)[0]
-        msg = (f"{source}: {int(bad.sum())} non-finite values (NaN/Inf), first at sample {first[0]} "
-               f"index {tuple(int(i) for i in first[1:])}; clean the data before calibrating")
+        msg = (
+            f"{source}: {int(bad.sum())} non-finite values (NaN/Inf), first at sample {first[0]} "
+            f"index {tuple(int(i) for i in first[1:])}; clean the data before calibrating"
+        )
         raise ConfigError(msg)
     return data
 
 
-def check_against_model(data: np.ndarray, input_shape: tuple[int, ...] | None, *, model: str) -> None:
+def check_against_model(
+    data: np.ndarray, input_shape: tuple[int, ...] | None, *, model: str
+) -> None:
     """Raise if the model declares a per-sample input shape that the samples do not have."""
     if input_shape is not None and tuple(data.shape[1:]) != tuple(input_shape):
-        msg = (f"calibration samples have shape {tuple(data.shape[1:])} but {model} expects "
-               f"{tuple(input_shape)} per sample (PyTorch layout, no batch axis)")
+        msg = (
+            f"calibration samples have shape {tuple(data.shape[1:])} but {model} expects "
+            f"{tuple(input_shape)} per sample (PyTorch layout, no batch axis)"
+        )
         raise ConfigError(msg)
 
 

@@ -22,10 +22,15 @@ from tinyprune.errors import UnsupportedOpError, VerificationError
 log = logging.getLogger(__name__)
 
 _TFLM_MISSING = {
-    nn.Conv3d: ("CONV_3D", "Conv3d: use a 2-D/(2+1)-D variant (e.g. zoo:physnet_2p1d) "
-                           "or a Raspberry Pi target (--target rpi4)"),
-    nn.ConvTranspose3d: ("CONV_3D_TRANSPOSE", "ConvTranspose3d: use a 2-D/(2+1)-D variant "
-                                              "or a Raspberry Pi target (--target rpi4)"),
+    nn.Conv3d: (
+        "CONV_3D",
+        "Conv3d: use a 2-D/(2+1)-D variant (e.g. zoo:physnet_2p1d) "
+        "or a Raspberry Pi target (--target rpi4)",
+    ),
+    nn.ConvTranspose3d: (
+        "CONV_3D_TRANSPOSE",
+        "ConvTranspose3d: use a 2-D/(2+1)-D variant or a Raspberry Pi target (--target rpi4)",
+    ),
 }
 
 
@@ -37,14 +42,21 @@ def precheck_module(module: nn.Module, profile: DeviceProfile) -> None:
     """
     if profile.runtime != "tflm":
         return
-    found = [(name, *_TFLM_MISSING[type(m)]) for name, m in module.named_modules()
-             if type(m) in _TFLM_MISSING]
+    found = [
+        (name, *_TFLM_MISSING[type(m)])
+        for name, m in module.named_modules()
+        if type(m) in _TFLM_MISSING
+    ]
     if not found:
         return
     lines = "\n".join(f"  - {op} (layer {name!r}): {way}" for name, op, way in found)
-    msg = (f"the model uses ops that TensorFlow Lite Micro builtins lack, so target {profile.name!r} "
-           f"(runtime tflm) cannot run it; nothing was emitted:\n{lines}")
-    raise UnsupportedOpError(msg, ops=tuple(sorted({op for _, op, _ in found})), target=profile.name)
+    msg = (
+        f"the model uses ops that TensorFlow Lite Micro builtins lack, so target {profile.name!r} "
+        f"(runtime tflm) cannot run it; nothing was emitted:\n{lines}"
+    )
+    raise UnsupportedOpError(
+        msg, ops=tuple(sorted({op for _, op, _ in found})), target=profile.name
+    )
 
 
 def lint_gate(issues: list[LintIssue]) -> list[str]:
@@ -52,10 +64,12 @@ def lint_gate(issues: list[LintIssue]) -> list[str]:
     fatal = [i for i in issues if i.severity == "error"]
     if fatal:
         lines = "\n".join(f"  - {i.tensor} ({i.op}): {i.message}" for i in fatal)
-        msg = ("the int8 model has broken quantization parameters; the native runtimes would abort "
-               f"on it, so nothing was emitted:\n{lines}\nLook at the layer feeding that tensor: a "
-               "padded max-pool not preceded by ReLU pads with the float minimum (use padding=0 "
-               "with an explicit F.pad, or pool after the activation), and check the calibration data")
+        msg = (
+            "the int8 model has broken quantization parameters; the native runtimes would abort "
+            f"on it, so nothing was emitted:\n{lines}\nLook at the layer feeding that tensor: a "
+            "padded max-pool not preceded by ReLU pads with the float minimum (use padding=0 "
+            "with an explicit F.pad, or pool after the activation), and check the calibration data"
+        )
         raise VerificationError(msg, stage="lint")
     return [f"{i.severity}: {i.tensor} ({i.op}): {i.message}" for i in issues]
 
@@ -70,12 +84,13 @@ class VerifyInputs:
     module: nn.Module | None
     samples: np.ndarray | None
     tflm_runnable: bool
-    float_reference: np.ndarray | None = None   # float outputs when there is no torch/ONNX model
-    channels_last: bool = False                  # samples already in the converted model's layout
+    float_reference: np.ndarray | None = None  # float outputs when there is no torch/ONNX model
+    channels_last: bool = False  # samples already in the converted model's layout
 
 
-def run_verification(inp: VerifyInputs, *, float_tolerance: float, min_cosine: float,
-                     tflm_tolerance_lsb: int) -> dict[str, Any]:
+def run_verification(
+    inp: VerifyInputs, *, float_tolerance: float, min_cosine: float, tflm_tolerance_lsb: int
+) -> dict[str, Any]:
     """Run every comparison that applies; raise VerificationError on a hard failure.
 
     Hard failures (exit 5): torch vs ONNX Runtime, ONNX Runtime vs the float TFLite model (a
@@ -98,11 +113,17 @@ def run_verification(inp: VerifyInputs, *, float_tolerance: float, min_cosine: f
         deq = v.dequantize(ref_q, tout.scale[0], tout.zero_point[0])
         deq = deq.reshape(reference.shape) if inp.channels_last else _match_layout(deq, reference)
         results["int8_vs_float"] = v.compare_quantized(
-            reference, deq, "int8_vs_float", min_cos=min_cosine).to_dict()
-        _raise_if_failed(results, "int8_vs_float",
-                         f"raise the calibration set's coverage or lower --min-cosine (now {min_cosine})")
+            reference, deq, "int8_vs_float", min_cos=min_cosine
+        ).to_dict()
+        _raise_if_failed(
+            results,
+            "int8_vs_float",
+            f"raise the calibration set's coverage or lower --min-cosine (now {min_cosine})",
+        )
     if inp.tflm_runnable:
-        results["tflm_vs_litert_ref"] = _tflm_parity(v, inp.model_bytes, int8_in, tflm_tolerance_lsb)
+        results["tflm_vs_litert_ref"] = _tflm_parity(
+            v, inp.model_bytes, int8_in, tflm_tolerance_lsb
+        )
     results["litert_xnnpack_vs_ref"] = _xnnpack_vs_ref(v, inp.model_bytes, int8_in)
     return results
 
@@ -116,8 +137,12 @@ def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int
     except ExportError as e:
         if "Didn't find op" not in str(e):
             raise
-    result = v.check_runtime_parity(model_bytes, int8_in, max(tolerance, 1), reference="builtin").to_dict()
-    result["reference"] = "LiteRT builtin kernels (its reference resolver lacks an op of this model)"
+    result = v.check_runtime_parity(
+        model_bytes, int8_in, max(tolerance, 1), reference="builtin"
+    ).to_dict()
+    result["reference"] = (
+        "LiteRT builtin kernels (its reference resolver lacks an op of this model)"
+    )
     return result
 
 
@@ -131,8 +156,12 @@ def _xnnpack_vs_ref(v: Any, model_bytes: bytes, int8_in: np.ndarray) -> dict[str
         if "Didn't find op" not in str(e):
             raise
         missing = next((line for line in str(e).splitlines() if "Didn't find op" in line), str(e))
-        return {"name": "litert_xnnpack_vs_ref", "skipped": True, "passed": True,
-                "reason": f"LiteRT's reference kernels cannot run this model: {missing.strip()}"}
+        return {
+            "name": "litert_xnnpack_vs_ref",
+            "skipped": True,
+            "passed": True,
+            "reason": f"LiteRT's reference kernels cannot run this model: {missing.strip()}",
+        }
 
 
 def _float_chain(inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float) -> np.ndarray:
@@ -146,15 +175,20 @@ def _float_chain(inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float)
         reference = torch_forward(inp.module.eval(), samples)
         if ort is not None:
             results["torch_vs_onnxruntime"] = v.compare_float(
-                reference, ort, "torch_vs_onnxruntime", tol * _scale(reference)).to_dict()
+                reference, ort, "torch_vs_onnxruntime", tol * _scale(reference)
+            ).to_dict()
             _raise_if_failed(results, "torch_vs_onnxruntime", "report the model to tinyprune")
     if inp.float_tflite is not None and ort is not None:
         lite = v.run_litert(inp.float_tflite, to_channels_last(samples), "builtin")
         results["onnx_vs_tflite_float"] = v.compare_float(
-            ort, _match_layout(lite, ort), "onnx_vs_tflite_float", tol * _scale(ort)).to_dict()
-        _raise_if_failed(results, "onnx_vs_tflite_float",
-                         "onnx2tf changed what the model computes; try an export-friendly "
-                         "rewrite of the layer or raise --float-tolerance")
+            ort, _match_layout(lite, ort), "onnx_vs_tflite_float", tol * _scale(ort)
+        ).to_dict()
+        _raise_if_failed(
+            results,
+            "onnx_vs_tflite_float",
+            "onnx2tf changed what the model computes; try an export-friendly "
+            "rewrite of the layer or raise --float-tolerance",
+        )
     return reference  # type: ignore[return-value]
 
 
@@ -166,7 +200,9 @@ def _raise_if_failed(results: dict[str, Any], key: str, way_out: str) -> None:
     r = results[key]
     if r["passed"]:
         return
-    figures = ", ".join(f"{k}={r[k]:.4g}" for k in ("max_abs", "cos", "l2r") if r.get(k) is not None)
+    figures = ", ".join(
+        f"{k}={r[k]:.4g}" for k in ("max_abs", "cos", "l2r") if r.get(k) is not None
+    )
     msg = f"verification {key} failed ({figures}; limits {r['tolerance']}): {way_out}"
     raise VerificationError(msg)
 

@@ -79,7 +79,9 @@ def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: 
     except BaseException as e:  # onnx2tf calls sys.exit(1) on failure
         if isinstance(e, KeyboardInterrupt):
             raise
-        tail = " | ".join(line.strip() for line in captured.getvalue().splitlines()[-6:] if line.strip())
+        tail = " | ".join(
+            line.strip() for line in captured.getvalue().splitlines()[-6:] if line.strip()
+        )
         msg = f"onnx2tf could not convert the ONNX model ({type(e).__name__}: {e}). onnx2tf said: {tail}"
         raise ExportError(msg, stage="convert") from e
     log.debug("onnx2tf output:\n%s", captured.getvalue())

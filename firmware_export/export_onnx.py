@@ -41,8 +41,10 @@ def prepare_module(module: nn.Module, sample: np.ndarray) -> tuple[nn.Module, li
         with torch.no_grad():
             model(x)
     except Exception as e:
-        msg = (f"the model cannot run on calibration samples of shape {tuple(sample.shape)} "
-               f"(PyTorch layout, batch 1): {type(e).__name__}: {str(e).splitlines()[0]}")
+        msg = (
+            f"the model cannot run on calibration samples of shape {tuple(sample.shape)} "
+            f"(PyTorch layout, batch 1): {type(e).__name__}: {str(e).splitlines()[0]}"
+        )
         raise ConfigError(msg) from e
     done = rewrite_pool3d_(model) + rewrite_adaptive_pool3d_(model, x)
     return model, done
@@ -60,8 +62,16 @@ def export_onnx(module: nn.Module, sample: np.ndarray, path: Path) -> list[str]:
     names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     buf = io.BytesIO()
     try:
-        torch.onnx.export(model, (x,), buf, opset_version=OPSET, dynamo=False,
-                          input_names=["input"], output_names=names, do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (x,),
+            buf,
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["input"],
+            output_names=names,
+            do_constant_folding=True,
+        )
     except Exception as e:
         msg = f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}"
         raise ExportError(msg, stage="onnx") from e

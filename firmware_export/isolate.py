@@ -105,7 +105,11 @@ def run_isolated(
 
 
 def _spawn(
-    payload: bytes, result_path: Path, stderr_path: Path, timeout: float, stage: str,
+    payload: bytes,
+    result_path: Path,
+    stderr_path: Path,
+    timeout: float,
+    stage: str,
     fn: Callable[..., Any],
 ) -> int:
     """Start the child, feed it the payload and wait; return its exit code."""

@@ -45,8 +45,10 @@ def keras_major_version(path: Path) -> int:
         with zipfile.ZipFile(path) as zf:
             meta = json.loads(zf.read("metadata.json"))
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        msg = (f"{str(path)!r} is not a readable .keras file ({type(e).__name__}: {e}); "
-               "save it with model.save('model.keras')")
+        msg = (
+            f"{str(path)!r} is not a readable .keras file ({type(e).__name__}: {e}); "
+            "save it with model.save('model.keras')"
+        )
         raise ConfigError(msg) from e
     version = str(meta.get("keras_version", "3"))
     return int(version.split(".")[0]) if version.split(".")[0].isdigit() else 3
@@ -69,9 +71,12 @@ def load_keras(path: Path) -> Any:
         return keras_mod.models.load_model(str(path), compile=False)
     except Exception as e:
         text = (str(e).splitlines()[0] if str(e) else "").rstrip(".")
-        hint = (" It holds TF-MOT pruning wrappers: call "
-                "tfmot.sparsity.keras.strip_pruning(model) before saving."
-                if "PruneLowMagnitude" in str(e) else "")
+        hint = (
+            " It holds TF-MOT pruning wrappers: call "
+            "tfmot.sparsity.keras.strip_pruning(model) before saving."
+            if "PruneLowMagnitude" in str(e)
+            else ""
+        )
         msg = f"cannot load the Keras model {str(path)!r}: {type(e).__name__}: {text}.{hint}"
         raise ConfigError(msg) from e
 
@@ -87,12 +92,17 @@ def _input_shape(model: Any) -> tuple[int | None, ...]:
 def _check_calib(calib: np.ndarray, shape: tuple[int | None, ...], source: str) -> np.ndarray:
     data = np.asarray(calib, dtype=np.float32)
     want = tuple(shape[1:])
-    ok = data.ndim == len(shape) and len(data) > 0 and all(
-        w is None or w == g for w, g in zip(want, data.shape[1:], strict=True))
+    ok = (
+        data.ndim == len(shape)
+        and len(data) > 0
+        and all(w is None or w == g for w, g in zip(want, data.shape[1:], strict=True))
+    )
     if not ok:
-        msg = (f"calibration data has shape {data.shape} but {source} takes "
-               f"(N, {', '.join('?' if w is None else str(w) for w in want)}) channels-last "
-               "samples; pass NHWC data for Keras models")
+        msg = (
+            f"calibration data has shape {data.shape} but {source} takes "
+            f"(N, {', '.join('?' if w is None else str(w) for w in want)}) channels-last "
+            "samples; pass NHWC data for Keras models"
+        )
         raise ConfigError(msg)
     if not np.isfinite(data).all():
         msg = "calibration data contains NaN or infinite values"
@@ -100,8 +110,9 @@ def _check_calib(calib: np.ndarray, shape: tuple[int | None, ...], source: str) 
     return data
 
 
-def _saved_model_outputs(saved_model: Path, calib: np.ndarray) -> tuple[np.ndarray, tuple[
-        int | None, ...]]:
+def _saved_model_outputs(
+    saved_model: Path, calib: np.ndarray
+) -> tuple[np.ndarray, tuple[int | None, ...]]:
     """Float output 0 of a SavedModel's ``serving_default`` signature, and its input shape."""
     import tensorflow as tf
 
@@ -136,8 +147,9 @@ def _export_saved_model(model: Any, dest: Path, major: int) -> None:
         raise ExportError(msg, stage="convert") from e
 
 
-def keras_to_int8(path: str | Path, calib_nhwc: np.ndarray, *,
-                  per_channel: bool = True) -> tuple[bytes, np.ndarray]:
+def keras_to_int8(
+    path: str | Path, calib_nhwc: np.ndarray, *, per_channel: bool = True
+) -> tuple[bytes, np.ndarray]:
     """Convert a Keras model or SavedModel to full int8 TFLite; also return float outputs.
 
     Args:
@@ -158,8 +170,10 @@ def keras_to_int8(path: str | Path, calib_nhwc: np.ndarray, *,
         data = np.asarray(calib_nhwc, dtype=np.float32)
         return quantize_int8(src, data, per_channel=per_channel), reference
     if not (src.is_file() and src.suffix in KERAS_SUFFIXES):
-        msg = (f"{str(src)!r} is neither a .keras/.h5 file nor a SavedModel folder "
-               "(with saved_model.pb)")
+        msg = (
+            f"{str(src)!r} is neither a .keras/.h5 file nor a SavedModel folder "
+            "(with saved_model.pb)"
+        )
         raise ConfigError(msg)
     model = load_keras(src)
     data = _check_calib(calib_nhwc, _input_shape(model), f"Keras model {src.name!r}")

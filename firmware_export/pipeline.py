@@ -44,22 +44,26 @@ SPARSE_DENSITY_MAX = 0.7
 class ExportOptions:
     """Knobs of one export; defaults are what the CLI uses."""
 
-    calib_cap: int = 512                 # samples used for int8 calibration (all, up to this)
-    verify_samples: int = 32             # samples run through every runtime for verification
+    calib_cap: int = 512  # samples used for int8 calibration (all, up to this)
+    verify_samples: int = 32  # samples run through every runtime for verification
     per_channel: bool = True
-    tflm_tolerance_lsb: int = 0          # LiteRT reference kernels vs TFLM: bit-exact by default
-    float_tolerance: float = 1e-3        # relative max-abs error torch vs ONNX vs TFLite float
-    min_cosine: float = 0.90             # int8 vs float output cosine similarity floor
+    tflm_tolerance_lsb: int = 0  # LiteRT reference kernels vs TFLM: bit-exact by default
+    float_tolerance: float = 1e-3  # relative max-abs error torch vs ONNX vs TFLite float
+    min_cosine: float = 0.90  # int8 vs float output cosine similarity floor
     arena_margin_fraction: float = 0.10  # added to the measured arena for 32-bit targets + CMSIS-NN
     arena_margin_min_bytes: int = 1024
-    name: str | None = None              # C identifier stem; default: the model's name
+    name: str | None = None  # C identifier stem; default: the model's name
 
     def __post_init__(self) -> None:
         """Reject values that make no sense before any slow stage runs."""
         if self.calib_cap < 1 or self.verify_samples < 1:
             msg = f"calib_cap and verify_samples must be >= 1, got {self.calib_cap}, {self.verify_samples}"
             raise ConfigError(msg)
-        if self.tflm_tolerance_lsb < 0 or self.float_tolerance <= 0 or not 0 <= self.min_cosine <= 1:
+        if (
+            self.tflm_tolerance_lsb < 0
+            or self.float_tolerance <= 0
+            or not 0 <= self.min_cosine <= 1
+        ):
             msg = "tolerances must be non-negative (float tolerance > 0, min cosine in [0, 1])"
             raise ConfigError(msg)
 
@@ -138,12 +142,18 @@ def raise_if_over_budget(result: ExportResult, target: str) -> None:
 
 @dataclass
 class _StageOutput:
-    files: dict[str, str]                 # artifact key -> file name inside the staging folder
+    files: dict[str, str]  # artifact key -> file name inside the staging folder
     report: dict[str, Any]
 
 
-def _run_stages(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile,
-                opts: ExportOptions, work: Path, timer: StageTimer) -> _StageOutput:
+def _run_stages(
+    loaded: LoadedModel,
+    samples: np.ndarray,
+    profile: DeviceProfile,
+    opts: ExportOptions,
+    work: Path,
+    timer: StageTimer,
+) -> _StageOutput:
     if loaded.keras_path is not None:
         inputs, files = _convert_keras(loaded, samples, profile, opts, work, timer)
     else:
@@ -164,9 +174,14 @@ def _run_stages(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile
     return _StageOutput(files, done.report)
 
 
-def _convert_torch_or_onnx(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile,
-                           opts: ExportOptions, work: Path,
-                           timer: StageTimer) -> tuple[ReportInputs, dict[str, str]]:
+def _convert_torch_or_onnx(
+    loaded: LoadedModel,
+    samples: np.ndarray,
+    profile: DeviceProfile,
+    opts: ExportOptions,
+    work: Path,
+    timer: StageTimer,
+) -> tuple[ReportInputs, dict[str, str]]:
     from firmware_export.convert import convert_to_saved_model
     from firmware_export.quantize import quantize_int8
 
@@ -184,22 +199,39 @@ def _convert_torch_or_onnx(loaded: LoadedModel, samples: np.ndarray, profile: De
         float_tflite = convert_to_saved_model(onnx_path, work / "saved_model", cl)
         os.replace(float_tflite, work / "model_float32.tflite")
     with timer("quantize"):
-        model_bytes = quantize_int8(work / "saved_model", cl[: opts.calib_cap], per_channel=opts.per_channel)
+        model_bytes = quantize_int8(
+            work / "saved_model", cl[: opts.calib_cap], per_channel=opts.per_channel
+        )
     (work / "model_int8.tflite").write_bytes(model_bytes)
     inputs = ReportInputs(
-        name=opts.name or loaded.name, source=loaded.source, model_bytes=model_bytes,
-        float_tflite=(work / "model_float32.tflite").read_bytes(), onnx_bytes=onnx_path.read_bytes(),
-        module=loaded.module, samples=samples[: opts.verify_samples], profile=profile,
-        rewrites=tuple(rewrites), calib_count=min(len(samples), opts.calib_cap),
+        name=opts.name or loaded.name,
+        source=loaded.source,
+        model_bytes=model_bytes,
+        float_tflite=(work / "model_float32.tflite").read_bytes(),
+        onnx_bytes=onnx_path.read_bytes(),
+        module=loaded.module,
+        samples=samples[: opts.verify_samples],
+        profile=profile,
+        rewrites=tuple(rewrites),
+        calib_count=min(len(samples), opts.calib_cap),
     )
-    files = {"onnx": "model.onnx", "saved_model": "saved_model", "tflite": "model_int8.tflite",
-             "tflite_float": "model_float32.tflite"}
+    files = {
+        "onnx": "model.onnx",
+        "saved_model": "saved_model",
+        "tflite": "model_int8.tflite",
+        "tflite_float": "model_float32.tflite",
+    }
     return inputs, files
 
 
-def _convert_keras(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProfile,
-                   opts: ExportOptions, work: Path,
-                   timer: StageTimer) -> tuple[ReportInputs, dict[str, str]]:
+def _convert_keras(
+    loaded: LoadedModel,
+    samples: np.ndarray,
+    profile: DeviceProfile,
+    opts: ExportOptions,
+    work: Path,
+    timer: StageTimer,
+) -> tuple[ReportInputs, dict[str, str]]:
     """A Keras model or SavedModel (e.g. pruned with TF-MOT): straight to TFLiteConverter.
 
     Its calibration samples are in the Keras model's own (channels-last) layout.
@@ -207,20 +239,34 @@ def _convert_keras(loaded: LoadedModel, samples: np.ndarray, profile: DeviceProf
     from firmware_export.keras_source import keras_to_int8
 
     with timer("quantize"):
-        model_bytes, reference = keras_to_int8(loaded.keras_path, samples[: opts.calib_cap],  # type: ignore[arg-type]
-                                               per_channel=opts.per_channel)
+        model_bytes, reference = keras_to_int8(
+            loaded.keras_path,
+            samples[: opts.calib_cap],  # type: ignore[arg-type]
+            per_channel=opts.per_channel,
+        )
     (work / "model_int8.tflite").write_bytes(model_bytes)
     n = min(len(reference), opts.verify_samples)
     inputs = ReportInputs(
-        name=opts.name or loaded.name, source=loaded.source, model_bytes=model_bytes,
-        samples=samples[:n], profile=profile, calib_count=min(len(samples), opts.calib_cap),
-        float_reference=reference[:n], channels_last=True,
+        name=opts.name or loaded.name,
+        source=loaded.source,
+        model_bytes=model_bytes,
+        samples=samples[:n],
+        profile=profile,
+        calib_count=min(len(samples), opts.calib_cap),
+        float_reference=reference[:n],
+        channels_last=True,
     )
     return inputs, {"tflite": "model_int8.tflite"}
 
 
-def _sparse_variant(work: Path, inputs: ReportInputs, samples: np.ndarray, opts: ExportOptions,
-                    timer: StageTimer, report: dict[str, Any]) -> dict[str, str]:
+def _sparse_variant(
+    work: Path,
+    inputs: ReportInputs,
+    samples: np.ndarray,
+    opts: ExportOptions,
+    timer: StageTimer,
+    report: dict[str, Any],
+) -> dict[str, str]:
     """For LiteRT targets: the sparse TFLite encoding, kept when smaller and output-identical."""
     from firmware_export.sparse import sparse_tflite
 
@@ -229,8 +275,9 @@ def _sparse_variant(work: Path, inputs: ReportInputs, samples: np.ndarray, opts:
         return {}
     cl = samples if inputs.channels_last else calib_io.to_channels_last(samples)
     with timer("sparse"):
-        result = sparse_tflite(saved, cl[: opts.calib_cap], inputs.model_bytes,
-                               per_channel=opts.per_channel)
+        result = sparse_tflite(
+            saved, cl[: opts.calib_cap], inputs.model_bytes, per_channel=opts.per_channel
+        )
     if result is None:
         report["sparse"] = None
         return {}
@@ -251,8 +298,12 @@ def _as_loaded(model: nn.Module | LoadedModel | str | Path) -> LoadedModel:
         return load_model(str(model))
     if isinstance(model, nn.Module):
         shape = getattr(model, "input_shape", None)
-        return LoadedModel(name=type(model).__name__.lower(), source=f"<{type(model).__name__}>",
-                           module=model, input_shape=tuple(shape) if shape is not None else None)
+        return LoadedModel(
+            name=type(model).__name__.lower(),
+            source=f"<{type(model).__name__}>",
+            module=model,
+            input_shape=tuple(shape) if shape is not None else None,
+        )
     msg = f"model must be an nn.Module, a LoadedModel or a MODEL string, got {type(model).__name__}"
     raise ConfigError(msg)
 

@@ -19,8 +19,13 @@ from tinyprune.errors import ExportError, UnsupportedOpError
 _TF_OP = re.compile(r"tf\.([A-Za-z0-9_]+)")
 
 
-def quantize_int8(saved_model: Path, calib_channels_last: np.ndarray, *, per_channel: bool = True,
-                  sparse: bool = False) -> bytes:
+def quantize_int8(
+    saved_model: Path,
+    calib_channels_last: np.ndarray,
+    *,
+    per_channel: bool = True,
+    sparse: bool = False,
+) -> bytes:
     """Convert with TFLiteConverter to a full-int8 model; return the flatbuffer bytes.
 
     With ``sparse`` the converter also stores mostly-zero weights in TFLite's sparse encoding
@@ -53,9 +58,11 @@ def quantize_int8(saved_model: Path, calib_channels_last: np.ndarray, *, per_cha
         text = str(e)
         if "FLEX" in text.upper() or "not supported" in text:
             ops = sorted(set(_TF_OP.findall(text)) - {"lite", "experimental"})
-            msg = (f"the converted graph needs TensorFlow ops that are not TFLite builtins: "
-                   f"{', '.join(ops) or 'see the converter log'}; "
-                   "rewrite those layers (e.g. 3-D pooling with 2-D pooling) or change the model")
+            msg = (
+                f"the converted graph needs TensorFlow ops that are not TFLite builtins: "
+                f"{', '.join(ops) or 'see the converter log'}; "
+                "rewrite those layers (e.g. 3-D pooling with 2-D pooling) or change the model"
+            )
             raise UnsupportedOpError(msg, ops=tuple(ops), stage="quantize") from e
         msg = f"TFLiteConverter failed: {type(e).__name__}: {text.splitlines()[0] if text else ''}"
         raise ExportError(msg, stage="quantize") from e

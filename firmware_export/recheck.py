@@ -13,14 +13,26 @@ import tempfile
 from pathlib import Path
 
 from firmware_export.budget import load_profile
-from firmware_export.pipeline import ExportOptions, ExportResult, Stage, StageTimer, raise_if_over_budget
+from firmware_export.pipeline import (
+    ExportOptions,
+    ExportResult,
+    Stage,
+    StageTimer,
+    raise_if_over_budget,
+)
 from firmware_export.report_builder import Analysed, ReportInputs, analyze_and_report
 from tinyprune.errors import ConfigError
 
 
-def report_existing(path: str | Path, *, target: str | Path, out_dir: str | Path | None = None,
-                    options: ExportOptions | None = None, on_stage: Stage | None = None,
-                    raise_on_budget: bool = True) -> ExportResult:
+def report_existing(
+    path: str | Path,
+    *,
+    target: str | Path,
+    out_dir: str | Path | None = None,
+    options: ExportOptions | None = None,
+    on_stage: Stage | None = None,
+    raise_on_budget: bool = True,
+) -> ExportResult:
     """Analyse ``path`` (a run folder holding ``model_int8.tflite``, or a ``.tflite`` file).
 
     Reports are written to ``out_dir`` (default: the run folder, or the ``.tflite``'s folder).
@@ -31,15 +43,16 @@ def report_existing(path: str | Path, *, target: str | Path, out_dir: str | Path
     src = Path(path)
     tflite = src / "model_int8.tflite" if src.is_dir() else src
     if not tflite.is_file():
-        msg = (f"{str(src)!r} is neither a run folder with model_int8.tflite nor a .tflite file")
+        msg = f"{str(src)!r} is neither a run folder with model_int8.tflite nor a .tflite file"
         raise ConfigError(msg)
     model_bytes = tflite.read_bytes()
     profile = load_profile(target)
     out = Path(out_dir) if out_dir is not None else tflite.parent
     opts = options or ExportOptions()
     timer = StageTimer(on_stage)
-    inputs = ReportInputs(name=opts.name or tflite.stem, source=str(tflite), model_bytes=model_bytes,
-                          profile=profile)
+    inputs = ReportInputs(
+        name=opts.name or tflite.stem, source=str(tflite), model_bytes=model_bytes, profile=profile
+    )
     done = analyze_and_report(inputs, opts, timer)
     report = done.report
     paths = _write(out, done)

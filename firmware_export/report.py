@@ -26,16 +26,28 @@ REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
 def _tensor_dict(t: TensorInfo) -> dict[str, Any]:
-    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
-            "scale": list(t.scale), "zero_point": list(t.zero_point)}
+    return {
+        "name": t.name,
+        "shape": list(t.shape),
+        "dtype": t.dtype,
+        "scale": list(t.scale),
+        "zero_point": list(t.zero_point),
+    }
 
 
 def _layer_dict(r: LayerRow) -> dict[str, Any]:
-    return {"index": r.index, "op": r.op, "name": r.name,
-            "input_shapes": [list(s) for s in r.input_shapes],
-            "output_shapes": [list(s) for s in r.output_shapes],
-            "macs": r.macs, "nonzero_macs": r.nonzero_macs, "params": r.params,
-            "nonzero_params": r.nonzero_params, "activation_bytes": r.activation_bytes}
+    return {
+        "index": r.index,
+        "op": r.op,
+        "name": r.name,
+        "input_shapes": [list(s) for s in r.input_shapes],
+        "output_shapes": [list(s) for s in r.output_shapes],
+        "macs": r.macs,
+        "nonzero_macs": r.nonzero_macs,
+        "params": r.params,
+        "nonzero_params": r.nonzero_params,
+        "activation_bytes": r.activation_bytes,
+    }
 
 
 def _analysis_figures(analysis: ModelAnalysis) -> dict[str, Any]:
@@ -84,22 +96,30 @@ def build_report_dict(
         budget ({resource: {used, limit, ok, ...}}) and verify.
     """
     report: dict[str, Any] = dict(extra or {})
-    report.update({
-        "target": {"name": profile.name, "runtime": profile.runtime,
-                   "description": profile.description, "source": profile.source},
-        "flash_bytes": analysis.model_bytes,
-        "arena_bytes": arena_bytes,
-        "arena_margin_bytes": arena_margin_bytes,
-        "arena_margin_reason": arena_margin_reason,
-        "arena_header_bytes": arena_bytes + arena_margin_bytes,
-        **_analysis_figures(analysis),
-        "budget": budget.to_dict(),
-        "budget_ok": budget.ok,
-        "verify": dict(verify),
-        "layers": [_layer_dict(r) for r in analysis.layers],
-        "lint": [{"severity": i.severity, "tensor": i.tensor, "op": i.op, "message": i.message}
-                 for i in lint],
-    })
+    report.update(
+        {
+            "target": {
+                "name": profile.name,
+                "runtime": profile.runtime,
+                "description": profile.description,
+                "source": profile.source,
+            },
+            "flash_bytes": analysis.model_bytes,
+            "arena_bytes": arena_bytes,
+            "arena_margin_bytes": arena_margin_bytes,
+            "arena_margin_reason": arena_margin_reason,
+            "arena_header_bytes": arena_bytes + arena_margin_bytes,
+            **_analysis_figures(analysis),
+            "budget": budget.to_dict(),
+            "budget_ok": budget.ok,
+            "verify": dict(verify),
+            "layers": [_layer_dict(r) for r in analysis.layers],
+            "lint": [
+                {"severity": i.severity, "tensor": i.tensor, "op": i.op, "message": i.message}
+                for i in lint
+            ],
+        }
+    )
     return report
 
 
@@ -143,12 +163,12 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         unit = row.get("unit", "")
         mark = "ok  " if row.get("ok") else "OVER"
         est = " (estimate)" if row.get("estimate") else ""
-        lines.append(f"{mark} {resource:<8} {_fmt(row.get('used'))} / {_fmt(row.get('limit'))} "
-                     f"{unit}{est}")
+        lines.append(
+            f"{mark} {resource:<8} {_fmt(row.get('used'))} / {_fmt(row.get('limit'))} {unit}{est}"
+        )
     target = report.get("target", {}).get("name", "the target")
     failing = [k for k, r in report.get("budget", {}).items() if not r.get("ok")]
-    verdict = (f"fits {target}" if not failing
-               else f"OVER BUDGET on {target}: {', '.join(failing)}")
+    verdict = f"fits {target}" if not failing else f"OVER BUDGET on {target}: {', '.join(failing)}"
     lines.append(f"verdict: {verdict}")
     return lines
 
@@ -158,32 +178,69 @@ Table = tuple[list[str], list[list[str]]]
 
 def _tables(report: Mapping[str, Any], analysis: ModelAnalysis) -> dict[str, Table]:
     """Every table of the report as (header, rows) of strings, shared by Markdown and HTML."""
-    summary = [["target", f"{report['target']['name']} ({report['target']['runtime']})"],
-               ["model (flash) bytes", _fmt(report["flash_bytes"])],
-               ["arena bytes (measured on host)", _fmt(report["arena_bytes"])],
-               ["arena margin bytes", f"{_fmt(report['arena_margin_bytes'])} "
-                                      f"({report['arena_margin_reason']})"],
-               ["activation lower bound bytes", _fmt(report["activation_lower_bound_bytes"])],
-               ["MACs (FLOPs = 2 x MACs)", _fmt(report["macs"])],
-               ["non-zero MACs", _fmt(report["nonzero_macs"])],
-               ["params / non-zero",
-                f"{_fmt(report['params'])} / {_fmt(report['nonzero_params'])}"],
-               ["ops", ", ".join(f"{k} x{v}" for k, v in sorted(report["ops"].items()))]]
-    budget = [[k, _fmt(r["used"]), _fmt(r["limit"]), r.get("unit", ""), _fmt(bool(r["ok"])),
-               "estimate" if r.get("estimate") else "measured", r.get("note", "")]
-              for k, r in report["budget"].items()]
+    summary = [
+        ["target", f"{report['target']['name']} ({report['target']['runtime']})"],
+        ["model (flash) bytes", _fmt(report["flash_bytes"])],
+        ["arena bytes (measured on host)", _fmt(report["arena_bytes"])],
+        [
+            "arena margin bytes",
+            f"{_fmt(report['arena_margin_bytes'])} ({report['arena_margin_reason']})",
+        ],
+        ["activation lower bound bytes", _fmt(report["activation_lower_bound_bytes"])],
+        ["MACs (FLOPs = 2 x MACs)", _fmt(report["macs"])],
+        ["non-zero MACs", _fmt(report["nonzero_macs"])],
+        ["params / non-zero", f"{_fmt(report['params'])} / {_fmt(report['nonzero_params'])}"],
+        ["ops", ", ".join(f"{k} x{v}" for k, v in sorted(report["ops"].items()))],
+    ]
+    budget = [
+        [
+            k,
+            _fmt(r["used"]),
+            _fmt(r["limit"]),
+            r.get("unit", ""),
+            _fmt(bool(r["ok"])),
+            "estimate" if r.get("estimate") else "measured",
+            r.get("note", ""),
+        ]
+        for k, r in report["budget"].items()
+    ]
     verify = _verify_rows(report.get("verify", {}))
-    layers = [[str(r.index), r.op, r.name, _shapes(r.input_shapes), _shapes(r.output_shapes),
-               _fmt(r.macs), _fmt(r.nonzero_macs), _fmt(r.params), _fmt(r.nonzero_params),
-               _fmt(r.activation_bytes)] for r in analysis.layers]
+    layers = [
+        [
+            str(r.index),
+            r.op,
+            r.name,
+            _shapes(r.input_shapes),
+            _shapes(r.output_shapes),
+            _fmt(r.macs),
+            _fmt(r.nonzero_macs),
+            _fmt(r.params),
+            _fmt(r.nonzero_params),
+            _fmt(r.activation_bytes),
+        ]
+        for r in analysis.layers
+    ]
     lint = [[i["severity"], i["tensor"], i["op"], i["message"]] for i in report.get("lint", [])]
     return {
         "Summary": (["figure", "value"], summary),
         "Budget": (["resource", "used", "limit", "unit", "ok", "kind", "note"], budget),
         "Verification": verify,
         "Quantization lint": (["severity", "tensor", "op", "message"], lint),
-        "Layers": (["#", "op", "output", "input shapes", "output shapes", "MACs",
-                    "non-zero MACs", "params", "non-zero params", "activation bytes"], layers),
+        "Layers": (
+            [
+                "#",
+                "op",
+                "output",
+                "input shapes",
+                "output shapes",
+                "MACs",
+                "non-zero MACs",
+                "params",
+                "non-zero params",
+                "activation bytes",
+            ],
+            layers,
+        ),
     }
 
 
@@ -204,14 +261,21 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     if not rows:
         return ["(none)"]
     esc = [[c.replace("|", "\\|") for c in row] for row in [header, *rows]]
-    return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in esc[1:])]
+    return [
+        "| " + " | ".join(esc[0]) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in esc[1:]),
+    ]
 
 
 def render_markdown(report: Mapping[str, Any], analysis: ModelAnalysis) -> str:
     """The Markdown report (summary, budget, verification, lint, per-layer table)."""
-    lines = [f"# tinyprune report: {report['target']['name']}", "",
-             *(f"    {s}" for s in summary_lines(report)), ""]
+    lines = [
+        f"# tinyprune report: {report['target']['name']}",
+        "",
+        *(f"    {s}" for s in summary_lines(report)),
+        "",
+    ]
     for title, (header, rows) in _tables(report, analysis).items():
         lines += [f"## {title}", "", *_md_table(header, rows), ""]
     return "\n".join(lines)
@@ -228,8 +292,9 @@ def layer_plot_png(analysis: ModelAnalysis) -> bytes:
     ax_macs, ax_act = fig.subplots(2, 1, sharex=True)
     xs = range(len(labels))
     ax_macs.bar(xs, [r.macs for r in analysis.layers], color="#3b6ea8", label="dense")
-    ax_macs.bar(xs, [r.nonzero_macs for r in analysis.layers], color="#e0a030", width=0.4,
-                label="non-zero")
+    ax_macs.bar(
+        xs, [r.nonzero_macs for r in analysis.layers], color="#e0a030", width=0.4, label="non-zero"
+    )
     ax_macs.set_ylabel("MACs")
     ax_macs.legend(loc="upper right", fontsize=8)
     ax_act.bar(xs, [r.activation_bytes for r in analysis.layers], color="#5a9a5a")
@@ -246,13 +311,16 @@ def render_html(report: Mapping[str, Any], analysis: ModelAnalysis) -> str:
     """Self-contained HTML report with the per-layer plot embedded as a base64 PNG."""
     e = html.escape
     png = base64.b64encode(layer_plot_png(analysis)).decode("ascii")
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>tinyprune report: {e(report['target']['name'])}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
-             "margin-bottom:1.5em}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
-             "th{background:#eee}.bad{color:#b00;font-weight:bold}</style></head><body>",
-             f"<h1>tinyprune report: {e(report['target']['name'])}</h1>",
-             "<pre>" + e("\n".join(summary_lines(report))) + "</pre>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>tinyprune report: {e(report['target']['name'])}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
+        "margin-bottom:1.5em}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
+        "th{background:#eee}.bad{color:#b00;font-weight:bold}</style></head><body>",
+        f"<h1>tinyprune report: {e(report['target']['name'])}</h1>",
+        "<pre>" + e("\n".join(summary_lines(report))) + "</pre>",
+    ]
     for title, (header, rows) in _tables(report, analysis).items():
         parts.append(f"<h2>{e(title)}</h2>")
         if not rows:
@@ -260,13 +328,17 @@ def render_html(report: Mapping[str, Any], analysis: ModelAnalysis) -> str:
             continue
         parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         for row in rows:
-            cells = "".join(f'<td class="bad">{e(c)}</td>' if c == "NO" else f"<td>{e(c)}</td>"
-                            for c in row)
+            cells = "".join(
+                f'<td class="bad">{e(c)}</td>' if c == "NO" else f"<td>{e(c)}</td>" for c in row
+            )
             parts.append(f"<tr>{cells}</tr>")
         parts.append("</table>")
-    parts += ["<h2>Per-layer plot</h2>",
-              f'<img alt="MACs and activation bytes per layer" src="data:image/png;base64,{png}">',
-              "</body></html>", ""]
+    parts += [
+        "<h2>Per-layer plot</h2>",
+        f'<img alt="MACs and activation bytes per layer" src="data:image/png;base64,{png}">',
+        "</body></html>",
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -292,8 +364,11 @@ def write_reports(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = _plain({**report, "budget": budget.to_dict(), "budget_ok": budget.ok})
-    texts = (json.dumps(data, indent=2, allow_nan=False) + "\n",
-             render_markdown(data, analysis), render_html(data, analysis))
+    texts = (
+        json.dumps(data, indent=2, allow_nan=False) + "\n",
+        render_markdown(data, analysis),
+        render_html(data, analysis),
+    )
     paths = [out / name for name in REPORT_FILES]
     for path, text in zip(paths, texts, strict=True):
         write_atomic(path, text)

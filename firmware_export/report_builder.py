@@ -42,20 +42,20 @@ class ReportInputs:
     float_tflite: bytes | None = None
     onnx_bytes: bytes | None = None
     module: nn.Module | None = None
-    samples: np.ndarray | None = None          # float, PyTorch layout (verification samples)
+    samples: np.ndarray | None = None  # float, PyTorch layout (verification samples)
     rewrites: tuple[str, ...] = ()
     calib_count: int = 0
-    float_reference: np.ndarray | None = None   # Keras sources: the float model's outputs
-    channels_last: bool = False                  # samples are already NHWC (Keras sources)
+    float_reference: np.ndarray | None = None  # Keras sources: the float model's outputs
+    channels_last: bool = False  # samples are already NHWC (Keras sources)
 
 
 @dataclass(frozen=True)
 class ArenaFigures:
     """Measured arena, the margin added for the device, and the analytical lower bound."""
 
-    measured: int | None          # TFLM recording allocator on this host (None: TFLM can't run it)
-    smallest: int | None          # bisection: smallest arena TFLM runs in
-    lower_bound: int              # peak of live activation bytes in execution order
+    measured: int | None  # TFLM recording allocator on this host (None: TFLM can't run it)
+    smallest: int | None  # bisection: smallest arena TFLM runs in
+    lower_bound: int  # peak of live activation bytes in execution order
     margin: int
     margin_reason: str
 
@@ -70,8 +70,9 @@ class ArenaFigures:
         return self.base + self.margin
 
 
-def arena_figures(model_bytes: bytes, analysis: ModelAnalysis, runnable: bool,
-                  fraction: float, minimum: int) -> ArenaFigures:
+def arena_figures(
+    model_bytes: bytes, analysis: ModelAnalysis, runnable: bool, fraction: float, minimum: int
+) -> ArenaFigures:
     """Measure the arena on TFLM (when it can run the model) and add the device margin."""
     measured = smallest = None
     if runnable:
@@ -80,11 +81,16 @@ def arena_figures(model_bytes: bytes, analysis: ModelAnalysis, runnable: bool,
     base = smallest if smallest is not None else analysis.activation_lower_bound_bytes
     margin = max(minimum, math.ceil(base * fraction))
     margin = (margin + 15) // 16 * 16
-    reason = (f"max({minimum} B, {fraction:.0%} of the measured arena), rounded to 16 B: the host "
-              "measurement uses 64-bit pointers and TFLM's reference kernels; a 32-bit Cortex-M with "
-              "optimized kernels (CMSIS-NN) needs scratch buffers the host does not")
+    reason = (
+        f"max({minimum} B, {fraction:.0%} of the measured arena), rounded to 16 B: the host "
+        "measurement uses 64-bit pointers and TFLM's reference kernels; a 32-bit Cortex-M with "
+        "optimized kernels (CMSIS-NN) needs scratch buffers the host does not"
+    )
     if measured is None:
-        reason = "TFLM cannot run this model; the base is the analytical lower bound, an estimate. " + reason
+        reason = (
+            "TFLM cannot run this model; the base is the analytical lower bound, an estimate. "
+            + reason
+        )
     return ArenaFigures(measured, smallest, analysis.activation_lower_bound_bytes, margin, reason)
 
 
@@ -110,42 +116,82 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
         runnable = set(ops) <= tflm_builtin_ops()
     with timer("verify"):
         verify = run_verification(
-            VerifyInputs(inp.model_bytes, inp.float_tflite, inp.onnx_bytes, inp.module, inp.samples,
-                         runnable, inp.float_reference, inp.channels_last),
-            float_tolerance=opts.float_tolerance, min_cosine=opts.min_cosine,
-            tflm_tolerance_lsb=opts.tflm_tolerance_lsb)
+            VerifyInputs(
+                inp.model_bytes,
+                inp.float_tflite,
+                inp.onnx_bytes,
+                inp.module,
+                inp.samples,
+                runnable,
+                inp.float_reference,
+                inp.channels_last,
+            ),
+            float_tolerance=opts.float_tolerance,
+            min_cosine=opts.min_cosine,
+            tflm_tolerance_lsb=opts.tflm_tolerance_lsb,
+        )
     with timer("arena"):
-        arena = arena_figures(inp.model_bytes, analysis, runnable, opts.arena_margin_fraction,
-                              opts.arena_margin_min_bytes)
+        arena = arena_figures(
+            inp.model_bytes,
+            analysis,
+            runnable,
+            opts.arena_margin_fraction,
+            opts.arena_margin_min_bytes,
+        )
     sources = c_sources(inp, analysis, arena, ops) if runnable else None
     io_bytes = sum(t.nbytes for t in (*analysis.inputs, *analysis.outputs))
-    budget = check_budget(inp.profile, model_bytes=len(inp.model_bytes), arena_bytes=arena.for_device,
-                          io_bytes=io_bytes, macs=analysis.macs)
+    budget = check_budget(
+        inp.profile,
+        model_bytes=len(inp.model_bytes),
+        arena_bytes=arena.for_device,
+        io_bytes=io_bytes,
+        macs=analysis.macs,
+    )
     report = build_report_dict(
-        analysis=analysis, budget=budget, profile=inp.profile, arena_bytes=arena.base,
-        arena_margin_bytes=arena.margin, arena_margin_reason=arena.margin_reason, verify=verify,
-        lint=lint, extra=_extra(inp, arena, ops, runnable, analysis),
+        analysis=analysis,
+        budget=budget,
+        profile=inp.profile,
+        arena_bytes=arena.base,
+        arena_margin_bytes=arena.margin,
+        arena_margin_reason=arena.margin_reason,
+        verify=verify,
+        lint=lint,
+        extra=_extra(inp, arena, ops, runnable, analysis),
     )
     return Analysed(report, analysis, budget, sources)
 
 
-def _extra(inp: ReportInputs, arena: ArenaFigures, ops: list[str], runnable: bool,
-           analysis: ModelAnalysis) -> dict[str, Any]:
+def _extra(
+    inp: ReportInputs, arena: ArenaFigures, ops: list[str], runnable: bool, analysis: ModelAnalysis
+) -> dict[str, Any]:
     p = inp.profile
     latency = None
     if p.cycles_per_mac is not None:
-        latency = {"ms": analysis.macs * p.cycles_per_mac / (p.clock_mhz * 1e3), "estimate": True,
-                   "formula": "MACs x cycles_per_mac / clock",
-                   "source": p.cycles_per_mac_source or "profile"}
+        latency = {
+            "ms": analysis.macs * p.cycles_per_mac / (p.clock_mhz * 1e3),
+            "estimate": True,
+            "formula": "MACs x cycles_per_mac / clock",
+            "source": p.cycles_per_mac_source or "profile",
+        }
     return {
-        "name": inp.name, "source": inp.source, "sha256": _sha(inp.model_bytes),
-        "tinyprune_version": __version__, "rewrites": list(inp.rewrites),
+        "name": inp.name,
+        "source": inp.source,
+        "sha256": _sha(inp.model_bytes),
+        "tinyprune_version": __version__,
+        "rewrites": list(inp.rewrites),
         "calibration_samples": inp.calib_count,
         "verify_samples": 0 if inp.samples is None else len(inp.samples),
-        "tflm_runnable": runnable, "ops_used": ops, "latency_estimate": latency,
-        "arena": {"recorded_bytes": arena.measured, "smallest_bytes": arena.smallest,
-                  "lower_bound_bytes": arena.lower_bound, "margin_bytes": arena.margin,
-                  "header_bytes": arena.for_device, "measured": arena.measured is not None},
+        "tflm_runnable": runnable,
+        "ops_used": ops,
+        "latency_estimate": latency,
+        "arena": {
+            "recorded_bytes": arena.measured,
+            "smallest_bytes": arena.smallest,
+            "lower_bound_bytes": arena.lower_bound,
+            "margin_bytes": arena.margin,
+            "header_bytes": arena.for_device,
+            "measured": arena.measured is not None,
+        },
         "float_ops": float_ops(inp.model_bytes),
         "sparsity_note": _sparsity_note(analysis, p.runtime),
     }
@@ -157,9 +203,12 @@ def float_ops(model_bytes: bytes) -> list[str]:
     from firmware_export.tflite_model import parse_tflite
 
     model = parse_tflite(model_bytes)
-    return [f"op {op.index} {op.name}" for op in model.ops
-            if op.name not in ("DEQUANTIZE", "QUANTIZE")
-            and any(model.tensors[t].dtype == "FLOAT32" for t in op.outputs if t >= 0)]
+    return [
+        f"op {op.index} {op.name}"
+        for op in model.ops
+        if op.name not in ("DEQUANTIZE", "QUANTIZE")
+        and any(model.tensors[t].dtype == "FLOAT32" for t in op.outputs if t >= 0)
+    ]
 
 
 def _sparsity_note(analysis: ModelAnalysis, runtime: str) -> str | None:
@@ -168,25 +217,40 @@ def _sparsity_note(analysis: ModelAnalysis, runtime: str) -> str | None:
         return None
     zeros = f"{1 - analysis.density:.0%} of the weights are zero"
     if runtime == "tflm":
-        return (f"{zeros}, but TFLM has no sparse kernels and stores weights dense: flash, arena "
-                "and latency do not shrink with unstructured sparsity (non-zero MACs are shown for "
-                "reference only); prune channels (structured) to make the model smaller and faster")
-    return (f"{zeros}; LiteRT runs dense kernels, so latency and RAM do not shrink; the sparse "
-            "TFLite encoding (report['sparse'], when smaller) only shrinks the file")
+        return (
+            f"{zeros}, but TFLM has no sparse kernels and stores weights dense: flash, arena "
+            "and latency do not shrink with unstructured sparsity (non-zero MACs are shown for "
+            "reference only); prune channels (structured) to make the model smaller and faster"
+        )
+    return (
+        f"{zeros}; LiteRT runs dense kernels, so latency and RAM do not shrink; the sparse "
+        "TFLite encoding (report['sparse'], when smaller) only shrinks the file"
+    )
 
 
-def c_sources(inp: ReportInputs, analysis: ModelAnalysis, arena: ArenaFigures,
-              ops: list[str]) -> CSource:
+def c_sources(
+    inp: ReportInputs, analysis: ModelAnalysis, arena: ArenaFigures, ops: list[str]
+) -> CSource:
     """Render model_data.h/.cc for the model."""
+
     def spec(t: Any) -> TensorSpec:
-        return TensorSpec(tuple(t.shape), t.dtype, t.scale[0] if t.scale else 0.0,
-                          t.zero_point[0] if t.zero_point else 0)
+        return TensorSpec(
+            tuple(t.shape),
+            t.dtype,
+            t.scale[0] if t.scale else 0.0,
+            t.zero_point[0] if t.zero_point else 0,
+        )
 
     info = CModelInfo(
-        name=inp.name, inputs=tuple(spec(t) for t in analysis.inputs),
-        outputs=tuple(spec(t) for t in analysis.outputs), arena_bytes=arena.base,
-        arena_margin_bytes=arena.margin, arena_margin_reason=arena.margin_reason,
-        tflm_ops=tuple(ops), tinyprune_version=__version__, sha256=_sha(inp.model_bytes),
+        name=inp.name,
+        inputs=tuple(spec(t) for t in analysis.inputs),
+        outputs=tuple(spec(t) for t in analysis.outputs),
+        arena_bytes=arena.base,
+        arena_margin_bytes=arena.margin,
+        arena_margin_reason=arena.margin_reason,
+        tflm_ops=tuple(ops),
+        tinyprune_version=__version__,
+        sha256=_sha(inp.model_bytes),
     )
     return to_c_source(inp.model_bytes, info)
 

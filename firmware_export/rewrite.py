@@ -26,6 +26,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+
 def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else (int(v[0]), int(v[1]), int(v[2]))
 
@@ -37,15 +38,17 @@ class Pool3dAs2d(nn.Module):
     ``divisor_override`` (the divisor of a box window is the product of per-axis counts).
     """
 
-    def __init__(self, kind: str, kernel: Any, stride: Any, padding: Any,
-                 count_include_pad: bool = True) -> None:
+    def __init__(
+        self, kind: str, kernel: Any, stride: Any, padding: Any, count_include_pad: bool = True
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.kernel, self.stride, self.padding = _triple(kernel), _triple(stride), _triple(padding)
         self.count_include_pad = count_include_pad
 
-    def _pool(self, x: torch.Tensor, k: tuple[int, int], s: tuple[int, int],
-              p: tuple[int, int]) -> torch.Tensor:
+    def _pool(
+        self, x: torch.Tensor, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int]
+    ) -> torch.Tensor:
         if self.kind == "max":
             return F.max_pool2d(x, k, s, p)
         return F.avg_pool2d(x, k, s, p, count_include_pad=self.count_include_pad)
@@ -81,8 +84,13 @@ class Pool3dAsSlices(nn.Module):
         (kt, kh, kw), (st, sh, sw), (ot, oh, ow) = self.kernel, self.stride, outs
 
         def window(a: int, b: int, c: int) -> torch.Tensor:
-            return x[:, :, a : a + st * (ot - 1) + 1 : st, b : b + sh * (oh - 1) + 1 : sh,
-                     c : c + sw * (ow - 1) + 1 : sw]
+            return x[
+                :,
+                :,
+                a : a + st * (ot - 1) + 1 : st,
+                b : b + sh * (oh - 1) + 1 : sh,
+                c : c + sw * (ow - 1) + 1 : sw,
+            ]
 
         offsets = list(itertools.product(range(kt), range(kh), range(kw)))
         acc = window(*offsets[0])
@@ -91,7 +99,9 @@ class Pool3dAsSlices(nn.Module):
         return acc if self.kind == "max" else acc * (1.0 / (kt * kh * kw))
 
 
-def _pool3d(kind: str, kernel: Any, stride: Any, padding: Any, count_include_pad: bool = True) -> nn.Module:
+def _pool3d(
+    kind: str, kernel: Any, stride: Any, padding: Any, count_include_pad: bool = True
+) -> nn.Module:
     if _triple(padding) == (0, 0, 0):
         return Pool3dAsSlices(kind, kernel, stride)
     return Pool3dAs2d(kind, kernel, stride, padding, count_include_pad)
@@ -105,7 +115,9 @@ def _pool3d_replacement(m: nn.Module) -> nn.Module | None:
     if isinstance(m, nn.AvgPool3d):
         if m.ceil_mode or m.divisor_override is not None:
             return None
-        return _pool3d("avg", m.kernel_size, m.stride or m.kernel_size, m.padding, m.count_include_pad)
+        return _pool3d(
+            "avg", m.kernel_size, m.stride or m.kernel_size, m.padding, m.count_include_pad
+        )
     return None
 
 
@@ -132,7 +144,10 @@ class AdaptiveAvgPool3dAs2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, h, w = x.shape[-3:]
-        out = [o if o is not None else i for o, i in zip(_triple(self.output_size), (t, h, w), strict=True)]
+        out = [
+            o if o is not None else i
+            for o, i in zip(_triple(self.output_size), (t, h, w), strict=True)
+        ]
         if out[0] == t and out[1:] == [1, 1]:
             return x.mean(dim=(3, 4), keepdim=True)
         k = tuple(i // o for i, o in zip((t, h, w), out, strict=True))
@@ -143,8 +158,11 @@ def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str
     """Replace AdaptiveAvgPool3d layers whose windows are uniform for this input size."""
     sizes: dict[str, tuple[int, ...]] = {}
     hooks = [
-        m.register_forward_hook(lambda mod, inp, out, n=n: sizes.__setitem__(n, tuple(inp[0].shape)))
-        for n, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool3d)
+        m.register_forward_hook(
+            lambda mod, inp, out, n=n: sizes.__setitem__(n, tuple(inp[0].shape))
+        )
+        for n, m in model.named_modules()
+        if isinstance(m, nn.AdaptiveAvgPool3d)
     ]
     with torch.no_grad():
         model(sample)
@@ -153,7 +171,9 @@ def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str
     done = []
     for name, shape in sizes.items():
         m = model.get_submodule(name)
-        out = _triple(m.output_size) if not isinstance(m.output_size, int) else _triple(m.output_size)
+        out = (
+            _triple(m.output_size) if not isinstance(m.output_size, int) else _triple(m.output_size)
+        )
         out = tuple(o if o is not None else i for o, i in zip(out, shape[-3:], strict=True))
         if all(i % o == 0 for i, o in zip(shape[-3:], out, strict=True)):
             parent_name, _, child = name.rpartition(".")

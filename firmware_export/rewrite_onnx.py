@@ -64,7 +64,12 @@ def rewrite_maxpool_padding(onnx_model: Any) -> list[str]:
     for node in graph.node:
         pads = next((list(a.ints) for a in node.attribute if a.name == "pads"), [])
         src = producers.get(node.input[0]) if node.input else None
-        if node.op_type != "MaxPool" or not any(pads) or src is None or not _non_negative(src, inits):
+        if (
+            node.op_type != "MaxPool"
+            or not any(pads)
+            or src is None
+            or not _non_negative(src, inits)
+        ):
             new_nodes.append(node)
             continue
         rank = len(pads) // 2
@@ -72,8 +77,15 @@ def rewrite_maxpool_padding(onnx_model: Any) -> list[str]:
         full = [0, 0, *pads[:rank], 0, 0, *pads[rank:]]
         graph.initializer.append(numpy_helper.from_array(np.array(full, dtype=np.int64), pad_name))
         padded = f"{node.input[0]}_zero_padded_for_{node.name or node.output[0]}"
-        new_nodes.append(helper.make_node("Pad", [node.input[0], pad_name], [padded], mode="constant",
-                                          name=f"{node.name}_ZeroPad"))
+        new_nodes.append(
+            helper.make_node(
+                "Pad",
+                [node.input[0], pad_name],
+                [padded],
+                mode="constant",
+                name=f"{node.name}_ZeroPad",
+            )
+        )
         for a in node.attribute:
             if a.name == "pads":
                 del a.ints[:]
@@ -122,9 +134,16 @@ def rewrite_channel_shuffle(onnx_model: Any) -> list[str]:
         k = np.arange(g * cpg)
         perm = (k % g) * cpg + k // g
         name = f"{last.name or last.output[0]}_shuffle_indices"
-        graph.initializer.append(numpy_helper.from_array(perm.astype(np.int32), name))  # TFLM gathers with int32 positions only
-        gather = helper.make_node("Gather", [first.input[0], name], [last.output[0]], axis=1,
-                                  name=f"{last.name}_ChannelShuffle")
+        graph.initializer.append(
+            numpy_helper.from_array(perm.astype(np.int32), name)
+        )  # TFLM gathers with int32 positions only
+        gather = helper.make_node(
+            "Gather",
+            [first.input[0], name],
+            [last.output[0]],
+            axis=1,
+            name=f"{last.name}_ChannelShuffle",
+        )
         graph.node.insert(list(graph.node).index(last), gather)
         drop |= {id(first), id(transpose), id(last)}
         done.append(last.name or last.output[0])
@@ -134,7 +153,9 @@ def rewrite_channel_shuffle(onnx_model: Any) -> list[str]:
     return done
 
 
-def _shuffle_chain(first: Any, consts: dict[str, np.ndarray], users: dict[str, list[Any]]) -> tuple | None:
+def _shuffle_chain(
+    first: Any, consts: dict[str, np.ndarray], users: dict[str, list[Any]]
+) -> tuple | None:
     if first.op_type != "Reshape" or first.input[1] not in consts:
         return None
     shape = consts[first.input[1]]
@@ -148,7 +169,11 @@ def _shuffle_chain(first: Any, consts: dict[str, np.ndarray], users: dict[str, l
         return None
     last = after[0]
     out_shape = consts.get(last.input[1])
-    if out_shape is None or out_shape.shape != (4,) or int(out_shape[1]) != int(shape[1] * shape[2]):
+    if (
+        out_shape is None
+        or out_shape.shape != (4,)
+        or int(out_shape[1]) != int(shape[1] * shape[2])
+    ):
         return None
     return first, transpose, last
 
@@ -171,7 +196,9 @@ def rewrite_hardsigmoid(onnx_model: Any) -> list[str]:
             graph.initializer.append(numpy_helper.from_array(np.array(v, dtype=np.float32), n))
         new_nodes += [
             helper.make_node("Add", [node.input[0], names[0]], [names[4]], name=f"{base}_Add"),
-            helper.make_node("Clip", [names[4], names[1], names[2]], [names[5]], name=f"{base}_Clip"),
+            helper.make_node(
+                "Clip", [names[4], names[1], names[2]], [names[5]], name=f"{base}_Clip"
+            ),
             helper.make_node("Mul", [names[5], names[3]], [node.output[0]], name=f"{base}_Mul"),
         ]
         done.append(base)

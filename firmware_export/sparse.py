@@ -74,16 +74,29 @@ class SparseResult:
     def to_report(self, file_name: str = "model_int8_sparse.tflite") -> dict[str, Any]:
         """JSON-ready ``report["sparse"]`` section."""
         return {
-            "file": file_name, "bytes": self.sparse_bytes, "dense_bytes": self.dense_bytes,
-            "saved_bytes": self.dense_bytes - self.sparse_bytes, "ratio": round(self.ratio, 4),
-            "sparse_tensors": self.sparse_tensors, "densify_ops": self.densify_ops,
-            "verify": {"resolver": "builtin", "samples": self.samples,
-                       "max_abs_diff_lsb": self.max_abs_diff, "identical": self.identical},
-            "runtimes": {"litert_builtin": True, "litert_xnnpack": self.xnnpack_runs,
-                         "tflm": False},
-            "note": ("load with OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES on LiteRT; "
-                     "TFLM has no DENSIFY op; weights are densified in RAM at load, so memory "
-                     "and latency are those of the dense model"),
+            "file": file_name,
+            "bytes": self.sparse_bytes,
+            "dense_bytes": self.dense_bytes,
+            "saved_bytes": self.dense_bytes - self.sparse_bytes,
+            "ratio": round(self.ratio, 4),
+            "sparse_tensors": self.sparse_tensors,
+            "densify_ops": self.densify_ops,
+            "verify": {
+                "resolver": "builtin",
+                "samples": self.samples,
+                "max_abs_diff_lsb": self.max_abs_diff,
+                "identical": self.identical,
+            },
+            "runtimes": {
+                "litert_builtin": True,
+                "litert_xnnpack": self.xnnpack_runs,
+                "tflm": False,
+            },
+            "note": (
+                "load with OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES on LiteRT; "
+                "TFLM has no DENSIFY op; weights are densified in RAM at load, so memory "
+                "and latency are those of the dense model"
+            ),
         }
 
 
@@ -152,17 +165,23 @@ def sparse_tflite(
     sparse = quantize_int8(Path(saved_model_dir), calib, per_channel=per_channel, sparse=True)
     n_sparse, n_densify = count_sparse(sparse)
     if len(sparse) >= len(dense_bytes) or n_sparse == 0:
-        logger.info("sparse TFLite not kept: %d bytes vs %d dense, %d sparse tensors",
-                    len(sparse), len(dense_bytes), n_sparse)
+        logger.info(
+            "sparse TFLite not kept: %d bytes vs %d dense, %d sparse tensors",
+            len(sparse),
+            len(dense_bytes),
+            n_sparse,
+        )
         return None
     x = inputs if inputs is not None else int8_inputs(dense_bytes, calib, verify_samples)
     # builtin kernels without XNNPACK: how a Raspberry Pi loads the sparse model (and the
     # reference resolver lacks some kernels, e.g. ELU)
     diff = _max_diff(run_litert(dense_bytes, x, "builtin"), run_litert(sparse, x, "builtin"))
     if diff != 0:
-        msg = (f"the sparse TFLite model's LiteRT outputs differ from the dense model's by up to "
-               f"{diff} LSB on {len(x)} int8 inputs (expected identical); ship the dense "
-               "model_int8.tflite only")
+        msg = (
+            f"the sparse TFLite model's LiteRT outputs differ from the dense model's by up to "
+            f"{diff} LSB on {len(x)} int8 inputs (expected identical); ship the dense "
+            "model_int8.tflite only"
+        )
         raise VerificationError(msg, stage="sparse")
     xnnpack = _runs_on_xnnpack(sparse, x[:1]) if check_xnnpack else None
     return SparseResult(sparse, len(dense_bytes), n_sparse, n_densify, len(x), diff, xnnpack)
@@ -185,5 +204,8 @@ def _runs_on_xnnpack(model_bytes: bytes, x: np.ndarray) -> bool:
 
 
 __all__ = [
-    "SparseResult", "count_sparse", "int8_inputs", "sparse_tflite",
+    "SparseResult",
+    "count_sparse",
+    "int8_inputs",
+    "sparse_tflite",
 ]

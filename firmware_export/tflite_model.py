@@ -15,8 +15,17 @@ import numpy as np
 from tinyprune.errors import ConfigError
 
 _NUMPY_TYPES = {
-    0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_,
-    7: np.int16, 9: np.int8, 10: np.float64, 16: np.uint32, 17: np.uint16,
+    0: np.float32,
+    1: np.float16,
+    2: np.int32,
+    3: np.uint8,
+    4: np.int64,
+    6: np.bool_,
+    7: np.int16,
+    9: np.int8,
+    10: np.float64,
+    16: np.uint32,
+    17: np.uint16,
 }
 
 
@@ -46,11 +55,11 @@ class TensorInfo:
     index: int
     name: str
     shape: tuple[int, ...]
-    dtype: str                      # schema name: INT8, INT32, FLOAT32, ...
+    dtype: str  # schema name: INT8, INT32, FLOAT32, ...
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     buffer: int
-    is_constant: bool               # has data in the flatbuffer (weights, biases, shapes)
+    is_constant: bool  # has data in the flatbuffer (weights, biases, shapes)
 
     @property
     def nbytes(self) -> int:
@@ -64,8 +73,8 @@ class OpInfo:
     """One operator of the main subgraph, in execution order."""
 
     index: int
-    name: str                       # builtin name, e.g. CONV_2D; custom ops: CUSTOM:<code>
-    inputs: tuple[int, ...]         # tensor indices, -1 for an omitted optional input
+    name: str  # builtin name, e.g. CONV_2D; custom ops: CUSTOM:<code>
+    inputs: tuple[int, ...]  # tensor indices, -1 for an omitted optional input
     outputs: tuple[int, ...]
 
 
@@ -104,7 +113,9 @@ def parse_tflite(data: bytes) -> TfliteModel:
     """Parse a ``.tflite`` flatbuffer; raise :class:`ConfigError` if it is not one."""
     schema = _schema()
     if len(data) < 8 or data[4:8] != b"TFL3":
-        msg = "not a TFLite flatbuffer (missing the 'TFL3' identifier): is the file a .tflite model?"
+        msg = (
+            "not a TFLite flatbuffer (missing the 'TFL3' identifier): is the file a .tflite model?"
+        )
         raise ConfigError(msg)
     try:
         model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
@@ -131,12 +142,22 @@ def _main_subgraph(model, data: bytes) -> TfliteModel:
     for i, t in enumerate(sg.tensors or []):
         q = t.quantization
         scale = tuple(float(s) for s in (q.scale if q is not None and q.scale is not None else []))
-        zp = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else []))
+        zp = tuple(
+            int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])
+        )
         name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
         shape = tuple(int(s) for s in (t.shape if t.shape is not None else []))
         tensors.append(
-            TensorInfo(i, name, shape, _type_names().get(t.type, str(t.type)), scale, zp,
-                       t.buffer, bool(t.buffer < len(buffers) and buffers[t.buffer]))
+            TensorInfo(
+                i,
+                name,
+                shape,
+                _type_names().get(t.type, str(t.type)),
+                scale,
+                zp,
+                t.buffer,
+                bool(t.buffer < len(buffers) and buffers[t.buffer]),
+            )
         )
     ops = []
     for i, op in enumerate(sg.operators or []):
@@ -144,12 +165,17 @@ def _main_subgraph(model, data: bytes) -> TfliteModel:
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         name = builtin_op_name(builtin)
         if name == "CUSTOM":
-            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+            custom = (
+                code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+            )
             name = f"CUSTOM:{custom}"
         ins = tuple(int(x) for x in (op.inputs if op.inputs is not None else []))
         outs = tuple(int(x) for x in (op.outputs if op.outputs is not None else []))
         ops.append(OpInfo(i, name, ins, outs))
     return TfliteModel(
-        tuple(tensors), tuple(ops), tuple(int(x) for x in sg.inputs), tuple(int(x) for x in sg.outputs),
+        tuple(tensors),
+        tuple(ops),
+        tuple(int(x) for x in sg.inputs),
+        tuple(int(x) for x in sg.outputs),
         tuple(buffers),
     )

@@ -55,7 +55,9 @@ _CRASH_FLOOR = 1024
 
 #: TFLM's arena allocators print this when the arena is short (tiny arenas then segfault).
 # "Too many buffers" comes from the memory planner, whose bookkeeping is carved from the arena.
-_SHORTAGE_RE = re.compile(r"Requested: \d+, available \d+, missing: \d+|Too many buffers \(max is \d+\)")
+_SHORTAGE_RE = re.compile(
+    r"Requested: \d+, available \d+, missing: \d+|Too many buffers \(max is \d+\)"
+)
 
 #: A generous arena for host runs when the caller does not give one.
 DEFAULT_HOST_ARENA = 1 << 20
@@ -240,8 +242,9 @@ def measure_arena(model_bytes: bytes, timeout: float = 300) -> ArenaMeasurement:
 def _recorded_total(model_bytes: bytes, timeout: float) -> tuple[int, str]:
     size = max(DEFAULT_HOST_ARENA, 16 * len(model_bytes))
     while size <= MAX_HOST_ARENA:
-        found = run_isolated(_record_child, bytes(model_bytes), size, timeout=timeout,
-                             stage="tflm-arena")
+        found = run_isolated(
+            _record_child, bytes(model_bytes), size, timeout=timeout, stage="tflm-arena"
+        )
         if found is not None:
             return found  # type: ignore[no-any-return]
         size *= 4
@@ -333,8 +336,9 @@ def tflm_tensors(
     )
 
 
-def tflm_runs_in(model_bytes: bytes, arena_bytes: int, timeout: float = 120,
-                 *, known_to_run: bool = False) -> bool:
+def tflm_runs_in(
+    model_bytes: bytes, arena_bytes: int, timeout: float = 120, *, known_to_run: bool = False
+) -> bool:
     """Whether TFLM creates the interpreter and invokes the model within ``arena_bytes``.
 
     Args:
@@ -351,7 +355,10 @@ def tflm_runs_in(model_bytes: bytes, arena_bytes: int, timeout: float = 120,
     try:
         return bool(
             run_isolated(
-                _fits_child, bytes(model_bytes), int(arena_bytes), timeout=timeout,
+                _fits_child,
+                bytes(model_bytes),
+                int(arena_bytes),
+                timeout=timeout,
                 stage="tflm-arena",
             )
         )

@@ -135,8 +135,12 @@ def compare_float(
     ref, cand = np.asarray(reference), np.asarray(candidate)
     f = _figures(ref, cand, name)
     return Comparison(
-        name, int(ref.shape[0]) if ref.ndim else 1, "output units", **f,
-        tolerance={"max_abs_max": float(tol_max_abs)}, passed=f["max_abs"] <= tol_max_abs,
+        name,
+        int(ref.shape[0]) if ref.ndim else 1,
+        "output units",
+        **f,
+        tolerance={"max_abs_max": float(tol_max_abs)},
+        passed=f["max_abs"] <= tol_max_abs,
         top1_agreement=_top1(ref, cand),
     )
 
@@ -177,8 +181,14 @@ def compare_quantized(
         tol["max_abs_max"] = float(max_abs)
         ok = ok and f["max_abs"] <= max_abs
     return Comparison(
-        name, int(ref.shape[0]) if ref.ndim else 1, "output units", **f, tolerance=tol,
-        passed=bool(ok), top1_agreement=top1, accuracy_reference=_accuracy(ref, labels),
+        name,
+        int(ref.shape[0]) if ref.ndim else 1,
+        "output units",
+        **f,
+        tolerance=tol,
+        passed=bool(ok),
+        top1_agreement=top1,
+        accuracy_reference=_accuracy(ref, labels),
         accuracy_candidate=_accuracy(cand, labels),
     )
 
@@ -268,7 +278,9 @@ def first_divergent_op(
             raise ConfigError(msg)
     batch = as_batch_of_one(model_bytes, sample)
     ref = run_isolated(
-        _litert_tensors_child, bytes(model_bytes), prepare_samples(model_bytes, batch)[0],
+        _litert_tensors_child,
+        bytes(model_bytes),
+        prepare_samples(model_bytes, batch)[0],
         stage="verify",
     )
     cand = tflm_tensors(candidate_model if candidate_model is not None else model_bytes, batch)
@@ -323,8 +335,12 @@ def check_runtime_parity(
     cand = run_tflm(tflm_model, int8_inputs, arena_bytes)
     f = _figures(ref, cand, "tflm_vs_litert_ref")
     comparison = Comparison(
-        "tflm_vs_litert_ref", len(ref), "LSB", **f,
-        tolerance={"max_abs_max": float(tolerance_lsb)}, passed=f["max_abs"] <= tolerance_lsb,
+        "tflm_vs_litert_ref",
+        len(ref),
+        "LSB",
+        **f,
+        tolerance={"max_abs_max": float(tolerance_lsb)},
+        passed=f["max_abs"] <= tolerance_lsb,
         top1_agreement=_top1(ref, cand),
     )
     if comparison.passed:
@@ -332,15 +348,20 @@ def check_runtime_parity(
     batch = prepare_samples(model_bytes, int8_inputs)
     msg, first = _parity_failure(model_bytes, tflm_model, batch, ref, cand, tolerance_lsb)
     if f["max_abs"] <= 1 and first is not None and " FULLY_CONNECTED " in f"{first} ":
-        return replace(comparison, passed=True, first_divergent_op=first,
-                       known_difference=KNOWN_FC_DIFFERENCE)
+        return replace(
+            comparison, passed=True, first_divergent_op=first, known_difference=KNOWN_FC_DIFFERENCE
+        )
     err = VerificationError(msg)
     err.comparison = replace(comparison, first_divergent_op=first)  # type: ignore[attr-defined]
     raise err
 
 
 def _parity_failure(
-    model_bytes: bytes, tflm_model: bytes, batch: np.ndarray, ref: np.ndarray, cand: np.ndarray,
+    model_bytes: bytes,
+    tflm_model: bytes,
+    batch: np.ndarray,
+    ref: np.ndarray,
+    cand: np.ndarray,
     tolerance_lsb: int,
 ) -> tuple[str, str | None]:
     """Explain a parity failure: how far, how often, where it starts, and the way out."""
@@ -373,8 +394,12 @@ def xnnpack_vs_ref(
     fast = run_litert(model_bytes, int8_inputs, "xnnpack")
     f = _figures(ref, fast, "litert_xnnpack_vs_ref")
     return Comparison(
-        "litert_xnnpack_vs_ref", len(ref), "LSB", **f,
-        tolerance={"max_abs_max": float(tolerance_lsb)}, passed=f["max_abs"] <= tolerance_lsb,
+        "litert_xnnpack_vs_ref",
+        len(ref),
+        "LSB",
+        **f,
+        tolerance={"max_abs_max": float(tolerance_lsb)},
+        passed=f["max_abs"] <= tolerance_lsb,
         top1_agreement=_top1(ref, fast),
     )
 
@@ -385,10 +410,15 @@ def xnnpack_vs_ref(
 def _litert_interpreter(model_bytes: bytes, resolver: str, preserve: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    kind = {"ref": OpResolverType.BUILTIN_REF, "xnnpack": OpResolverType.AUTO,
-            "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}[resolver]
+    kind = {
+        "ref": OpResolverType.BUILTIN_REF,
+        "xnnpack": OpResolverType.AUTO,
+        "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    }[resolver]
     interp = Interpreter(
-        model_content=model_bytes, num_threads=1, experimental_op_resolver_type=kind,
+        model_content=model_bytes,
+        num_threads=1,
+        experimental_op_resolver_type=kind,
         experimental_preserve_all_tensors=preserve,
     )
     interp.allocate_tensors()

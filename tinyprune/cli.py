@@ -30,52 +30,95 @@ example:
 
 
 def _add_export_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="cortex-m4",
-                   help="device profile name (see `tinyprune targets`) or a TOML profile path")
-    p.add_argument("--tflm-tolerance", type=int, default=0, metavar="LSB",
-                   help="accepted TFLM vs LiteRT reference difference (expected bit-identical)")
-    p.add_argument("--float-tolerance", type=float, default=1e-3,
-                   help="relative max-abs error accepted between torch, ONNX Runtime and float TFLite")
-    p.add_argument("--min-cosine", type=float, default=0.90,
-                   help="lowest accepted cosine similarity of int8 vs float outputs")
-    p.add_argument("--arena-margin", type=float, default=0.10, metavar="FRACTION",
-                   help="margin added to the measured TFLM arena in the header (32-bit targets, CMSIS-NN)")
+    p.add_argument(
+        "--target",
+        default="cortex-m4",
+        help="device profile name (see `tinyprune targets`) or a TOML profile path",
+    )
+    p.add_argument(
+        "--tflm-tolerance",
+        type=int,
+        default=0,
+        metavar="LSB",
+        help="accepted TFLM vs LiteRT reference difference (expected bit-identical)",
+    )
+    p.add_argument(
+        "--float-tolerance",
+        type=float,
+        default=1e-3,
+        help="relative max-abs error accepted between torch, ONNX Runtime and float TFLite",
+    )
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        default=0.90,
+        help="lowest accepted cosine similarity of int8 vs float outputs",
+    )
+    p.add_argument(
+        "--arena-margin",
+        type=float,
+        default=0.10,
+        metavar="FRACTION",
+        help="margin added to the measured TFLM arena in the header (32-bit targets, CMSIS-NN)",
+    )
     p.add_argument("--name", default=None, help="C identifier stem (default: the model's name)")
 
 
 def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
     from firmware_export.pipeline import ExportOptions
 
-    return ExportOptions(tflm_tolerance_lsb=args.tflm_tolerance, float_tolerance=args.float_tolerance,
-                         min_cosine=args.min_cosine, arena_margin_fraction=args.arena_margin,
-                         name=args.name, **extra)
+    return ExportOptions(
+        tflm_tolerance_lsb=args.tflm_tolerance,
+        float_tolerance=args.float_tolerance,
+        min_cosine=args.min_cosine,
+        arena_margin_fraction=args.arena_margin,
+        name=args.name,
+        **extra,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="tinyprune", description=__doc__.splitlines()[0],
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tinyprune",
+        description=__doc__.splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"tinyprune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("export", formatter_class=fmt,
-                       help="PyTorch/ONNX model -> verified int8 TFLite, C arrays and a budget report")
-    p.add_argument("model", help="zoo:NAME, file.py:factory, package.module:factory, .pt2, .onnx, "
-                                 "or a Keras .keras/.h5 file or SavedModel folder (calibration NHWC)")
+    p = sub.add_parser(
+        "export",
+        formatter_class=fmt,
+        help="PyTorch/ONNX model -> verified int8 TFLite, C arrays and a budget report",
+    )
+    p.add_argument(
+        "model",
+        help="zoo:NAME, file.py:factory, package.module:factory, .pt2, .onnx, "
+        "or a Keras .keras/.h5 file or SavedModel folder (calibration NHWC)",
+    )
     p.add_argument("--calib", required=True, help=".npy float32 samples, (N,C,H,W) or (N,C,T,H,W)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--calib-cap", type=int, default=512, help="most calibration samples used")
-    p.add_argument("--verify-samples", type=int, default=32, help="samples run through every runtime")
+    p.add_argument(
+        "--verify-samples", type=int, default=32, help="samples run through every runtime"
+    )
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
     _add_export_options(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", formatter_class=fmt,
-                       help="re-check a run folder or any .tflite against a device profile")
+    p = sub.add_parser(
+        "report",
+        formatter_class=fmt,
+        help="re-check a run folder or any .tflite against a device profile",
+    )
     p.add_argument("path", help="run folder (with model_int8.tflite) or a .tflite file")
-    p.add_argument("--out", default=None, help="where to write report.* (default: beside the model)")
+    p.add_argument(
+        "--out", default=None, help="where to write report.* (default: beside the model)"
+    )
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
     _add_export_options(p)
     p.set_defaults(func=cmd_report)
@@ -111,11 +154,16 @@ def _print_summary(result: Any, console: Any) -> None:
     for line in summary_lines(result.report):
         console.print(line, highlight=False, markup=False)
     if result.report.get("float_ops"):
-        console.print(f"warning: ops still computing in float: {', '.join(result.report['float_ops'])}",
-                      highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"warning: ops still computing in float: {', '.join(result.report['float_ops'])}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if result.report.get("sparsity_note"):
-        console.print(f"note: {result.report['sparsity_note']}", highlight=False, markup=False,
-                      soft_wrap=True)
+        console.print(
+            f"note: {result.report['sparsity_note']}", highlight=False, markup=False, soft_wrap=True
+        )
 
 
 def _run_job(job: Any, args: argparse.Namespace) -> int:
@@ -138,17 +186,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     from firmware_export.pipeline import export
 
     opts = _export_options(args, calib_cap=args.calib_cap, verify_samples=args.verify_samples)
-    return _run_job(lambda on_stage: export(args.model, args.calib, target=args.target,
-                                            out_dir=args.out, options=opts, on_stage=on_stage), args)
+    return _run_job(
+        lambda on_stage: export(
+            args.model,
+            args.calib,
+            target=args.target,
+            out_dir=args.out,
+            options=opts,
+            on_stage=on_stage,
+        ),
+        args,
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``tinyprune report``."""
     from firmware_export.recheck import report_existing
 
-    return _run_job(lambda on_stage: report_existing(args.path, target=args.target, out_dir=args.out,
-                                                     options=_export_options(args),
-                                                     on_stage=on_stage), args)
+    return _run_job(
+        lambda on_stage: report_existing(
+            args.path,
+            target=args.target,
+            out_dir=args.out,
+            options=_export_options(args),
+            on_stage=on_stage,
+        ),
+        args,
+    )
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -157,8 +221,10 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
     for name in list_profiles():
         p = load_profile(name)
-        print(f"{name:14s} {p.runtime:7s} flash {p.flash_bytes // 1024:>8d} KiB  "
-              f"RAM {p.ram_bytes // 1024:>8d} KiB  {p.clock_mhz:>5g} MHz  {p.description}")
+        print(
+            f"{name:14s} {p.runtime:7s} flash {p.flash_bytes // 1024:>8d} KiB  "
+            f"RAM {p.ram_bytes // 1024:>8d} KiB  {p.clock_mhz:>5g} MHz  {p.description}"
+        )
     return 0
 
 
@@ -166,8 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return int(args.func(args))
     except TinypruneError as e:
@@ -180,8 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception:
         traceback.print_exc()
-        print("tinyprune: internal error (a bug): please report it with the traceback above",
-              file=sys.stderr)
+        print(
+            "tinyprune: internal error (a bug): please report it with the traceback above",
+            file=sys.stderr,
+        )
         return 1
 
 

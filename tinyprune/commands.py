@@ -22,54 +22,100 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p = sub.add_parser("criteria", help="list the pruning criteria")
     p.set_defaults(func=cmd_criteria)
 
-    p = sub.add_parser("train", formatter_class=fmt, help="train a model on a data set and save a run")
+    p = sub.add_parser(
+        "train", formatter_class=fmt, help="train a model on a data set and save a run"
+    )
     p.add_argument("model", help="zoo:NAME, file.py:factory or package.module:factory")
-    p.add_argument("--data", required=True,
-                   help="digits, synthetic-rppg, pure:/path, ubfc:/path or cifar10:/path")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="digits, synthetic-rppg, pure:/path, ubfc:/path or cifar10:/path",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run folder (model.pt2, checkpoint.pt, calib.npy, summary.json)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder (model.pt2, checkpoint.pt, calib.npy, summary.json)",
+    )
     _add_kwargs_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", formatter_class=fmt,
-                       help="print the task metric (accuracy or HR MAE) of a run or model on a data set")
-    p.add_argument("model", help="run folder (pruned.pt2 or model.pt2), .pt2, zoo:NAME or file.py:factory")
-    p.add_argument("--data", default=None,
-                   help="digits, synthetic-rppg, pure:/path, ubfc:/path, cifar10:/path "
-                        "(default: the run's summary.json data)")
-    p.add_argument("--split", default="test", help="test, val, train or an extra set (e.g. real_ppg)")
+    p = sub.add_parser(
+        "eval",
+        formatter_class=fmt,
+        help="print the task metric (accuracy or HR MAE) of a run or model on a data set",
+    )
+    p.add_argument(
+        "model", help="run folder (pruned.pt2 or model.pt2), .pt2, zoo:NAME or file.py:factory"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="digits, synthetic-rppg, pure:/path, ubfc:/path, cifar10:/path "
+        "(default: the run's summary.json data)",
+    )
+    p.add_argument(
+        "--split", default="test", help="test, val, train or an extra set (e.g. real_ppg)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="samples per forward pass")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("prune", formatter_class=fmt,
-                       help="train with a pruning criterion, prune, fine-tune; writes RUN/pruned.pt2")
+    p = sub.add_parser(
+        "prune",
+        formatter_class=fmt,
+        help="train with a pruning criterion, prune, fine-tune; writes RUN/pruned.pt2",
+    )
     p.add_argument("model", help="zoo:NAME, file.py:factory or package.module:factory")
-    p.add_argument("--data", required=True, help="digits, synthetic-rppg, pure:/path, ubfc:/path, cifar10:/path")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="digits, synthetic-rppg, pure:/path, ubfc:/path, cifar10:/path",
+    )
     p.add_argument("--criterion", required=True, help="see `tinyprune criteria`")
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--target-flops", type=float, help="FLOPs kept: fraction in (0, 1] or absolute FLOPs")
-    budget.add_argument("--target-params", type=float, help="params kept: fraction in (0, 1] or absolute count")
-    budget.add_argument("--sparsity", type=float, help="unstructured criteria: fraction of weights removed")
-    budget.add_argument("--target", default=None,
-                        help="device profile (name or TOML path): keep the largest network whose "
-                             "int8 export fits its flash and RAM (searched with a few exports)")
-    p.add_argument("--epochs", type=int, default=1, help="training epochs (with the criterion's hook)")
+    budget.add_argument(
+        "--target-flops", type=float, help="FLOPs kept: fraction in (0, 1] or absolute FLOPs"
+    )
+    budget.add_argument(
+        "--target-params", type=float, help="params kept: fraction in (0, 1] or absolute count"
+    )
+    budget.add_argument(
+        "--sparsity", type=float, help="unstructured criteria: fraction of weights removed"
+    )
+    budget.add_argument(
+        "--target",
+        default=None,
+        help="device profile (name or TOML path): keep the largest network whose "
+        "int8 export fits its flash and RAM (searched with a few exports)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=1, help="training epochs (with the criterion's hook)"
+    )
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--round-to", type=int, default=4, help="kept channel counts are multiples of this")
+    p.add_argument(
+        "--round-to", type=int, default=4, help="kept channel counts are multiples of this"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run folder (pruned.pt2, checkpoint.pt, calib.npy, summary.json)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder (pruned.pt2, checkpoint.pt, calib.npy, summary.json)",
+    )
     _add_kwargs_options(p)
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("demo", formatter_class=fmt,
-                       help="the main job on an embedded default: train on handwritten digits, "
-                            "prune, fine-tune, export to int8 for a Cortex-M4, report")
+    p = sub.add_parser(
+        "demo",
+        formatter_class=fmt,
+        help="the main job on an embedded default: train on handwritten digits, "
+        "prune, fine-tune, export to int8 for a Cortex-M4, report",
+    )
     p.add_argument("--out", default="tinyprune-demo", help="output folder")
     p.add_argument("--target", default="cortex-m4", help="device profile")
     p.add_argument("--epochs", type=int, default=20)
@@ -77,17 +123,27 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 
 
 def _add_kwargs_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-kw", action="append", metavar="KEY=VALUE",
-                   help="model factory option, repeatable (e.g. --model-kw width=8)")
-    p.add_argument("--data-kw", action="append", metavar="KEY=VALUE",
-                   help="data set option, repeatable (e.g. --data-kw size=16 --data-kw chunk=8)")
+    p.add_argument(
+        "--model-kw",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model factory option, repeatable (e.g. --model-kw width=8)",
+    )
+    p.add_argument(
+        "--data-kw",
+        action="append",
+        metavar="KEY=VALUE",
+        help="data set option, repeatable (e.g. --data-kw size=16 --data-kw chunk=8)",
+    )
 
 
 def _kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from tinyprune.workflows import parse_kwargs
 
-    return {"model_kwargs": parse_kwargs(args.model_kw, "--model-kw"),
-            "data_kwargs": parse_kwargs(args.data_kw, "--data-kw")}
+    return {
+        "model_kwargs": parse_kwargs(args.model_kw, "--model-kw"),
+        "data_kwargs": parse_kwargs(args.data_kw, "--data-kw"),
+    }
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -115,9 +171,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``tinyprune train``."""
     from tinyprune.workflows import train_run
 
-    files = train_run(args.model, args.data, args.out, epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty(),
-                      **_kwargs(args))
+    files = train_run(
+        args.model,
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+        **_kwargs(args),
+    )
     final = json.loads(files.summary.read_text())["fit"].get("final", {})
     print(f"final: {final}", file=sys.stderr)
     print(files.out_dir)
@@ -160,11 +224,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from tinyprune.data import build_dataset
+    from tinyprune.errors import ConfigError
     from tinyprune.model_source import ExportedModule, load_model
     from tinyprune.training import evaluate
     from tinyprune.workflows import task_metric
-
-    from tinyprune.errors import ConfigError
 
     spec, data = _eval_source(args.model, args.data)
     loaded = load_model(spec)
@@ -191,16 +254,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_eval_shape(sample: tuple[int, ...], shape: tuple[int, ...], spec: str, data: str) -> None:
+def _check_eval_shape(
+    sample: tuple[int, ...], shape: tuple[int, ...], spec: str, data: str
+) -> None:
     """Same shape, or a clip ``(C, T, H, W)`` for a frame-stacked ``(C, T*H, W)`` model."""
     from tinyprune.errors import ConfigError
 
     sample, shape = tuple(sample), tuple(shape)
-    stacked = (len(sample) == 4 and len(shape) == 3 and shape[0] == sample[0]
-               and shape[1] == sample[1] * sample[2] and shape[2] == sample[3])
+    stacked = (
+        len(sample) == 4
+        and len(shape) == 3
+        and shape[0] == sample[0]
+        and shape[1] == sample[1] * sample[2]
+        and shape[2] == sample[3]
+    )
     if sample != shape and not stacked:
-        msg = (f"data {data} gives samples of shape {tuple(sample)} but model {spec} expects "
-               f"{tuple(shape)}; pick matching sizes (model kwargs or data options)")
+        msg = (
+            f"data {data} gives samples of shape {tuple(sample)} but model {spec} expects "
+            f"{tuple(shape)}; pick matching sizes (model kwargs or data options)"
+        )
         raise ConfigError(msg)
 
 
@@ -208,21 +280,35 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """``tinyprune prune``."""
     from tinyprune.prune_job import prune_run
 
-    files = prune_run(args.model, args.data, args.criterion, args.out, target_flops=args.target_flops,
-                      target_params=args.target_params, sparsity=args.sparsity,
-                      target=args.target, epochs=args.epochs,
-                      finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
-                      seed=args.seed, round_to=args.round_to, progress=sys.stderr.isatty(),
-                      **_kwargs(args))
+    files = prune_run(
+        args.model,
+        args.data,
+        args.criterion,
+        args.out,
+        target_flops=args.target_flops,
+        target_params=args.target_params,
+        sparsity=args.sparsity,
+        target=args.target,
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        round_to=args.round_to,
+        progress=sys.stderr.isatty(),
+        **_kwargs(args),
+    )
     summary = json.loads(files.summary.read_text())
     for key in ("metric_before", "metric_trained", "metric_pruned", "metric_finetuned"):
         if key in summary:
             print(f"{key}: {summary[key]}", file=sys.stderr)
     if "target" in summary:
         t = summary["target"]
-        print(f"target {t['profile']}: kept {t['fraction']:.1%} of MACs; int8 flash "
-              f"{t['flash_bytes']} B, arena {t['arena_bytes']} B ({len(t['tried'])} trial exports)",
-              file=sys.stderr)
+        print(
+            f"target {t['profile']}: kept {t['fraction']:.1%} of MACs; int8 flash "
+            f"{t['flash_bytes']} B, arena {t['arena_bytes']} B ({len(t['tried'])} trial exports)",
+            file=sys.stderr,
+        )
     print(files.out_dir)
     return 0
 
@@ -234,19 +320,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tinyprune.prune_job import prune_run
 
     out = Path(args.out)
-    print("training micro_cnn on scikit-learn's handwritten digits, pruning 50 % of its MACs (l1), "
-          "fine-tuning ...", file=sys.stderr)
-    files = prune_run("zoo:micro_cnn", "digits", "l1", out / "pruned", target_flops=0.5,
-                      epochs=args.epochs, finetune_epochs=max(1, args.epochs // 3), lr=3e-3,
-                      progress=sys.stderr.isatty())
+    print(
+        "training micro_cnn on scikit-learn's handwritten digits, pruning 50 % of its MACs (l1), "
+        "fine-tuning ...",
+        file=sys.stderr,
+    )
+    files = prune_run(
+        "zoo:micro_cnn",
+        "digits",
+        "l1",
+        out / "pruned",
+        target_flops=0.5,
+        epochs=args.epochs,
+        finetune_epochs=max(1, args.epochs // 3),
+        lr=3e-3,
+        progress=sys.stderr.isatty(),
+    )
     summary = json.loads(files.summary.read_text())
     p = summary["prune"]
-    print(f"MACs {p['macs_before']:,} -> {p['macs_after']:,}; params {p['params_before']:,} -> "
-          f"{p['params_after']:,}; accuracy trained {summary['metric_trained']['accuracy']:.3f}, "
-          f"pruned {summary['metric_pruned']['accuracy']:.3f}, fine-tuned "
-          f"{summary['metric_finetuned']['accuracy']:.3f}", file=sys.stderr)
+    print(
+        f"MACs {p['macs_before']:,} -> {p['macs_after']:,}; params {p['params_before']:,} -> "
+        f"{p['params_after']:,}; accuracy trained {summary['metric_trained']['accuracy']:.3f}, "
+        f"pruned {summary['metric_pruned']['accuracy']:.3f}, fine-tuned "
+        f"{summary['metric_finetuned']['accuracy']:.3f}",
+        file=sys.stderr,
+    )
     print(f"exporting to int8 for {args.target} ...", file=sys.stderr)
-    result = export(str(files.program), files.calibration, target=args.target, out_dir=out / "export")
+    result = export(
+        str(files.program), files.calibration, target=args.target, out_dir=out / "export"
+    )
     for line in summary_lines(result.report):
         print(line, file=sys.stderr)
     print(result.out_dir)

@@ -55,8 +55,9 @@ def detrend(signal: ArrayLike, lam: float = 100.0) -> Array:
     return z - scipy.sparse.linalg.spsolve(a.tocsc(), z)
 
 
-def bandpass(signal: ArrayLike, fs: float, band: tuple[float, float] = DEFAULT_BAND_HZ,
-             order: int = 1) -> Array:
+def bandpass(
+    signal: ArrayLike, fs: float, band: tuple[float, float] = DEFAULT_BAND_HZ, order: int = 1
+) -> Array:
     """Zero-phase Butterworth band-pass (``filtfilt``), 1st order by default."""
     x = _as_1d(signal, "signal", 8)
     _check_band(band, fs)
@@ -64,9 +65,14 @@ def bandpass(signal: ArrayLike, fs: float, band: tuple[float, float] = DEFAULT_B
     return scipy.signal.filtfilt(b, a, x)
 
 
-def preprocess_bvp(bvp: ArrayLike, fs: float, *, diff: bool = False,
-                   detrend_lambda: float = 100.0,
-                   band: tuple[float, float] | None = DEFAULT_BAND_HZ) -> Array:
+def preprocess_bvp(
+    bvp: ArrayLike,
+    fs: float,
+    *,
+    diff: bool = False,
+    detrend_lambda: float = 100.0,
+    band: tuple[float, float] | None = DEFAULT_BAND_HZ,
+) -> Array:
     """Steps 1-3 of §9.1: cumsum (if ``diff``), detrend, band-pass (skipped if band is None)."""
     x = _as_1d(bvp, "BVP", 8)
     if diff:
@@ -86,8 +92,10 @@ def hr_fft(signal: ArrayLike, fs: float, band: tuple[float, float] = DEFAULT_BAN
     f, p = _periodogram(x, fs)
     mask = (f >= band[0]) & (f <= band[1])
     if not mask.any():
-        msg = (f"no periodogram bin in band {band} Hz for {x.size} samples at {fs} Hz; "
-               "use a longer signal")
+        msg = (
+            f"no periodogram bin in band {band} Hz for {x.size} samples at {fs} Hz; "
+            "use a longer signal"
+        )
         raise ConfigError(msg)
     return float(f[mask][np.argmax(p[mask])] * 60.0)
 
@@ -102,9 +110,15 @@ def hr_peaks(signal: ArrayLike, fs: float, max_bpm: float = 200.0) -> float:
     return float(60.0 / np.mean(np.diff(peaks) / fs))
 
 
-def hr_from_bvp(bvp: ArrayLike, fs: float, *, method: str = "fft", diff: bool = False,
-                band: tuple[float, float] = DEFAULT_BAND_HZ,
-                detrend_lambda: float = 100.0) -> float:
+def hr_from_bvp(
+    bvp: ArrayLike,
+    fs: float,
+    *,
+    method: str = "fft",
+    diff: bool = False,
+    band: tuple[float, float] = DEFAULT_BAND_HZ,
+    detrend_lambda: float = 100.0,
+) -> float:
     """Heart rate (bpm) of a BVP waveform, rPPG-Toolbox style (methods.md §9.1).
 
     Args:
@@ -125,8 +139,13 @@ def hr_from_bvp(bvp: ArrayLike, fs: float, *, method: str = "fft", diff: bool = 
     return hr_fft(x, fs, band) if method == "fft" else hr_peaks(x, fs)
 
 
-def snr_db(bvp: ArrayLike, hr_gt: float, fs: float, band: tuple[float, float] = DEFAULT_BAND_HZ,
-           tol_hz: float = 0.1) -> float:
+def snr_db(
+    bvp: ArrayLike,
+    hr_gt: float,
+    fs: float,
+    band: tuple[float, float] = DEFAULT_BAND_HZ,
+    tol_hz: float = 0.1,
+) -> float:
     """SNR (dB) of a waveform around the true HR (methods.md §9.3).
 
     Signal = periodogram power within ``f0 +- tol_hz`` and ``2 f0 +- tol_hz`` (f0 = HR/60);
@@ -208,10 +227,15 @@ def hr_errors(pred: ArrayLike, gt: ArrayLike) -> HRErrors:
     r, r_mse = pearson(p, g), rmse(p, g)
     se_mse = float(np.std(e**2) / math.sqrt(n))
     return HRErrors(
-        n=n, mae=mae(p, g), mae_se=float(np.std(np.abs(e)) / math.sqrt(n)),
-        rmse=r_mse, rmse_se=se_mse / (2 * r_mse) if r_mse > 0 else 0.0,
-        mape=mape(p, g), mape_se=float(np.std(100 * np.abs(e) / np.abs(g)) / math.sqrt(n)),
-        pearson=r, pearson_se=math.sqrt((1 - r**2) / (n - 2)) if n > 2 else float("nan"),
+        n=n,
+        mae=mae(p, g),
+        mae_se=float(np.std(np.abs(e)) / math.sqrt(n)),
+        rmse=r_mse,
+        rmse_se=se_mse / (2 * r_mse) if r_mse > 0 else 0.0,
+        mape=mape(p, g),
+        mape_se=float(np.std(100 * np.abs(e) / np.abs(g)) / math.sqrt(n)),
+        pearson=r,
+        pearson_se=math.sqrt((1 - r**2) / (n - 2)) if n > 2 else float("nan"),
     )
 
 
@@ -220,8 +244,10 @@ def top1_accuracy(logits: torch.Tensor | ArrayLike, labels: torch.Tensor | Array
     lg = torch.as_tensor(logits)
     lb = torch.as_tensor(labels).reshape(-1)
     if lg.dim() != 2 or lg.shape[0] != lb.shape[0] or lb.numel() == 0:
-        msg = (f"top1_accuracy expects logits (N, classes) and labels (N,), N > 0; "
-               f"got {tuple(lg.shape)} and {tuple(lb.shape)}")
+        msg = (
+            f"top1_accuracy expects logits (N, classes) and labels (N,), N > 0; "
+            f"got {tuple(lg.shape)} and {tuple(lb.shape)}"
+        )
         raise ConfigError(msg)
     return float((lg.argmax(dim=1) == lb.to(lg.device)).float().mean())
 
@@ -229,8 +255,10 @@ def top1_accuracy(logits: torch.Tensor | ArrayLike, labels: torch.Tensor | Array
 def neg_pearson_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Negative Pearson loss ``1 - r`` per clip (rows of ``(B, T)``), averaged over the batch."""
     if pred.shape != target.shape or pred.dim() != 2:
-        msg = (f"neg_pearson_loss expects pred and target of the same shape (B, T); "
-               f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+        msg = (
+            f"neg_pearson_loss expects pred and target of the same shape (B, T); "
+            f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
         raise ConfigError(msg)
     x = pred - pred.mean(dim=1, keepdim=True)
     y = target - target.mean(dim=1, keepdim=True)

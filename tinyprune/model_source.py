@@ -28,12 +28,12 @@ from tinyprune.errors import ConfigError, TinypruneError
 class LoadedModel:
     """A model ready for export: a torch module, or the path of an ONNX file."""
 
-    name: str                                  # used for C identifiers and report titles
-    source: str                                # the MODEL argument as given
+    name: str  # used for C identifiers and report titles
+    source: str  # the MODEL argument as given
     module: nn.Module | None = None
     onnx_path: Path | None = None
     input_shape: tuple[int, ...] | None = None  # per-sample PyTorch layout, when the model knows it
-    keras_path: Path | None = None             # a Keras model / SavedModel (export only)
+    keras_path: Path | None = None  # a Keras model / SavedModel (export only)
 
 
 def load_model(spec: str, **factory_kwargs: Any) -> LoadedModel:
@@ -47,11 +47,17 @@ def load_model(spec: str, **factory_kwargs: Any) -> LoadedModel:
     if spec.endswith(".pt2"):
         _require_file(path, "exported program")
         module = load_exported_program(path)
-        return LoadedModel(name=path.stem, source=spec, module=module,
-                           input_shape=getattr(module, "input_shape", None))
+        return LoadedModel(
+            name=path.stem,
+            source=spec,
+            module=module,
+            input_shape=getattr(module, "input_shape", None),
+        )
     if ":" not in spec:
-        msg = (f"cannot read MODEL {spec!r}; expected zoo:NAME, path/to/file.py:factory, "
-               "package.module:factory, a .pt2 exported program or a .onnx file")
+        msg = (
+            f"cannot read MODEL {spec!r}; expected zoo:NAME, path/to/file.py:factory, "
+            "package.module:factory, a .pt2 exported program or a .onnx file"
+        )
         raise ConfigError(msg)
     target, factory = spec.rsplit(":", 1)
     module_obj = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
@@ -62,8 +68,12 @@ def _from_zoo(spec: str, name: str, kwargs: dict[str, Any]) -> LoadedModel:
     from tinyprune.models import create_model
 
     model = create_model(name, **kwargs)
-    return LoadedModel(name=name, source=spec, module=model,
-                       input_shape=tuple(getattr(model, "input_shape", ())) or None)
+    return LoadedModel(
+        name=name,
+        source=spec,
+        module=model,
+        input_shape=tuple(getattr(model, "input_shape", ())) or None,
+    )
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -113,8 +123,12 @@ def _call_factory(spec: str, module_obj: Any, factory: str, kwargs: dict[str, An
         msg = f"{spec!r}: the factory returned {type(model).__name__}, expected a torch.nn.Module"
         raise ConfigError(msg)
     shape = getattr(model, "input_shape", None)
-    return LoadedModel(name=factory, source=spec, module=model,
-                       input_shape=tuple(shape) if shape is not None else None)
+    return LoadedModel(
+        name=factory,
+        source=spec,
+        module=model,
+        input_shape=tuple(shape) if shape is not None else None,
+    )
 
 
 class ExportedModule(nn.Module):
@@ -164,8 +178,10 @@ def load_exported_program(path: Path) -> nn.Module:
         with _weights_only_torch_load():
             program = torch.export.load(str(path))
     except Exception as e:
-        msg = (f"cannot load exported program {str(path)!r}: {type(e).__name__}: {e}. "
-               "Expected a file written by torch.export.save (tinyprune writes pruned.pt2)")
+        msg = (
+            f"cannot load exported program {str(path)!r}: {type(e).__name__}: {e}. "
+            "Expected a file written by torch.export.save (tinyprune writes pruned.pt2)"
+        )
         raise ConfigError(msg) from e
     module = ExportedModule(program.module())
     meta = program.example_inputs

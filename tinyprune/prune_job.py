@@ -53,13 +53,26 @@ class PruneSettings:
     de_heldout: int = 256
 
 
-def prune_run(model_spec: str, data_spec: str, criterion: str, out: str | Path, *,
-              target_flops: float | None = None, target_params: float | None = None,
-              sparsity: float | None = None, target: str | Path | None = None,
-              epochs: int = 1, finetune_epochs: int = 1, lr: float = 1e-3, batch_size: int = 32,
-              seed: int = 0, round_to: int = 4, progress: bool = True,
-              model_kwargs: dict[str, Any] | None = None,
-              data_kwargs: dict[str, Any] | None = None) -> RunFiles:
+def prune_run(
+    model_spec: str,
+    data_spec: str,
+    criterion: str,
+    out: str | Path,
+    *,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    sparsity: float | None = None,
+    target: str | Path | None = None,
+    epochs: int = 1,
+    finetune_epochs: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    round_to: int = 4,
+    progress: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+    data_kwargs: dict[str, Any] | None = None,
+) -> RunFiles:
     """Run the whole prune job and write ``pruned.pt2``, ``checkpoint.pt``, ``calib.npy``, ``summary.json``.
 
     With ``target`` (a device profile name or TOML path) the MACs fraction kept is searched so
@@ -81,7 +94,9 @@ def prune_run(model_spec: str, data_spec: str, criterion: str, out: str | Path, 
     spec = criteria.CRITERIA.get(criterion)  # unknown name -> UnknownNameError with a close match
     settings = PruneSettings(epochs, finetune_epochs, lr, batch_size, seed, round_to, progress)
     summary: dict[str, Any] = {"model": model_spec, "data": data_spec, "criterion": criterion}
-    calib = to_model_layout(bundle.calibration_batches(min(128, len(bundle.train)), seed=seed), model)
+    calib = to_model_layout(
+        bundle.calibration_batches(min(128, len(bundle.train)), seed=seed), model
+    )
     if getattr(spec, "granularity", None) == Granularity.ELEMENT:
         if target is not None:
             msg = f"--target needs a structured criterion; {criterion!r} is unstructured"
@@ -99,15 +114,23 @@ def prune_run(model_spec: str, data_spec: str, criterion: str, out: str | Path, 
             summary |= fit_profile_job(model, bundle, criterion, target, calib, settings)
         else:
             if sparsity is not None or (target_flops is None and target_params is None):
-                msg = (f"structured criterion {criterion!r} needs --target-flops and/or "
-                       "--target-params (or --target PROFILE), not --sparsity")
+                msg = (
+                    f"structured criterion {criterion!r} needs --target-flops and/or "
+                    "--target-params (or --target PROFILE), not --sparsity"
+                )
                 raise ConfigError(msg)
             from tinyprune.pruning.select import Budget
 
             budget = Budget(target_flops, target_params)
             summary |= prune_structured_job(model, bundle, criterion, budget, settings)
-    return save_run(Path(out), model, {"name": loaded.name, "source": model_spec}, calib, summary,
-                    program_name="pruned.pt2")
+    return save_run(
+        Path(out),
+        model,
+        {"name": loaded.name, "source": model_spec},
+        calib,
+        summary,
+        program_name="pruned.pt2",
+    )
 
 
 class _Job:
@@ -124,8 +147,14 @@ class _Job:
         s = self.settings
         start = time.perf_counter()
         cfg = TrainConfig(epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=s.seed)
-        result = fit(self.model, self.loaders.train, cfg, loss_fn=task_loss(self.bundle.task),
-                     hooks=hooks, progress=s.progress)
+        result = fit(
+            self.model,
+            self.loaders.train,
+            cfg,
+            loss_fn=task_loss(self.bundle.task),
+            hooks=hooks,
+            progress=s.progress,
+        )
         self.times[phase] = time.perf_counter() - start
         return result.to_dict()
 
@@ -142,9 +171,14 @@ class _Job:
         return len(self.loaders.train)
 
 
-def prune_structured_job(model: torch.nn.Module, bundle: Any, criterion: str, budget: Any,
-                         settings: PruneSettings | None = None,
-                         criterion_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def prune_structured_job(
+    model: torch.nn.Module,
+    bundle: Any,
+    criterion: str,
+    budget: Any,
+    settings: PruneSettings | None = None,
+    criterion_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train, prune (the criterion's own way) and fine-tune ``model`` in place.
 
     Args:
@@ -175,9 +209,13 @@ def prune_structured_job(model: torch.nn.Module, bundle: Any, criterion: str, bu
     return out
 
 
-def train_for_criterion(model: torch.nn.Module, bundle: Any, criterion: str,
-                        settings: PruneSettings | None = None,
-                        criterion_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_for_criterion(
+    model: torch.nn.Module,
+    bundle: Any,
+    criterion: str,
+    settings: PruneSettings | None = None,
+    criterion_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Pre-train ``model`` in place with the criterion's training hook, if it has one.
 
     This is the training phase of :func:`prune_structured_job` on its own, so a benchmark can
@@ -215,8 +253,14 @@ def _train_then_prune(job: _Job, name: str, budget: Any, opts: dict[str, Any]) -
         out["search"] = dict(report.__dict__)
         out["criterion_options"] = _options(crit)
     start = time.perf_counter()
-    result = prune_structured(job.model, job.example(), crit, budget, data=job.loaders.train,
-                              round_to=job.settings.round_to)
+    result = prune_structured(
+        job.model,
+        job.example(),
+        crit,
+        budget,
+        data=job.loaders.train,
+        round_to=job.settings.round_to,
+    )
     job.times["prune"] = time.perf_counter() - start
     out["prune"] = result.to_dict()
     return out
@@ -254,15 +298,24 @@ def _cluster_search(job: _Job, budget: Any) -> tuple[Any, Any]:
     order = np.random.default_rng(s.seed).permutation(len(data))
     n_held = min(s.de_heldout, len(data) // 2)
     n_cal = min(s.de_calib, len(data) - n_held)
-    held_idx, cal_idx = order[:n_held], order[n_held:n_held + n_cal]
+    held_idx, cal_idx = order[:n_held], order[n_held : n_held + n_cal]
     x = torch.from_numpy(np.asarray(data.x))
     y = torch.from_numpy(np.asarray(data.y))
-    calib = [x[cal_idx[i:i + 64]] for i in range(0, n_cal, 64)]
-    held = [(x[held_idx[i:i + 64]], y[held_idx[i:i + 64]]) for i in range(0, n_held, 64)]
+    calib = [x[cal_idx[i : i + 64]] for i in range(0, n_cal, 64)]
+    held = [(x[held_idx[i : i + 64]], y[held_idx[i : i + 64]]) for i in range(0, n_held, 64)]
     metric: Any = "neg_ce" if job.bundle.task == "classification" else _neg_task_loss(job)
-    return search_clusters_report(job.model, job.example(), budget, calib, held, pop=s.de_pop,
-                                  gens=s.de_gens, round_to=s.round_to, seed=s.seed,
-                                  metric=metric)
+    return search_clusters_report(
+        job.model,
+        job.example(),
+        budget,
+        calib,
+        held,
+        pop=s.de_pop,
+        gens=s.de_gens,
+        round_to=s.round_to,
+        seed=s.seed,
+        metric=metric,
+    )
 
 
 def _neg_task_loss(job: _Job) -> Any:
@@ -276,8 +329,14 @@ def _neg_task_loss(job: _Job) -> Any:
     return neg_task_loss
 
 
-def _unstructured(job: _Job, name: str, sparsity: float | None, epochs: int,
-                  target_flops: float | None, target_params: float | None) -> dict[str, Any]:
+def _unstructured(
+    job: _Job,
+    name: str,
+    sparsity: float | None,
+    epochs: int,
+    target_flops: float | None,
+    target_params: float | None,
+) -> dict[str, Any]:
     from tinyprune import criteria
     from tinyprune.pruning.masks import sparsity_report
 
@@ -289,7 +348,10 @@ def _unstructured(job: _Job, name: str, sparsity: float | None, epochs: int,
         raise ConfigError(msg)
     crit = criteria.get(name, sparsity=sparsity)
     hook = crit.make_hook()
-    out: dict[str, Any] = {"criterion_options": _options(crit), "train": job.fit("train", epochs, [hook])}
+    out: dict[str, Any] = {
+        "criterion_options": _options(crit),
+        "train": job.fit("train", epochs, [hook]),
+    }
     out["metric_pruned"] = job.evaluate()
     shape = (1, *job.bundle.input_shape)
     out["sparsity"] = sparsity_report(job.model, shape).to_dict()

@@ -97,12 +97,16 @@ def check_compatible(model: nn.Module, bundle: Any, model_name: str, data_name: 
     shape = tuple(getattr(model, "input_shape", ()) or ())
     task = getattr(model, "task", bundle.task)
     if task != bundle.task:
-        msg = f"model {model_name} is a {task} model but data {data_name} is a {bundle.task} data set"
+        msg = (
+            f"model {model_name} is a {task} model but data {data_name} is a {bundle.task} data set"
+        )
         raise ConfigError(msg)
     data_shape = tuple(bundle.input_shape)
     if shape and data_shape != shape and not _frame_stacked(data_shape, shape):
-        msg = (f"data {data_name} gives samples of shape {data_shape} but model "
-               f"{model_name} expects {shape}; pick matching sizes (model kwargs or data options)")
+        msg = (
+            f"data {data_name} gives samples of shape {data_shape} but model "
+            f"{model_name} expects {shape}; pick matching sizes (model kwargs or data options)"
+        )
         raise ConfigError(msg)
 
 
@@ -126,8 +130,15 @@ class RunFiles:
     summary: Path
 
 
-def save_run(out: Path, model: nn.Module, spec: dict[str, Any], calib: np.ndarray,
-             summary: dict[str, Any], *, program_name: str = "model.pt2") -> RunFiles:
+def save_run(
+    out: Path,
+    model: nn.Module,
+    spec: dict[str, Any],
+    calib: np.ndarray,
+    summary: dict[str, Any],
+    *,
+    program_name: str = "model.pt2",
+) -> RunFiles:
     """Write the run files atomically (each file via a temporary name and a rename)."""
     from tinyprune.training import save_checkpoint
 
@@ -157,10 +168,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def train_run(model_spec: str, data_spec: str, out: str | Path, *, epochs: int, lr: float = 1e-3,
-              batch_size: int = 32, seed: int = 0, calib_samples: int = 128,
-              progress: bool = True, model_kwargs: dict[str, Any] | None = None,
-              data_kwargs: dict[str, Any] | None = None) -> RunFiles:
+def train_run(
+    model_spec: str,
+    data_spec: str,
+    out: str | Path,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    calib_samples: int = 128,
+    progress: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+    data_kwargs: dict[str, Any] | None = None,
+) -> RunFiles:
     """Train MODEL on DATA from scratch (or fine-tune a factory's weights) and save a run."""
     from tinyprune.data import build_dataset
     from tinyprune.model_source import load_model
@@ -176,10 +197,22 @@ def train_run(model_spec: str, data_spec: str, out: str | Path, *, epochs: int, 
     check_compatible(model, bundle, model_spec, data_spec)
     loaders = bundle.loaders(batch_size=batch_size, seed=seed)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    result = fit(model, loaders.train, cfg, loss_fn=task_loss(bundle.task),
-                 val_loader=loaders.test or loaders.val,
-                 evaluate_fn=task_metric(bundle.task, bundle.fs), progress=progress)
-    calib = to_model_layout(bundle.calibration_batches(min(calib_samples, len(bundle.train)), seed=seed),
-                            model)
-    summary = {"model": model_spec, "data": data_spec, "train": cfg.to_dict(), "fit": result.to_dict()}
+    result = fit(
+        model,
+        loaders.train,
+        cfg,
+        loss_fn=task_loss(bundle.task),
+        val_loader=loaders.test or loaders.val,
+        evaluate_fn=task_metric(bundle.task, bundle.fs),
+        progress=progress,
+    )
+    calib = to_model_layout(
+        bundle.calibration_batches(min(calib_samples, len(bundle.train)), seed=seed), model
+    )
+    summary = {
+        "model": model_spec,
+        "data": data_spec,
+        "train": cfg.to_dict(),
+        "fit": result.to_dict(),
+    }
     return save_run(Path(out), model, {"name": loaded.name, "source": model_spec}, calib, summary)

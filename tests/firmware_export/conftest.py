@@ -15,14 +15,16 @@ def keras_int8_cnn() -> bytes:
 
     tf.keras.utils.set_random_seed(0)
     layers = tf.keras.layers
-    model = tf.keras.Sequential([
-        tf.keras.Input((12, 12, 2)),
-        layers.Conv2D(8, 3, activation="relu", name="conv1"),
-        layers.MaxPool2D(2, name="pool"),
-        layers.Conv2D(8, 3, activation="relu", name="conv2"),
-        layers.Flatten(name="flat"),
-        layers.Dense(4, name="fc"),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((12, 12, 2)),
+            layers.Conv2D(8, 3, activation="relu", name="conv1"),
+            layers.MaxPool2D(2, name="pool"),
+            layers.Conv2D(8, 3, activation="relu", name="conv2"),
+            layers.Flatten(name="flat"),
+            layers.Dense(4, name="fc"),
+        ]
+    )
     rng = np.random.default_rng(0)
 
     def representative():  # noqa: ANN202
@@ -38,7 +40,9 @@ def keras_int8_cnn() -> bytes:
     return conv.convert()
 
 
-def cached_model(factory: Callable[[], bytes], tmp_path_factory: pytest.TempPathFactory, name: str) -> bytes:
+def cached_model(
+    factory: Callable[[], bytes], tmp_path_factory: pytest.TempPathFactory, name: str
+) -> bytes:
     """Build once per session and keep the bytes in the session's temp folder."""
     path: Path = tmp_path_factory.getbasetemp() / "tinyprune_tflite_models" / name
     if not path.exists():

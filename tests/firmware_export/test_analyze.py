@@ -90,18 +90,18 @@ def conv_dw_fc_model(zero_conv: int = 0) -> bytes:
     dw.dilationWFactor = dw.dilationHFactor = 1
     fc = s.FullyConnectedOptionsT()
     tensors = [
-        ("input", (1, 8, 8, 3), "FLOAT32", None, None),               # 0
-        ("conv_w", (4, 3, 3, 3), "FLOAT32", wc, None),                # 1
-        ("conv_b", (4,), "FLOAT32", np.zeros(4), None),               # 2
-        ("conv_out", (1, 6, 6, 4), "FLOAT32", None, None),            # 3
-        ("dw_w", (1, 3, 3, 4), "FLOAT32", wd, None),                  # 4
-        ("dw_b", (4,), "FLOAT32", np.ones(4), None),                  # 5
-        ("dw_out", (1, 4, 4, 4), "FLOAT32", None, None),              # 6
-        ("shape", (2,), "INT32", np.array([1, 64]), None),            # 7
-        ("flat", (1, 64), "FLOAT32", None, None),                     # 8
-        ("fc_w", (5, 64), "FLOAT32", wf, None),                       # 9
-        ("fc_b", (5,), "FLOAT32", np.zeros(5), None),                 # 10
-        ("logits", (1, 5), "FLOAT32", None, None),                    # 11
+        ("input", (1, 8, 8, 3), "FLOAT32", None, None),  # 0
+        ("conv_w", (4, 3, 3, 3), "FLOAT32", wc, None),  # 1
+        ("conv_b", (4,), "FLOAT32", np.zeros(4), None),  # 2
+        ("conv_out", (1, 6, 6, 4), "FLOAT32", None, None),  # 3
+        ("dw_w", (1, 3, 3, 4), "FLOAT32", wd, None),  # 4
+        ("dw_b", (4,), "FLOAT32", np.ones(4), None),  # 5
+        ("dw_out", (1, 4, 4, 4), "FLOAT32", None, None),  # 6
+        ("shape", (2,), "INT32", np.array([1, 64]), None),  # 7
+        ("flat", (1, 64), "FLOAT32", None, None),  # 8
+        ("fc_w", (5, 64), "FLOAT32", wf, None),  # 9
+        ("fc_b", (5,), "FLOAT32", np.zeros(5), None),  # 10
+        ("logits", (1, 5), "FLOAT32", None, None),  # 11
     ]
     ops = [
         ("CONV_2D", (0, 1, 2), (3,), "Conv2DOptions", conv),
@@ -115,8 +115,8 @@ def conv_dw_fc_model(zero_conv: int = 0) -> bytes:
 def test_macs_match_hand_counts() -> None:
     a = analyze_tflite(conv_dw_fc_model())
     macs = {r.op: r.macs for r in a.layers}
-    assert macs["CONV_2D"] == 6 * 6 * 4 * (3 * 3 * 3)          # out elems x kh*kw*cin
-    assert macs["DEPTHWISE_CONV_2D"] == 4 * 4 * 4 * (3 * 3)    # out elems x kh*kw
+    assert macs["CONV_2D"] == 6 * 6 * 4 * (3 * 3 * 3)  # out elems x kh*kw*cin
+    assert macs["DEPTHWISE_CONV_2D"] == 4 * 4 * 4 * (3 * 3)  # out elems x kh*kw
     assert macs["FULLY_CONNECTED"] == 1 * 64 * 5
     assert macs["RESHAPE"] == 0
     assert a.macs == 3888 + 576 + 320
@@ -128,7 +128,7 @@ def test_params_rows_and_shapes() -> None:
     rows = {r.op: r for r in a.layers}
     assert rows["CONV_2D"].params == 108 + 4
     assert rows["DEPTHWISE_CONV_2D"].params == 36 + 4
-    assert rows["RESHAPE"].params == 0                    # an int32 shape is not a parameter
+    assert rows["RESHAPE"].params == 0  # an int32 shape is not a parameter
     assert rows["FULLY_CONNECTED"].params == 320 + 5
     assert a.params == 112 + 40 + 325
     assert rows["CONV_2D"].name == "conv_out"
@@ -145,7 +145,7 @@ def test_nonzero_counts_follow_unstructured_sparsity() -> None:
     conv = next(r for r in sparse.layers if r.op == "CONV_2D")
     # zero biases count as zero parameters, too: conv bias and fc bias are zeros
     assert conv.nonzero_params == 108 - 27
-    assert conv.nonzero_macs == (108 - 27) * 36          # nnz(W) x output positions (6*6)
+    assert conv.nonzero_macs == (108 - 27) * 36  # nnz(W) x output positions (6*6)
     assert conv.macs == 3888
     assert sparse.nonzero_macs == dense.nonzero_macs - 27 * 36
     assert sparse.params == dense.params
@@ -165,10 +165,17 @@ def test_lower_bound_counts_branches_and_outputs() -> None:
     from ai_edge_litert import schema_py_generated as s
 
     f = "FLOAT32"
-    tensors = [("x", (1, 100), f, None, None), ("y1", (1, 100), f, None, None),
-               ("y2", (1, 50), f, None, None), ("z", (1, 100), f, None, None)]
-    ops = [("RELU", (0,), (1,), None, None), ("LOGISTIC", (0,), (2,), None, None),
-           ("ADD", (1, 2), (3,), "AddOptions", s.AddOptionsT())]
+    tensors = [
+        ("x", (1, 100), f, None, None),
+        ("y1", (1, 100), f, None, None),
+        ("y2", (1, 50), f, None, None),
+        ("z", (1, 100), f, None, None),
+    ]
+    ops = [
+        ("RELU", (0,), (1,), None, None),
+        ("LOGISTIC", (0,), (2,), None, None),
+        ("ADD", (1, 2), (3,), "AddOptions", s.AddOptionsT()),
+    ]
     a = analyze_tflite(build_tflite(tensors, ops, [0], [1, 3]))
     # step 1: x(400) + y1(400) + y2(200) live at once; step 2: y1 + y2 + z = 1000
     assert a.activation_lower_bound_bytes == 1000
@@ -216,9 +223,7 @@ def test_lint_clean_model_has_no_issue() -> None:
 @pytest.mark.parametrize("scale", [1e36, math.inf, 0.0, -0.5], ids=["huge", "inf", "zero", "neg"])
 def test_lint_flags_absurd_scales(scale: float) -> None:
     issues = lint_int8(parse_tflite(_int8_model(scale, 0)))
-    assert [(i.severity, i.tensor, i.op) for i in issues] == [
-        ("error", "out", "FULLY_CONNECTED#0")
-    ]
+    assert [(i.severity, i.tensor, i.op) for i in issues] == [("error", "out", "FULLY_CONNECTED#0")]
     assert "absurd quantization scale" in issues[0].message
 
 
@@ -227,9 +232,7 @@ def test_lint_flags_edge_zero_point_and_asymmetric_weights() -> None:
     assert [(i.severity, i.tensor) for i in edge] == [("warning", "out")]
     assert "saturated" in edge[0].message
     weights = lint_int8(_int8_model(0.1, 0, w_zp=3))
-    assert [(i.severity, i.tensor, i.op) for i in weights] == [
-        ("error", "w", "FULLY_CONNECTED#0")
-    ]
+    assert [(i.severity, i.tensor, i.op) for i in weights] == [("error", "w", "FULLY_CONNECTED#0")]
 
 
 def test_not_a_model_is_a_config_error() -> None:

@@ -21,7 +21,7 @@ from firmware_export.c_array import (
 )
 from tinyprune.errors import ConfigError, UnsupportedOpError
 
-DATA = bytes(range(256)) * 3 + b"\x01\x02\x03"   # 771 bytes: a partial last line
+DATA = bytes(range(256)) * 3 + b"\x01\x02\x03"  # 771 bytes: a partial last line
 
 
 def make_info(name: str = "tiny_net", ops: tuple[str, ...] = ("CONV_2D", "FULLY_CONNECTED")):
@@ -59,7 +59,7 @@ def test_round_trip_and_layout() -> None:
 
 def test_header_constants() -> None:
     h = to_c_source(DATA, make_info()).header
-    assert "constexpr unsigned int kTinyNetArenaSize = 24824;" in h        # 22776 + 2048
+    assert "constexpr unsigned int kTinyNetArenaSize = 24824;" in h  # 22776 + 2048
     assert "constexpr unsigned int kTinyNetArenaMeasuredSize = 22776;" in h
     assert "constexpr int kTinyNetInputDims[] = {1, 8, 8, 1};" in h
     assert "constexpr int kTinyNetInputElements = 64;" in h
@@ -79,9 +79,14 @@ def test_parse_back_detects_a_wrong_length() -> None:
 
 @pytest.mark.parametrize(
     ("name", "ident", "camel"),
-    [("tiny_net", "tiny_net", "TinyNet"), ("3d-PhysNet v2!", "m_3d_PhysNet_v2", "M3dPhysNetV2"),
-     ("class", "class_", "Class"), ("__a__b__", "a_b", "AB"), ("ü", "model", "Model"),
-     ("int", "int_", "Int")],
+    [
+        ("tiny_net", "tiny_net", "TinyNet"),
+        ("3d-PhysNet v2!", "m_3d_PhysNet_v2", "M3dPhysNetV2"),
+        ("class", "class_", "Class"),
+        ("__a__b__", "a_b", "AB"),
+        ("ü", "model", "Model"),
+        ("int", "int_", "Int"),
+    ],
 )
 def test_sanitize_identifier(name: str, ident: str, camel: str) -> None:
     assert sanitize_identifier(name) == ident
@@ -91,12 +96,22 @@ def test_sanitize_identifier(name: str, ident: str, camel: str) -> None:
 
 @pytest.mark.parametrize(
     ("op", "method"),
-    [("CONV_2D", "AddConv2D"), ("DEPTHWISE_CONV_2D", "AddDepthwiseConv2D"),
-     ("FULLY_CONNECTED", "AddFullyConnected"), ("MAX_POOL_2D", "AddMaxPool2D"),
-     ("L2_POOL_2D", "AddL2Pool2D"), ("BATCH_TO_SPACE_ND", "AddBatchToSpaceNd"),
-     ("PADV2", "AddPadV2"), ("SELECT_V2", "AddSelectV2"), ("BATCH_MATMUL", "AddBatchMatMul"),
-     ("UNIDIRECTIONAL_SEQUENCE_LSTM", "AddUnidirectionalSequenceLSTM"), ("CUMSUM", "AddCumSum"),
-     ("RELU6", "AddRelu6"), ("ADD_N", "AddAddN"), ("LOG_SOFTMAX", "AddLogSoftmax")],
+    [
+        ("CONV_2D", "AddConv2D"),
+        ("DEPTHWISE_CONV_2D", "AddDepthwiseConv2D"),
+        ("FULLY_CONNECTED", "AddFullyConnected"),
+        ("MAX_POOL_2D", "AddMaxPool2D"),
+        ("L2_POOL_2D", "AddL2Pool2D"),
+        ("BATCH_TO_SPACE_ND", "AddBatchToSpaceNd"),
+        ("PADV2", "AddPadV2"),
+        ("SELECT_V2", "AddSelectV2"),
+        ("BATCH_MATMUL", "AddBatchMatMul"),
+        ("UNIDIRECTIONAL_SEQUENCE_LSTM", "AddUnidirectionalSequenceLSTM"),
+        ("CUMSUM", "AddCumSum"),
+        ("RELU6", "AddRelu6"),
+        ("ADD_N", "AddAddN"),
+        ("LOG_SOFTMAX", "AddLogSoftmax"),
+    ],
 )
 def test_tflm_method_names(op: str, method: str) -> None:
     assert tflm_method(op) == method
@@ -118,7 +133,7 @@ def test_host_compile_without_tflm(tmp_path: Path) -> None:
     cc = write(tmp_path, name="3d net")
     _compile(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-c", cc.name], tmp_path)
     nm = subprocess.run(["nm", "model_data.o"], cwd=tmp_path, capture_output=True, text=True)
-    assert re.search(r" R g_m_3d_net_model_data\b", nm.stdout)        # external, read-only
+    assert re.search(r" R g_m_3d_net_model_data\b", nm.stdout)  # external, read-only
     assert re.search(r" R g_m_3d_net_model_data_len\b", nm.stdout)
 
 
@@ -157,21 +172,46 @@ def test_resolver_helper_compiles_and_registers_with_tflm_present(tmp_path: Path
     stub.write_text(STUB_RESOLVER)
     write(tmp_path)
     (tmp_path / "main.cc").write_text(USER_MAIN)
-    _compile(["g++", "-std=c++17", "-Wall", "-Werror", "-I.", "main.cc", "model_data.cc",
-              "-o", "app"], tmp_path)
+    _compile(
+        ["g++", "-std=c++17", "-Wall", "-Werror", "-I.", "main.cc", "model_data.cc", "-o", "app"],
+        tmp_path,
+    )
     assert subprocess.run([str(tmp_path / "app")], timeout=10, check=False).returncode == 0
 
 
 @pytest.mark.skipif(shutil.which("arm-none-eabi-g++") is None, reason="no ARM toolchain")
 def test_cortex_m4_compile_places_aligned_array_in_rodata(tmp_path: Path) -> None:
     cc = write(tmp_path)
-    _compile(["arm-none-eabi-g++", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard",
-              "-mfpu=fpv4-sp-d16", "-Os", "-std=c++17", "-Wall", "-Werror", "-c", cc.name],
-             tmp_path)
-    syms = subprocess.run(["arm-none-eabi-readelf", "-sW", "model_data.o"], cwd=tmp_path,
-                          capture_output=True, text=True, check=True).stdout
-    sections = subprocess.run(["arm-none-eabi-readelf", "-SW", "model_data.o"], cwd=tmp_path,
-                              capture_output=True, text=True, check=True).stdout
+    _compile(
+        [
+            "arm-none-eabi-g++",
+            "-mcpu=cortex-m4",
+            "-mthumb",
+            "-mfloat-abi=hard",
+            "-mfpu=fpv4-sp-d16",
+            "-Os",
+            "-std=c++17",
+            "-Wall",
+            "-Werror",
+            "-c",
+            cc.name,
+        ],
+        tmp_path,
+    )
+    syms = subprocess.run(
+        ["arm-none-eabi-readelf", "-sW", "model_data.o"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    sections = subprocess.run(
+        ["arm-none-eabi-readelf", "-SW", "model_data.o"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     row = next(ln.split() for ln in syms.splitlines() if ln.endswith(" g_tiny_net_model_data"))
     value, size, bind, ndx = int(row[1], 16), int(row[2]), row[4], row[6]
     assert size == len(DATA) and bind == "GLOBAL" and value % 16 == 0

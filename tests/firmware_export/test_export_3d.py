@@ -26,8 +26,9 @@ def _calib(n: int = 8) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["test_physnet", "test_deeprppg"])
 def test_3d_rppg_net_exports_to_rpi4_and_verifies(name: str, tmp_path: Path) -> None:
-    result = export(create_model(name), _calib(), target="rpi4", out_dir=tmp_path / name,
-                    options=_OPTIONS)
+    result = export(
+        create_model(name), _calib(), target="rpi4", out_dir=tmp_path / name, options=_OPTIONS
+    )
     verify = result.report["verify"]
     assert verify["torch_vs_onnxruntime"]["passed"]
     assert verify["onnx_vs_tflite_float"]["passed"], verify["onnx_vs_tflite_float"]
@@ -41,8 +42,13 @@ def test_3d_rppg_net_exports_to_rpi4_and_verifies(name: str, tmp_path: Path) -> 
 @pytest.mark.parametrize("name", ["test_physnet", "test_deeprppg"])
 def test_3d_rppg_net_on_cortex_m4_names_conv3d(name: str, tmp_path: Path) -> None:
     with pytest.raises(UnsupportedOpError) as info:
-        export(create_model(name), _calib(2), target="cortex-m4", out_dir=tmp_path / "run",
-               options=_OPTIONS)
+        export(
+            create_model(name),
+            _calib(2),
+            target="cortex-m4",
+            out_dir=tmp_path / "run",
+            options=_OPTIONS,
+        )
     assert info.value.exit_code == 4
     assert "CONV_3D" in info.value.ops and "CONV_3D" in str(info.value)
     assert not (tmp_path / "run").exists()

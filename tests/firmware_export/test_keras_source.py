@@ -25,10 +25,15 @@ MIN_COSINE = 0.95
 def _keras_model() -> Any:
     keras = pytest.importorskip("tf_keras")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.layers.Input((8, 8, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
-        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.layers.Input((8, 8, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
     for layer in model.layers:
         weights = layer.get_weights()
         if weights:
@@ -74,7 +79,8 @@ def test_keras2_file_is_detected(keras_file: tuple[Path, Any]) -> None:
 
 @pytest.mark.tf
 def test_zeros_survive_int8_and_report_counts_them(
-        converted: tuple[bytes, np.ndarray], keras_file: tuple[Path, Any]) -> None:
+    converted: tuple[bytes, np.ndarray], keras_file: tuple[Path, Any]
+) -> None:
     from firmware_export.analyze import analyze_tflite
     from firmware_export.tflite_model import parse_tflite
 
@@ -87,8 +93,11 @@ def test_zeros_survive_int8_and_report_counts_them(
     assert nz_kernel - 3 <= analysis.nonzero_params - n_bias <= nz_kernel
     assert analysis.density < 1 - SPARSITY + 0.05
     parsed = parse_tflite(model_bytes)
-    weights = [parsed.constant(op.inputs[1]) for op in parsed.ops
-               if op.name in ("CONV_2D", "FULLY_CONNECTED")]
+    weights = [
+        parsed.constant(op.inputs[1])
+        for op in parsed.ops
+        if op.name in ("CONV_2D", "FULLY_CONNECTED")
+    ]
     assert len(weights) == 3
     for w in weights:
         assert w is not None and w.dtype == np.int8
@@ -97,9 +106,9 @@ def test_zeros_survive_int8_and_report_counts_them(
 
 
 @pytest.mark.tf
-def test_reference_outputs_and_int8_agree(converted: tuple[bytes, np.ndarray],
-                                          keras_file: tuple[Path, Any],
-                                          calib: np.ndarray) -> None:
+def test_reference_outputs_and_int8_agree(
+    converted: tuple[bytes, np.ndarray], keras_file: tuple[Path, Any], calib: np.ndarray
+) -> None:
     from firmware_export.tflite_model import parse_tflite
     from firmware_export.verify import dequantize, quantize_input, run_litert
 
@@ -110,15 +119,17 @@ def test_reference_outputs_and_int8_agree(converted: tuple[bytes, np.ndarray],
     assert inp.shape == (1, 8, 8, 3) and inp.dtype == "INT8" and out.dtype == "INT8"
     q = run_litert(model_bytes, quantize_input(calib, inp.scale[0], inp.zero_point[0]), "ref")
     got = dequantize(q, out.scale[0], out.zero_point[0]).reshape(reference.shape)
-    cos = float(got.ravel() @ reference.ravel()) / (np.linalg.norm(got) * np.linalg.norm(
-        reference))
+    cos = float(got.ravel() @ reference.ravel()) / (np.linalg.norm(got) * np.linalg.norm(reference))
     assert cos > MIN_COSINE
 
 
 @pytest.mark.tf
-def test_saved_model_dir_gives_the_same_model(keras_file: tuple[Path, Any], calib: np.ndarray,
-                                              converted: tuple[bytes, np.ndarray],
-                                              tmp_path: Path) -> None:
+def test_saved_model_dir_gives_the_same_model(
+    keras_file: tuple[Path, Any],
+    calib: np.ndarray,
+    converted: tuple[bytes, np.ndarray],
+    tmp_path: Path,
+) -> None:
     import tensorflow as tf
 
     from firmware_export.keras_source import is_keras_source, keras_to_int8
@@ -160,8 +171,9 @@ def test_corrupt_keras_file_is_rejected(tmp_path: Path) -> None:
 
 
 @pytest.mark.tf
-def test_cli_exports_a_pruned_keras_model_to_tflm(keras_file: tuple[Path, Any], calib: np.ndarray,
-                                                  tmp_path: Path, capsys) -> None:
+def test_cli_exports_a_pruned_keras_model_to_tflm(
+    keras_file: tuple[Path, Any], calib: np.ndarray, tmp_path: Path, capsys
+) -> None:
     """`tinyprune export model.keras` runs the whole backbone and says what sparsity buys."""
     import json
 
@@ -169,8 +181,21 @@ def test_cli_exports_a_pruned_keras_model_to_tflm(keras_file: tuple[Path, Any], 
 
     np.save(tmp_path / "calib.npy", calib)
     out = tmp_path / "run"
-    assert main(["export", str(keras_file[0]), "--calib", str(tmp_path / "calib.npy"),
-                 "--target", "cortex-m4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(keras_file[0]),
+                "--calib",
+                str(tmp_path / "calib.npy"),
+                "--target",
+                "cortex-m4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["nonzero_params"] < 0.35 * report["params"]
     assert report["verify"]["tflm_vs_litert_ref"]["passed"]

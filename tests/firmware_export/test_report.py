@@ -19,8 +19,10 @@ from firmware_export.report import build_report_dict, summary_lines, write_repor
 
 pytestmark = pytest.mark.tf
 
-VERIFY = {"tflm_vs_litert_ref": {"max_abs_diff": 0, "tolerance": 0, "ok": True},
-          "torch_vs_tflite": {"sqnr_db": 31.5, "tolerance": 20.0, "ok": True}}
+VERIFY = {
+    "tflm_vs_litert_ref": {"max_abs_diff": 0, "tolerance": 0, "ok": True},
+    "torch_vs_tflite": {"sqnr_db": 31.5, "tolerance": 20.0, "ok": True},
+}
 
 
 def sine_model() -> bytes:
@@ -31,12 +33,23 @@ def sine_model() -> bytes:
 def make(arena: int = 2000):
     analysis = analyze_tflite(sine_model())
     profile = load_profile("cortex-m4")
-    budget = check_budget(profile, model_bytes=analysis.model_bytes, arena_bytes=arena + 512,
-                          io_bytes=8, macs=analysis.macs)
-    report = build_report_dict(analysis=analysis, budget=budget, profile=profile,
-                               arena_bytes=arena, arena_margin_bytes=512,
-                               arena_margin_reason="32-bit target", verify=VERIFY,
-                               extra={"tinyprune_version": "0.1.0", "macs": -1})
+    budget = check_budget(
+        profile,
+        model_bytes=analysis.model_bytes,
+        arena_bytes=arena + 512,
+        io_bytes=8,
+        macs=analysis.macs,
+    )
+    report = build_report_dict(
+        analysis=analysis,
+        budget=budget,
+        profile=profile,
+        arena_bytes=arena,
+        arena_margin_bytes=512,
+        arena_margin_reason="32-bit target",
+        verify=VERIFY,
+        extra={"tinyprune_version": "0.1.0", "macs": -1},
+    )
     return analysis, budget, report
 
 
@@ -56,7 +69,8 @@ def test_write_reports(tmp_path: Path) -> None:
     paths = write_reports(tmp_path / "run", report, analysis, budget)
     assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
-        p.name for p in paths)                                  # no temp files left behind
+        p.name for p in paths
+    )  # no temp files left behind
     data = json.loads(paths[0].read_text())
     assert data["budget"]["flash"]["limit"] == 512 * 1024 and data["budget_ok"] is True
     md = paths[1].read_text()
@@ -67,7 +81,8 @@ def test_write_reports(tmp_path: Path) -> None:
     assert png is not None
     assert base64.b64decode(png.group(1)).startswith(b"\x89PNG\r\n\x1a\n")
     assert "<th>activation bytes</th>" in page and "http" not in page.replace(
-        "http-equiv", "")                                        # self-contained
+        "http-equiv", ""
+    )  # self-contained
 
 
 def test_summary_lines_name_each_row_and_the_verdict() -> None:

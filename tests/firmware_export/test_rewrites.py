@@ -9,11 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from firmware_export.rewrite import Pool3dAs2d, Pool3dAsSlices, rewrite_adaptive_pool3d_, rewrite_pool3d_
+from firmware_export.rewrite import (
+    Pool3dAs2d,
+    Pool3dAsSlices,
+    rewrite_adaptive_pool3d_,
+    rewrite_pool3d_,
+)
 
 POOLS = [
-    nn.MaxPool3d((1, 2, 2)), nn.MaxPool3d(2), nn.MaxPool3d((3, 3, 3), stride=(2, 1, 2), padding=1),
-    nn.MaxPool3d((3, 2, 3), stride=(2, 1, 2)), nn.AvgPool3d((2, 2, 2)), nn.AvgPool3d(3, stride=2, padding=1),
+    nn.MaxPool3d((1, 2, 2)),
+    nn.MaxPool3d(2),
+    nn.MaxPool3d((3, 3, 3), stride=(2, 1, 2), padding=1),
+    nn.MaxPool3d((3, 2, 3), stride=(2, 1, 2)),
+    nn.AvgPool3d((2, 2, 2)),
+    nn.AvgPool3d(3, stride=2, padding=1),
     nn.AvgPool3d((2, 3, 2), stride=(1, 2, 2)),
     nn.AvgPool3d(3, stride=2, padding=1, count_include_pad=False),
 ]
@@ -50,13 +59,21 @@ def test_ceil_mode_pool_is_left_alone() -> None:
 
 # --- ONNX-level rewrites, checked with ONNX Runtime -----------------------------------------
 
+
 def _onnx(model: nn.Module, x: torch.Tensor):  # noqa: ANN202
     onnx = pytest.importorskip("onnx")
     from firmware_export.export_onnx import simplify
 
     buf = io.BytesIO()
-    torch.onnx.export(model.eval(), (x[:1],), buf, opset_version=17, dynamo=False,
-                      input_names=["input"], output_names=["output"])
+    torch.onnx.export(
+        model.eval(),
+        (x[:1],),
+        buf,
+        opset_version=17,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["output"],
+    )
     return simplify(onnx.load_from_string(buf.getvalue()))
 
 
@@ -71,7 +88,9 @@ def _ops(proto) -> list[str]:  # noqa: ANN001
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.Sigmoid()], ids=["relu", "relu6", "sigmoid"])
+@pytest.mark.parametrize(
+    "act", [nn.ReLU(), nn.ReLU6(), nn.Sigmoid()], ids=["relu", "relu6", "sigmoid"]
+)
 def test_maxpool_after_nonnegative_gets_zero_pad(act: nn.Module) -> None:
     from firmware_export.rewrite_onnx import rewrite_maxpool_padding
 
@@ -126,7 +145,9 @@ def _upsample3d(groups: int = 1) -> nn.Module:
     torch.manual_seed(0)
     block = nn.Sequential(
         nn.ConvTranspose3d(4, 4, (4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0), groups=groups),
-        nn.BatchNorm3d(4), nn.ELU())
+        nn.BatchNorm3d(4),
+        nn.ELU(),
+    )
     block[1].running_mean.normal_()
     block[1].bias.data.normal_()
     return block
@@ -155,8 +176,9 @@ def test_conv_transpose3d_bias_becomes_an_add(groups: int) -> None:
 def test_conv_transpose_without_bias_or_2d_is_left_alone() -> None:
     from firmware_export.rewrite_onnx import rewrite_conv_transpose3d_bias
 
-    no_bias = nn.Sequential(nn.ConvTranspose3d(4, 4, (4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0),
-                                               bias=False))
+    no_bias = nn.Sequential(
+        nn.ConvTranspose3d(4, 4, (4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0), bias=False)
+    )
     assert rewrite_conv_transpose3d_bias(_onnx(no_bias, torch.randn(1, 4, 4, 3, 3))) == []
     two_d = nn.Sequential(nn.ConvTranspose2d(4, 4, (4, 1), stride=(2, 1), padding=(1, 0)))
     assert rewrite_conv_transpose3d_bias(_onnx(two_d, torch.randn(1, 4, 4, 3))) == []

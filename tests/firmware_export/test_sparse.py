@@ -22,9 +22,17 @@ def _net(zero_fraction: float) -> nn.Module:
     """Conv-conv-FC net whose Conv/Linear weights have ``zero_fraction`` exact zeros (seeded)."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-                        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
     with torch.no_grad():
         for mod in net.modules():
             if isinstance(mod, nn.Conv2d | nn.Linear) and zero_fraction > 0:
@@ -40,8 +48,9 @@ def _export(tmp: Path, zero_fraction: float) -> tuple[Path, np.ndarray, bytes]:
     import firmware_export
 
     calib = np.random.default_rng(0).standard_normal((12, 3, 12, 12)).astype(np.float32)
-    res = firmware_export.export(_net(zero_fraction), calib, target="rpi4", out_dir=tmp / "out",
-                                 raise_on_budget=False)
+    res = firmware_export.export(
+        _net(zero_fraction), calib, target="rpi4", out_dir=tmp / "out", raise_on_budget=False
+    )
     return tmp / "out" / "saved_model", to_channels_last(calib), res.paths["tflite"].read_bytes()
 
 
@@ -54,8 +63,9 @@ def sparse_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[sparse.SparseR
 
 
 @pytest.mark.tf
-def test_sparse_model_is_smaller_and_identical(sparse_run: tuple[sparse.SparseResult, bytes]
-                                               ) -> None:
+def test_sparse_model_is_smaller_and_identical(
+    sparse_run: tuple[sparse.SparseResult, bytes],
+) -> None:
     result, dense = sparse_run
     assert result.dense_bytes == len(dense)
     # 4 weight tensors at 10 % density: well under the dense file even with index overhead
@@ -66,11 +76,13 @@ def test_sparse_model_is_smaller_and_identical(sparse_run: tuple[sparse.SparseRe
 
 @pytest.mark.tf
 def test_sparse_outputs_equal_dense_on_other_inputs(
-        sparse_run: tuple[sparse.SparseResult, bytes]) -> None:
+    sparse_run: tuple[sparse.SparseResult, bytes],
+) -> None:
     result, dense = sparse_run
     x = np.random.default_rng(1).integers(-128, 128, (5, 12, 12, 3)).astype(np.int8)
-    np.testing.assert_array_equal(run_litert(result.model_bytes, x, "builtin"),
-                                  run_litert(dense, x, "builtin"))
+    np.testing.assert_array_equal(
+        run_litert(result.model_bytes, x, "builtin"), run_litert(dense, x, "builtin")
+    )
 
 
 @pytest.mark.tf
@@ -87,8 +99,8 @@ def test_report_section_is_json_ready(sparse_run: tuple[sparse.SparseResult, byt
 
 @pytest.mark.tf
 def test_mismatch_raises_verification_error(
-        sparse_run: tuple[sparse.SparseResult, bytes], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
+    sparse_run: tuple[sparse.SparseResult, bytes], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     result, dense = sparse_run
     calls: list[bytes] = []
 

@@ -25,12 +25,14 @@ def _keras_conv3d() -> bytes:
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([
-        tf.keras.Input((4, 8, 8, 1)),
-        tf.keras.layers.Conv3D(2, 3, name="c3d"),
-        tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(2),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((4, 8, 8, 1)),
+            tf.keras.layers.Conv3D(2, 3, name="c3d"),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(2),
+        ]
+    )
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
@@ -93,7 +95,9 @@ def test_check_ops_rejects_unknown_runtime(int8_model: bytes) -> None:
 
 def test_arena_smallest_is_tight(int8_model: bytes, arena: tflm.ArenaMeasurement) -> None:
     assert tflm.tflm_runs_in(int8_model, arena.smallest_bytes)
-    assert not tflm.tflm_runs_in(int8_model, arena.smallest_bytes - tflm.ARENA_STEP)  # bisection step
+    assert not tflm.tflm_runs_in(
+        int8_model, arena.smallest_bytes - tflm.ARENA_STEP
+    )  # bisection step
     assert not tflm.tflm_runs_in(int8_model, arena.smallest_bytes - 64)
 
 
@@ -148,7 +152,7 @@ def _with_pool_scale(model: bytes, new_scale: float) -> bytes:
     raw = struct.pack("<f", parsed.tensors[pool.inputs[0]].scale[0])
     at = model.find(raw)
     assert at >= 0
-    return model[:at] + struct.pack("<f", new_scale) + model[at + 4:]
+    return model[:at] + struct.pack("<f", new_scale) + model[at + 4 :]
 
 
 def test_broken_model_is_reported_with_failing_node(int8_model: bytes) -> None:

@@ -22,8 +22,9 @@ def test_compare_float_figures_by_hand() -> None:
     assert c.mae == pytest.approx(0.125)
     assert c.rmse == pytest.approx(0.25)
     assert c.l2r == pytest.approx(0.5 / math.sqrt(30))
-    assert c.cos == pytest.approx(float(ref.ravel() @ cand.ravel()) / (
-        np.linalg.norm(ref) * np.linalg.norm(cand)))
+    assert c.cos == pytest.approx(
+        float(ref.ravel() @ cand.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(cand))
+    )
     assert c.passed and c.samples == 2 and c.top1_agreement == 1.0
     assert not verify.compare_float(ref, cand, "x", tol_max_abs=0.49).passed
 
@@ -92,7 +93,9 @@ def _weighted_op(model: bytes, layer: str) -> int:
     depend on how many models the process built before)."""
     from firmware_export.tflite_model import parse_tflite
 
-    kind, nth = {"conv1": ("CONV_2D", 0), "conv2": ("CONV_2D", 1), "fc": ("FULLY_CONNECTED", 0)}[layer]
+    kind, nth = {"conv1": ("CONV_2D", 0), "conv2": ("CONV_2D", 1), "fc": ("FULLY_CONNECTED", 0)}[
+        layer
+    ]
     return [op.index for op in parse_tflite(model).ops if op.name == kind][nth]
 
 
@@ -106,7 +109,7 @@ def _negate_weights(model: bytes, layer: str) -> bytes:
     at = model.find(raw)
     assert at >= 0 and model.find(raw, at + 1) < 0, "weights must occur once in the flatbuffer"
     flipped = np.clip(-parsed.constant(t.index).astype(np.int16), -127, 127).astype(np.int8)
-    return model[:at] + flipped.tobytes() + model[at + len(raw):]
+    return model[:at] + flipped.tobytes() + model[at + len(raw) :]
 
 
 _CONV1_W, _CONV2_W, _FC_W = "conv1", "conv2", "fc"

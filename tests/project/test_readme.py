@@ -23,8 +23,10 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_import_tinyprune_is_lean() -> None:
-    code = ("import sys, tinyprune, tinyprune.criteria, tinyprune.models, tinyprune.training, "
-            "firmware_export; bad = [m for m in ('tensorflow', 'onnx', 'onnx2tf', 'tflite_micro') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, tinyprune, tinyprune.criteria, tinyprune.models, tinyprune.training, "
+        "firmware_export; bad = [m for m in ('tensorflow', 'onnx', 'onnx2tf', 'tflite_micro') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

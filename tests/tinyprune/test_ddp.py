@@ -17,11 +17,24 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _launch(out: Path, epochs: int = 2) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tinyprune.training.ddp_smoke", "--out", str(out), "--epochs", str(epochs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tinyprune.training.ddp_smoke",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=100,
-                          check=False)
+    return subprocess.run(
+        cmd, cwd=out, env=env, capture_output=True, text=True, timeout=100, check=False
+    )
 
 
 def test_two_replicas_train_identically(tmp_path: Path) -> None:

@@ -73,12 +73,12 @@ def test_detrend_removes_linear_trend_and_keeps_fast_oscillation():
     trend = np.linspace(0, 5, n)
     osc = _sine(90.0, seconds=n / FS)
     out = detrend(trend + osc, lam=100)
-    assert np.abs(detrend(trend)).max() < 1e-6   # a straight line lies in the null space of D2
+    assert np.abs(detrend(trend)).max() < 1e-6  # a straight line lies in the null space of D2
     assert np.corrcoef(out, osc)[0, 1] > 0.99
 
 
 def test_bandpass_attenuates_out_of_band():
-    inband, low = _sine(72.0), _sine(6.0)     # 6 bpm = 0.1 Hz, below 0.6 Hz
+    inband, low = _sine(72.0), _sine(6.0)  # 6 bpm = 0.1 Hz, below 0.6 Hz
     assert np.std(bandpass(inband, FS)) > 0.8 * np.std(inband)
     assert np.std(bandpass(low, FS)) < 0.3 * np.std(low)
     with pytest.raises(ConfigError, match="band"):
@@ -89,7 +89,7 @@ def test_snr_clean_sinusoid_high_noise_low():
     rng = np.random.default_rng(0)
     clean = _sine(72.0)
     noise = rng.standard_normal(clean.size)
-    assert snr_db(clean, 72.0, FS) > 10.0   # leakage of the zero-padded periodogram caps it
+    assert snr_db(clean, 72.0, FS) > 10.0  # leakage of the zero-padded periodogram caps it
     assert snr_db(noise, 72.0, FS) < -5.0
     on_bin = _sine(75.0, seconds=32.0, fs=32.0)  # 40 whole cycles, N = nfft = 1024: no leakage
     assert snr_db(on_bin, 75.0, 32.0) > 60.0

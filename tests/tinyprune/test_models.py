@@ -57,7 +57,8 @@ def test_spec_matches_created_model(name):
     assert model.task == spec.task
     assert spec.task in ("classification", "rppg")
     assert set(spec.default_kwargs) == {
-        p.name for p in inspect.signature(spec.factory).parameters.values()}
+        p.name for p in inspect.signature(spec.factory).parameters.values()
+    }
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -123,35 +124,60 @@ def _conv_params(cin: int, cout: int, k: int, bn: bool = True, bias: bool = True
 
 def test_physnet_matches_methods_table():
     """Hand count from methods.md §6.1: 768,577 params; MACs layer by layer at T=128, 72x72."""
-    params = (_conv_params(3, 16, 25) + _conv_params(16, 32, 27) + _conv_params(32, 64, 27)
-              + 6 * _conv_params(64, 64, 27) + 2 * _conv_params(64, 64, 4) + 65)
+    params = (
+        _conv_params(3, 16, 25)
+        + _conv_params(16, 32, 27)
+        + _conv_params(32, 64, 27)
+        + 6 * _conv_params(64, 64, 27)
+        + 2 * _conv_params(64, 64, 4)
+        + 65
+    )
     assert params == 768_577
     t, s = 128, 72
-    macs = (3 * 16 * 25 * t * (s * s) + 16 * 32 * 27 * t * 36**2 + 32 * 64 * 27 * t * 36**2
-            + 2 * 64 * 64 * 27 * 64 * 18**2 + 2 * 64 * 64 * 27 * 32 * 9**2
-            + 2 * 64 * 64 * 27 * 32 * 4**2 + 64 * 64 * 4 * (32 + 64) * 16 + 64 * t)
+    macs = (
+        3 * 16 * 25 * t * (s * s)
+        + 16 * 32 * 27 * t * 36**2
+        + 32 * 64 * 27 * t * 36**2
+        + 2 * 64 * 64 * 27 * 64 * 18**2
+        + 2 * 64 * 64 * 27 * 32 * 9**2
+        + 2 * 64 * 64 * 27 * 32 * 4**2
+        + 64 * 64 * 4 * (32 + 64) * 16
+        + 64 * t
+    )
     got = count_macs_params(create_model("physnet"))
     assert got == (macs, params)
 
 
 def test_vgg16_resnet_mobilenet_counts():
     vgg = count_macs_params(create_model("vgg16_cifar"))
-    convs = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),
-             (256, 256, 8), (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 4),
-             (512, 512, 2), (512, 512, 2), (512, 512, 2)]
+    convs = [
+        (3, 64, 32),
+        (64, 64, 32),
+        (64, 128, 16),
+        (128, 128, 16),
+        (128, 256, 8),
+        (256, 256, 8),
+        (256, 256, 8),
+        (256, 512, 4),
+        (512, 512, 4),
+        (512, 512, 4),
+        (512, 512, 2),
+        (512, 512, 2),
+        (512, 512, 2),
+    ]
     conv_macs = sum(ci * co * 9 * s * s for ci, co, s in convs)
     conv_params = sum(ci * co * 9 + 2 * co for ci, co, _ in convs)
     assert vgg.macs == conv_macs + 512 * 512 + 512 * 10
     assert vgg.params == conv_params + 512 * 513 + 2 * 512 + 513 * 10 == 14_987_722
     r50 = count_macs_params(create_model("resnet50"))
-    assert r50.params == 25_557_032                      # torchvision resnet50
+    assert r50.params == 25_557_032  # torchvision resnet50
     assert r50.macs == pytest.approx(4.09e9, rel=0.01)
     r56a = count_macs_params(create_model("resnet56", shortcut="A"))
     assert r56a.params == pytest.approx(0.85e6, rel=0.01)  # HRank/CHIP tables
     assert r56a.macs == pytest.approx(125.49e6, rel=0.001)
     mb = count_macs_params(create_model("mobilenetv2"))
-    assert mb.params == 3_504_872                        # torchvision mobilenet_v2
-    assert mb.macs == pytest.approx(300e6, rel=0.01)     # Sandler et al. Table 4
+    assert mb.params == 3_504_872  # torchvision mobilenet_v2
+    assert mb.macs == pytest.approx(300e6, rel=0.01)  # Sandler et al. Table 4
 
 
 def test_2d_rppg_paper_widths():
@@ -168,15 +194,21 @@ def test_2d_rppg_paper_widths():
 
 def test_deeprppg_matches_reconstruction_table():
     got = count_macs_params(create_model("deeprppg"))
-    want = (_conv_params(3, 16, 27) + _conv_params(16, 32, 27) + _conv_params(32, 32, 27)
-            + _conv_params(32, 64, 27) + _conv_params(64, 32, 5, bn=False)
-            + _conv_params(32, 1, 1, bn=False))
+    want = (
+        _conv_params(3, 16, 27)
+        + _conv_params(16, 32, 27)
+        + _conv_params(32, 32, 27)
+        + _conv_params(32, 64, 27)
+        + _conv_params(64, 32, 5, bn=False)
+        + _conv_params(32, 1, 1, bn=False)
+    )
     assert got.params == want == 108_801
 
 
 def test_count_macs_params_meta_equals_cpu_and_needs_shape():
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, groups=2), nn.Flatten(),
-                          nn.Linear(4 * 5 * 5, 3))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, groups=2), nn.Flatten(), nn.Linear(4 * 5 * 5, 3)
+    )
     got_meta = count_macs_params(model, (2, 5, 5))
     assert got_meta == count_macs_params(model, (2, 5, 5), device="cpu")
     assert got_meta.macs == 1 * 4 * 9 * 25 + 100 * 3
@@ -229,9 +261,11 @@ class _PeakOpBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        ins = [t for t in tree_flatten((args, kwargs))[0]
-               if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter)
-               and t.dim() == 4]
+        ins = [
+            t
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and t.dim() == 4
+        ]
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         self.peak = max(self.peak, sum(t.numel() for t in ins + outs))
         return out
@@ -292,7 +326,7 @@ def test_2p1d_block_equals_conv3d_factorisation():
             block.spatial[0].weight[c, c, 1, 1] = 1.0
         block.temporal[0].weight.copy_(conv3d.weight[..., 0])
         block.temporal[0].bias.copy_(conv3d.bias)
-        clip = torch.rand(2, cin, t, h, w)                        # >= 0: ReLU is identity
+        clip = torch.rand(2, cin, t, h, w)  # >= 0: ReLU is identity
         frames = clip.permute(0, 2, 1, 3, 4).reshape(2 * t, cin, h, w)
         got = block(frames, t).reshape(2, t, cout, h, w).permute(0, 2, 1, 3, 4)
         want = F.relu(conv3d(clip))

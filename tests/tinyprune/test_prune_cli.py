@@ -14,9 +14,29 @@ from tinyprune.cli import main
 @pytest.fixture(scope="module")
 def l1_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("l1") / "run"
-    assert main(["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1",
-                 "--target-flops", "0.5", "--epochs", "3", "--finetune-epochs", "2", "--lr", "3e-3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "zoo:micro_cnn",
+                "--data",
+                "digits",
+                "--criterion",
+                "l1",
+                "--target-flops",
+                "0.5",
+                "--epochs",
+                "3",
+                "--finetune-epochs",
+                "2",
+                "--lr",
+                "3e-3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -31,8 +51,21 @@ def test_structured_prune_meets_the_budget_and_keeps_accuracy(l1_run: Path) -> N
 
 @pytest.mark.tf
 def test_pruned_model_exports_through_tflm(l1_run: Path, tmp_path: Path) -> None:
-    assert main(["export", str(l1_run / "pruned.pt2"), "--calib", str(l1_run / "calib.npy"),
-                 "--target", "cortex-m4", "--out", str(tmp_path / "export")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(l1_run / "pruned.pt2"),
+                "--calib",
+                str(l1_run / "calib.npy"),
+                "--target",
+                "cortex-m4",
+                "--out",
+                str(tmp_path / "export"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "export" / "report.json").read_text())
     summary = json.loads((l1_run / "summary.json").read_text())
     assert report["macs"] == summary["prune"]["macs_after"]
@@ -44,39 +77,123 @@ def test_unstructured_zeros_survive_int8_export(tmp_path: Path) -> None:
     from firmware_export.tflite_model import parse_tflite
 
     run = tmp_path / "wgj"
-    assert main(["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "wgj",
-                 "--sparsity", "0.8", "--epochs", "3", "--lr", "3e-3", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "zoo:micro_cnn",
+                "--data",
+                "digits",
+                "--criterion",
+                "wgj",
+                "--sparsity",
+                "0.8",
+                "--epochs",
+                "3",
+                "--lr",
+                "3e-3",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metric_pruned"]["accuracy"] > 0.8
-    assert main(["export", str(run / "pruned.pt2"), "--calib", str(run / "calib.npy"),
-                 "--target", "cortex-m4", "--out", str(tmp_path / "export")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run / "pruned.pt2"),
+                "--calib",
+                str(run / "calib.npy"),
+                "--target",
+                "cortex-m4",
+                "--out",
+                str(tmp_path / "export"),
+            ]
+        )
+        == 0
+    )
     model = parse_tflite((tmp_path / "export" / "model_int8.tflite").read_bytes())
-    weights = [model.constant(op.inputs[1]) for op in model.ops
-               if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    weights = [
+        model.constant(op.inputs[1])
+        for op in model.ops
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+    ]
     int8_zeros = sum(int(np.sum(w == 0)) for w in weights)
-    torch_zeros = sum(lay["weight_params"] - lay["weight_nonzero"] for lay in summary["sparsity"]["layers"])
+    torch_zeros = sum(
+        lay["weight_params"] - lay["weight_nonzero"] for lay in summary["sparsity"]["layers"]
+    )
     assert torch_zeros > 0.5 * summary["sparsity"]["dense_params"]
     # every pruned weight stays exactly zero through BN folding and int8 quantization
     assert int8_zeros >= torch_zeros
 
 
 def test_bad_budget_for_the_criterion_is_a_usage_error(tmp_path: Path, capsys) -> None:
-    assert main(["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "wgj",
-                 "--target-flops", "0.5", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "zoo:micro_cnn",
+                "--data",
+                "digits",
+                "--criterion",
+                "wgj",
+                "--target-flops",
+                "0.5",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "--sparsity" in capsys.readouterr().err
 
 
 def test_unknown_criterion_suggests_the_closest(tmp_path: Path, capsys) -> None:
-    assert main(["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l2x",
-                 "--target-flops", "0.5", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "zoo:micro_cnn",
+                "--data",
+                "digits",
+                "--criterion",
+                "l2x",
+                "--target-flops",
+                "0.5",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "l1" in capsys.readouterr().err
 
 
 def test_train_frame_stacked_rppg_net_on_clip_data(tmp_path: Path) -> None:
     """Clip data (C, T, H, W) trains a frame-stacked 2-D rPPG net; calibration is stacked for export."""
     out = tmp_path / "rppg"
-    assert main(["train", "zoo:test_physnet_2p1d", "--data", "synthetic-rppg", "--data-kw", "size=16",
-                 "--data-kw", "chunk=8", "--epochs", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "zoo:test_physnet_2p1d",
+                "--data",
+                "synthetic-rppg",
+                "--data-kw",
+                "size=16",
+                "--data-kw",
+                "chunk=8",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     calib = np.load(out / "calib.npy")
     assert calib.shape[1:] == (3, 8 * 16, 16)
     summary = json.loads((out / "summary.json").read_text())
@@ -84,6 +201,21 @@ def test_train_frame_stacked_rppg_net_on_clip_data(tmp_path: Path) -> None:
 
 
 def test_malformed_model_option_is_a_usage_error(tmp_path: Path, capsys) -> None:
-    assert main(["train", "zoo:micro_cnn", "--data", "digits", "--model-kw", "width", "--epochs", "1",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "zoo:micro_cnn",
+                "--data",
+                "digits",
+                "--model-kw",
+                "width",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "KEY=VALUE" in capsys.readouterr().err

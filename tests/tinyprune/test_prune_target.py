@@ -29,9 +29,24 @@ def _profile(tmp_path: Path, flash: int) -> Path:
 @pytest.mark.tf
 def test_target_keeps_the_largest_network_that_fits(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1", "--epochs", "1",
-            "--finetune-epochs", "1", "--lr", "3e-3", "--target", str(_profile(tmp_path, 9000)),
-            "--out", str(out)]
+    args = [
+        "prune",
+        "zoo:micro_cnn",
+        "--data",
+        "digits",
+        "--criterion",
+        "l1",
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--lr",
+        "3e-3",
+        "--target",
+        str(_profile(tmp_path, 9000)),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     target = json.loads((out / "summary.json").read_text())["target"]
     tried = target["tried"]
@@ -45,9 +60,22 @@ def test_target_keeps_the_largest_network_that_fits(tmp_path: Path) -> None:
 
 @pytest.mark.tf
 def test_unreachable_profile_names_the_smallest_network(tmp_path: Path, capsys) -> None:
-    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1", "--epochs", "1",
-            "--finetune-epochs", "1", "--target", str(_profile(tmp_path, 3000)),
-            "--out", str(tmp_path / "run")]
+    args = [
+        "prune",
+        "zoo:micro_cnn",
+        "--data",
+        "digits",
+        "--criterion",
+        "l1",
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--target",
+        str(_profile(tmp_path, 3000)),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 3
     err = capsys.readouterr().err
     assert "smallest reachable" in err and "flash" in err and "3000" in err
@@ -55,12 +83,41 @@ def test_unreachable_profile_names_the_smallest_network(tmp_path: Path, capsys) 
 
 def test_target_excludes_a_flops_budget(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
-        main(["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1",
-              "--target", "cortex-m4", "--target-flops", "0.5", "--out", str(tmp_path / "r")])
+        main(
+            [
+                "prune",
+                "zoo:micro_cnn",
+                "--data",
+                "digits",
+                "--criterion",
+                "l1",
+                "--target",
+                "cortex-m4",
+                "--target-flops",
+                "0.5",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
     assert e.value.code == 2
 
 
 def test_target_with_an_unstructured_criterion_is_a_usage_error(tmp_path: Path, capsys) -> None:
-    assert main(["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "wgj",
-                 "--target", "cortex-m4", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "zoo:micro_cnn",
+                "--data",
+                "digits",
+                "--criterion",
+                "wgj",
+                "--target",
+                "cortex-m4",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "structured criterion" in capsys.readouterr().err

@@ -44,8 +44,14 @@ def _loader(batch_size: int = 8, shuffle: bool = True) -> DataLoader:
 
 
 def _cfg(**kw: Any) -> TrainConfig:
-    base = {"epochs": 2, "lr": 0.01, "optimizer": "adam", "batch_size": 8, "seed": 3,
-            "log_every": 0}
+    base = {
+        "epochs": 2,
+        "lr": 0.01,
+        "optimizer": "adam",
+        "batch_size": 8,
+        "seed": 3,
+        "log_every": 0,
+    }
     return TrainConfig(**{**base, **kw})
 
 
@@ -61,6 +67,7 @@ def _params_equal(a: nn.Module, b: nn.Module) -> bool:
 
 
 # --- determinism -------------------------------------------------------------------------------
+
 
 def test_same_seed_gives_identical_weights_and_other_seed_differs() -> None:
     torch.manual_seed(999)  # the global RNG state before fit must not matter
@@ -94,6 +101,7 @@ def test_training_reduces_loss_and_reports_history() -> None:
 
 
 # --- hooks ---------------------------------------------------------------------------------------
+
 
 class _Recorder(TrainHook):
     def __init__(self, tag: str, log: list[tuple[str, str, int]]) -> None:
@@ -138,14 +146,26 @@ def test_hooks_are_called_in_the_documented_order() -> None:
     log: list[tuple[str, str, int]] = []
     a, b = _Recorder("a", log), _Recorder("b", log)
     model = _model()
-    res = fit(model, _loader(batch_size=16), _cfg(batch_size=16), loss_fn=nn.functional.mse_loss,
-              hooks=(a, b), progress=False)
-    one_step = [("a", "extra", 0), ("b", "extra", 0), ("a", "backward", 0), ("b", "backward", 0),
-                ("a", "step", 1), ("b", "step", 1)]
+    res = fit(
+        model,
+        _loader(batch_size=16),
+        _cfg(batch_size=16),
+        loss_fn=nn.functional.mse_loss,
+        hooks=(a, b),
+        progress=False,
+    )
+    one_step = [
+        ("a", "extra", 0),
+        ("b", "extra", 0),
+        ("a", "backward", 0),
+        ("b", "backward", 0),
+        ("a", "step", 1),
+        ("b", "step", 1),
+    ]
     assert log[:2] == [("a", "begin", 0), ("b", "begin", 0)]
     assert log[2:8] == one_step
     # 48 samples / 16 = 3 steps per epoch, 2 epochs; epoch ends after step 3 and 6.
-    assert log[2 + 3 * 6:][:2] == [("a", "epoch_end", 3), ("b", "epoch_end", 3)]
+    assert log[2 + 3 * 6 :][:2] == [("a", "epoch_end", 3), ("b", "epoch_end", 3)]
     assert log[-2:] == [("a", "end", 6), ("b", "end", 6)]
     assert all(a.grads_ready) and all(a.unchanged_at_backward) and all(a.changed_at_step)
     assert a.ctx_models == [model]
@@ -195,10 +215,23 @@ class _BlowUpGrads(TrainHook):
 def test_grad_clip_applies_after_after_backward() -> None:
     model = _model()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    cfg = _cfg(epochs=1, optimizer="sgd", momentum=0.0, lr=1.0, schedule="constant", grad_clip=1e-3,
-               batch_size=48)
-    fit(model, _loader(batch_size=48), cfg, loss_fn=nn.functional.mse_loss, hooks=[_BlowUpGrads()],
-        progress=False)
+    cfg = _cfg(
+        epochs=1,
+        optimizer="sgd",
+        momentum=0.0,
+        lr=1.0,
+        schedule="constant",
+        grad_clip=1e-3,
+        batch_size=48,
+    )
+    fit(
+        model,
+        _loader(batch_size=48),
+        cfg,
+        loss_fn=nn.functional.mse_loss,
+        hooks=[_BlowUpGrads()],
+        progress=False,
+    )
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert float((after - before).norm()) <= 1e-3 * (1 + 1e-4)
     assert float((after - before).norm()) > 0
@@ -210,11 +243,17 @@ def test_bad_hook_and_bad_loss_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="scalar"):
         fit(_model(), _loader(), _cfg(), loss_fn=lambda o, t: (o - t) ** 2, progress=False)
     with pytest.raises(ConfigError, match="diverged"):
-        fit(_model(), _loader(), _cfg(), loss_fn=lambda o, t: (o - t).mean() * float("nan"),
-            progress=False)
+        fit(
+            _model(),
+            _loader(),
+            _cfg(),
+            loss_fn=lambda o, t: (o - t).mean() * float("nan"),
+            progress=False,
+        )
 
 
 # --- evaluation and data order -------------------------------------------------------------------
+
 
 def test_evaluate_scores_the_whole_set_and_restores_mode() -> None:
     model = nn.Identity()
@@ -245,6 +284,7 @@ def test_prepare_loader_rebatches_with_seeded_order() -> None:
 
 
 # --- config --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
@@ -282,6 +322,7 @@ def test_train_config_round_trip_and_unknown_key() -> None:
 
 # --- schedules and optimizers --------------------------------------------------------------------
 
+
 def _lrs(cfg: TrainConfig, steps_per_epoch: int = 10) -> list[float]:
     opt = build_optimizer(nn.Linear(2, 1), cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch)
@@ -316,8 +357,10 @@ def test_constant_and_onecycle_schedules() -> None:
     assert max(sgd) == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize(("name", "cls"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                           ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)],
+)
 def test_build_optimizer_uses_config(name: str, cls: type) -> None:
     model = nn.Linear(3, 2)
     model.bias.requires_grad_(False)
@@ -334,6 +377,7 @@ def test_build_optimizer_uses_config(name: str, cls: type) -> None:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path: Any) -> None:
     model = _model(seed=5)
@@ -359,8 +403,16 @@ class _Evil:
 
 def test_checkpoint_with_non_allowlisted_object_is_rejected(tmp_path: Any, capsys: Any) -> None:
     path = tmp_path / "evil.pt"
-    torch.save({"format": "tinyprune-checkpoint", "version": 1, "state_dict": {},
-                "spec": {"name": "x"}, "extra": {"payload": _Evil()}}, path)
+    torch.save(
+        {
+            "format": "tinyprune-checkpoint",
+            "version": 1,
+            "state_dict": {},
+            "spec": {"name": "x"},
+            "extra": {"payload": _Evil()},
+        },
+        path,
+    )
     with pytest.raises(ConfigError, match="weights_only=True"):
         load_checkpoint(path)
     assert "must never run" not in capsys.readouterr().out
@@ -390,6 +442,7 @@ def test_save_checkpoint_refuses_what_loading_would_refuse(tmp_path: Any) -> Non
 
 # --- distributed helpers in a single process -----------------------------------------------------
 
+
 def test_distributed_helpers_are_no_ops_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert tdist.init_from_env() == tdist.DistInfo()
@@ -405,4 +458,3 @@ def test_distributed_helpers_are_no_ops_alone(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ConfigError, match="WORLD_SIZE must be an integer, got 'two'"):
         tdist.init_from_env()
-

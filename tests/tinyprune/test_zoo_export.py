@@ -22,8 +22,9 @@ MIN_INT8_COSINE = 0.98
 
 def test_every_tflm_native_family_has_a_tiny_variant():
     """The parametrized export below must cover the rPPG nets whose shifts broke int8 before."""
-    assert {"test_tscan", "test_efficientphys", "test_deepphys",
-            "test_physnet_2p1d"} <= set(TFLM_NATIVE_TINY)
+    assert {"test_tscan", "test_efficientphys", "test_deepphys", "test_physnet_2p1d"} <= set(
+        TFLM_NATIVE_TINY
+    )
 
 
 @pytest.mark.tf
@@ -37,8 +38,13 @@ def test_tflm_native_variant_exports_to_cortex_m7(name, tmp_path):
     torch.manual_seed(0)
     model = create_model(name).eval()
     calib = np.random.default_rng(0).standard_normal((16, *model.input_shape)).astype(np.float32)
-    result = export(model, calib, target="cortex-m7", out_dir=tmp_path,
-                    options=ExportOptions(calib_cap=16, verify_samples=8))
+    result = export(
+        model,
+        calib,
+        target="cortex-m7",
+        out_dir=tmp_path,
+        options=ExportOptions(calib_cap=16, verify_samples=8),
+    )
     verify = result.report["verify"]
     parity = verify["tflm_vs_litert_ref"]
     assert parity["max_abs"] == 0 or (parity["max_abs"] <= 1 and parity["known_difference"])
@@ -63,7 +69,7 @@ def test_eval_command_prints_the_run_metric(tmp_path, capsys):
     test = build_dataset("digits").test
     module = load_model(str(files.program)).module
     with torch.no_grad():
-        logits = torch.cat([module(torch.from_numpy(test.x[i:i + 1])) for i in range(len(test))])
+        logits = torch.cat([module(torch.from_numpy(test.x[i : i + 1])) for i in range(len(test))])
     assert got == pytest.approx(top1_accuracy(logits, test.y))
     assert main(["eval", str(tmp_path / "run"), "--split", "tset"]) == 2
     assert "did you mean 'test'" in capsys.readouterr().err

@@ -31,7 +31,8 @@ def get(name: str, **hyperparameters: Any) -> Any:
 def names(granularity: Granularity | None = None) -> list[str]:
     """Registered names (sorted), optionally only those of one granularity."""
     return [
-        n for n in CRITERIA.names()
+        n
+        for n in CRITERIA.names()
         if granularity is None or getattr(CRITERIA.get(n), "granularity", None) is granularity
     ]
 

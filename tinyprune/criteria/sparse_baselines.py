@@ -95,7 +95,10 @@ class RigLCriterion(DynamicSparsityConfig):
 
 
 UNSTRUCTURED: tuple[type[DynamicSparsityConfig], ...] = (
-    WGJCriterion, GMPCriterion, SETCriterion, RigLCriterion,
+    WGJCriterion,
+    GMPCriterion,
+    SETCriterion,
+    RigLCriterion,
 )
 
 

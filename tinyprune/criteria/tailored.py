@@ -183,9 +183,16 @@ class TailoredHook(TrainHook):
         ignored_layers: Layers whose output channels stay.
     """
 
-    def __init__(self, example_input: Any, budget: Any, criterion: TailoredCriterion | None = None,
-                 *, round_to: int = 4, prune_steps: int | None = None,
-                 ignored_layers: Sequence[nn.Module] = ()) -> None:
+    def __init__(
+        self,
+        example_input: Any,
+        budget: Any,
+        criterion: TailoredCriterion | None = None,
+        *,
+        round_to: int = 4,
+        prune_steps: int | None = None,
+        ignored_layers: Sequence[nn.Module] = (),
+    ) -> None:
         self.example_input, self.budget = example_input, budget
         self.crit = criterion if criterion is not None else TailoredCriterion()
         self.round_to, self.prune_steps, self.ignored = round_to, prune_steps, ignored_layers
@@ -218,8 +225,12 @@ class TailoredHook(TrainHook):
             for g, m in zip(self.graph.groups, mins, strict=True)
         ]
         full = self.cost.group_sizes.copy()
-        dcost = np.array([sel._step_cost(self.cost, full, g, int(full[g] - 1), self.limits)
-                          for g in range(len(full))])
+        dcost = np.array(
+            [
+                sel._step_cost(self.cost, full, g, int(full[g] - 1), self.limits)
+                for g in range(len(full))
+            ]
+        )
         self.weights = dcost / max(float(np.mean(dcost)), 1e-12)
         self._gates = [
             [(self.graph.bn_after(s.name), s) for s in g.members] for g in self.graph.groups
@@ -246,8 +257,14 @@ class TailoredHook(TrainHook):
             lam = self.controller.update(rho, self._progress(ctx))
         else:
             self.controller.rho_start = max(rho, self.crit.rho_min)
-        entry = {"step": float(ctx.step), "lambda": lam, "rho": rho, "macs": chosen.macs,
-                 "params": chosen.params, "pset": float(sum(len(p) for p in self.pset))}
+        entry = {
+            "step": float(ctx.step),
+            "lambda": lam,
+            "rho": rho,
+            "macs": chosen.macs,
+            "params": chosen.params,
+            "pset": float(sum(len(p) for p in self.pset)),
+        }
         self.history.append(entry)
         log.info("tailored SELECT %s", entry)
 
@@ -294,5 +311,8 @@ class TailoredHook(TrainHook):
 
     def summary(self) -> dict[str, Any]:
         """Controller and SELECT history."""
-        return {"lambda": self.controller.value, "selects": len(self.history),
-                "last": self.history[-1] if self.history else {}}
+        return {
+            "lambda": self.controller.value,
+            "selects": len(self.history),
+            "last": self.history[-1] if self.history else {},
+        }

@@ -31,8 +31,14 @@ from tinyprune.pruning.dynamic import (
 )
 
 __all__ = [
-    "DynamicSparseHook", "DynamicSparsityConfig", "LayerStats", "ResolvedSchedule",
-    "ScoreInputLike", "WGJCriterion", "layer_stats", "resolve_schedule",
+    "DynamicSparseHook",
+    "DynamicSparsityConfig",
+    "LayerStats",
+    "ResolvedSchedule",
+    "ScoreInputLike",
+    "WGJCriterion",
+    "layer_stats",
+    "resolve_schedule",
 ]
 
 
@@ -98,30 +104,43 @@ class DynamicSparsityConfig:
                 msg = f"{field} {value!r} is outside [0, 1); expected e.g. 0.9 for 10 % density"
                 raise ConfigError(msg)
         if self.init_sparsity > self.sparsity:
-            msg = (f"init_sparsity {self.init_sparsity} exceeds sparsity {self.sparsity}; "
-                   "the schedule only removes weights, so set init_sparsity <= sparsity")
+            msg = (
+                f"init_sparsity {self.init_sparsity} exceeds sparsity {self.sparsity}; "
+                "the schedule only removes weights, so set init_sparsity <= sparsity"
+            )
             raise ConfigError(msg)
         self._check_ints()
         self._check_choices()
 
     def _check_ints(self) -> None:
-        checks = [("delta_t", self.delta_t, 1), ("protect_k", self.protect_k, 0),
-                  ("min_per_channel", self.min_per_channel, 0)]
-        checks += [(f, v, 0) for f, v in (("t_start", self.t_start), ("t_f", self.t_f),
-                                           ("t_end", self.t_end)) if v is not None]
+        checks = [
+            ("delta_t", self.delta_t, 1),
+            ("protect_k", self.protect_k, 0),
+            ("min_per_channel", self.min_per_channel, 0),
+        ]
+        checks += [
+            (f, v, 0)
+            for f, v in (("t_start", self.t_start), ("t_f", self.t_f), ("t_end", self.t_end))
+            if v is not None
+        ]
         for field, value, low in checks:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 msg = f"{field} must be an integer >= {low}, got {value!r}"
                 raise ConfigError(msg)
-        for field, value in (("t_f_frac", self.t_f_frac), ("t_end_frac", self.t_end_frac),
-                             ("min_density_layer", self.min_density_layer)):
+        for field, value in (
+            ("t_f_frac", self.t_f_frac),
+            ("t_end_frac", self.t_end_frac),
+            ("min_density_layer", self.min_density_layer),
+        ):
             if not 0.0 <= value <= 1.0:
                 msg = f"{field} must lie in [0, 1], got {value!r}"
                 raise ConfigError(msg)
 
     def _check_choices(self) -> None:
-        for field, value, allowed in (("scope", self.scope, ("global", "layer")),
-                                      ("regrow_init", self.regrow_init, ("zero", "restore"))):
+        for field, value, allowed in (
+            ("scope", self.scope, ("global", "layer")),
+            ("regrow_init", self.regrow_init, ("zero", "restore")),
+        ):
             if value not in allowed:
                 msg = f"{field} {value!r} is not one of {allowed}"
                 raise ConfigError(msg)
@@ -193,8 +212,10 @@ class WGJCriterion(DynamicSparsityConfig):
             if not 0.0 <= value < 1.0:
                 msg = f"{field} must lie in [0, 1), got {value!r}"
                 raise ConfigError(msg)
-        for field, value, allowed in (("trim_score", self.trim_score, ("joint", "taylor")),
-                                      ("keep_score", self.keep_score, ("ratio", "exp"))):
+        for field, value, allowed in (
+            ("trim_score", self.trim_score, ("joint", "taylor")),
+            ("keep_score", self.keep_score, ("ratio", "exp")),
+        ):
             if value not in allowed:
                 msg = f"{field} {value!r} is not one of {allowed}"
                 raise ConfigError(msg)

@@ -12,8 +12,15 @@ from typing import Any
 from tinyprune.data.builders import DATASETS
 from tinyprune.data.bundle import ArrayDataset, ClipDataset, DataBundle, Loaders
 
-__all__ = ["DATASETS", "ArrayDataset", "ClipDataset", "DataBundle", "Loaders", "build_dataset",
-           "dataset_names"]
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "ClipDataset",
+    "DataBundle",
+    "Loaders",
+    "build_dataset",
+    "dataset_names",
+]
 
 
 def build_dataset(spec: str, **kw: Any) -> DataBundle:

@@ -66,8 +66,10 @@ def write_avi(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     stride = (w * 3 + 3) & ~3
     frame_bytes = stride * h
     if t * (frame_bytes + 24) + 4096 > _RIFF_LIMIT:
-        msg = (f"{t} frames of {w}x{h} exceed the 1 GB AVI 1.0 limit of this writer; "
-               "write fewer frames or a smaller frame size")
+        msg = (
+            f"{t} frames of {w}x{h} exceed the 1 GB AVI 1.0 limit of this writer; "
+            "write fewer frames or a smaller frame size"
+        )
         raise ConfigError(msg)
     hdrl = _header_list(t, w, h, fps, frame_bytes)
     movi = bytearray(b"movi")
@@ -141,11 +143,29 @@ def _chunk(fourcc: bytes, payload: bytes) -> bytes:
 def _header_list(t: int, w: int, h: int, fps: float, frame_bytes: int) -> bytes:
     us_per_frame = round(1e6 / fps)
     rate, scale = round(fps * 1000), 1000
-    avih = struct.pack("<14I", us_per_frame, int(frame_bytes * fps), 0, _AVIF_HASINDEX, t, 0, 1,
-                       frame_bytes, w, h, 0, 0, 0, 0)
-    strh = (b"vids" + b"DIB " + struct.pack("<IHHIIIIIIII", 0, 0, 0, 0, scale, rate, 0, t,
-                                            frame_bytes, 0xFFFFFFFF, 0)
-            + struct.pack("<4h", 0, 0, w, h))
+    avih = struct.pack(
+        "<14I",
+        us_per_frame,
+        int(frame_bytes * fps),
+        0,
+        _AVIF_HASINDEX,
+        t,
+        0,
+        1,
+        frame_bytes,
+        w,
+        h,
+        0,
+        0,
+        0,
+        0,
+    )
+    strh = (
+        b"vids"
+        + b"DIB "
+        + struct.pack("<IHHIIIIIIII", 0, 0, 0, 0, scale, rate, 0, t, frame_bytes, 0xFFFFFFFF, 0)
+        + struct.pack("<4h", 0, 0, w, h)
+    )
     strf = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, frame_bytes, 0, 0, 0, 0)
     strl = b"strl" + _chunk(b"strh", strh) + _chunk(b"strf", strf)
     return b"hdrl" + _chunk(b"avih", avih) + _chunk(b"LIST", strl)
@@ -185,8 +205,9 @@ def _scan(
                 msg = f"{path} is not a RIFF AVI file (starts with {tag!r} {form!r})"
                 raise ConfigError(msg)
             break
-        info, stop = _walk(f, pos + 12, pos + 8 + length, path, info, offsets,
-                           want_frames, max_frames)
+        info, stop = _walk(
+            f, pos + 12, pos + 8 + length, path, info, offsets, want_frames, max_frames
+        )
         if stop:
             break
         pos += 8 + length + (length & 1)
@@ -197,8 +218,14 @@ def _scan(
 
 
 def _walk(
-    f: BinaryIO, start: int, end: int, path: Path, info: AviInfo | None,
-    offsets: list[tuple[int, int]], want_frames: bool, max_frames: int | None,
+    f: BinaryIO,
+    start: int,
+    end: int,
+    path: Path,
+    info: AviInfo | None,
+    offsets: list[tuple[int, int]],
+    want_frames: bool,
+    max_frames: int | None,
 ) -> tuple[AviInfo | None, bool]:
     pos = start
     while pos + 8 <= end:
@@ -220,8 +247,9 @@ def _walk(
     return info, False
 
 
-def _collect(f: BinaryIO, start: int, end: int, offsets: list[tuple[int, int]],
-             max_frames: int | None) -> bool:
+def _collect(
+    f: BinaryIO, start: int, end: int, offsets: list[tuple[int, int]], max_frames: int | None
+) -> bool:
     pos = start
     while pos + 8 <= end:
         f.seek(pos)
@@ -272,9 +300,11 @@ def _parse_strl(data: bytes, path: Path, fps: float, declared: int) -> AviInfo |
     _, w, h, _, bits, comp = struct.unpack_from("<IiiHHI", strf, 0)
     fourcc = struct.pack("<I", comp).decode("latin-1") if comp > 3 else f"BI_{comp}"
     if comp not in (0, 3) or bits not in (24, 32):
-        msg = (f"{path}: video codec {fourcc!r} with {bits} bits per pixel is not supported; this "
-               "reader handles uncompressed 24/32-bit RGB only. Convert the file, e.g. "
-               "`ffmpeg -i vid.avi -c:v rawvideo -pix_fmt bgr24 vid_raw.avi`")
+        msg = (
+            f"{path}: video codec {fourcc!r} with {bits} bits per pixel is not supported; this "
+            "reader handles uncompressed 24/32-bit RGB only. Convert the file, e.g. "
+            "`ffmpeg -i vid.avi -c:v rawvideo -pix_fmt bgr24 vid_raw.avi`"
+        )
         raise ConfigError(msg)
     return AviInfo(w, abs(h), fps, bits, fourcc, h > 0, declared)
 

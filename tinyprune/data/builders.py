@@ -39,20 +39,29 @@ def _need_path(name: str, path: str | None) -> str:
 
 
 @DATASETS.register("digits", help="scikit-learn handwritten digits (8x8, optionally 16/28)")
-def build_digits(path: str | None = None, size: int = 8, test_fraction: float = 0.2,
-                 seed: int = 0) -> DataBundle:
+def build_digits(
+    path: str | None = None, size: int = 8, test_fraction: float = 0.2, seed: int = 0
+) -> DataBundle:
     """Digits bundle; ``val`` and ``test`` are the same held-out split."""
     _no_path("digits", path)
     (xtr, ytr), (xte, yte) = digits.load_digits(size, test_fraction, seed)
     test = ArrayDataset(xte, yte)
-    return DataBundle("digits", "classification", ArrayDataset(xtr, ytr), test, test,
-                      (1, size, size), 10, info={"size": size, "seed": seed,
-                                                 "n_train": len(xtr), "n_test": len(xte)})
+    return DataBundle(
+        "digits",
+        "classification",
+        ArrayDataset(xtr, ytr),
+        test,
+        test,
+        (1, size, size),
+        10,
+        info={"size": size, "seed": seed, "n_train": len(xtr), "n_test": len(xte)},
+    )
 
 
 @DATASETS.register("cifar10", help="CIFAR-10 from a local cifar-10-batches-py folder")
-def build_cifar10(path: str | None = None, val_fraction: float = 0.0, seed: int = 0,
-                  limit: int | None = None) -> DataBundle:
+def build_cifar10(
+    path: str | None = None, val_fraction: float = 0.0, seed: int = 0, limit: int | None = None
+) -> DataBundle:
     """CIFAR-10 bundle; ``val`` is a seeded slice of the training batches (or the test set)."""
     (xtr, ytr), (xte, yte) = cifar.load_cifar10(_need_path("cifar10", path))
     if limit is not None:
@@ -65,20 +74,30 @@ def build_cifar10(path: str | None = None, val_fraction: float = 0.0, seed: int 
         k = int(round(val_fraction * len(xtr)))
         val = ArrayDataset(xtr[order[:k]], ytr[order[:k]])
         xtr, ytr = xtr[order[k:]], ytr[order[k:]]
-    return DataBundle(f"cifar10:{path}", "classification", ArrayDataset(xtr, ytr), val, test,
-                      (3, 32, 32), 10, info={"n_train": len(xtr), "n_test": len(xte)})
+    return DataBundle(
+        f"cifar10:{path}",
+        "classification",
+        ArrayDataset(xtr, ytr),
+        val,
+        test,
+        (3, 32, 32),
+        10,
+        info={"n_train": len(xtr), "n_test": len(xte)},
+    )
 
 
-def _clips_from_videos(videos: Iterable[tuple[Iterator[np.ndarray], np.ndarray, float]],
-                       cfg: PreprocessConfig) -> ClipDataset:
+def _clips_from_videos(
+    videos: Iterable[tuple[Iterator[np.ndarray], np.ndarray, float]], cfg: PreprocessConfig
+) -> ClipDataset:
     """Face-crop, normalise and chunk each ``(frames, bvp, fs)``; clip HR = FFT HR of the label."""
     xs, ys, hrs, vids, fs_all = [], [], [], [], []
     for k, (frames, bvp, fs) in enumerate(videos):
         faces = face_crop_video(frames, cfg)
         n = min(len(faces), len(bvp))
         if len(faces) != len(bvp):
-            log.warning("video %d: %d frames but %d labels; using the first %d", k,
-                        len(faces), len(bvp), n)
+            log.warning(
+                "video %d: %d frames but %d labels; using the first %d", k, len(faces), len(bvp), n
+            )
         x, y = preprocess_video(faces[:n], np.asarray(bvp[:n]), cfg)
         raw = np.asarray(bvp[: len(y) * cfg.chunk]).reshape(len(y), cfg.chunk)
         xs.append(x)
@@ -89,8 +108,14 @@ def _clips_from_videos(videos: Iterable[tuple[Iterator[np.ndarray], np.ndarray, 
     return _stack_clips(xs, ys, hrs, vids, float(np.mean(fs_all)) if fs_all else 30.0, cfg)
 
 
-def _stack_clips(xs: list[np.ndarray], ys: list[np.ndarray], hrs: list[float], vids: list[int],
-                 fs: float, cfg: PreprocessConfig) -> ClipDataset:
+def _stack_clips(
+    xs: list[np.ndarray],
+    ys: list[np.ndarray],
+    hrs: list[float],
+    vids: list[int],
+    fs: float,
+    cfg: PreprocessConfig,
+) -> ClipDataset:
     c = 3 * len(cfg.data_types)
     x = np.concatenate(xs) if xs else np.zeros((0, c, cfg.chunk, cfg.size, cfg.size), np.float32)
     y = np.concatenate(ys) if ys else np.zeros((0, cfg.chunk), np.float32)
@@ -99,27 +124,40 @@ def _stack_clips(xs: list[np.ndarray], ys: list[np.ndarray], hrs: list[float], v
 
 def _split(names: list[Any], train_fraction: float) -> tuple[list[Any], list[Any]]:
     if not 0.0 < train_fraction < 1.0 or len(names) < 2:
-        msg = (f"need train_fraction in (0, 1) and at least 2 videos/subjects to split; got "
-               f"{train_fraction!r} and {len(names)}")
+        msg = (
+            f"need train_fraction in (0, 1) and at least 2 videos/subjects to split; got "
+            f"{train_fraction!r} and {len(names)}"
+        )
         raise ConfigError(msg)
     k = min(max(1, int(round(train_fraction * len(names)))), len(names) - 1)
     return names[:k], names[k:]
 
 
-def _rppg_bundle(name: str, train: ClipDataset, test: ClipDataset, cfg: PreprocessConfig,
-                 extras: dict[str, ArrayDataset] | None = None,
-                 info: dict[str, object] | None = None) -> DataBundle:
+def _rppg_bundle(
+    name: str,
+    train: ClipDataset,
+    test: ClipDataset,
+    cfg: PreprocessConfig,
+    extras: dict[str, ArrayDataset] | None = None,
+    info: dict[str, object] | None = None,
+) -> DataBundle:
     shape = (3 * len(cfg.data_types), cfg.chunk, cfg.size, cfg.size)
     if len(train) == 0:
         msg = f"{name}: no training clip of {cfg.chunk} frames; use shorter chunks or more video"
         raise ConfigError(msg)
-    return DataBundle(name, "rppg", train, test, test, shape, None, train.fs, extras or {},
-                      info or {})
+    return DataBundle(
+        name, "rppg", train, test, test, shape, None, train.fs, extras or {}, info or {}
+    )
 
 
 @DATASETS.register("pure", help="PURE folder (ss-tt/ss-tt/*.png + ss-tt.json)")
-def build_pure(path: str | None = None, train_fraction: float = 0.8, label_resample: str = "index",
-               max_frames: int | None = None, **pre: Any) -> DataBundle:
+def build_pure(
+    path: str | None = None,
+    train_fraction: float = 0.8,
+    label_resample: str = "index",
+    max_frames: int | None = None,
+    **pre: Any,
+) -> DataBundle:
     """PURE bundle: subjects sorted, the first ``train_fraction`` of subjects train (toolbox)."""
     root = _need_path("pure", path)
     cfg = PreprocessConfig(**pre)
@@ -132,34 +170,51 @@ def build_pure(path: str | None = None, train_fraction: float = 0.8, label_resam
             if s.subject in keep:
                 yield s.frames(max_frames=max_frames), s.bvp(label_resample)[:max_frames], s.fs
 
-    return _rppg_bundle(f"pure:{path}", _clips_from_videos(videos(tr), cfg),
-                        _clips_from_videos(videos(te), cfg), cfg,
-                        info={"train_subjects": tr, "test_subjects": te})
+    return _rppg_bundle(
+        f"pure:{path}",
+        _clips_from_videos(videos(tr), cfg),
+        _clips_from_videos(videos(te), cfg),
+        cfg,
+        info={"train_subjects": tr, "test_subjects": te},
+    )
 
 
 @DATASETS.register("ubfc", help="UBFC-rPPG folder (subject<N>/vid.avi + ground_truth.txt)")
-def build_ubfc(path: str | None = None, train_fraction: float = 30 / 42,
-               max_frames: int | None = None, **pre: Any) -> DataBundle:
+def build_ubfc(
+    path: str | None = None,
+    train_fraction: float = 30 / 42,
+    max_frames: int | None = None,
+    **pre: Any,
+) -> DataBundle:
     """UBFC-rPPG bundle: subjects ascending, the first ``train_fraction`` train."""
     root = _need_path("ubfc", path)
     cfg = PreprocessConfig(**pre)
     subjects = [ubfc.read_subject(root, n) for n in ubfc.list_subjects(root)]
     tr, te = _split(subjects, train_fraction)
 
-    def videos(keep: list[ubfc.UbfcSubject]
-               ) -> Iterator[tuple[Iterator[np.ndarray], np.ndarray, float]]:
+    def videos(
+        keep: list[ubfc.UbfcSubject],
+    ) -> Iterator[tuple[Iterator[np.ndarray], np.ndarray, float]]:
         for s in keep:
             yield s.frames(max_frames=max_frames), s.ppg[:max_frames], s.fs
 
-    return _rppg_bundle(f"ubfc:{path}", _clips_from_videos(videos(tr), cfg),
-                        _clips_from_videos(videos(te), cfg), cfg,
-                        info={"train_subjects": [s.subject for s in tr],
-                              "test_subjects": [s.subject for s in te]})
+    return _rppg_bundle(
+        f"ubfc:{path}",
+        _clips_from_videos(videos(tr), cfg),
+        _clips_from_videos(videos(te), cfg),
+        cfg,
+        info={"train_subjects": [s.subject for s in tr], "test_subjects": [s.subject for s in te]},
+    )
 
 
-def _synthetic_split(seeds: list[int], faces: list[str], hrs: list[float | None],
-                     base: dict[str, Any], cfg: PreprocessConfig,
-                     pulse: str = "synthetic") -> ClipDataset:
+def _synthetic_split(
+    seeds: list[int],
+    faces: list[str],
+    hrs: list[float | None],
+    base: dict[str, Any],
+    cfg: PreprocessConfig,
+    pulse: str = "synthetic",
+) -> ClipDataset:
     """Render one crop-mode video per seed, normalise per video, chunk; HR = mean HR per clip."""
     xs, ys, clip_hr, vids = [], [], [], []
     for k, (seed, face, hr) in enumerate(zip(seeds, faces, hrs, strict=True)):
@@ -175,10 +230,19 @@ def _synthetic_split(seeds: list[int], faces: list[str], hrs: list[float | None]
 
 @DATASETS.register("synthetic-rppg", help="seeded synthetic face videos with exact BVP/HR")
 def build_synthetic_rppg(
-    path: str | None = None, n_train: int = 8, n_val: int = 2, n_test: int = 2,
-    clips_per_video: int = 2, size: int = 36, chunk: int = 64, fs: float = 30.0,
-    nuisances: tuple[str, ...] = ("static",), amplitude: float = 0.003, seed: int = 0,
-    data_types: tuple[str, ...] = ("DiffNormalized",), label_type: str = "DiffNormalized",
+    path: str | None = None,
+    n_train: int = 8,
+    n_val: int = 2,
+    n_test: int = 2,
+    clips_per_video: int = 2,
+    size: int = 36,
+    chunk: int = 64,
+    fs: float = 30.0,
+    nuisances: tuple[str, ...] = ("static",),
+    amplitude: float = 0.003,
+    seed: int = 0,
+    data_types: tuple[str, ...] = ("DiffNormalized",),
+    label_type: str = "DiffNormalized",
     real_ppg: bool = True,
 ) -> DataBundle:
     """Synthetic rPPG bundle of face-centred ``size x size`` clips (crop mode, no detection).
@@ -191,34 +255,64 @@ def build_synthetic_rppg(
     if min(n_train, n_val, n_test, clips_per_video) < 1:
         msg = "n_train, n_val, n_test and clips_per_video must all be >= 1"
         raise ConfigError(msg)
-    cfg = PreprocessConfig(size=size, chunk=chunk, data_types=data_types, label_type=label_type,
-                           detect=False)
-    base = {"duration_s": clips_per_video * chunk / fs, "fs": fs, "crop": size,
-            "nuisances": tuple(nuisances), "amplitude": amplitude}
+    cfg = PreprocessConfig(
+        size=size, chunk=chunk, data_types=data_types, label_type=label_type, detect=False
+    )
+    base = {
+        "duration_s": clips_per_video * chunk / fs,
+        "fs": fs,
+        "crop": size,
+        "nuisances": tuple(nuisances),
+        "amplitude": amplitude,
+    }
     root = seed * 100_003
 
     def faces(n: int, train: bool) -> list[str]:
-        return [("astronaut" if i % 4 == 0 else f"lfw:{i % 50}") if train
-                else f"lfw:{50 + i % 50}" for i in range(n)]
+        return [
+            ("astronaut" if i % 4 == 0 else f"lfw:{i % 50}") if train else f"lfw:{50 + i % 50}"
+            for i in range(n)
+        ]
 
-    train = _synthetic_split([root + i for i in range(n_train)], faces(n_train, True),
-                             [None] * n_train, base, cfg)
-    val = _synthetic_split([root + 10_000 + i for i in range(n_val)], faces(n_val, False),
-                           [None] * n_val, base, cfg)
-    test = _synthetic_split([root + 20_000 + i for i in range(n_test)], faces(n_test, False),
-                            list(np.linspace(55, 130, n_test)), base, cfg)
+    train = _synthetic_split(
+        [root + i for i in range(n_train)], faces(n_train, True), [None] * n_train, base, cfg
+    )
+    val = _synthetic_split(
+        [root + 10_000 + i for i in range(n_val)], faces(n_val, False), [None] * n_val, base, cfg
+    )
+    test = _synthetic_split(
+        [root + 20_000 + i for i in range(n_test)],
+        faces(n_test, False),
+        list(np.linspace(55, 130, n_test)),
+        base,
+        cfg,
+    )
     extras: dict[str, ArrayDataset] = {}
     if real_ppg:
         extras["real_ppg"] = _real_ppg_split(base, cfg, root)
     shape = (3 * len(cfg.data_types), chunk, size, size)
-    info = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-            "clips_per_video": clips_per_video, "nuisances": list(nuisances)}
+    info = {
+        "seed": seed,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": n_test,
+        "clips_per_video": clips_per_video,
+        "nuisances": list(nuisances),
+    }
     return DataBundle("synthetic-rppg", "rppg", train, val, test, shape, None, fs, extras, info)
 
 
 def _real_ppg_split(base: dict[str, Any], cfg: PreprocessConfig, root: int) -> ClipDataset:
-    parts = [_synthetic_split([root + 30_000 + k], ["astronaut"], [None], base, cfg,
-                              pulse=f"heartpy:{k}") for k in range(3)]
+    parts = [
+        _synthetic_split(
+            [root + 30_000 + k], ["astronaut"], [None], base, cfg, pulse=f"heartpy:{k}"
+        )
+        for k in range(3)
+    ]
     vids = np.concatenate([p.video + k for k, p in enumerate(parts)])
-    return ClipDataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
-                       np.concatenate([p.hr_bpm for p in parts]), vids, float(base["fs"]))
+    return ClipDataset(
+        np.concatenate([p.x for p in parts]),
+        np.concatenate([p.y for p in parts]),
+        np.concatenate([p.hr_bpm for p in parts]),
+        vids,
+        float(base["fs"]),
+    )

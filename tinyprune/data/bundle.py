@@ -47,8 +47,9 @@ class ClipDataset(ArrayDataset):
         fs: Frame rate.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, hr_bpm: np.ndarray, video: np.ndarray,
-                 fs: float) -> None:
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, hr_bpm: np.ndarray, video: np.ndarray, fs: float
+    ) -> None:
         super().__init__(x, np.asarray(y, np.float32))
         if len(hr_bpm) != len(x) or len(video) != len(x):
             msg = f"need one HR and one video index per clip: {len(x)} clips, {len(hr_bpm)} HR"
@@ -104,8 +105,14 @@ class DataBundle:
             msg = f"train samples have shape {self.train.x.shape[1:]}, not {self.input_shape}"
             raise ConfigError(msg)
 
-    def loaders(self, batch_size: int = 32, seed: int = 0, num_workers: int = 0,
-                shuffle_train: bool = True, drop_last: bool = False) -> Loaders:
+    def loaders(
+        self,
+        batch_size: int = 32,
+        seed: int = 0,
+        num_workers: int = 0,
+        shuffle_train: bool = True,
+        drop_last: bool = False,
+    ) -> Loaders:
         """DataLoaders; the training order is fixed by ``seed`` (a seeded torch.Generator)."""
         if batch_size < 1 or num_workers < 0:
             msg = f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"
@@ -113,9 +120,15 @@ class DataBundle:
         gen = torch.Generator().manual_seed(seed)
 
         def make(ds: ArrayDataset, train: bool) -> DataLoader:
-            return DataLoader(ds, batch_size=batch_size, shuffle=train and shuffle_train,
-                              generator=gen if train else None, num_workers=num_workers,
-                              drop_last=drop_last and train, worker_init_fn=_seed_worker)
+            return DataLoader(
+                ds,
+                batch_size=batch_size,
+                shuffle=train and shuffle_train,
+                generator=gen if train else None,
+                num_workers=num_workers,
+                drop_last=drop_last and train,
+                worker_init_fn=_seed_worker,
+            )
 
         return Loaders(make(self.train, True), make(self.val, False), make(self.test, False))
 
@@ -129,8 +142,10 @@ class DataBundle:
             ConfigError: ``n`` < 1 or larger than the training set.
         """
         if not 1 <= n <= len(self.train):
-            msg = (f"calibration needs 1 <= n <= {len(self.train)} (training samples of "
-                   f"{self.name!r}), got n={n}")
+            msg = (
+                f"calibration needs 1 <= n <= {len(self.train)} (training samples of "
+                f"{self.name!r}), got n={n}"
+            )
             raise ConfigError(msg)
         idx = np.sort(np.random.default_rng(seed).choice(len(self.train), n, replace=False))
         return np.ascontiguousarray(self.train.x[idx], dtype=np.float32)

@@ -43,8 +43,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            msg = (f"refusing to load pickle global {module}.{name}: CIFAR-10 batches only need "
-                   "numpy array reconstruction; this file is not a CIFAR-10 batch")
+            msg = (
+                f"refusing to load pickle global {module}.{name}: CIFAR-10 batches only need "
+                "numpy array reconstruction; this file is not a CIFAR-10 batch"
+            )
             raise ConfigError(msg) from None
 
 
@@ -68,8 +70,10 @@ def load_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     p = Path(path)
     if p.name not in (*TRAIN_FILES, TEST_FILE):
-        msg = (f"{p.name!r} is not a CIFAR-10 batch name; expected one of "
-               f"{', '.join((*TRAIN_FILES, TEST_FILE))}")
+        msg = (
+            f"{p.name!r} is not a CIFAR-10 batch name; expected one of "
+            f"{', '.join((*TRAIN_FILES, TEST_FILE))}"
+        )
         raise ConfigError(msg)
     if not p.is_file():
         msg = f"CIFAR-10 batch {p} not found; the folder must hold data_batch_1..5 and test_batch"
@@ -79,12 +83,19 @@ def load_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         msg = f"{p} is not a CIFAR-10 batch: expected a dict with keys b'data' and b'labels'"
         raise ConfigError(msg)
     data, labels = batch[b"data"], np.asarray(batch[b"labels"], np.int64)
-    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
-            or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]):
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+        or data.shape[0] != labels.shape[0]
+    ):
         shape = getattr(data, "shape", None)
-        msg = (f"{p}: b'data' must be uint8 (N, 3072) with one label each; got "
-               f"{getattr(data, 'dtype', type(data).__name__)} {shape} and "
-               f"{labels.shape[0]} labels")
+        msg = (
+            f"{p}: b'data' must be uint8 (N, 3072) with one label each; got "
+            f"{getattr(data, 'dtype', type(data).__name__)} {shape} and "
+            f"{labels.shape[0]} labels"
+        )
         raise ConfigError(msg)
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         msg = f"{p}: labels must be in 0..9, found {labels.min()}..{labels.max()}"
@@ -92,13 +103,16 @@ def load_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def load_cifar10(root: str | Path, train_files: tuple[str, ...] = TRAIN_FILES
-                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def load_cifar10(
+    root: str | Path, train_files: tuple[str, ...] = TRAIN_FILES
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load ``(train_images, train_labels), (test_images, test_labels)`` from ``root``."""
     base = Path(root)
     if not base.is_dir():
-        msg = (f"CIFAR-10 folder {base} does not exist; point to 'cifar-10-batches-py' holding "
-               "data_batch_1..5 and test_batch")
+        msg = (
+            f"CIFAR-10 folder {base} does not exist; point to 'cifar-10-batches-py' holding "
+            "data_batch_1..5 and test_batch"
+        )
         raise ConfigError(msg)
     parts = [load_batch(base / name) for name in train_files]
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

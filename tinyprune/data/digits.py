@@ -42,10 +42,12 @@ def load_digits(
     bunch = _sk_load_digits()
     images = bunch.images.astype(np.float32) / 16.0
     if size != 8:
-        images = resize(images, (images.shape[0], size, size), order=1,
-                        anti_aliasing=False, preserve_range=True).astype(np.float32)
+        images = resize(
+            images, (images.shape[0], size, size), order=1, anti_aliasing=False, preserve_range=True
+        ).astype(np.float32)
     x = images[:, None, :, :]
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed,
-                                              stratify=y)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
     return (x_tr, y_tr), (x_te, y_te)

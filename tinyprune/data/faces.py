@@ -63,9 +63,14 @@ class FaceTemplate:
             return resize(x, (h, w), order=1, anti_aliasing=f < 1, preserve_range=True)
 
         box = tuple(round(v * f) for v in self.face_box)
-        return FaceTemplate(np.clip(rs(self.albedo), 0, 1), np.clip(rs(self.alpha), 0, 1),
-                            np.clip(rs(self.pulsatility), 0, 1), rs(self.delay_frac),
-                            (box[0], box[1], box[2], box[3]), self.name)
+        return FaceTemplate(
+            np.clip(rs(self.albedo), 0, 1),
+            np.clip(rs(self.alpha), 0, 1),
+            np.clip(rs(self.pulsatility), 0, 1),
+            rs(self.delay_frac),
+            (box[0], box[1], box[2], box[3]),
+            self.name,
+        )
 
 
 def face_template(name: str, skin_tone: float = 0.3) -> FaceTemplate:
@@ -108,8 +113,9 @@ def _lfw(k: int, skin_tone: float) -> FaceTemplate:
     return FaceTemplate(albedo, *maps, box, f"lfw:{k}")
 
 
-def _ellipse(v: np.ndarray, u: np.ndarray, cv: float, cu: float, rv: float,
-             ru: float) -> np.ndarray:
+def _ellipse(
+    v: np.ndarray, u: np.ndarray, cv: float, cu: float, rv: float, ru: float
+) -> np.ndarray:
     return ((v - cv) / rv) ** 2 + ((u - cu) / ru) ** 2 <= 1.0
 
 

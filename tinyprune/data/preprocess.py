@@ -46,12 +46,16 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         bad = [d for d in self.data_types if d not in DATA_TYPES]
         if bad or not self.data_types or self.label_type not in LABEL_TYPES:
-            msg = (f"data_types {self.data_types} / label_type {self.label_type!r} invalid; "
-                   f"each must be one of {', '.join(DATA_TYPES)}")
+            msg = (
+                f"data_types {self.data_types} / label_type {self.label_type!r} invalid; "
+                f"each must be one of {', '.join(DATA_TYPES)}"
+            )
             raise ConfigError(msg)
         if self.size < 4 or self.chunk < 2 or self.enlarge <= 0:
-            msg = (f"need size >= 4, chunk >= 2, enlarge > 0; got size={self.size}, "
-                   f"chunk={self.chunk}, enlarge={self.enlarge}")
+            msg = (
+                f"need size >= 4, chunk >= 2, enlarge > 0; got size={self.size}, "
+                f"chunk={self.chunk}, enlarge={self.enlarge}"
+            )
             raise ConfigError(msg)
 
 
@@ -89,9 +93,15 @@ def _detect(frame: np.ndarray) -> list[dict[str, int]]:
 
     short = min(frame.shape[:2])
     cascade = Cascade(skdata.lbp_frontal_face_cascade_filename())
-    return list(cascade.detect_multi_scale(
-        img=frame, scale_factor=1.2, step_ratio=1, min_size=(max(24, short // 8),) * 2,
-        max_size=(short, short)))
+    return list(
+        cascade.detect_multi_scale(
+            img=frame,
+            scale_factor=1.2,
+            step_ratio=1,
+            min_size=(max(24, short // 8),) * 2,
+            max_size=(short, short),
+        )
+    )
 
 
 def crop_resize(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
@@ -146,8 +156,11 @@ def diff_normalize_label(y: np.ndarray) -> np.ndarray:
 
 def normalise_inputs(frames: np.ndarray, data_types: tuple[str, ...]) -> np.ndarray:
     """Apply the input types and concatenate channels: ``float32 [T, H, W, 3 * len(types)]``."""
-    parts = {"Raw": lambda f: f.astype(np.float32), "DiffNormalized": diff_normalize,
-             "Standardized": standardize}
+    parts = {
+        "Raw": lambda f: f.astype(np.float32),
+        "DiffNormalized": diff_normalize,
+        "Standardized": standardize,
+    }
     return np.concatenate([parts[t](frames) for t in data_types], axis=-1)
 
 
@@ -175,12 +188,15 @@ def chunk(x: np.ndarray, y: np.ndarray, length: int) -> tuple[np.ndarray, np.nda
         msg = f"inputs have {len(x)} frames but labels {len(y)} values; they must match"
         raise ConfigError(msg)
     n = len(x) // length
-    return (x[: n * length].reshape(n, length, *x.shape[1:]),
-            np.asarray(y[: n * length]).reshape(n, length))
+    return (
+        x[: n * length].reshape(n, length, *x.shape[1:]),
+        np.asarray(y[: n * length]).reshape(n, length),
+    )
 
 
-def preprocess_video(face_frames: np.ndarray, bvp: np.ndarray,
-                     cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_video(
+    face_frames: np.ndarray, bvp: np.ndarray, cfg: PreprocessConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalise a face-cropped video and its label per video, then chunk.
 
     Args:

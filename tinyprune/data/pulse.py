@@ -102,8 +102,13 @@ def synthesize_pulse(
     return Pulse(t, value, beats, p)
 
 
-def _draw_params(rng: np.random.Generator, hr_bpm: float | None, hr_drift_bpm: float | None,
-                 rsa: bool, respiration: bool) -> dict[str, object]:
+def _draw_params(
+    rng: np.random.Generator,
+    hr_bpm: float | None,
+    hr_drift_bpm: float | None,
+    rsa: bool,
+    respiration: bool,
+) -> dict[str, object]:
     """Draw the §10.1 parameters (the draw order is fixed so seeds stay reproducible)."""
     return {
         "source": "synthetic",
@@ -127,7 +132,8 @@ def _beat_times(p: dict[str, object], stop: float, rng: np.random.Generator) -> 
     while beats[-1] < stop + 0.5:
         tk = beats[-1]
         hr = float(p["hr0_bpm"]) + float(p["drift_bpm"]) * np.sin(
-            2 * np.pi * float(p["drift_hz"]) * tk + float(p["drift_phase"]))
+            2 * np.pi * float(p["drift_hz"]) * tk + float(p["drift_phase"])
+        )
         mod = float(p["rsa"]) * np.sin(2 * np.pi * float(p["resp_hz"]) * tk)
         jitter = float(rng.normal(0, 1)) * float(p["jitter_std"])
         beats.append(tk + 60.0 / hr * (1 + mod + jitter))
@@ -205,8 +211,10 @@ def heartpy_pulse(example: int, duration_s: float, start_s: float = 0.0) -> Puls
     raw, fs = load_heartpy_recording(example)
     length = raw.size / fs
     if start_s < 0 or start_s + duration_s + 1.0 > length:
-        msg = (f"heartpy recording {example} lasts {length:.1f} s; a segment of {duration_s} s "
-               f"(+1 s margin) from {start_s} s does not fit; choose a shorter duration")
+        msg = (
+            f"heartpy recording {example} lasts {length:.1f} s; a segment of {duration_s} s "
+            f"(+1 s margin) from {start_s} s does not fit; choose a shorter duration"
+        )
         raise ConfigError(msg)
     sos = signal.butter(2, [0.5, 8.0], btype="band", fs=fs, output="sos")
     filtered = signal.sosfiltfilt(sos, raw - raw.mean())
@@ -215,6 +223,9 @@ def heartpy_pulse(example: int, duration_s: float, start_s: float = 0.0) -> Puls
     value = _unit_range(np.interp(t, t_src, filtered))
     beats = _detect_beats(filtered, fs) - start_s
     beats = beats[(beats > -3.0) & (beats < duration_s + 4.0)]
-    params: dict[str, object] = {"source": f"heartpy:{example}", "fs_recording": float(fs),
-                                 "start_s": float(start_s)}
+    params: dict[str, object] = {
+        "source": f"heartpy:{example}",
+        "fs_recording": float(fs),
+        "start_s": float(start_s),
+    }
     return Pulse(t, value, beats, params)

@@ -67,16 +67,25 @@ class PureSequence:
         """Waveform at one value per frame, by ``"index"`` (toolbox) or ``"timestamp"``."""
         n = len(self.frame_files)
         if method == "index":
-            return np.interp(np.linspace(1, self.wave.size, n),
-                             np.linspace(1, self.wave.size, self.wave.size), self.wave)
+            return np.interp(
+                np.linspace(1, self.wave.size, n),
+                np.linspace(1, self.wave.size, self.wave.size),
+                self.wave,
+            )
         if method == "timestamp":
-            return np.interp(self.frame_times_ns.astype(np.float64),
-                             self.wave_times_ns.astype(np.float64), self.wave)
+            return np.interp(
+                self.frame_times_ns.astype(np.float64),
+                self.wave_times_ns.astype(np.float64),
+                self.wave,
+            )
         msg = f"unknown label resampling {method!r}; expected 'index' or 'timestamp'"
         raise ConfigError(msg)
 
-    def frames(self, transform: Callable[[np.ndarray], np.ndarray] | None = None,
-               max_frames: int | None = None) -> Iterator[np.ndarray]:
+    def frames(
+        self,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        max_frames: int | None = None,
+    ) -> Iterator[np.ndarray]:
         """Yield RGB ``uint8 [H, W, 3]`` frames in time order (``transform`` applied to each)."""
         for path in self.frame_files[:max_frames]:
             with Image.open(path) as im:
@@ -100,8 +109,10 @@ def list_sequences(root: str | Path) -> list[str]:
         raise ConfigError(msg)
     names = sorted(p.name for p in base.iterdir() if p.is_dir() and _NAME.match(p.name))
     if not names:
-        msg = (f"no PURE sequences in {base}: expected sub-folders named like '01-01' each "
-               "holding '01-01/' (PNG frames) and '01-01.json'")
+        msg = (
+            f"no PURE sequences in {base}: expected sub-folders named like '01-01' each "
+            "holding '01-01/' (PNG frames) and '01-01.json'"
+        )
         raise ConfigError(msg)
     return names
 
@@ -115,8 +126,10 @@ def read_sequence(root: str | Path, name: str) -> PureSequence:
     seq_dir = Path(root) / name
     json_path, frame_dir = seq_dir / f"{name}.json", seq_dir / name
     if not json_path.is_file() or not frame_dir.is_dir():
-        msg = (f"PURE sequence {seq_dir} is incomplete: expected {json_path} and the frame "
-               f"folder {frame_dir}/ with Image<timestamp>.png files")
+        msg = (
+            f"PURE sequence {seq_dir} is incomplete: expected {json_path} and the frame "
+            f"folder {frame_dir}/ with Image<timestamp>.png files"
+        )
         raise ConfigError(msg)
     doc = _load_json(json_path)
     wave_t, wave, rate = _parse_full_package(doc, json_path)
@@ -124,8 +137,10 @@ def read_sequence(root: str | Path, name: str) -> PureSequence:
     files = tuple(frame_dir / f"Image{t}.png" for t in frame_t)
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        msg = (f"{len(missing)} frame(s) listed in {json_path} are missing from {frame_dir}, "
-               f"e.g. {missing[0]}; the sequence is incomplete (re-extract the archive)")
+        msg = (
+            f"{len(missing)} frame(s) listed in {json_path} are missing from {frame_dir}, "
+            f"e.g. {missing[0]}; the sequence is incomplete (re-extract the archive)"
+        )
         raise ConfigError(msg)
     return PureSequence(name, files, frame_t, wave, wave_t, rate)
 
@@ -143,15 +158,24 @@ def _load_json(path: Path) -> dict[str, object]:
     return doc
 
 
-def _parse_full_package(doc: dict[str, object],
-                        path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _parse_full_package(
+    doc: dict[str, object], path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     entries = doc["/FullPackage"]
     try:
-        rows = sorted((int(e["Timestamp"]), float(e["Value"]["waveform"]),
-                       float(e["Value"].get("pulseRate", np.nan))) for e in entries)  # type: ignore
+        rows = sorted(
+            (
+                int(e["Timestamp"]),
+                float(e["Value"]["waveform"]),
+                float(e["Value"].get("pulseRate", np.nan)),
+            )
+            for e in entries
+        )  # type: ignore
     except (TypeError, KeyError, ValueError) as e:
-        msg = (f"{path}: malformed '/FullPackage' entry ({e!r}); expected "
-               "{'Timestamp': ns, 'Value': {'waveform': int, 'pulseRate': int, ...}}")
+        msg = (
+            f"{path}: malformed '/FullPackage' entry ({e!r}); expected "
+            "{'Timestamp': ns, 'Value': {'waveform': int, 'pulseRate': int, ...}}"
+        )
         raise ConfigError(msg) from e
     if len(rows) < 2:
         msg = f"{path}: '/FullPackage' holds {len(rows)} samples; need at least 2"
@@ -177,8 +201,16 @@ def encode_waveform(wave: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(128 + 60 * np.asarray(wave, np.float64)), 0, 255).astype(np.int64)
 
 
-def write_sequence(root: str | Path, ss: int, tt: int, frames: np.ndarray, fs: float,
-                   wave60: np.ndarray, hr60: np.ndarray, t0_ns: int = T0_NS) -> Path:
+def write_sequence(
+    root: str | Path,
+    ss: int,
+    tt: int,
+    frames: np.ndarray,
+    fs: float,
+    wave60: np.ndarray,
+    hr60: np.ndarray,
+    t0_ns: int = T0_NS,
+) -> Path:
     """Write frames and a 60 Hz waveform as PURE sequence ``ss-tt`` under ``root``.
 
     Args:
@@ -203,14 +235,16 @@ def write_sequence(root: str | Path, ss: int, tt: int, frames: np.ndarray, fs: f
     frame_t = [t0_ns + round(i * 1e9 / fs) for i in range(len(frames))]
     for t, frame in zip(frame_t, frames, strict=True):
         Image.fromarray(np.ascontiguousarray(frame), "RGB").save(
-            frame_dir / f"Image{t}.png", format="PNG", compress_level=1)
+            frame_dir / f"Image{t}.png", format="PNG", compress_level=1
+        )
     codes = encode_waveform(wave60)
-    package = [{"Timestamp": t0_ns + round(i * 1e9 / 60.0),
-                "Value": {"waveform": int(w), "pulseRate": int(round(float(h))),
-                          "o2saturation": 98}}
-               for i, (w, h) in enumerate(zip(codes, hr60, strict=True))]
+    package = [
+        {
+            "Timestamp": t0_ns + round(i * 1e9 / 60.0),
+            "Value": {"waveform": int(w), "pulseRate": int(round(float(h))), "o2saturation": 98},
+        }
+        for i, (w, h) in enumerate(zip(codes, hr60, strict=True))
+    ]
     doc = {"/FullPackage": package, "/Image": [{"Timestamp": t} for t in frame_t]}
     write_text_atomic(seq_dir / f"{name}.json", json.dumps(doc))
     return seq_dir
-
-

@@ -39,8 +39,15 @@ from tinyprune.data.faces import FaceTemplate, face_template
 from tinyprune.data.pulse import OXIMETER_HZ, Pulse, heartpy_pulse, synthesize_pulse
 from tinyprune.errors import ConfigError
 
-NUISANCES = ("static", "translation_slow", "translation_fast", "rotation_small",
-             "rotation_medium", "illumination", "camera")
+NUISANCES = (
+    "static",
+    "translation_slow",
+    "translation_fast",
+    "rotation_small",
+    "rotation_medium",
+    "illumination",
+    "camera",
+)
 PBV_SIGNATURE = (0.33, 0.77, 0.53)
 
 
@@ -109,8 +116,9 @@ class SyntheticConfig:
         if not 0 <= self.amplitude < 0.5:
             msg = f"amplitude must be in [0, 0.5), got {self.amplitude!r} (typical 0.001-0.005)"
             raise ConfigError(msg)
-        if self.pulse != "synthetic" and not (self.pulse.startswith("heartpy:")
-                                              and self.pulse[8:] in ("0", "1", "2")):
+        if self.pulse != "synthetic" and not (
+            self.pulse.startswith("heartpy:") and self.pulse[8:] in ("0", "1", "2")
+        ):
             msg = f"unknown pulse source {self.pulse!r}; expected 'synthetic' or 'heartpy:0|1|2'"
             raise ConfigError(msg)
 
@@ -166,13 +174,26 @@ def generate(cfg: SyntheticConfig) -> SyntheticVideo:
         frames[i] = _camera(cfg, img, rng_cam) if "camera" in cfg.nuisances else _quantise(img)
     t60 = np.arange(int(cfg.duration_s * OXIMETER_HZ)) / OXIMETER_HZ
     box = _frame_box(tpl, motion[0], size)
-    meta = {"config": dataclasses.asdict(cfg), "pulse": pulse.params, "skin_tone": tone,
-            "frame_size": list(size), "face_px": face_px, "face_box": list(box),
-            "hr_mean_bpm": pulse.mean_hr(0.0, cfg.duration_s)}
+    meta = {
+        "config": dataclasses.asdict(cfg),
+        "pulse": pulse.params,
+        "skin_tone": tone,
+        "frame_size": list(size),
+        "face_px": face_px,
+        "face_box": list(box),
+        "hr_mean_bpm": pulse.mean_hr(0.0, cfg.duration_s),
+    }
     return SyntheticVideo(
-        frames, cfg.fs, pulse.at(t - cfg.label_delay_s).astype(np.float32),
-        pulse.at(t60 - cfg.label_delay_s).astype(np.float32), pulse.hr_at(t).astype(np.float32),
-        pulse.mean_hr(0.0, cfg.duration_s), box, _skin_mask(tpl, motion[0], size), meta)
+        frames,
+        cfg.fs,
+        pulse.at(t - cfg.label_delay_s).astype(np.float32),
+        pulse.at(t60 - cfg.label_delay_s).astype(np.float32),
+        pulse.hr_at(t).astype(np.float32),
+        pulse.mean_hr(0.0, cfg.duration_s),
+        box,
+        _skin_mask(tpl, motion[0], size),
+        meta,
+    )
 
 
 def _geometry(cfg: SyntheticConfig) -> tuple[tuple[int, int], int]:
@@ -180,16 +201,19 @@ def _geometry(cfg: SyntheticConfig) -> tuple[tuple[int, int], int]:
         return (cfg.crop, cfg.crop), max(4, round(cfg.crop / 1.5))
     h, w = cfg.frame_size
     if cfg.face_px < 8 or cfg.face_px * 1.5 > min(h, w):
-        msg = (f"face_px={cfg.face_px} does not fit frame_size={cfg.frame_size}: need "
-               f"8 <= face_px <= min(H, W) / 1.5")
+        msg = (
+            f"face_px={cfg.face_px} does not fit frame_size={cfg.frame_size}: need "
+            f"8 <= face_px <= min(H, W) / 1.5"
+        )
         raise ConfigError(msg)
     return (h, w), cfg.face_px
 
 
 def _make_pulse(cfg: SyntheticConfig, rng: np.random.Generator) -> Pulse:
     if cfg.pulse == "synthetic":
-        return synthesize_pulse(rng, cfg.duration_s + 1.0, cfg.hr_bpm, cfg.hr_drift_bpm,
-                                cfg.rsa, cfg.respiration)
+        return synthesize_pulse(
+            rng, cfg.duration_s + 1.0, cfg.hr_bpm, cfg.hr_drift_bpm, cfg.rsa, cfg.respiration
+        )
     return heartpy_pulse(int(cfg.pulse[8:]), cfg.duration_s + 1.0, cfg.pulse_start_s)
 
 
@@ -199,8 +223,9 @@ def _delay_levels(pulse: Pulse, t: np.ndarray, max_delay: float) -> np.ndarray:
     return pulse.at(t[:, None] - delays[None, :])
 
 
-def _motion(cfg: SyntheticConfig, t: np.ndarray, tpl: FaceTemplate,
-            size: tuple[int, int]) -> np.ndarray:
+def _motion(
+    cfg: SyntheticConfig, t: np.ndarray, tpl: FaceTemplate, size: tuple[int, int]
+) -> np.ndarray:
     """Per frame ``(dy, dx, yaw_rad)`` of the face relative to the frame centre."""
     out = np.zeros((t.size, 3))
     face = tpl.face_box[2]
@@ -237,8 +262,9 @@ def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return np.clip(base * (1 + noise), 0, 1)
 
 
-def _render_frame(cfg: SyntheticConfig, tpl: FaceTemplate, bg: np.ndarray, levels: np.ndarray,
-                  motion: np.ndarray) -> np.ndarray:
+def _render_frame(
+    cfg: SyntheticConfig, tpl: FaceTemplate, bg: np.ndarray, levels: np.ndarray, motion: np.ndarray
+) -> np.ndarray:
     """Composite the pulse-modulated face onto the background at its pose: ``[H, W, 3]``."""
     sig = np.asarray(PBV_SIGNATURE) / PBV_SIGNATURE[1]
     idx = np.clip(np.rint(tpl.delay_frac * (levels.size - 1)).astype(int), 0, levels.size - 1)
@@ -262,13 +288,19 @@ def _yaw(face: np.ndarray, alpha: np.ndarray, yaw: float) -> tuple[np.ndarray, n
     cols = (np.arange(w) - w / 2) / np.cos(yaw) + w / 2
     coords = np.stack(np.meshgrid(np.arange(h), cols, indexing="ij")).astype(np.float64)
     shade = 1 + 0.4 * np.sin(yaw) * (np.arange(w) - w / 2) / w
-    out = np.stack([ndimage.map_coordinates(face[..., k], coords, order=1, cval=0.0)
-                    for k in range(3)], axis=-1) * shade[None, :, None]
+    out = (
+        np.stack(
+            [ndimage.map_coordinates(face[..., k], coords, order=1, cval=0.0) for k in range(3)],
+            axis=-1,
+        )
+        * shade[None, :, None]
+    )
     return out, ndimage.map_coordinates(alpha, coords, order=1, cval=0.0)
 
 
-def _composite(bg: np.ndarray, face: np.ndarray, alpha: np.ndarray,
-               offset: np.ndarray) -> np.ndarray:
+def _composite(
+    bg: np.ndarray, face: np.ndarray, alpha: np.ndarray, offset: np.ndarray
+) -> np.ndarray:
     """Alpha-blend ``face`` onto ``bg`` at a sub-pixel ``offset`` (rows, cols), clipped."""
     base = np.floor(offset).astype(int)
     frac = offset - base
@@ -287,16 +319,21 @@ def _composite(bg: np.ndarray, face: np.ndarray, alpha: np.ndarray,
     return out
 
 
-def _frame_box(tpl: FaceTemplate, motion: np.ndarray,
-               size: tuple[int, int]) -> tuple[int, int, int, int]:
+def _frame_box(
+    tpl: FaceTemplate, motion: np.ndarray, size: tuple[int, int]
+) -> tuple[int, int, int, int]:
     off = np.rint(_frame_offset(tpl, motion, size)).astype(int)
     r, c, h, w = tpl.face_box
     return (int(off[0] + r), int(off[1] + c), h, w)
 
 
 def _skin_mask(tpl: FaceTemplate, motion: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    m = _composite(np.zeros((*size, 3)), np.repeat(tpl.pulsatility[..., None], 3, axis=2),
-                   np.ones_like(tpl.alpha), _frame_offset(tpl, motion, size))
+    m = _composite(
+        np.zeros((*size, 3)),
+        np.repeat(tpl.pulsatility[..., None], 3, axis=2),
+        np.ones_like(tpl.alpha),
+        _frame_offset(tpl, motion, size),
+    )
     return m[..., 1] > 0.5
 
 
@@ -321,8 +358,9 @@ def _camera(cfg: SyntheticConfig, img: np.ndarray, rng: np.random.Generator) -> 
 
 def write_pure(video: SyntheticVideo, root: str | Path, ss: int = 1, tt: int = 1) -> Path:
     """Write ``video`` as PURE sequence ``ss-tt`` under ``root`` (PNG frames + JSON, §8.1)."""
-    hr60 = np.interp(np.arange(video.bvp_60hz.size) / OXIMETER_HZ,
-                     np.arange(video.hr.size) / video.fs, video.hr)
+    hr60 = np.interp(
+        np.arange(video.bvp_60hz.size) / OXIMETER_HZ, np.arange(video.hr.size) / video.fs, video.hr
+    )
     return pure.write_sequence(root, ss, tt, video.frames, video.fs, video.bvp_60hz, hr60)
 
 

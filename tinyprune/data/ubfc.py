@@ -54,8 +54,11 @@ class UbfcSubject:
         """Folder name ``subject<N>``."""
         return f"subject{self.subject}"
 
-    def frames(self, transform: Callable[[np.ndarray], np.ndarray] | None = None,
-               max_frames: int | None = None) -> Iterator[np.ndarray]:
+    def frames(
+        self,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        max_frames: int | None = None,
+    ) -> Iterator[np.ndarray]:
         """Yield RGB ``uint8 [H, W, 3]`` frames (``transform`` applied to each)."""
         for frame in iter_avi(self.video, max_frames):
             yield frame if transform is None else transform(frame)
@@ -75,11 +78,14 @@ def list_subjects(root: str | Path) -> list[int]:
     if not base.is_dir():
         msg = f"UBFC-rPPG folder {base} does not exist; expected a folder of 'subject<N>' folders"
         raise ConfigError(msg)
-    found = sorted(int(m.group(1)) for p in base.iterdir()
-                   if p.is_dir() and (m := _NAME.match(p.name)))
+    found = sorted(
+        int(m.group(1)) for p in base.iterdir() if p.is_dir() and (m := _NAME.match(p.name))
+    )
     if not found:
-        msg = (f"no UBFC-rPPG subjects in {base}: expected folders 'subject<N>' each with "
-               "'vid.avi' and 'ground_truth.txt'")
+        msg = (
+            f"no UBFC-rPPG subjects in {base}: expected folders 'subject<N>' each with "
+            "'vid.avi' and 'ground_truth.txt'"
+        )
         raise ConfigError(msg)
     return found
 
@@ -95,8 +101,10 @@ def read_subject(root: str | Path, subject: int) -> UbfcSubject:
     video, gt = folder / "vid.avi", folder / "ground_truth.txt"
     for path in (video, gt):
         if not path.is_file():
-            msg = (f"UBFC-rPPG subject folder {folder} lacks {path.name}: expected 'vid.avi' "
-                   "and 'ground_truth.txt' (DATASET_2 layout)")
+            msg = (
+                f"UBFC-rPPG subject folder {folder} lacks {path.name}: expected 'vid.avi' "
+                "and 'ground_truth.txt' (DATASET_2 layout)"
+            )
             raise ConfigError(msg)
     ppg, hr, times = _parse_ground_truth(gt)
     info = read_avi_info(video)
@@ -104,11 +112,14 @@ def read_subject(root: str | Path, subject: int) -> UbfcSubject:
 
 
 def _parse_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lines = [ln for ln in path.read_text(encoding="ascii", errors="replace").splitlines()
-             if ln.strip()]
+    lines = [
+        ln for ln in path.read_text(encoding="ascii", errors="replace").splitlines() if ln.strip()
+    ]
     if len(lines) < 3:
-        msg = (f"{path} has {len(lines)} non-empty line(s); expected 3 (PPG, HR, time in s). "
-               "DATASET_1's gtdump.xmp format is not supported")
+        msg = (
+            f"{path} has {len(lines)} non-empty line(s); expected 3 (PPG, HR, time in s). "
+            "DATASET_1's gtdump.xmp format is not supported"
+        )
         raise ConfigError(msg)
     try:
         rows = [np.array(ln.split(), dtype=np.float64) for ln in lines[:3]]
@@ -116,14 +127,17 @@ def _parse_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         msg = f"{path}: non-numeric value in the ground truth ({e})"
         raise ConfigError(msg) from e
     if len({r.size for r in rows}) != 1:
-        msg = (f"{path}: lines have {[r.size for r in rows]} values; expected the same count "
-               "(one per frame) on all 3 lines")
+        msg = (
+            f"{path}: lines have {[r.size for r in rows]} values; expected the same count "
+            "(one per frame) on all 3 lines"
+        )
         raise ConfigError(msg)
     return rows[0], rows[1], rows[2]
 
 
-def write_subject(root: str | Path, subject: int, frames: np.ndarray, fs: float,
-                  ppg: np.ndarray, hr: np.ndarray) -> Path:
+def write_subject(
+    root: str | Path, subject: int, frames: np.ndarray, fs: float, ppg: np.ndarray, hr: np.ndarray
+) -> Path:
     """Write ``subject<N>/vid.avi`` and ``ground_truth.txt`` under ``root``.
 
     Args:
@@ -139,8 +153,10 @@ def write_subject(root: str | Path, subject: int, frames: np.ndarray, fs: float,
     """
     n = len(frames)
     if subject < 1 or len(ppg) != n or len(hr) != n:
-        msg = (f"UBFC writer needs subject >= 1 and one PPG and HR value per frame; got "
-               f"subject={subject}, {n} frames, {len(ppg)} PPG, {len(hr)} HR values")
+        msg = (
+            f"UBFC writer needs subject >= 1 and one PPG and HR value per frame; got "
+            f"subject={subject}, {n} frames, {len(ppg)} PPG, {len(hr)} HR values"
+        )
         raise ConfigError(msg)
     folder = Path(root) / f"subject{subject}"
     folder.mkdir(parents=True, exist_ok=True)

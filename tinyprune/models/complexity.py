@@ -67,8 +67,10 @@ def count_macs_params(
     """
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
     if shape is None:
-        msg = ("count_macs_params needs the per-sample input shape, e.g. (3, 32, 32); "
-               "pass input_shape= or set model.input_shape")
+        msg = (
+            "count_macs_params needs the per-sample input shape, e.g. (3, 32, 32); "
+            "pass input_shape= or set model.input_shape"
+        )
         raise ConfigError(msg)
     params = count_params(model)
     if device == "meta":

@@ -153,8 +153,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         sig.bind(**kwargs)
     except TypeError as e:
         accepted = ", ".join(spec.default_kwargs) or "none"
-        msg = (f"bad options for model {name!r}: {e}; got {sorted(kwargs)}, "
-               f"accepted options: {accepted}")
+        msg = (
+            f"bad options for model {name!r}: {e}; got {sorted(kwargs)}, "
+            f"accepted options: {accepted}"
+        )
         raise ConfigError(msg) from e
     model = spec.factory(**kwargs)
     if not hasattr(model, "input_shape"):

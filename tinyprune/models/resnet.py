@@ -19,8 +19,10 @@ from tinyprune.models.registry import register_model
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
-            nn.BatchNorm2d(cout)]
+    return [
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
 
 
 class PadShortcut(nn.Module):
@@ -32,7 +34,7 @@ class PadShortcut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Subsample and pad channels symmetrically."""
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         half = self.extra // 2
         return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
 
@@ -60,8 +62,14 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs: 3 stages of ``n`` basic blocks, widths w, 2w, 4w."""
 
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3,
-                 width: int = 16, shortcut: str = "B") -> None:
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 16,
+        shortcut: str = "B",
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6 or depth < 8:
             msg = f"CIFAR ResNet depth={depth} must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)"
@@ -93,9 +101,13 @@ class Bottleneck(nn.Module):
     def __init__(self, cin: int, mid: int, stride: int) -> None:
         super().__init__()
         cout = 4 * mid
-        self.body = nn.Sequential(*_conv_bn(cin, mid, 1), nn.ReLU(inplace=True),
-                                  *_conv_bn(mid, mid, 3, stride), nn.ReLU(inplace=True),
-                                  *_conv_bn(mid, cout, 1))
+        self.body = nn.Sequential(
+            *_conv_bn(cin, mid, 1),
+            nn.ReLU(inplace=True),
+            *_conv_bn(mid, mid, 3, stride),
+            nn.ReLU(inplace=True),
+            *_conv_bn(mid, cout, 1),
+        )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride))
@@ -110,9 +122,12 @@ class ResNet50(nn.Module):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
-                                  nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
         blocks: list[nn.Module] = []
         cin = 64
         for stage, (mid, n) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
@@ -128,8 +143,9 @@ class ResNet50(nn.Module):
         return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
 
 
-def _cifar(depth: int, num_classes: int, in_channels: int, input_size: int, width: int,
-           shortcut: str) -> nn.Module:
+def _cifar(
+    depth: int, num_classes: int, in_channels: int, input_size: int, width: int, shortcut: str
+) -> nn.Module:
     if input_size < 4:
         msg = f"input_size={input_size} must be >= 4 (two stride-2 stages)"
         raise ConfigError(msg)
@@ -139,8 +155,13 @@ def _cifar(depth: int, num_classes: int, in_channels: int, input_size: int, widt
 
 
 @register_model("resnet20", task="classification", input_shape=(3, 32, 32), tflm_native=True)
-def resnet20(num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
-             width: int = 16, shortcut: str = "B") -> nn.Module:
+def resnet20(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    width: int = 16,
+    shortcut: str = "B",
+) -> nn.Module:
     """ResNet-20 for CIFAR-10 (option-B shortcuts by default).
 
     At defaults: 272,474 params, 40.81 M MACs; option A: 269,722 params, 40.55 M MACs.
@@ -149,8 +170,13 @@ def resnet20(num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
 
 
 @register_model("resnet56", task="classification", input_shape=(3, 32, 32), tflm_native=True)
-def resnet56(num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
-             width: int = 16, shortcut: str = "B") -> nn.Module:
+def resnet56(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    width: int = 16,
+    shortcut: str = "B",
+) -> nn.Module:
     """ResNet-56 for CIFAR-10 (option-B shortcuts by default; HRank/CHIP use option A).
 
     At defaults: 855,770 params, 125.75 M MACs; option A: 853,018 params, 125.49 M MACs.

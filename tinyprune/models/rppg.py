@@ -24,16 +24,22 @@ from tinyprune.models.rppg_2d import (
 )
 
 
-def _conv3d_block(cin: int, cout: int, kernel: tuple[int, int, int],
-                  padding: tuple[int, int, int]) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride=1, padding=padding),
-                         nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+def _conv3d_block(
+    cin: int, cout: int, kernel: tuple[int, int, int], padding: tuple[int, int, int]
+) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, kernel, stride=1, padding=padding),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 def _upsample3d(c: int) -> nn.Sequential:
     return nn.Sequential(
         nn.ConvTranspose3d(c, c, kernel_size=(4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)),
-        nn.BatchNorm3d(c), nn.ELU(inplace=True))
+        nn.BatchNorm3d(c),
+        nn.ELU(inplace=True),
+    )
 
 
 class PhysNet(nn.Module):
@@ -94,8 +100,9 @@ class DeeprPPG(nn.Module):
         self.block2 = nn.Sequential(*_conv3d_block(c1, c2, k3, p1), nn.MaxPool3d(pool))
         self.block3 = nn.Sequential(*_conv3d_block(c2, c3, k3, p1), nn.MaxPool3d(pool))
         self.block4 = _conv3d_block(c3, c4, k3, p1)
-        self.head = nn.Sequential(nn.Conv1d(c4, c4 // 2, 5, padding=2), nn.ReLU(inplace=True),
-                                  nn.Conv1d(c4 // 2, 1, 1))
+        self.head = nn.Sequential(
+            nn.Conv1d(c4, c4 // 2, 5, padding=2), nn.ReLU(inplace=True), nn.Conv1d(c4 // 2, 1, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, C, T, H, W)`` to ``(B, T)``."""
@@ -113,10 +120,14 @@ class Block2p1d(nn.Module):
 
     def __init__(self, cin: int, cout: int, mid: int) -> None:
         super().__init__()
-        self.spatial = nn.Sequential(nn.Conv2d(cin, mid, 3, padding=1), nn.BatchNorm2d(mid),
-                                     nn.ReLU(inplace=True))
-        self.temporal = nn.Sequential(nn.Conv2d(mid, cout, (3, 1), padding=(1, 0)),
-                                      nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.spatial = nn.Sequential(
+            nn.Conv2d(cin, mid, 3, padding=1), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)
+        )
+        self.temporal = nn.Sequential(
+            nn.Conv2d(mid, cout, (3, 1), padding=(1, 0)),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """Map frames ``(B*T, Cin, H, W)`` to frames ``(B*T, Cout, H, W)``."""
@@ -143,20 +154,34 @@ class PhysNet2p1d(nn.Module):
     accepted too and stacked first. Output ``(B, T)``.
     """
 
-    def __init__(self, frames: int = 32, img_size: int = 36, width: int = 8,
-                 in_channels: int = 3, mid: str = "cout") -> None:
+    def __init__(
+        self,
+        frames: int = 32,
+        img_size: int = 36,
+        width: int = 8,
+        in_channels: int = 3,
+        mid: str = "cout",
+    ) -> None:
         super().__init__()
         self.frames, self.img_size = frames, img_size
         c1, c2, c3 = width, 2 * width, 4 * width
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c1, 5, padding=2), nn.BatchNorm2d(c1),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 5, padding=2), nn.BatchNorm2d(c1), nn.ReLU(inplace=True)
+        )
         dims = [(c1, c2), (c2, c3)] + [(c3, c3)] * 6
         self.blocks = nn.ModuleList(Block2p1d(i, o, mid_channels(i, o, mid)) for i, o in dims)
         self.pool_spa = nn.MaxPool2d(2)
         self.pool_tem = nn.MaxPool2d((2, 1))
-        self.upsample = nn.Sequential(*(
-            nn.Sequential(nn.ConvTranspose2d(c3, c3, (4, 1), stride=(2, 1), padding=(1, 0)),
-                          nn.BatchNorm2d(c3), nn.ELU(inplace=True)) for _ in range(2)))
+        self.upsample = nn.Sequential(
+            *(
+                nn.Sequential(
+                    nn.ConvTranspose2d(c3, c3, (4, 1), stride=(2, 1), padding=(1, 0)),
+                    nn.BatchNorm2d(c3),
+                    nn.ELU(inplace=True),
+                )
+                for _ in range(2)
+            )
+        )
         self.head = nn.Conv2d(c3, 1, 1)
 
     def _pool_spatem(self, x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -175,21 +200,24 @@ class PhysNet2p1d(nn.Module):
         x, t = self._pool_spatem(x, t), t // 2
         x = self.pool_spa(self.blocks[5](self.blocks[4](x, t), t))
         x = self.blocks[7](self.blocks[6](x, t), t)
-        x = self.upsample(_frames_to_time(x, t))          # (B, C, T, H*W)
-        x = self.head(x.mean(dim=3, keepdim=True))        # (B, 1, T, 1)
+        x = self.upsample(_frames_to_time(x, t))  # (B, C, T, H*W)
+        x = self.head(x.mean(dim=3, keepdim=True))  # (B, 1, T, 1)
         return x.reshape(x.shape[0], -1)
 
 
 def _check_frames(frames: int, multiple: int) -> None:
     if frames < multiple or frames % multiple:
-        msg = (f"frames={frames} must be a positive multiple of {multiple} "
-               "(the net pools time twice and upsamples it back)")
+        msg = (
+            f"frames={frames} must be a positive multiple of {multiple} "
+            "(the net pools time twice and upsamples it back)"
+        )
         raise ConfigError(msg)
 
 
 @register_model("physnet", task="rppg", input_shape=(3, 128, 72, 72), tflm_native=False)
-def physnet(frames: int = 128, img_size: int = 72, width: int = 16,
-            in_channels: int = 3) -> nn.Module:
+def physnet(
+    frames: int = 128, img_size: int = 72, width: int = 16, in_channels: int = 3
+) -> nn.Module:
     """PhysNet 3-D encoder-decoder (Yu et al., BMVC 2019), exactly methods.md §6.1.
 
     At defaults (T=128, 72x72, width 16): 768,577 params incl. BN, 17.56 G MACs per clip
@@ -204,8 +232,9 @@ def physnet(frames: int = 128, img_size: int = 72, width: int = 16,
 
 
 @register_model("deeprppg", task="rppg", input_shape=(3, 128, 64, 64), tflm_native=False)
-def deeprppg(frames: int = 128, img_size: int = 64, width: int = 16,
-             in_channels: int = 3) -> nn.Module:
+def deeprppg(
+    frames: int = 128, img_size: int = 64, width: int = 16, in_channels: int = 3
+) -> nn.Module:
     """DeeprPPG-R, a lightweight 3-D rPPG net reconstructed [R] from Liu & Yuen (FG 2020).
 
     At defaults (T=128, 64x64 skin ROI, width 16): 108,801 params, 3.85 G MACs per clip.
@@ -220,8 +249,9 @@ def deeprppg(frames: int = 128, img_size: int = 64, width: int = 16,
 
 
 @register_model("physnet_2p1d", task="rppg", input_shape=(3, 32 * 36, 36), tflm_native=True)
-def physnet_2p1d(frames: int = 32, img_size: int = 36, width: int = 8, in_channels: int = 3,
-                 mid: str = "cout") -> nn.Module:
+def physnet_2p1d(
+    frames: int = 32, img_size: int = 36, width: int = 8, in_channels: int = 3, mid: str = "cout"
+) -> nn.Module:
     """PhysNet (2+1)-D variant for TFLM (methods.md §7.3); frame-stacked input (C, T*H, W).
 
     At defaults (T=32, 36x36, width 8, mid=cout): 93,809 params, 160.6 M MACs per clip.
@@ -229,8 +259,9 @@ def physnet_2p1d(frames: int = 32, img_size: int = 36, width: int = 8, in_channe
     """
     _check_frames(frames, 4)
     check_clip_size(img_size, 8)
-    model = PhysNet2p1d(frames=frames, img_size=img_size, width=width,
-                        in_channels=in_channels, mid=mid)
+    model = PhysNet2p1d(
+        frames=frames, img_size=img_size, width=width, in_channels=in_channels, mid=mid
+    )
     model.input_shape = (in_channels, frames * img_size, img_size)
     return model
 

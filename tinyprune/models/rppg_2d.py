@@ -44,8 +44,10 @@ def to_stacked(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 5:
         return stack_frames(x)
     if x.dim() != 4:
-        msg = (f"rPPG input has shape {tuple(x.shape)}; expected (B, C, T*H, W) "
-               "(frame-stacked) or (B, C, T, H, W)")
+        msg = (
+            f"rPPG input has shape {tuple(x.shape)}; expected (B, C, T*H, W) "
+            "(frame-stacked) or (B, C, T, H, W)"
+        )
         raise ConfigError(msg)
     return x
 
@@ -109,8 +111,8 @@ def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 3) -> torch.Ten
     fold = x.shape[1] // fold_div
     y = frames_to_time(x, frames)
     nxt = shift_time(y[:, :fold], 1)
-    prv = shift_time(y[:, fold:2 * fold], -1)
-    return time_to_frames(torch.cat([nxt, prv, y[:, 2 * fold:]], dim=1), h, w)
+    prv = shift_time(y[:, fold : 2 * fold], -1)
+    return time_to_frames(torch.cat([nxt, prv, y[:, 2 * fold :]], dim=1), h, w)
 
 
 def frame_difference(x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -167,8 +169,15 @@ class DeepPhys(nn.Module):
     soft-attention gates from the appearance branch. Input ``(B, 6, T*H, W)``.
     """
 
-    def __init__(self, frames: int, img_size: int, width: int = 32, hidden: int = 128,
-                 tsm: bool = False, dropout: float = 0.25) -> None:
+    def __init__(
+        self,
+        frames: int,
+        img_size: int,
+        width: int = 32,
+        hidden: int = 128,
+        tsm: bool = False,
+        dropout: float = 0.25,
+    ) -> None:
         super().__init__()
         self.frames, self.tsm = frames, tsm
         self.motion = _Trunk(3, width)
@@ -207,8 +216,9 @@ class EfficientPhys(nn.Module):
     from the same branch. Input ``(B, 3, T*H, W)`` of standardised frames.
     """
 
-    def __init__(self, frames: int, img_size: int, width: int = 32, hidden: int = 128,
-                 dropout: float = 0.25) -> None:
+    def __init__(
+        self, frames: int, img_size: int, width: int = 32, hidden: int = 128, dropout: float = 0.25
+    ) -> None:
         super().__init__()
         self.frames = frames
         self.norm = nn.BatchNorm2d(3)
@@ -246,8 +256,7 @@ def _check(frames: int, img_size: int, width: int) -> None:
 
 
 @register_model("deepphys", task="rppg", input_shape=(6, 10 * 36, 36), tflm_native=True)
-def deepphys(frames: int = 10, img_size: int = 36, width: int = 16,
-             hidden: int = 128) -> nn.Module:
+def deepphys(frames: int = 10, img_size: int = 36, width: int = 16, hidden: int = 128) -> nn.Module:
     """DeepPhys two-branch CAN, frame-stacked input (6, T*H, W) = [diff(3), appearance(3)].
 
     At defaults (T=10, 36x36, width 16, half the paper's 32): 234,323 params, 134.8 M MACs
@@ -274,8 +283,9 @@ def tscan(frames: int = 10, img_size: int = 36, width: int = 16, hidden: int = 1
 
 
 @register_model("efficientphys", task="rppg", input_shape=(3, 10 * 36, 36), tflm_native=True)
-def efficientphys(frames: int = 10, img_size: int = 36, width: int = 16,
-                  hidden: int = 128) -> nn.Module:
+def efficientphys(
+    frames: int = 10, img_size: int = 36, width: int = 16, hidden: int = 128
+) -> nn.Module:
     """EfficientPhys-C, frame-stacked standardised frames (3, T*H, W), diff inside.
 
     At defaults (T=10, 36x36, width 16): 217,673 params, 68.6 M MACs per clip.
@@ -299,8 +309,7 @@ def test_tscan(frames: int = 4, img_size: int = 12) -> nn.Module:
     return tscan(frames=frames, img_size=img_size, width=4, hidden=8)
 
 
-@register_model("test_efficientphys", task="rppg", input_shape=(3, 4 * 12, 12),
-                tflm_native=True)
+@register_model("test_efficientphys", task="rppg", input_shape=(3, 4 * 12, 12), tflm_native=True)
 def test_efficientphys(frames: int = 4, img_size: int = 12) -> nn.Module:
     """Tiny EfficientPhys-C (width 4, hidden 8) for tests."""
     return efficientphys(frames=frames, img_size=img_size, width=4, hidden=8)

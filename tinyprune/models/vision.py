@@ -14,15 +14,37 @@ from torch import nn
 from tinyprune.errors import ConfigError
 from tinyprune.models.registry import register_model
 
-VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-                                    512, 512, 512, "M", 512, 512, 512)
+VGG16_CFG: tuple[int | str, ...] = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+)
 
 
 class VGGCifar(nn.Module):
     """VGG with BN (HRank/CHIP ``vgg_16_bn``): convs, AvgPool2d(2), Linear-BN1d-ReLU-Linear."""
 
-    def __init__(self, cfg: tuple[int | str, ...] = VGG16_CFG, num_classes: int = 10,
-                 in_channels: int = 3, hidden: int = 512) -> None:
+    def __init__(
+        self,
+        cfg: tuple[int | str, ...] = VGG16_CFG,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        hidden: int = 512,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
@@ -31,13 +53,20 @@ class VGGCifar(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
                 continue
             cout = int(v)
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
             cin = cout
         layers.append(nn.AvgPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Linear(cin, hidden), nn.BatchNorm1d(hidden),
-                                        nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(cin, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)``."""
@@ -50,8 +79,11 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 
 def _conv_bn_relu6(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> list:
-    return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU6(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
+    ]
 
 
 class InvertedResidual(nn.Module):
@@ -71,15 +103,28 @@ class InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
-MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                 (6, 160, 3, 2), (6, 320, 1, 1))  # (expand, channels, repeats, stride)
+MBV2_SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)  # (expand, channels, repeats, stride)
 
 
 class MobileNetV2(nn.Module):
     """MobileNetV2 with width multiplier; ``small_input`` keeps 32x32 inputs at 4x4 at the end."""
 
-    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3,
-                 small_input: bool = False, last_channels: int = 1280) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        in_channels: int = 3,
+        small_input: bool = False,
+        last_channels: int = 1280,
+    ) -> None:
         super().__init__()
         cin = _make_divisible(32 * width_mult)
         last = _make_divisible(last_channels * max(1.0, width_mult))
@@ -103,16 +148,24 @@ class MobileNetV2(nn.Module):
 class DSCNN(nn.Module):
     """Conv stem (stride 2) + depthwise-separable blocks + global average pool + linear."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64,
-                 blocks: int = 4) -> None:
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, width: int = 64, blocks: int = 4
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 2, 1, bias=False),
-                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, width, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
         for _ in range(blocks):
-            layers += [nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False),
-                       nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                       nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
@@ -129,9 +182,16 @@ class MicroCNN(nn.Module):
         super().__init__()
         c = (width, 2 * width, 4 * width)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(),
-            nn.Conv2d(c[0], c[1], 3, 2, 1, bias=False), nn.BatchNorm2d(c[1]), nn.ReLU(),
-            nn.Conv2d(c[1], c[2], 3, 2, 1, bias=False), nn.BatchNorm2d(c[2]), nn.ReLU())
+            nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c[0]),
+            nn.ReLU(),
+            nn.Conv2d(c[0], c[1], 3, 2, 1, bias=False),
+            nn.BatchNorm2d(c[1]),
+            nn.ReLU(),
+            nn.Conv2d(c[1], c[2], 3, 2, 1, bias=False),
+            nn.BatchNorm2d(c[2]),
+            nn.ReLU(),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c[2], num_classes)
 
@@ -158,10 +218,10 @@ def vgg16_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return model
 
 
-@register_model("mobilenetv2", task="classification", input_shape=(3, 224, 224),
-                tflm_native=True)
-def mobilenetv2(num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3,
-                input_size: int = 224) -> nn.Module:
+@register_model("mobilenetv2", task="classification", input_shape=(3, 224, 224), tflm_native=True)
+def mobilenetv2(
+    num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3, input_size: int = 224
+) -> nn.Module:
     """MobileNetV2 (Sandler et al., 2018); inputs <= 64 px use the CIFAR stride pattern.
 
     At defaults (224x224, width 1.0): 3,504,872 params, 300.77 M MACs.
@@ -176,8 +236,13 @@ def mobilenetv2(num_classes: int = 1000, width_mult: float = 1.0, in_channels: i
 
 
 @register_model("ds_cnn", task="classification", input_shape=(3, 32, 32), tflm_native=True)
-def ds_cnn(num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
-           width: int = 64, blocks: int = 4) -> nn.Module:
+def ds_cnn(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    width: int = 64,
+    blocks: int = 4,
+) -> nn.Module:
     """Depthwise-separable CNN for a Cortex-M4 (CIFAR-10 size by default).
 
     At defaults (3x32x32, width 64, 4 blocks): 22,218 params, 5.23 M MACs.
@@ -189,8 +254,9 @@ def ds_cnn(num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
 
 
 @register_model("micro_cnn", task="classification", input_shape=(1, 8, 8), tflm_native=True)
-def micro_cnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 8,
-              width: int = 8) -> nn.Module:
+def micro_cnn(
+    num_classes: int = 10, in_channels: int = 1, input_size: int = 8, width: int = 8
+) -> nn.Module:
     """Three-conv CNN for 8x8 digits (scikit-learn's load_digits) on a Cortex-M4.
 
     At defaults (1x8x8, width 8): 6,274 params, 41,792 MACs.
@@ -209,8 +275,9 @@ def test_vgg(num_classes: int = 10) -> nn.Module:
     return model
 
 
-@register_model("test_mobilenetv2", task="classification", input_shape=(3, 16, 16),
-                tflm_native=True)
+@register_model(
+    "test_mobilenetv2", task="classification", input_shape=(3, 16, 16), tflm_native=True
+)
 def test_mobilenetv2(num_classes: int = 10) -> nn.Module:
     """Tiny MobileNetV2 (width 0.1, 32 last channels, 16x16 input) for tests."""
     model = MobileNetV2(num_classes, 0.1, 3, small_input=True, last_channels=32)

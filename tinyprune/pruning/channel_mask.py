@@ -24,8 +24,9 @@ def _removed_units(slot: Slot, removed: set[int]) -> list[int]:
     return [u for u, r in zip(slot.idxs, slot.root, strict=True) if r in removed]
 
 
-def _zero_rows(module: nn.Module, units: list[int], saved: list[tuple[torch.Tensor, torch.Tensor]]
-               ) -> None:
+def _zero_rows(
+    module: nn.Module, units: list[int], saved: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
     idx = torch.tensor(units, dtype=torch.long)
     dim = 1 if isinstance(module, CONVT_TYPES) else 0
     for name in ("weight", "bias"):
@@ -68,13 +69,16 @@ def bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
         name: buf.clone()
         for name, buf in model.named_buffers()
-        if isinstance(model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model,
-                      nn.modules.batchnorm._BatchNorm)
+        if isinstance(
+            model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model,
+            nn.modules.batchnorm._BatchNorm,
+        )
     }
 
 
-def restore_bn_state_(model: nn.Module, state: dict[str, torch.Tensor],
-                      momentum: dict[str, float | None]) -> None:
+def restore_bn_state_(
+    model: nn.Module, state: dict[str, torch.Tensor], momentum: dict[str, float | None]
+) -> None:
     """Put back buffers saved by :func:`bn_state` and the BN momenta."""
     buffers = dict(model.named_buffers())
     with torch.no_grad():

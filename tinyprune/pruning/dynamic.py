@@ -30,8 +30,7 @@ logger = logging.getLogger(__name__)
 _TYPES = ("w_lo_g_lo", "w_hi_g_lo", "w_lo_g_hi", "w_hi_g_hi")  # code = w_hi + 2 * g_hi
 _SURVIVAL_AGES = (1, 2, 5)
 
-__all__ = ["DynamicSparseHook", "LayerStats", "ResolvedSchedule", "layer_stats",
-           "resolve_schedule"]
+__all__ = ["DynamicSparseHook", "LayerStats", "ResolvedSchedule", "layer_stats", "resolve_schedule"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,11 @@ class LayerStats:
 
 
 def layer_stats(
-    weight: torch.Tensor, active: torch.Tensor, gbar: torch.Tensor,
-    shadow: torch.Tensor | None = None, eps: float = 1e-12,
+    weight: torch.Tensor,
+    active: torch.Tensor,
+    gbar: torch.Tensor,
+    shadow: torch.Tensor | None = None,
+    eps: float = 1e-12,
 ) -> LayerStats:
     """Layer-normalise weight and gradient EMA so scores compare across layers (§2.4)."""
     w = weight.detach().abs().flatten().float()
@@ -59,8 +61,6 @@ def layer_stats(
     gn = g / (g.mean() + eps)
     wn_regen = torch.zeros_like(wn) if shadow is None else shadow.abs().flatten() / (w_mean + eps)
     return LayerStats(w, act, g, wn, gn, torch.where(act, wn, wn_regen))
-
-
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,10 @@ def resolve_schedule(cfg: DynamicSparsityConfig, ctx: TrainContext) -> ResolvedS
     """Fill in the defaults from the loop's step counts and check the schedule fits training."""
     total = int(ctx.total_steps)
     if total <= 0:
-        msg = (f"total_steps is {total}; the training loop must set TrainContext.total_steps "
-               "before on_train_begin so the pruning schedule can be placed")
+        msg = (
+            f"total_steps is {total}; the training loop must set TrainContext.total_steps "
+            "before on_train_begin so the pruning schedule can be placed"
+        )
         raise ConfigError(msg)
     t_start = cfg.t_start
     if t_start is None:
@@ -99,12 +101,15 @@ def resolve_schedule(cfg: DynamicSparsityConfig, ctx: TrainContext) -> ResolvedS
     t_f = max(t_f, t_start) if cfg.t_f is None else t_f
     t_end = max(t_end, t_f) if cfg.t_end is None else t_end
     if not (t_start <= t_f <= t_end <= total):
-        msg = (f"pruning schedule t_start={t_start}, t_f={t_f}, t_end={t_end} does not fit "
-               f"{total} training steps; expected t_start <= t_f <= t_end <= total_steps. "
-               "Train longer or move t_f/t_end earlier")
+        msg = (
+            f"pruning schedule t_start={t_start}, t_f={t_f}, t_end={t_end} does not fit "
+            f"{total} training steps; expected t_start <= t_f <= t_end <= total_steps. "
+            "Train longer or move t_f/t_end earlier"
+        )
         raise ConfigError(msg)
-    return ResolvedSchedule(t_start, t_f, t_end, cfg.delta_t,
-                            1.0 - cfg.init_sparsity, 1.0 - cfg.sparsity)
+    return ResolvedSchedule(
+        t_start, t_f, t_end, cfg.delta_t, 1.0 - cfg.init_sparsity, 1.0 - cfg.sparsity
+    )
 
 
 class DynamicSparseHook(TrainHook):
@@ -137,17 +142,23 @@ class DynamicSparseHook(TrainHook):
     def on_train_begin(self, ctx: TrainContext) -> None:
         """Select prunable tensors, place the schedule, check floors, apply ``init_sparsity``."""
         cfg = self.cfg
-        tensors = mk.find_prunable(ctx.model, keep_first_dense=cfg.keep_first_dense,
-                                   keep_last_dense=cfg.keep_last_dense, exclude=cfg.exclude)
+        tensors = mk.find_prunable(
+            ctx.model,
+            keep_first_dense=cfg.keep_first_dense,
+            keep_last_dense=cfg.keep_last_dense,
+            exclude=cfg.exclude,
+        )
         self.masks = mk.MaskSet(tensors)
         self.sched = resolve_schedule(cfg, ctx)
         for t in tensors:
             out_dim = mk.out_channel_dim(t.module)
-            self._floors[t.name] = mk.layer_floor(t.param.shape, out_dim, cfg.min_density_layer,
-                                                  cfg.min_per_channel)
+            self._floors[t.name] = mk.layer_floor(
+                t.param.shape, out_dim, cfg.min_density_layer, cfg.min_per_channel
+            )
             self.gbar[t.name] = torch.zeros_like(t.param, dtype=torch.float32)
-            self._regen_at[t.name] = torch.full(t.param.shape, -(10**9), dtype=torch.long,
-                                                device=t.param.device)
+            self._regen_at[t.name] = torch.full(
+                t.param.shape, -(10**9), dtype=torch.long, device=t.param.device
+            )
             if cfg.regrow_init == "restore":
                 self.shadow[t.name] = torch.zeros_like(t.param.detach())
         self._check_floors()
@@ -230,40 +241,57 @@ class DynamicSparseHook(TrainHook):
         dropped, regrown, just = self._drop_regen(stats, r_t, u, ctx.optimizer)
         masks.apply_(ctx.optimizer)
         self._sync_masks(ctx)
-        rec.update(drop_fraction=r_t, density_target=sched.density(t),
-                   n_drop=sum(int(i.numel()) for i in dropped.values()),
-                   n_regen=sum(int(i.numel()) for i in regrown.values()), regen_just_dropped=just,
-                   drop_per_layer={n: int(i.numel()) for n, i in dropped.items()},
-                   regen_per_layer={n: int(i.numel()) for n, i in regrown.items()},
-                   active=masks.active_counts(), total_active=masks.total_active(),
-                   types={k: _count_types(codes, v) for k, v in
-                          (("trim", trimmed), ("drop", dropped), ("regen", regrown))},
-                   survival=self._survival(u, regrown))
+        rec.update(
+            drop_fraction=r_t,
+            density_target=sched.density(t),
+            n_drop=sum(int(i.numel()) for i in dropped.values()),
+            n_regen=sum(int(i.numel()) for i in regrown.values()),
+            regen_just_dropped=just,
+            drop_per_layer={n: int(i.numel()) for n, i in dropped.items()},
+            regen_per_layer={n: int(i.numel()) for n, i in regrown.items()},
+            active=masks.active_counts(),
+            total_active=masks.total_active(),
+            types={
+                k: _count_types(codes, v)
+                for k, v in (("trim", trimmed), ("drop", dropped), ("regen", regrown))
+            },
+            survival=self._survival(u, regrown),
+        )
         self.last_regenerated, self.last_dropped = regrown, dropped
         self.records.append(rec)
         self._n_updates += 1
-        logger.debug("mask update %d at step %d: %s", u, t, {k: rec[k] for k in
-                                                               ("n_trim", "n_drop", "n_regen")})
+        logger.debug(
+            "mask update %d at step %d: %s",
+            u,
+            t,
+            {k: rec[k] for k in ("n_trim", "n_drop", "n_regen")},
+        )
         return rec
 
     def _stats(self) -> dict[str, LayerStats]:
         masks = self._ready()[0]
         return {
-            n: layer_stats(t.param, masks.masks[n], self.gbar[n], self.shadow.get(n),
-                           self.cfg.eps)
+            n: layer_stats(t.param, masks.masks[n], self.gbar[n], self.shadow.get(n), self.cfg.eps)
             for n, t in masks.tensors.items()
         }
 
-    def _protected(self, name: str, score: torch.Tensor, active: torch.Tensor,
-                   floor: int | None = None) -> torch.Tensor:
+    def _protected(
+        self, name: str, score: torch.Tensor, active: torch.Tensor, floor: int | None = None
+    ) -> torch.Tensor:
         masks = self._ready()[0]
         t = masks.tensors[name]
-        return mk.floor_protected(score, active, t.param.shape, mk.out_channel_dim(t.module),
-                                  self._floors[name] if floor is None else floor,
-                                  self.cfg.min_per_channel)
+        return mk.floor_protected(
+            score,
+            active,
+            t.param.shape,
+            mk.out_channel_dim(t.module),
+            self._floors[name] if floor is None else floor,
+            self.cfg.min_per_channel,
+        )
 
-    def _trim(self, stats: dict[str, LayerStats], density: float,
-              magnitude: bool = False) -> dict[str, torch.Tensor]:
+    def _trim(
+        self, stats: dict[str, LayerStats], density: float, magnitude: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Remove weights permanently down to ``density`` (global or per layer), above floors."""
         masks = self._ready()[0]
         scores = {n: (s.weight if magnitude else self.cfg.trim_scores(s)) for n, s in stats.items()}
@@ -282,7 +310,10 @@ class DynamicSparseHook(TrainHook):
         return out
 
     def _drop_regen(
-        self, stats: dict[str, LayerStats], r_t: float, u: int,
+        self,
+        stats: dict[str, LayerStats],
+        r_t: float,
+        u: int,
         optimizer: torch.optim.Optimizer,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
         """Drop ``ceil(r_t * active)`` per layer by I_keep and regrow as many by I_regen."""
@@ -346,10 +377,12 @@ class DynamicSparseHook(TrainHook):
         need = sum(self._floors.values())
         target = mk.round_count(sched.d_final * masks.numel())
         if need > target:
-            msg = (f"per-layer floors need {need} active weights but sparsity {self.cfg.sparsity} "
-                   f"leaves {target} of {masks.numel()}; lower min_density_layer "
-                   f"({self.cfg.min_density_layer}) / min_per_channel ({self.cfg.min_per_channel}) "
-                   "or the sparsity")
+            msg = (
+                f"per-layer floors need {need} active weights but sparsity {self.cfg.sparsity} "
+                f"leaves {target} of {masks.numel()}; lower min_density_layer "
+                f"({self.cfg.min_density_layer}) / min_per_channel ({self.cfg.min_per_channel}) "
+                "or the sparsity"
+            )
             raise ConfigError(msg)
 
     def _sync_masks(self, ctx: TrainContext) -> None:

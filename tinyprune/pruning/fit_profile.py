@@ -43,8 +43,10 @@ def smallest_fraction(model: nn.Module, example: Any, crit: Any, round_to: int) 
     graph = ChannelGraph(copy.deepcopy(model).eval(), example)
     cost = graph.cost_model()
     mc, mf = getattr(crit, "min_channels", 1), getattr(crit, "min_fraction", 0.0)
-    k_min = [sel.allowed_widths(g.size, round_to, sel.min_keep_for(g.size, mc, mf))[0]
-             for g in graph.groups]
+    k_min = [
+        sel.allowed_widths(g.size, round_to, sel.min_keep_for(g.size, mc, mf))[0]
+        for g in graph.groups
+    ]
     return float(cost.cost(np.array(k_min))[0] / cost.dense[0])
 
 
@@ -55,8 +57,16 @@ def _budget_rows(report: dict[str, Any]) -> str:
 class _Trial:
     """Prune a copy of the model at a fraction and export it; remember what was tried."""
 
-    def __init__(self, model: nn.Module, example: Any, crit: Any, calib: np.ndarray,
-                 profile: str | Path, data: Any, round_to: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example: Any,
+        crit: Any,
+        calib: np.ndarray,
+        profile: str | Path,
+        data: Any,
+        round_to: int,
+    ) -> None:
         self.model, self.example, self.crit, self.calib = model, example, crit, calib
         self.profile, self.data, self.round_to = profile, data, round_to
         self.search = FitSearch(fraction=0.0)
@@ -69,13 +79,24 @@ class _Trial:
 
         pruned = copy.deepcopy(self.model).eval()
         if fraction < 1.0:
-            prune_structured(pruned, self.example, self.crit, Budget(target_flops=fraction),
-                             data=self.data, round_to=self.round_to)
+            prune_structured(
+                pruned,
+                self.example,
+                self.crit,
+                Budget(target_flops=fraction),
+                data=self.data,
+                round_to=self.round_to,
+            )
         pruned.input_shape = getattr(self.model, "input_shape", None)
         with tempfile.TemporaryDirectory(prefix="tinyprune-fit-") as tmp:
             try:
-                res = export(pruned, self.calib, target=self.profile,
-                             out_dir=Path(tmp) / "trial", raise_on_budget=False)
+                res = export(
+                    pruned,
+                    self.calib,
+                    target=self.profile,
+                    out_dir=Path(tmp) / "trial",
+                    raise_on_budget=False,
+                )
             except ExportError as e:
                 if not self.tolerate_errors or isinstance(e, UnsupportedOpError):
                     raise
@@ -85,16 +106,29 @@ class _Trial:
                 self.search.tried.append({"fraction": fraction, "fits": False, "error": str(e)})
                 return None
         rep = res.report
-        self.search.tried.append({"fraction": fraction, "fits": res.fits,
-                                  "flash_bytes": rep["flash_bytes"],
-                                  "arena_bytes": rep["arena_bytes"]})
+        self.search.tried.append(
+            {
+                "fraction": fraction,
+                "fits": res.fits,
+                "flash_bytes": rep["flash_bytes"],
+                "arena_bytes": rep["arena_bytes"],
+            }
+        )
         log.info("fit search: %s", self.search.tried[-1])
         return res
 
 
-def largest_fitting_fraction(model: nn.Module, example: Any, crit: Any, calib: np.ndarray,
-                             profile: str | Path, *, data: Any = None, round_to: int = 4,
-                             steps: int = 4) -> FitSearch:
+def largest_fitting_fraction(
+    model: nn.Module,
+    example: Any,
+    crit: Any,
+    calib: np.ndarray,
+    profile: str | Path,
+    *,
+    data: Any = None,
+    round_to: int = 4,
+    steps: int = 4,
+) -> FitSearch:
     """Bisection on the MACs fraction kept so that the int8 export fits ``profile``.
 
     Args:
@@ -121,10 +155,12 @@ def largest_fitting_fraction(model: nn.Module, example: Any, crit: Any, calib: n
     res = trial(min(lo, 1.0))
     trial.tolerate_errors = True
     if not res.fits:
-        msg = (f"the model cannot fit {profile}: even the smallest reachable network (every "
-               f"layer at its minimum width, {lo:.1%} of the MACs) needs "
-               f"{_budget_rows(res.report)}; pick a larger target, a smaller model, or lower "
-               "round_to/min_channels")
+        msg = (
+            f"the model cannot fit {profile}: even the smallest reachable network (every "
+            f"layer at its minimum width, {lo:.1%} of the MACs) needs "
+            f"{_budget_rows(res.report)}; pick a larger target, a smaller model, or lower "
+            "round_to/min_channels"
+        )
         raise BudgetExceededError(msg, report=res)
     hi = 1.0
     for _ in range(steps):
@@ -138,8 +174,14 @@ def largest_fitting_fraction(model: nn.Module, example: Any, crit: Any, calib: n
     return trial.search
 
 
-def fit_profile_job(model: nn.Module, bundle: Any, criterion: str, target: str | Path,
-                    calib: np.ndarray, settings: Any) -> dict[str, Any]:
+def fit_profile_job(
+    model: nn.Module,
+    bundle: Any,
+    criterion: str,
+    target: str | Path,
+    calib: np.ndarray,
+    settings: Any,
+) -> dict[str, Any]:
     """Train, find the largest fitting fraction, prune, fine-tune and check the final export."""
     from firmware_export.budget import load_profile
     from tinyprune import criteria
@@ -157,18 +199,30 @@ def fit_profile_job(model: nn.Module, bundle: Any, criterion: str, target: str |
         s = dataclasses.replace(s, epochs=0)
     loaders = bundle.loaders(batch_size=s.batch_size, seed=s.seed)
     example = next(iter(loaders.train))[0][:2]
-    search = largest_fitting_fraction(model, example, criteria.get(criterion),
-                                      calib, target, data=loaders.train, round_to=s.round_to)
+    search = largest_fitting_fraction(
+        model,
+        example,
+        criteria.get(criterion),
+        calib,
+        target,
+        data=loaders.train,
+        round_to=s.round_to,
+    )
     out["target"] = {"profile": str(target), "fraction": search.fraction, "tried": search.tried}
     if search.fraction < 1.0:
         out |= prune_structured_job(model, bundle, criterion, Budget(search.fraction), s)
     checker = _Trial(model, example, None, calib, target, None, s.round_to)
     checker.tolerate_errors = False
     final = checker(1.0)
-    out["target"] |= {"flash_bytes": final.report["flash_bytes"],
-                      "arena_bytes": final.report["arena_bytes"], "fits": final.fits}
+    out["target"] |= {
+        "flash_bytes": final.report["flash_bytes"],
+        "arena_bytes": final.report["arena_bytes"],
+        "fits": final.fits,
+    }
     if not final.fits:
-        msg = (f"the pruned and fine-tuned model does not fit {target}: "
-               f"{_budget_rows(final.report)} (the search chose {search.fraction:.1%} of MACs)")
+        msg = (
+            f"the pruned and fine-tuned model does not fit {target}: "
+            f"{_budget_rows(final.report)} (the search chose {search.fraction:.1%} of MACs)"
+        )
         raise BudgetExceededError(msg, report=final)
     return out

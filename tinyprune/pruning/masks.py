@@ -26,8 +26,13 @@ from tinyprune.errors import ConfigError
 
 #: Module types whose ``weight`` is prunable. Biases and BN parameters are never pruned.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
 )
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -71,7 +76,8 @@ def find_prunable(
     found = [
         PrunableTensor(f"{mname}.weight" if mname else "weight", mod, mod.weight)
         for mname, mod in model.named_modules()
-        if isinstance(mod, PRUNABLE_TYPES) and mname not in excluded
+        if isinstance(mod, PRUNABLE_TYPES)
+        and mname not in excluded
         and isinstance(getattr(mod, "weight", None), nn.Parameter)
     ]
     total = len(found)
@@ -91,9 +97,7 @@ def find_prunable(
     return found
 
 
-def layer_floor(
-    shape: torch.Size, out_dim: int, min_density: float, min_per_channel: int
-) -> int:
+def layer_floor(shape: torch.Size, out_dim: int, min_density: float, min_per_channel: int) -> int:
     """Fewest active weights a layer may keep: the density floor or ``min_per_channel`` per output.
 
     Args:
@@ -201,7 +205,8 @@ def _param_state(
     if optimizer is None or param not in optimizer.state:
         return []
     return [
-        v for v in optimizer.state[param].values()
+        v
+        for v in optimizer.state[param].values()
         if isinstance(v, torch.Tensor) and v.shape == param.shape
     ]
 
@@ -343,9 +348,7 @@ class SparsityReport:
             "nonzero_params": self.nonzero_params,
             "dense_macs": self.dense_macs,
             "effective_macs": self.effective_macs,
-            "layers": [
-                {**layer.__dict__, "density": layer.density} for layer in self.layers
-            ],
+            "layers": [{**layer.__dict__, "density": layer.density} for layer in self.layers],
         }
 
     def __str__(self) -> str:
@@ -398,7 +401,8 @@ def sparsity_report(model: nn.Module, input_shape: tuple[int, ...]) -> SparsityR
             h.remove()
     layers = [
         _layer_sparsity(name, mod, positions.get(name, 0))
-        for name, mod in model.named_modules() if isinstance(mod, PRUNABLE_TYPES)
+        for name, mod in model.named_modules()
+        if isinstance(mod, PRUNABLE_TYPES)
     ]
     params = list(model.parameters())
     return SparsityReport(

@@ -156,8 +156,12 @@ def _rebuild(
     dist_sampler = None
     if world_size > 1:
         dist_sampler = DistributedSampler(
-            loader.dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
-            seed=cfg.seed, drop_last=loader.drop_last,
+            loader.dataset,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=cfg.seed,
+            drop_last=loader.drop_last,
         )
         sampler: Any = dist_sampler
     elif shuffle:
@@ -167,13 +171,22 @@ def _rebuild(
     workers = loader.num_workers
     extra: dict[str, Any] = {}
     if workers > 0:
-        extra = {"prefetch_factor": loader.prefetch_factor,
-                 "persistent_workers": loader.persistent_workers,
-                 "multiprocessing_context": loader.multiprocessing_context}
+        extra = {
+            "prefetch_factor": loader.prefetch_factor,
+            "persistent_workers": loader.persistent_workers,
+            "multiprocessing_context": loader.multiprocessing_context,
+        }
     new = DataLoader(
-        loader.dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn or _seed_worker,
-        generator=generator, **extra,
+        loader.dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn or _seed_worker,
+        generator=generator,
+        **extra,
     )
     return new, dist_sampler

@@ -37,8 +37,11 @@ class _Probe(TrainHook):
         self.seen: dict[str, Any] = {}
 
     def on_train_begin(self, ctx: TrainContext) -> None:
-        self.seen = {"rank": ctx.rank, "world_size": ctx.world_size,
-                     "bare_model": not isinstance(ctx.model, nn.parallel.DistributedDataParallel)}
+        self.seen = {
+            "rank": ctx.rank,
+            "world_size": ctx.world_size,
+            "bare_model": not isinstance(ctx.model, nn.parallel.DistributedDataParallel),
+        }
 
     def extra_loss(self, ctx: TrainContext, inputs: torch.Tensor, outputs: torch.Tensor) -> None:
         self.samples += int(inputs.shape[0])
@@ -71,12 +74,21 @@ def run(out: Path, epochs: int = 2) -> dict[str, Any]:
         spec = {"factory": "tinyprune.training.ddp_smoke:mlp", "kwargs": {}}
         if info.rank == 0:
             save_checkpoint(out / "init.pt", model, spec, {"rank": 0})
-        cfg = TrainConfig(epochs=epochs, lr=0.05, optimizer="sgd", batch_size=8, seed=7,
-                          schedule="cosine", grad_clip=5.0, log_every=0)
+        cfg = TrainConfig(
+            epochs=epochs,
+            lr=0.05,
+            optimizer="sgd",
+            batch_size=8,
+            seed=7,
+            schedule="cosine",
+            grad_clip=5.0,
+            log_every=0,
+        )
         probe = _Probe()
         loader = DataLoader(_data(), batch_size=8, shuffle=True)
-        result = fit(model, loader, cfg, loss_fn=nn.functional.mse_loss, hooks=[probe],
-                     progress=False)
+        result = fit(
+            model, loader, cfg, loss_fn=nn.functional.mse_loss, hooks=[probe], progress=False
+        )
         save_checkpoint(out / f"rank{info.rank}.pt", model, spec, {"rank": info.rank})
         report = {"hook": probe.summary(), "history": result.history, "steps": result.steps}
         (out / f"rank{info.rank}.json").write_text(json.dumps(report))

@@ -19,10 +19,10 @@ from torch import nn
 class TrainContext:
     """What the loop knows at a point in training; hooks read it and may keep state in ``state``."""
 
-    model: nn.Module                      # the bare model (DDP's .module when wrapped)
+    model: nn.Module  # the bare model (DDP's .module when wrapped)
     optimizer: torch.optim.Optimizer
     epoch: int = 0
-    step: int = 0                         # global optimizer steps taken so far
+    step: int = 0  # global optimizer steps taken so far
     steps_per_epoch: int = 0
     total_steps: int = 0
     lr: float = 0.0
@@ -42,7 +42,9 @@ class TrainHook:
     def on_train_begin(self, ctx: TrainContext) -> None:
         """Called once before the first step (allocate statistics, register forward hooks)."""
 
-    def extra_loss(self, ctx: TrainContext, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor | None:
+    def extra_loss(
+        self, ctx: TrainContext, inputs: torch.Tensor, outputs: torch.Tensor
+    ) -> torch.Tensor | None:
         """A term added to the task loss for this batch (e.g. PCC), or None."""
         return None
 

@@ -27,22 +27,27 @@ from tqdm import tqdm
 
 from tinyprune.errors import ConfigError
 from tinyprune.training import distributed
-from tinyprune.training.config import TrainConfig
-from tinyprune.training.hooks import TrainContext, TrainHook
 from tinyprune.training.builders import (
     build_optimizer,
     build_scheduler,
     prepare_loader,
     seed_everything,
 )
+from tinyprune.training.config import TrainConfig
+from tinyprune.training.hooks import TrainContext, TrainHook
 
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], Any]
 _HOOK_METHODS = (
-    "on_train_begin", "extra_loss", "after_backward", "after_step", "on_epoch_end",
-    "on_train_end", "summary",
+    "on_train_begin",
+    "extra_loss",
+    "after_backward",
+    "after_step",
+    "on_epoch_end",
+    "on_train_end",
+    "summary",
 )
 
 
@@ -203,7 +208,7 @@ def _deterministic(enabled: bool) -> Iterator[None]:
 class _Trainer:
     """The state of one ``fit`` call; its methods are the step and the epoch."""
 
-    net: nn.Module                      # what forward goes through (DDP wrapper or the model)
+    net: nn.Module  # what forward goes through (DDP wrapper or the model)
     ctx: TrainContext
     scheduler: torch.optim.lr_scheduler.LRScheduler
     hooks: tuple[TrainHook, ...]
@@ -254,8 +259,13 @@ class _Trainer:
             every = self.cfg.log_every
             if every and self.ctx.step % every == 0 and distributed.is_main():
                 logger.info(
-                    "epoch %d/%d step %d/%d loss %.5g lr %.3g", epoch + 1, self.cfg.epochs,
-                    self.ctx.step, self.ctx.total_steps, task + extra, self.ctx.lr,
+                    "epoch %d/%d step %d/%d loss %.5g lr %.3g",
+                    epoch + 1,
+                    self.cfg.epochs,
+                    self.ctx.step,
+                    self.ctx.total_steps,
+                    task + extra,
+                    self.ctx.lr,
                 )
         distributed.all_reduce_mean_(sums)
         task_mean, extra_mean = (sums[:2] / sums[2].clamp(min=1)).tolist()
@@ -267,8 +277,13 @@ class _Trainer:
             )
             raise ConfigError(msg)
         lr = float(self.ctx.optimizer.param_groups[0]["lr"])
-        return {"epoch": float(epoch), "train_loss": task_mean + extra_mean,
-                "task_loss": task_mean, "extra_loss": extra_mean, "lr": lr}
+        return {
+            "epoch": float(epoch),
+            "train_loss": task_mean + extra_mean,
+            "task_loss": task_mean,
+            "extra_loss": extra_mean,
+            "lr": lr,
+        }
 
 
 def _wrap_ddp(model: nn.Module, world_size: int) -> nn.Module:
@@ -340,8 +355,12 @@ def fit(
 
 
 def _make_trainer(
-    model: nn.Module, loader: Any, cfg: TrainConfig, loss_fn: LossFn,
-    hooks: tuple[TrainHook, ...], info: distributed.DistInfo,
+    model: nn.Module,
+    loader: Any,
+    cfg: TrainConfig,
+    loss_fn: LossFn,
+    hooks: tuple[TrainHook, ...],
+    info: distributed.DistInfo,
 ) -> _Trainer:
     steps = len(loader)
     if steps == 0:
@@ -353,8 +372,13 @@ def _make_trainer(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
     ctx = TrainContext(
-        model=model, optimizer=optimizer, steps_per_epoch=steps, total_steps=steps * cfg.epochs,
-        lr=float(optimizer.param_groups[0]["lr"]), rank=info.rank, world_size=info.world_size,
+        model=model,
+        optimizer=optimizer,
+        steps_per_epoch=steps,
+        total_steps=steps * cfg.epochs,
+        lr=float(optimizer.param_groups[0]["lr"]),
+        rank=info.rank,
+        world_size=info.world_size,
     )
     params = [p for group in optimizer.param_groups for p in group["params"]]
     net = _wrap_ddp(model, info.world_size)
@@ -362,8 +386,12 @@ def _make_trainer(
 
 
 def _run(
-    trainer: _Trainer, loader: Any, sampler: Any, val_loader: Iterable[Any] | None,
-    metric_fn: MetricFn, progress: bool,
+    trainer: _Trainer,
+    loader: Any,
+    sampler: Any,
+    val_loader: Iterable[Any] | None,
+    metric_fn: MetricFn,
+    progress: bool,
 ) -> list[dict[str, float]]:
     cfg, ctx, hooks = trainer.cfg, trainer.ctx, trainer.hooks
     for hook in hooks:
@@ -382,8 +410,12 @@ def _run(
                 record.update({f"val_{k}": v for k, v in metrics.items()})
             history.append(record)
             if distributed.is_main():
-                logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
-                            " ".join(f"{k}={v:.5g}" for k, v in record.items() if k != "epoch"))
+                logger.info(
+                    "epoch %d/%d %s",
+                    epoch + 1,
+                    cfg.epochs,
+                    " ".join(f"{k}={v:.5g}" for k, v in record.items() if k != "epoch"),
+                )
     for hook in hooks:
         hook.on_train_end(ctx)
     return history

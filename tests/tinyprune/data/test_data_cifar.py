@@ -19,8 +19,12 @@ def _write_batches(root: Path, n: int = 6) -> dict[str, tuple[np.ndarray, list[i
     for name in (*cifar.TRAIN_FILES, cifar.TEST_FILE):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, n)]
-        doc = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-               b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        doc = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+        }
         (root / name).write_bytes(pickle.dumps(doc, protocol=2))
         written[name] = (data, labels)
     return written
@@ -63,11 +67,14 @@ def test_refuses_unexpected_file_names(tmp_path: Path) -> None:
         cifar.load_batch(tmp_path / "model.pkl")
 
 
-@pytest.mark.parametrize("doc,match", [
-    ({b"labels": [1]}, "expected a dict with keys"),
-    ({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}, r"uint8 \(N, 3072\)"),
-    ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [12]}, "labels must be in 0..9"),
-])
+@pytest.mark.parametrize(
+    "doc,match",
+    [
+        ({b"labels": [1]}, "expected a dict with keys"),
+        ({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}, r"uint8 \(N, 3072\)"),
+        ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [12]}, "labels must be in 0..9"),
+    ],
+)
 def test_malformed_batches(tmp_path: Path, doc: dict[bytes, object], match: str) -> None:
     (tmp_path / "test_batch").write_bytes(pickle.dumps(doc, protocol=2))
     with pytest.raises(ConfigError, match=match):

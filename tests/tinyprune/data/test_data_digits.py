@@ -16,7 +16,7 @@ def test_digits_shapes_and_stratified_split(size: int) -> None:
     (xtr, ytr), (xte, yte) = load_digits(size=size, test_fraction=0.25, seed=1)
     assert xtr.shape[1:] == (1, size, size) and xtr.dtype == np.float32
     assert len(xtr) + len(xte) == 1797 and len(xte) == 450
-    assert 0.0 <= xtr.min() and xtr.max() <= 1.0
+    assert xtr.min() >= 0.0 and xtr.max() <= 1.0
     assert set(np.unique(yte)) == set(range(10))
     per_class = np.bincount(np.concatenate([ytr, yte]))
     assert np.all(np.abs(np.bincount(yte) - 0.25 * per_class) <= 1)  # stratified

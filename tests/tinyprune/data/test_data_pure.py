@@ -15,8 +15,9 @@ from tinyprune.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def video() -> SyntheticVideo:
-    return generate(SyntheticConfig(seed=5, duration_s=3.0, frame_size=(72, 96), face_px=40,
-                                    hr_bpm=75.0))
+    return generate(
+        SyntheticConfig(seed=5, duration_s=3.0, frame_size=(72, 96), face_px=40, hr_bpm=75.0)
+    )
 
 
 def _z(x: np.ndarray) -> np.ndarray:
@@ -56,12 +57,17 @@ def test_missing_json_is_named(video: SyntheticVideo, tmp_path: Path) -> None:
         pure.read_sequence(tmp_path, "01-01")
 
 
-@pytest.mark.parametrize("doc,match", [
-    ("{not json", "not valid JSON"),
-    (json.dumps({"/Image": []}), "lacks the PURE keys"),
-    (json.dumps({"/FullPackage": [{"Timestamp": 1}], "/Image": [{"Timestamp": 1}]}),
-     "malformed '/FullPackage'"),
-])
+@pytest.mark.parametrize(
+    "doc,match",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"/Image": []}), "lacks the PURE keys"),
+        (
+            json.dumps({"/FullPackage": [{"Timestamp": 1}], "/Image": [{"Timestamp": 1}]}),
+            "malformed '/FullPackage'",
+        ),
+    ],
+)
 def test_malformed_json(video: SyntheticVideo, tmp_path: Path, doc: str, match: str) -> None:
     write_pure(video, tmp_path, 1, 1)
     (tmp_path / "01-01" / "01-01.json").write_text(doc)

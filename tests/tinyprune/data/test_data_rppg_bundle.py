@@ -60,8 +60,9 @@ def test_fft_hr_of_a_sine() -> None:
 
 
 def test_synthetic_bundle_contract() -> None:
-    b = build_dataset("synthetic-rppg", n_train=2, n_val=1, n_test=2, clips_per_video=1,
-                      size=16, chunk=32)
+    b = build_dataset(
+        "synthetic-rppg", n_train=2, n_val=1, n_test=2, clips_per_video=1, size=16, chunk=32
+    )
     assert b.task == "rppg" and b.input_shape == (3, 32, 16, 16) and b.fs == 30.0
     assert (len(b.train), len(b.val), len(b.test)) == (2, 1, 2)
     x, y = b.train[0]
@@ -71,7 +72,15 @@ def test_synthetic_bundle_contract() -> None:
     assert all(36 < b.test.clip_hr(i) < 150 for i in range(len(b.test)))
     cal = b.calibration_batches(2)
     assert cal.shape == (2, 3, 32, 16, 16)
-    again = build_dataset("synthetic-rppg", n_train=2, n_val=1, n_test=2, clips_per_video=1,
-                          size=16, chunk=32, real_ppg=False)
+    again = build_dataset(
+        "synthetic-rppg",
+        n_train=2,
+        n_val=1,
+        n_test=2,
+        clips_per_video=1,
+        size=16,
+        chunk=32,
+        real_ppg=False,
+    )
     assert np.array_equal(cal, again.calibration_batches(2))
     assert not np.array_equal(b.train.x[0], b.val.x[0])

@@ -36,8 +36,9 @@ def test_video_bvp_and_hr_ground_truth_agree() -> None:
 
 
 def test_green_trace_of_static_noise_free_clip_gives_set_hr() -> None:
-    cfg = SyntheticConfig(seed=7, duration_s=30.0, hr_bpm=72.0, hr_drift_bpm=0.0, rsa=False,
-                          respiration=False)
+    cfg = SyntheticConfig(
+        seed=7, duration_s=30.0, hr_bpm=72.0, hr_drift_bpm=0.0, rsa=False, respiration=False
+    )
     video = generate(cfg)
     green = video.frames[:, :, :, 1][:, video.skin_mask].astype(np.float64).mean(axis=1)
     assert abs(_fft_hr(green, video.fs) - 72.0) < 1.0
@@ -54,13 +55,20 @@ def test_background_carries_no_pulse() -> None:
 
 
 def test_same_seed_identical_bytes_other_seed_differs() -> None:
-    cfg = SyntheticConfig(seed=11, duration_s=2.0, crop=24,
-                          nuisances=("translation_fast", "illumination", "camera"))
+    cfg = SyntheticConfig(
+        seed=11, duration_s=2.0, crop=24, nuisances=("translation_fast", "illumination", "camera")
+    )
     a, b = generate(cfg), generate(cfg)
     assert a.frames.tobytes() == b.frames.tobytes()
     assert a.bvp.tobytes() == b.bvp.tobytes() and a.metadata_json() == b.metadata_json()
-    c = generate(SyntheticConfig(seed=12, duration_s=2.0, crop=24,
-                                 nuisances=("translation_fast", "illumination", "camera")))
+    c = generate(
+        SyntheticConfig(
+            seed=12,
+            duration_s=2.0,
+            crop=24,
+            nuisances=("translation_fast", "illumination", "camera"),
+        )
+    )
     assert a.frames.tobytes() != c.frames.tobytes()
 
 
@@ -86,8 +94,9 @@ def test_heartpy_recordings_are_real_ppg_with_known_hr() -> None:
     assert abs(_fft_hr(video.bvp, 30.0) - 58.9) < 2.5
 
 
-@pytest.mark.parametrize("kw", [{"nuisances": ("wobble",)}, {"pulse": "heartpy:7"},
-                                {"amplitude": 0.9}, {"crop": 4}])
+@pytest.mark.parametrize(
+    "kw", [{"nuisances": ("wobble",)}, {"pulse": "heartpy:7"}, {"amplitude": 0.9}, {"crop": 4}]
+)
 def test_bad_config_is_a_config_error(kw: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         SyntheticConfig(**kw)  # type: ignore[arg-type]

@@ -81,8 +81,13 @@ def test_build_dataset_from_ubfc_folder_detects_the_face(tmp_path: Path) -> None
     for n in (1, 2):
         v = generate(SyntheticConfig(seed=n, duration_s=2.0, frame_size=(120, 160), face_px=48))
         write_ubfc(v, tmp_path, n)
-    bundle = build_dataset(f"ubfc:{tmp_path}", size=24, chunk=20, train_fraction=0.5,
-                           data_types=("DiffNormalized", "Standardized"))
+    bundle = build_dataset(
+        f"ubfc:{tmp_path}",
+        size=24,
+        chunk=20,
+        train_fraction=0.5,
+        data_types=("DiffNormalized", "Standardized"),
+    )
     assert bundle.input_shape == (6, 20, 24, 24) and len(bundle.train) == 3
     assert bundle.fs == pytest.approx(30.0)
     assert bundle.calibration_batches(2).shape == (2, 6, 20, 24, 24)

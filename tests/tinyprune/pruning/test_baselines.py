@@ -12,7 +12,12 @@ from torch import nn
 import tinyprune.criteria as C
 from tinyprune.criteria.base import Criterion, Granularity, ScoreInput
 from tinyprune.errors import PruningError, UnknownNameError
-from tinyprune.pruning.structured import ChannelGraph, capture_features, out_first_weight, score_groups
+from tinyprune.pruning.structured import (
+    ChannelGraph,
+    capture_features,
+    out_first_weight,
+    score_groups,
+)
 
 STRUCTURED = C.names(Granularity.CHANNEL)
 EXTRA = {"cluster_de": {"n_clusters": 2}}
@@ -26,7 +31,9 @@ def _inputs(name: str) -> tuple[nn.Module, list[ScoreInput]]:
     inputs = []
     for layer in layers:
         module = model.get_submodule(layer)
-        bn = model.get_submodule({"stem": "bs", "a1": "ab1", "a2": "ab2", "w1": "wb1", "w2": "wb2", "sc": "scb"}[layer])
+        bn = model.get_submodule(
+            {"stem": "bs", "a1": "ab1", "a2": "ab2", "w1": "wb1", "w2": "wb2", "sc": "scb"}[layer]
+        )
         inputs.append(ScoreInput(layer, out_first_weight(module), None, module, bn, feats[layer]))
     return model, inputs
 
@@ -86,5 +93,10 @@ def test_group_reduce_over_residual_members(reduce: str) -> None:
     g = [gr.name for gr in graph.groups].index("stem")
     a = C.get("l1").score(ScoreInput("stem", model.stem.weight.detach(), None, model.stem))
     b = C.get("l1").score(ScoreInput("a2", model.a2.weight.detach(), None, model.a2))
-    expected = {"mean": (a + b) / 2, "sum": a + b, "max": torch.maximum(a, b), "l2": (a * a + b * b).sqrt()}[reduce]
+    expected = {
+        "mean": (a + b) / 2,
+        "sum": a + b,
+        "max": torch.maximum(a, b),
+        "l2": (a * a + b * b).sqrt(),
+    }[reduce]
     torch.testing.assert_close(torch.from_numpy(scores[g]), expected.double())

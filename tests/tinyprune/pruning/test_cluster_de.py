@@ -53,15 +53,26 @@ def test_kept_counts_per_cluster(n_keep: int) -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_de_finds_optimum_of_integer_sphere(seed: int) -> None:
     target = np.arange(20) % 7 + 3
-    result = shade_de(lambda k: -float(np.sum((k - target) ** 2)), [2] * 20, [16] * 20, pop=20, gens=100, seed=seed)
+    result = shade_de(
+        lambda k: -float(np.sum((k - target) ** 2)),
+        [2] * 20,
+        [16] * 20,
+        pop=20,
+        gens=100,
+        seed=seed,
+    )
     assert result.best_f == 0.0 and np.array_equal(result.best_x, target)
     assert result.evaluations <= 20 * 2 + 20 * 100  # budget: opposition init + NP x G trials
 
 
 def test_shade_memory_updates_only_on_success() -> None:
     flat = shade_de(lambda k: 0.0, [2] * 3, [9] * 3, pop=6, gens=5, seed=1)
-    assert flat.memory_updates == 0 and all(np.array_equal(m, np.full(5, 0.5)) for m in flat.memory_f)
-    sphere = shade_de(lambda k: -float(np.sum((k - 5) ** 2)), [2] * 3, [9] * 3, pop=6, gens=5, seed=1)
+    assert flat.memory_updates == 0 and all(
+        np.array_equal(m, np.full(5, 0.5)) for m in flat.memory_f
+    )
+    sphere = shade_de(
+        lambda k: -float(np.sum((k - 5) ** 2)), [2] * 3, [9] * 3, pop=6, gens=5, seed=1
+    )
     assert sphere.memory_updates > 0
 
 

@@ -12,7 +12,12 @@ from tinyprune.pruning.structured import ChannelGraph
 
 
 def test_hand_counted_conv_bn_linear() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 2),
+    )
     comp = measure_complexity(model.eval(), torch.randn(2, 3, 5, 5))
     assert comp.layer("0").macs == 3 * 4 * 9 * 25
     assert comp.layer("0").params == 3 * 4 * 9

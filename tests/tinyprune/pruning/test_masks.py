@@ -23,12 +23,24 @@ def _seed():
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    return nn.Sequential(
+        nn.Linear(8, 32),
+        nn.ReLU(),
+        nn.Linear(32, 32),
+        nn.ReLU(),
+        nn.Linear(32, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    )
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, crit: WGJCriterion, steps: int,
-          in_shape: tuple[int, ...] = (16, 8)):
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    crit: WGJCriterion,
+    steps: int,
+    in_shape: tuple[int, ...] = (16, 8),
+):
     ctx = TrainContext(model=model, optimizer=opt, total_steps=steps)
     hook = crit.make_hook()
     hook.on_train_begin(ctx)
@@ -62,24 +74,30 @@ def test_no_prunable_tensor_is_a_config_error():
 def test_first_and_last_layer_stay_dense_in_training():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    hook, _ = train(model, opt, WGJCriterion(sparsity=0.8, delta_t=2, t_start=2, t_f=10,
-                                             t_end=14), steps=16)
+    hook, _ = train(
+        model, opt, WGJCriterion(sparsity=0.8, delta_t=2, t_start=2, t_f=10, t_end=14), steps=16
+    )
     assert (model[0].weight != 0).all() and (model[6].weight != 0).all()
     assert (model[2].weight == 0).float().mean() > 0.5
     assert set(hook.masks.masks) == {"2.weight", "4.weight"}
 
 
-@pytest.mark.parametrize("opt_factory", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
-    lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.5),
-    lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.5),
-], ids=["sgd_wd", "adamw", "adam_wd"])
+@pytest.mark.parametrize(
+    "opt_factory",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.5),
+        lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.5),
+    ],
+    ids=["sgd_wd", "adamw", "adam_wd"],
+)
 def test_weight_decay_and_momentum_do_not_resurrect_zeros(opt_factory):
     model = mlp()
     opt = opt_factory(model.parameters())
     # prune at step 2, then 10 static steps: momentum and decay would move zeros back
-    hook, _ = train(model, opt, WGJCriterion(sparsity=0.7, delta_t=2, t_start=2, t_f=2,
-                                             t_end=2), steps=12)
+    hook, _ = train(
+        model, opt, WGJCriterion(sparsity=0.7, delta_t=2, t_start=2, t_f=2, t_end=2), steps=12
+    )
     for name, mask in hook.masks.masks.items():
         param = hook.masks.tensors[name].param
         assert (~mask).sum() > 0
@@ -112,17 +130,30 @@ def test_floor_protected_uses_output_channels_of_convtranspose():
 
 def test_floors_respected_in_global_ranking():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(),
-                          nn.ConvTranspose2d(8, 2, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(2, 16, 3, padding=1))
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 16, 3, padding=1),
+    )
     with torch.no_grad():
         model[2].weight.mul_(1e-3)  # tiny: global magnitude ranking would empty it
         model[2].weight[:, 1] *= 1e-3  # and its output channel 1 first
     # floors: 8 x 4 + 2 x 4 (dim 1) + 16 x 4 = 104 <= round(0.2 * 576) = 115
-    crit = WGJCriterion(sparsity=0.8, delta_t=1, t_start=1, t_f=1, t_end=1,
-                        keep_first_dense=False, keep_last_dense=False, init_sparsity=0.8)
-    hook, _ = train(model, torch.optim.SGD(model.parameters(), lr=0.0), crit, steps=2,
-                    in_shape=(2, 2, 6, 6))
+    crit = WGJCriterion(
+        sparsity=0.8,
+        delta_t=1,
+        t_start=1,
+        t_f=1,
+        t_end=1,
+        keep_first_dense=False,
+        keep_last_dense=False,
+        init_sparsity=0.8,
+    )
+    hook, _ = train(
+        model, torch.optim.SGD(model.parameters(), lr=0.0), crit, steps=2, in_shape=(2, 2, 6, 6)
+    )
     mask = hook.masks.masks["2.weight"]
     assert int(mask.sum()) == mk.layer_floor(mask.shape, 1, 0.01, 4) == 8
     assert (mask.sum(dim=(0, 2, 3)) >= 4).all()
@@ -179,9 +210,14 @@ def _recount(weight: torch.Tensor) -> int:
 
 def test_t6_sparsity_report_matches_recount():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Flatten(),
-                          nn.Linear(4 * 12 * 12, 5))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 2, stride=2),
+        nn.Flatten(),
+        nn.Linear(4 * 12 * 12, 5),
+    )
     with torch.no_grad():
         for layer in (model[0], model[3], model[5]):
             layer.weight.mul_(torch.rand_like(layer.weight) > 0.6)

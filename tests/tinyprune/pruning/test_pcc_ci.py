@@ -10,7 +10,7 @@ import torch
 from tiny_nets import PlainCNN, make
 
 import tinyprune.criteria as C
-from tinyprune.criteria.pcc_ci import PCCHook, channel_independence, pcc_layer_loss, pcc_matrix
+from tinyprune.criteria.pcc_ci import channel_independence, pcc_layer_loss, pcc_matrix
 from tinyprune.errors import ConfigError
 from tinyprune.pruning import Budget, prune_structured
 from tinyprune.pruning import select as sel
@@ -33,7 +33,9 @@ def _matrices(kind: str, c: int, p: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(c * 100 + p)
     a = torch.randn(3, c, p, generator=g, dtype=torch.float64)
     if kind == "rank_deficient":
-        a = torch.randn(3, c, 2, generator=g, dtype=torch.float64) @ torch.randn(3, 2, p, generator=g, dtype=torch.float64)
+        a = torch.randn(3, c, 2, generator=g, dtype=torch.float64) @ torch.randn(
+            3, 2, p, generator=g, dtype=torch.float64
+        )
     elif kind == "duplicated":
         a[:, 1] = a[:, 0]
         a[:, 3] = 2 * a[:, 2]
@@ -50,13 +52,19 @@ def test_ci_shortcut_equals_brute_force(kind: str, c: int, p: int) -> None:
 
 @pytest.mark.parametrize("c,p", [(4, 9), (5, 5)])
 def test_orthogonal_rows_ci_is_row_norm(c: int, p: int) -> None:
-    q, _ = torch.linalg.qr(torch.randn(p, p, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    q, _ = torch.linalg.qr(
+        torch.randn(p, p, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    )
     a = (q[:c] * torch.arange(1, c + 1, dtype=torch.float64)[:, None])[None]
-    torch.testing.assert_close(channel_independence(a)[0], torch.arange(1, c + 1, dtype=torch.float64))
+    torch.testing.assert_close(
+        channel_independence(a)[0], torch.arange(1, c + 1, dtype=torch.float64)
+    )
 
 
 def test_duplicated_row_has_smaller_ci_than_orthogonal_row() -> None:
-    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    q, _ = torch.linalg.qr(
+        torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    )
     a = torch.stack([q[0], q[0], q[1], q[2]])[None]
     ci = channel_independence(a)[0]
     assert ci[0] < ci[2] - 0.1 and ci[1] < ci[2] - 0.1
@@ -68,7 +76,9 @@ def test_pcc_matrix_properties() -> None:
     x = torch.randn(2, 5, 4000, generator=g)
     x[:, 1] = 3 * x[:, 0] + 1
     r = pcc_matrix(x)
-    torch.testing.assert_close(torch.diagonal(r, dim1=1, dim2=2), torch.ones(2, 5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        torch.diagonal(r, dim1=1, dim2=2), torch.ones(2, 5), atol=1e-4, rtol=0
+    )
     torch.testing.assert_close(r[:, 0, 1], torch.ones(2), atol=1e-4, rtol=0)
     noise = r[:, 2:, 2:][:, ~torch.eye(3, dtype=torch.bool)]
     assert noise.abs().max() < 4 / np.sqrt(4000)
@@ -76,7 +86,15 @@ def test_pcc_matrix_properties() -> None:
 
 @pytest.mark.parametrize("mode", ["decorrelate", "decorrelate_margin", "correlate"])
 def test_pcc_loss_gradcheck(mode: str) -> None:
-    x = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(
+        2,
+        3,
+        3,
+        3,
+        dtype=torch.float64,
+        requires_grad=True,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert torch.autograd.gradcheck(lambda t: pcc_layer_loss(t, mode, margin=0.05), (x,))
 
 
@@ -128,7 +146,9 @@ def test_adaptive_budget_met_and_maximal() -> None:
     crit = C.get("pcc_ci", min_channels=2, min_fraction=0.0)
     graph = ChannelGraph(copy.deepcopy(model), x)
     cost = graph.cost_model()
-    result = prune_structured(model, x, crit, Budget(target_flops=0.45, target_params=0.6), data=data, round_to=2)
+    result = prune_structured(
+        model, x, crit, Budget(target_flops=0.45, target_params=0.6), data=data, round_to=2
+    )
     limits = Budget(target_flops=0.45, target_params=0.6).limits(*cost.dense)
     assert result.macs_after <= limits[0] and result.params_after <= limits[1]
     counts = np.array([len(result.keep[g.name]) for g in graph.groups])

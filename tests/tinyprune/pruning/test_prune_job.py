@@ -28,8 +28,16 @@ def test_tailored_trains_with_its_hook_then_freezes_at_the_budget() -> None:
 
 def test_cluster_de_runs_its_search_and_reports_it() -> None:
     model, bundle = _setup()
-    s = PruneSettings(epochs=1, finetune_epochs=0, lr=3e-3, progress=False, de_pop=4, de_gens=1,
-                      de_calib=64, de_heldout=64)
+    s = PruneSettings(
+        epochs=1,
+        finetune_epochs=0,
+        lr=3e-3,
+        progress=False,
+        de_pop=4,
+        de_gens=1,
+        de_calib=64,
+        de_heldout=64,
+    )
     summary = prune_structured_job(model, bundle, "cluster_de", Budget(target_flops=0.5), s)
     search = summary["search"]
     assert (search["pop"], search["gens"]) == (4, 1)

@@ -35,7 +35,10 @@ def chain() -> tuple[sel.CostModel, list[int]]:
 
 def test_budget_fractions_and_absolute() -> None:
     assert sel.Budget(target_flops=0.5).limits(1000, 50) == (500, np.inf)
-    assert sel.Budget(target_flops=600.0).limits(1000, 50) == (300, np.inf)  # absolute FLOPs = 2 x MACs
+    assert sel.Budget(target_flops=600.0).limits(1000, 50) == (
+        300,
+        np.inf,
+    )  # absolute FLOPs = 2 x MACs
     assert sel.Budget(target_params=40.0).limits(1000, 50) == (np.inf, 40)
     assert sel.Budget(target_flops=1.0).is_noop
 
@@ -53,7 +56,9 @@ def test_allowed_widths_round_to() -> None:
     assert sel.min_keep_for(200, 8, 0.05) == 10
 
 
-def _maximal(cost: sel.CostModel, counts: tuple[int, ...], widths: list[np.ndarray], limits: sel.Limits) -> bool:
+def _maximal(
+    cost: sel.CostModel, counts: tuple[int, ...], widths: list[np.ndarray], limits: sel.Limits
+) -> bool:
     for g, w in enumerate(widths):
         bigger = w[w > counts[g]]
         if bigger.size:
@@ -67,7 +72,9 @@ def _maximal(cost: sel.CostModel, counts: tuple[int, ...], widths: list[np.ndarr
 
 @pytest.mark.parametrize("frac", [0.3, 0.5, 0.8])
 @pytest.mark.parametrize("method", ["global", "greedy"])
-def test_budget_met_and_maximal(chain: tuple[sel.CostModel, list[int]], frac: float, method: str) -> None:
+def test_budget_met_and_maximal(
+    chain: tuple[sel.CostModel, list[int]], frac: float, method: str
+) -> None:
     cost, sizes = chain
     rng = np.random.default_rng(1)
     scores = [rng.random(s) for s in sizes]
@@ -97,12 +104,16 @@ def _brute_force(scores: list[np.ndarray], cost: sel.CostModel, limit: float) ->
     sorted_scores = [np.sort(s)[::-1] for s in scores]
     for counts in itertools.product(*[range(1, len(s) + 1) for s in scores]):
         if cost.cost(np.array(counts))[0] <= limit:
-            best = max(best, sum(float(s[:c].sum()) for s, c in zip(sorted_scores, counts, strict=True)))
+            best = max(
+                best, sum(float(s[:c].sum()) for s, c in zip(sorted_scores, counts, strict=True))
+            )
     return best
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_greedy_select_close_to_brute_force(chain: tuple[sel.CostModel, list[int]], seed: int) -> None:
+def test_greedy_select_close_to_brute_force(
+    chain: tuple[sel.CostModel, list[int]], seed: int
+) -> None:
     cost, sizes = chain
     rng = np.random.default_rng(seed)
     scores = [rng.random(s) for s in sizes]
@@ -119,7 +130,9 @@ def test_greedy_exact_for_one_layer() -> None:
     scores = [rng.random(8)]
     limit = cost.dense[0] * 0.55
     chosen = sel.select_greedy(scores, cost, (limit, np.inf), [sel.allowed_widths(8, 1)])
-    assert float(scores[0][chosen.keep[0]].sum()) == pytest.approx(_brute_force(scores, cost, limit))
+    assert float(scores[0][chosen.keep[0]].sum()) == pytest.approx(
+        _brute_force(scores, cost, limit)
+    )
 
 
 def test_unreachable_budget_names_smallest_reachable() -> None:
@@ -127,7 +140,9 @@ def test_unreachable_budget_names_smallest_reachable() -> None:
     cost = ChannelGraph(model, x).cost_model()
     widths = [sel.allowed_widths(s, 4, 4) for s in (16, 16, 12)]
     scores = [np.ones(s) for s in (16, 16, 12)]
-    with pytest.raises(PruningError, match=r"smallest reachable model has \d+ MACs .*minimum width \[4, 4, 4\]"):
+    with pytest.raises(
+        PruningError, match=r"smallest reachable model has \d+ MACs .*minimum width \[4, 4, 4\]"
+    ):
         sel.select_global(scores, cost, sel.Budget(target_flops=0.01).limits(*cost.dense), widths)
 
 

@@ -33,8 +33,15 @@ def _seed():
 
 def mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    return nn.Sequential(
+        nn.Linear(8, 32),
+        nn.ReLU(),
+        nn.Linear(32, 32),
+        nn.ReLU(),
+        nn.Linear(32, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    )
 
 
 def run(model: nn.Module, crit, steps: int, data_seed: int = 1):
@@ -86,10 +93,19 @@ def test_gmp_trims_smallest_magnitudes_of_each_layer():
     layer = nn.Linear(10, 4, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.arange(40.0).view(4, 10) - 20.0)
-    ctx = TrainContext(model=layer, optimizer=torch.optim.SGD(layer.parameters(), lr=0.0),
-                       total_steps=2, step=1)
-    hook = GMPCriterion(sparsity=0.5, delta_t=1, t_start=1, t_f=1, t_end=1, min_per_channel=0,
-                        keep_first_dense=False, keep_last_dense=False).make_hook()
+    ctx = TrainContext(
+        model=layer, optimizer=torch.optim.SGD(layer.parameters(), lr=0.0), total_steps=2, step=1
+    )
+    hook = GMPCriterion(
+        sparsity=0.5,
+        delta_t=1,
+        t_start=1,
+        t_f=1,
+        t_end=1,
+        min_per_channel=0,
+        keep_first_dense=False,
+        keep_last_dense=False,
+    ).make_hook()
     hook.on_train_begin(ctx)
     hook.after_step(ctx)
     kept = (layer.weight != 0).flatten().nonzero().flatten().tolist()
@@ -101,8 +117,9 @@ def planted_layer(crit, grads: list[torch.Tensor]):
     layer = nn.Linear(8, 4, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.arange(1.0, 33.0).view(4, 8))
-    ctx = TrainContext(model=layer, optimizer=torch.optim.SGD(layer.parameters(), lr=0.0),
-                       total_steps=8, step=0)
+    ctx = TrainContext(
+        model=layer, optimizer=torch.optim.SGD(layer.parameters(), lr=0.0), total_steps=8, step=0
+    )
     hook = crit.make_hook()
     hook.on_train_begin(ctx)
     hook.masks.masks["weight"][:, 4:] = False
@@ -115,8 +132,17 @@ def planted_layer(crit, grads: list[torch.Tensor]):
     return layer, hook
 
 
-BASE = dict(sparsity=0.5, delta_t=1, t_start=2, t_f=2, t_end=6, keep_first_dense=False,
-            keep_last_dense=False, min_per_channel=0, min_density_layer=0.0)
+BASE = dict(
+    sparsity=0.5,
+    delta_t=1,
+    t_start=2,
+    t_f=2,
+    t_end=6,
+    keep_first_dense=False,
+    keep_last_dense=False,
+    min_per_channel=0,
+    min_density_layer=0.0,
+)
 
 
 def test_rigl_regrows_by_last_gradient():
@@ -186,19 +212,23 @@ def test_criterion_contract(cls):
     crit = cls()
     assert isinstance(crit, Criterion) and crit.granularity is Granularity.ELEMENT
     layer = nn.Conv2d(3, 4, 3)
-    inp = ScoreInput(name="c", weight=layer.weight.detach(), grad=torch.randn(4, 3, 3, 3),
-                     module=layer)
+    inp = ScoreInput(
+        name="c", weight=layer.weight.detach(), grad=torch.randn(4, 3, 3, 3), module=layer
+    )
     s1, s2 = crit.score(inp), crit.score(inp)
     assert s1.shape == layer.weight.shape and torch.isfinite(s1).all() and torch.equal(s1, s2)
     assert crit.to_dict()["criterion"] == cls.name
 
 
-@pytest.mark.parametrize("cls, kwargs, match", [
-    (SETCriterion, {"zeta": 1.0}, "zeta"),
-    (RigLCriterion, {"alpha": -0.1}, "alpha"),
-    (GMPCriterion, {"sparsity": 1.0}, "outside"),
-    (GMPCriterion, {"scope": "model"}, "scope"),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs, match",
+    [
+        (SETCriterion, {"zeta": 1.0}, "zeta"),
+        (RigLCriterion, {"alpha": -0.1}, "alpha"),
+        (GMPCriterion, {"sparsity": 1.0}, "outside"),
+        (GMPCriterion, {"scope": "model"}, "scope"),
+    ],
+)
 def test_bad_baseline_config(cls, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         cls(**kwargs)
@@ -206,8 +236,9 @@ def test_bad_baseline_config(cls, kwargs, match):
 
 def test_gmp_schedule_after_training_is_an_error():
     model = mlp()
-    ctx = TrainContext(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                       total_steps=10)
+    ctx = TrainContext(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), total_steps=10
+    )
     with pytest.raises(ConfigError, match="does not fit 10 training steps"):
         GMPCriterion(**SCHED).make_hook().on_train_begin(ctx)
     assert mk.round_count(0.5) == 1

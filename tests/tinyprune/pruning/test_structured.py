@@ -6,7 +6,15 @@ import copy
 
 import pytest
 import torch
-from tiny_nets import ALL_NETS, DepthwiseNet, PlainCNN, ResNetTiny, keep_lookup, make, masked_forward
+from tiny_nets import (
+    ALL_NETS,
+    DepthwiseNet,
+    PlainCNN,
+    ResNetTiny,
+    keep_lookup,
+    make,
+    masked_forward,
+)
 from torch import nn
 
 import tinyprune.criteria as C
@@ -19,12 +27,18 @@ STRUCTURED = C.names(Granularity.CHANNEL)
 EXTRA = {"cluster_de": {"n_clusters": 2}}
 
 
-def _prune(cls: type[nn.Module], name: str, frac: float = 0.6, round_to: int = 4) -> tuple[nn.Module, nn.Module, torch.Tensor, dict[str, list[int]]]:
+def _prune(
+    cls: type[nn.Module], name: str, frac: float = 0.6, round_to: int = 4
+) -> tuple[nn.Module, nn.Module, torch.Tensor, dict[str, list[int]]]:
     model, x = make(cls)
     original = copy.deepcopy(model)
-    data = [torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    data = [
+        torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
     crit = C.get(name, **EXTRA.get(name, {}))
-    result = prune_structured(model, x, crit, Budget(target_flops=frac), data=data, round_to=round_to, min_channels=4)
+    result = prune_structured(
+        model, x, crit, Budget(target_flops=frac), data=data, round_to=round_to, min_channels=4
+    )
     assert result.macs_after <= frac * result.macs_before
     assert measure_complexity(model, x).macs == result.macs_after
     return model, original, x, result.keep
@@ -34,11 +48,20 @@ def _prune(cls: type[nn.Module], name: str, frac: float = 0.6, round_to: int = 4
 @pytest.mark.parametrize("name", STRUCTURED)
 def test_equivalence_pruned_equals_masked(cls: type[nn.Module], name: str) -> None:
     model, original, x, keep = _prune(cls, name)
-    assert any(len(k) < size for k, size in zip(keep.values(), [g.size for g in ChannelGraph(copy.deepcopy(original), x).groups], strict=True))
+    assert any(
+        len(k) < size
+        for k, size in zip(
+            keep.values(),
+            [g.size for g in ChannelGraph(copy.deepcopy(original), x).groups],
+            strict=True,
+        )
+    )
     with torch.no_grad():
         pruned_out = model(x)
     masked_out = masked_forward(original, keep_lookup(original, x, keep), x)
-    torch.testing.assert_close(pruned_out, masked_out, rtol=1e-5, atol=1e-5 * masked_out.abs().max().item())
+    torch.testing.assert_close(
+        pruned_out, masked_out, rtol=1e-5, atol=1e-5 * masked_out.abs().max().item()
+    )
 
 
 @pytest.mark.parametrize("cls", ALL_NETS, ids=lambda c: c.__name__)
@@ -47,7 +70,9 @@ def test_equivalence_on_every_tiny_net_with_l1(cls: type[nn.Module]) -> None:
     with torch.no_grad():
         pruned_out = model(x)
     masked_out = masked_forward(original, keep_lookup(original, x, keep), x)
-    torch.testing.assert_close(pruned_out, masked_out, rtol=1e-5, atol=1e-5 * masked_out.abs().max().item())
+    torch.testing.assert_close(
+        pruned_out, masked_out, rtol=1e-5, atol=1e-5 * masked_out.abs().max().item()
+    )
 
 
 def test_groups_couple_residual_and_depthwise() -> None:
@@ -112,12 +137,20 @@ class _HardCodedView(nn.Module):
 
 def test_untraceable_model_names_the_layer() -> None:
     with pytest.raises(PruningError, match=r"layer 'odd' \(_NeedsNoGrad\)"):
-        prune_structured(_Untraceable(), torch.randn(1, 2, 5, 5), C.get("l1"), Budget(target_flops=0.5))
+        prune_structured(
+            _Untraceable(), torch.randn(1, 2, 5, 5), C.get("l1"), Budget(target_flops=0.5)
+        )
 
 
 def test_surgery_breaking_forward_is_a_pruning_error() -> None:
     with pytest.raises(PruningError, match="forward after surgery failed"):
-        prune_structured(_HardCodedView(), torch.randn(1, 2, 4, 4), C.get("l1"), Budget(target_flops=0.5), round_to=1)
+        prune_structured(
+            _HardCodedView(),
+            torch.randn(1, 2, 4, 4),
+            C.get("l1"),
+            Budget(target_flops=0.5),
+            round_to=1,
+        )
 
 
 def test_element_criterion_is_rejected() -> None:
@@ -130,5 +163,7 @@ def test_element_criterion_is_rejected() -> None:
 
 def test_ignored_layers_stay_whole() -> None:
     model, x = make(PlainCNN)
-    result = prune_structured(model, x, C.get("l1"), Budget(target_flops=0.5), ignored_layers=[model.c2])
+    result = prune_structured(
+        model, x, C.get("l1"), Budget(target_flops=0.5), ignored_layers=[model.c2]
+    )
     assert "c2" not in result.keep and model.c2.out_channels == 16

@@ -43,7 +43,11 @@ def test_proximal_step_gives_exact_zeros() -> None:
     torch.testing.assert_close(g, torch.tensor([0.4, 0.0, 0.02, -0.9]))
 
 
-@pytest.mark.parametrize("budget", [Budget(target_flops=0.5), Budget(target_flops=0.6, target_params=0.5)], ids=["flops", "both"])
+@pytest.mark.parametrize(
+    "budget",
+    [Budget(target_flops=0.5), Budget(target_flops=0.6, target_params=0.5)],
+    ids=["flops", "both"],
+)
 def test_select_meets_budget_maximally(budget: Budget) -> None:
     model, x = make(PlainCNN)
     hook = TailoredHook(x, budget, C.get("tailored", min_channels=1, min_fraction=0.0), round_to=1)
@@ -61,8 +65,12 @@ def test_select_meets_budget_maximally(budget: Budget) -> None:
     assert set(entry) == {"step", "lambda", "rho", "macs", "params", "pset"} and entry["pset"] > 0
 
 
-def _simulate(decay_per_lambda: float, updates: int = 30, kappa_d: float = 2.0) -> tuple[list[float], list[float], list[float]]:
-    ctl = LambdaController(lambda_init=1e-4, kappa=0.5, kappa_d=kappa_d, rho_min=1e-3, bounds=(1e-6, 1e-1))
+def _simulate(
+    decay_per_lambda: float, updates: int = 30, kappa_d: float = 2.0
+) -> tuple[list[float], list[float], list[float]]:
+    ctl = LambdaController(
+        lambda_init=1e-4, kappa=0.5, kappa_d=kappa_d, rho_min=1e-3, bounds=(1e-6, 1e-1)
+    )
     rho, rhos, targets, lams = 1.0, [], [], []
     ctl.update(rho, 0.0)
     for i in range(1, updates + 1):
@@ -93,7 +101,9 @@ def test_freeze_masked_equals_hard_pruned_with_beta_folding() -> None:
     model = ValidNet()
     x = torch.randn(16, 2, 6, 6)
     y = torch.randn(16, 3)
-    crit = C.get("tailored", lambda_init=0.5, lambda_bounds=(1e-2, 10.0), select_every=5, min_channels=2)
+    crit = C.get(
+        "tailored", lambda_init=0.5, lambda_bounds=(1e-2, 10.0), select_every=5, min_channels=2
+    )
     hook = TailoredHook(x[:2], Budget(target_flops=0.5), crit, round_to=2, prune_steps=60)
     ctx = _ctx(model, lr=0.05, total=60)
     model.train()

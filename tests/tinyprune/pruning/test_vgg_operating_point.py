@@ -29,17 +29,20 @@ def test_vgg16_pcc_ci_operating_point_runs_in_tflm(tmp_path: Path) -> None:
     model = create_model("vgg16_cifar").eval()
     g = torch.Generator().manual_seed(0)
     data = [(torch.rand(16, 3, 32, 32, generator=g),) for _ in range(5)]
-    result = prune_structured(model, data[0][0][:2], criteria.get("pcc_ci"),
-                              Budget(target_flops=MACS_KEPT, target_params=PARAMS_KEPT),
-                              data=data)
+    result = prune_structured(
+        model,
+        data[0][0][:2],
+        criteria.get("pcc_ci"),
+        Budget(target_flops=MACS_KEPT, target_params=PARAMS_KEPT),
+        data=data,
+    )
     assert result.macs_before == 313_473_024 or result.macs_before > 3.1e8
     assert result.macs_after <= MACS_KEPT * result.macs_before
     assert result.params_after <= PARAMS_KEPT * result.params_before
     # the adaptive threshold uses the budget: not far below it on both counts
     assert result.macs_after > 0.5 * MACS_KEPT * result.macs_before
     calib = torch.rand(32, 3, 32, 32, generator=g).numpy()
-    res = export(model, calib, target="cortex-m7", out_dir=tmp_path / "vgg",
-                 raise_on_budget=False)
+    res = export(model, calib, target="cortex-m7", out_dir=tmp_path / "vgg", raise_on_budget=False)
     report = res.report
     assert report["macs"] == result.macs_after
     assert report["verify"]["tflm_vs_litert_ref"]["max_abs"] == 0

@@ -28,8 +28,15 @@ def _seed():
 
 def mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    return nn.Sequential(
+        nn.Linear(8, 32),
+        nn.ReLU(),
+        nn.Linear(32, 32),
+        nn.ReLU(),
+        nn.Linear(32, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    )
 
 
 def batches(n: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -37,11 +44,15 @@ def batches(n: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)) for _ in range(n)]
 
 
-def run(model: nn.Module, crit: WGJCriterion, steps: int, opt_name: str = "sgd"
-        ) -> tuple[DynamicSparseHook, TrainContext]:
+def run(
+    model: nn.Module, crit: WGJCriterion, steps: int, opt_name: str = "sgd"
+) -> tuple[DynamicSparseHook, TrainContext]:
     """The tiny loop the brief asks for: forward, loss, backward, hooks, step."""
-    opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if opt_name == "sgd"
-           else torch.optim.Adam(model.parameters(), lr=1e-2))
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if opt_name == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=1e-2)
+    )
     ctx = TrainContext(model=model, optimizer=opt, total_steps=steps)
     hook = crit.make_hook()
     hook.on_train_begin(ctx)
@@ -86,8 +97,9 @@ def test_t2_conservation_per_layer():
         assert r["n_regen"] == r["n_drop"]
 
 
-def planted(crit: WGJCriterion, opt: torch.optim.Optimizer | None = None
-            ) -> tuple[nn.Linear, DynamicSparseHook, TrainContext]:
+def planted(
+    crit: WGJCriterion, opt: torch.optim.Optimizer | None = None
+) -> tuple[nn.Linear, DynamicSparseHook, TrainContext]:
     """A 4x8 layer, groups A (|w| big, g small), B (small, big), C (small, small), D (big, big)."""
     layer = nn.Linear(8, 4, bias=False)
     opt = opt or torch.optim.SGD(layer.parameters(), lr=0.1)
@@ -104,8 +116,18 @@ def plant(layer: nn.Linear, hook: DynamicSparseHook) -> None:
     hook.gbar["weight"] = torch.tensor([[0.01] * 8, [10.0] * 8, [0.01] * 8, [10.0] * 8])
 
 
-T3 = dict(sparsity=0.125, delta_t=1, t_start=1, t_f=1, t_end=3, r0=0.3, keep_first_dense=False,
-          keep_last_dense=False, min_density_layer=0.0, min_per_channel=0)
+T3 = dict(
+    sparsity=0.125,
+    delta_t=1,
+    t_start=1,
+    t_f=1,
+    t_end=3,
+    r0=0.3,
+    keep_first_dense=False,
+    keep_last_dense=False,
+    min_density_layer=0.0,
+    min_per_channel=0,
+)
 
 
 @pytest.mark.parametrize("keep_score", ["ratio", "exp"])
@@ -123,7 +145,7 @@ def test_t3_planted_types(keep_score):
     # drop: all of B first, then C; never A or D
     assert rec["types"]["drop"] == {"w_lo_g_lo": 1, "w_hi_g_lo": 0, "w_lo_g_hi": 8, "w_hi_g_hi": 0}
     regrown = set(hook.last_regenerated["weight"].tolist())
-    assert B <= regrown  # regrow from B's positions
+    assert regrown >= B  # regrow from B's positions
     assert all(mask[i] for i in B)
     assert rec["regen_just_dropped"] >= 8
 
@@ -148,12 +170,14 @@ def test_protection_window(protect_k):
 
 def test_t4_dense_gradient_at_pruned_positions():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
-                          nn.Conv2d(8, 4, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ctx = TrainContext(model=model, optimizer=opt, total_steps=10)
-    hook = WGJCriterion(sparsity=0.5, init_sparsity=0.5, t_start=1, t_f=5, t_end=8,
-                        delta_t=1).make_hook()
+    hook = WGJCriterion(
+        sparsity=0.5, init_sparsity=0.5, t_start=1, t_f=5, t_end=8, delta_t=1
+    ).make_hook()
     hook.on_train_begin(ctx)
     mask = hook.masks.masks["2.weight"]
     assert (~mask).sum() > 0 and (model[2].weight[~mask] == 0).all()
@@ -164,8 +188,11 @@ def test_t4_dense_gradient_at_pruned_positions():
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_t5_regenerated_optimizer_state_is_zero(opt_name):
     layer = nn.Linear(8, 4, bias=False)
-    opt = (torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9) if opt_name == "sgd"
-           else torch.optim.Adam(layer.parameters(), lr=0.01))
+    opt = (
+        torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9)
+        if opt_name == "sgd"
+        else torch.optim.Adam(layer.parameters(), lr=0.01)
+    )
     crit = WGJCriterion(**{**T3, "t_start": 4, "t_f": 4, "t_end": 6})
     ctx = TrainContext(model=layer, optimizer=opt, total_steps=8)
     hook = crit.make_hook()
@@ -182,7 +209,7 @@ def test_t5_regenerated_optimizer_state_is_zero(opt_name):
     assert state and all(bool((s.flatten()[sorted(B)] != 0).all()) for s in state)
     hook.after_step(ctx)  # the update at step 4: B dropped and regrown
     regen = hook.last_regenerated["weight"]
-    assert B <= set(regen.tolist())
+    assert set(regen.tolist()) >= B
     for s in state:
         assert (s.flatten()[regen] == 0).all()
     assert (layer.weight.flatten()[regen] == 0).all()
@@ -198,8 +225,9 @@ def test_restore_regrows_the_dropped_value():
 
 def test_gradient_ema_beta():
     layer = nn.Linear(3, 2, bias=False)
-    ctx = TrainContext(model=layer, optimizer=torch.optim.SGD(layer.parameters(), lr=0.1),
-                       total_steps=10)
+    ctx = TrainContext(
+        model=layer, optimizer=torch.optim.SGD(layer.parameters(), lr=0.1), total_steps=10
+    )
     hook = WGJCriterion(**{**T3, "beta_g": 0.9, "t_end": 5}).make_hook()
     hook.on_train_begin(ctx)
     for g in (2.0, -4.0):
@@ -235,39 +263,47 @@ def test_taylor_trim_score_and_score_shape():
     assert torch.allclose(joint, wn + gn) and torch.allclose(taylor, wn * gn)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"sparsity": 1.0}, "sparsity 1.0 is outside"),
-    ({"sparsity": -0.1}, "outside"),
-    ({"init_sparsity": 0.5, "sparsity": 0.3}, "init_sparsity"),
-    ({"r0": 1.5}, "r0"),
-    ({"trim_score": "rank"}, "trim_score"),
-    ({"keep_score": "rank"}, "keep_score"),
-    ({"regrow_init": "random"}, "regrow_init"),
-    ({"delta_t": 0}, "delta_t"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sparsity": 1.0}, "sparsity 1.0 is outside"),
+        ({"sparsity": -0.1}, "outside"),
+        ({"init_sparsity": 0.5, "sparsity": 0.3}, "init_sparsity"),
+        ({"r0": 1.5}, "r0"),
+        ({"trim_score": "rank"}, "trim_score"),
+        ({"keep_score": "rank"}, "keep_score"),
+        ({"regrow_init": "random"}, "regrow_init"),
+        ({"delta_t": 0}, "delta_t"),
+    ],
+)
 def test_bad_config(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         WGJCriterion(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"t_end": 70}, "does not fit 60 training steps"),
-    ({"t_f": 61, "t_end": 61}, "does not fit"),
-    ({"t_f": 40, "t_end": 30}, "t_start <= t_f <= t_end"),
-    ({"sparsity": 0.95}, "floors need"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"t_end": 70}, "does not fit 60 training steps"),
+        ({"t_f": 61, "t_end": 61}, "does not fit"),
+        ({"t_f": 40, "t_end": 30}, "t_start <= t_f <= t_end"),
+        ({"sparsity": 0.95}, "floors need"),
+    ],
+)
 def test_bad_schedule(kwargs, match):
     model = mlp()
-    ctx = TrainContext(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                       total_steps=60)
+    ctx = TrainContext(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), total_steps=60
+    )
     with pytest.raises(ConfigError, match=match):
         WGJCriterion(**{**SCHED, **kwargs}).make_hook().on_train_begin(ctx)
 
 
 def test_no_prunable_tensor():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    ctx = TrainContext(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                       total_steps=60)
+    ctx = TrainContext(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), total_steps=60
+    )
     with pytest.raises(ConfigError, match="no prunable weight tensor"):
         WGJCriterion(**SCHED).make_hook().on_train_begin(ctx)
 
@@ -277,8 +313,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         model = mlp()
         ddp = DistributedDataParallel(model)

@@ -72,9 +72,17 @@ class DepthwiseNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.c1, self.b1, self.r1 = nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU()
-        self.d1, self.db1, self.dr1 = nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.BatchNorm2d(12), nn.ReLU()
+        self.d1, self.db1, self.dr1 = (
+            nn.Conv2d(12, 12, 3, padding=1, groups=12),
+            nn.BatchNorm2d(12),
+            nn.ReLU(),
+        )
         self.p1, self.pb1, self.pr1 = nn.Conv2d(12, 16, 1), nn.BatchNorm2d(16), nn.ReLU()
-        self.d2, self.db2, self.dr2 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU()
+        self.d2, self.db2, self.dr2 = (
+            nn.Conv2d(16, 16, 3, padding=1, groups=16),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+        )
         self.p2, self.pb2, self.pr2 = nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8), nn.ReLU()
         self.fc = nn.Linear(8, 3)
 
@@ -106,7 +114,11 @@ class TransposeNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.c1, self.b1, self.r1 = nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
-        self.t1, self.tb1, self.tr1 = nn.ConvTranspose2d(8, 8, (4, 1), stride=(2, 1), padding=(1, 0)), nn.BatchNorm2d(8), nn.ReLU()
+        self.t1, self.tb1, self.tr1 = (
+            nn.ConvTranspose2d(8, 8, (4, 1), stride=(2, 1), padding=(1, 0)),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+        )
         self.head = nn.Conv2d(8, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +158,12 @@ INPUTS: dict[type[nn.Module], tuple[int, ...]] = {
     ConcatNet: (2, 3, 6, 6),
 }
 ALL_NETS: tuple[type[nn.Module], ...] = (
-    PlainCNN, ResNetTiny, DepthwiseNet, FlattenNet, TransposeNet, ConcatNet,
+    PlainCNN,
+    ResNetTiny,
+    DepthwiseNet,
+    FlattenNet,
+    TransposeNet,
+    ConcatNet,
 )
 
 
@@ -157,7 +174,9 @@ def make(cls: type[nn.Module], seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(*INPUTS[cls], generator=torch.Generator().manual_seed(seed + 1))
 
 
-def masked_forward(original: nn.Module, keep_by_layer: Callable[[str], list[int] | None], x: torch.Tensor) -> torch.Tensor:
+def masked_forward(
+    original: nn.Module, keep_by_layer: Callable[[str], list[int] | None], x: torch.Tensor
+) -> torch.Tensor:
     """Output of ``original`` with the removed channels' post-activation outputs zeroed (§1.4)."""
     handles = []
     for act, layer in ZERO_POINTS[type(original)].items():
@@ -165,7 +184,9 @@ def masked_forward(original: nn.Module, keep_by_layer: Callable[[str], list[int]
         if kept is None:
             continue
 
-        def hook(_m: nn.Module, _i: object, out: torch.Tensor, kept: list[int] = kept) -> torch.Tensor:
+        def hook(
+            _m: nn.Module, _i: object, out: torch.Tensor, kept: list[int] = kept
+        ) -> torch.Tensor:
             mask = torch.zeros(out.shape[1], dtype=out.dtype)
             mask[kept] = 1.0
             return out * mask.view(1, -1, *([1] * (out.dim() - 2)))
@@ -179,7 +200,9 @@ def masked_forward(original: nn.Module, keep_by_layer: Callable[[str], list[int]
             h.remove()
 
 
-def keep_lookup(original: nn.Module, x: torch.Tensor, keep: dict[str, list[int]]) -> Callable[[str], list[int] | None]:
+def keep_lookup(
+    original: nn.Module, x: torch.Tensor, keep: dict[str, list[int]]
+) -> Callable[[str], list[int] | None]:
     """Map a layer name to the kept channels of its group (None when the layer is not pruned)."""
     graph = ChannelGraph(copy.deepcopy(original), x)
 
