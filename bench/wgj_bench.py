@@ -20,6 +20,11 @@ say how the criteria compare at equal budget, not what MAE a real camera gives.
     /work/venv/bin/python bench/wgj_bench.py            # ~25 min on 2 cores
     /work/venv/bin/python bench/wgj_bench.py --quick    # ~2 min smoke run
     /work/venv/bin/python bench/wgj_bench.py --full     # larger data, longer training, all exports
+    /work/venv/bin/python bench/wgj_bench.py --t8       # methods.md T8 check only (~30 s)
+
+``--t8`` runs the end-to-end faithfulness check T8 of methods.md §2.10 (the same code as
+``tests/tinyprune/pruning/test_wgj_end_to_end.py``, ``tinyprune.pruning.sparse_eval.run_t8``) and
+prints dense / wgj@0.1 / one-shot magnitude@0.1 HR MAE; ``--seeds`` repeats it over seeds.
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tinyprune import criteria
 from tinyprune.data import build_dataset
-from tinyprune.metrics import hr_errors, hr_from_bvp, neg_pearson_loss
+from tinyprune.metrics import neg_pearson_loss
 from tinyprune.models import create_model
 from tinyprune.pruning.masks import sparsity_report
+from tinyprune.pruning.sparse_eval import T8Setup, evaluate_rppg, run_t8
 from tinyprune.training import TrainConfig, fit
 from tinyprune.training.hooks import TrainContext
 
@@ -107,26 +112,6 @@ def make_criterion(setup: Setup, name: str, density: float) -> Any:
     """A criterion with the bench's shared schedule and floors."""
     return criteria.get(name, sparsity=round(1.0 - density, 6), delta_t=setup.delta_t,
                         min_per_channel=setup.min_per_channel)
-
-
-def evaluate_rppg(model: torch.nn.Module, bundle: Any) -> tuple[float, float]:
-    """(HR MAE in bpm per test video, mean waveform Pearson r per test clip).
-
-    HR is taken per video, rPPG-Toolbox style: the predicted DiffNormalized clips of a video are
-    concatenated, integrated and read off the periodogram peak (nfft = next power of two), so
-    8 clips x 32 frames give a 7 bpm bin; a single 32-frame clip would give 56 bpm bins. The
-    ground truth is the mean true HR of the video. Pearson r of each clip's waveform against
-    its label is the finer-grained second figure.
-    """
-    model.eval()
-    with torch.no_grad():
-        pred = model(torch.from_numpy(bundle.test.x)).numpy()
-    fs, test = float(bundle.fs), bundle.test
-    videos = sorted(set(np.asarray(test.video).tolist()))
-    hr_pred = [hr_from_bvp(pred[test.video == v].reshape(-1), fs, diff=True) for v in videos]
-    hr_true = [float(np.mean(np.asarray(test.hr_bpm)[test.video == v])) for v in videos]
-    r = [float(np.corrcoef(p, y)[0, 1]) for p, y in zip(pred, test.y, strict=True)]
-    return float(hr_errors(np.array(hr_pred), np.array(hr_true)).mae), float(np.nanmean(r))
 
 
 def train_one(setup: Setup, bundle: Any, model_name: str, crit: str | None, density: float,
@@ -289,6 +274,7 @@ def parse(argv: list[str] | None) -> Setup:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="one model, one density, one seed")
     mode.add_argument("--full", action="store_true", help="more data, 40 epochs, all exports")
+    mode.add_argument("--t8", action="store_true", help="only the methods.md T8 end-to-end check")
     p.add_argument("--models", nargs="+", help="override the model list (one process per model "
                    "runs the default grid in ~half the time on 2 free cores)")
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
@@ -305,13 +291,34 @@ def parse(argv: list[str] | None) -> Setup:
             over[key] = tuple(getattr(a, key))
     if a.epochs:
         over["epochs"] = a.epochs
-    return replace(setup, **over, extra={"json": a.json})
+    return replace(setup, **over, extra={"json": a.json, "t8": a.t8})
+
+
+def main_t8(setup: Setup) -> int:
+    """Methods.md T8: dense / wgj / one-shot magnitude HR MAE per seed, and the verdicts."""
+    rows = []
+    for seed in setup.seeds:
+        start = time.perf_counter()
+        r = run_t8(T8Setup(seed=seed, epochs=setup.epochs))
+        ok = (r.dense_mae < 2.0, r.wgj_mae <= r.dense_mae + 1.0, r.wgj_mae < r.magnitude_mae)
+        rows.append(r.__dict__ | {"seed": seed, "checks": ok})
+        print(f"seed {seed}: dense {r.dense_mae:.2f} bpm (r {r.dense_r:.3f}) | "
+              f"wgj@{T8Setup.density} {r.wgj_mae:.2f} bpm (r {r.wgj_r:.3f}) | one-shot magnitude"
+              f"@{T8Setup.density} {r.magnitude_mae:.2f} bpm (r {r.magnitude_r:.3f}; "
+              f"{r.magnitude_no_ft_mae:.2f} before its {r.finetune_epochs}-epoch fine-tune) | "
+              f"dense<2: {ok[0]}, wgj<=dense+1: {ok[1]}, wgj<magnitude: {ok[2]} "
+              f"[{time.perf_counter() - start:.0f}s]", flush=True)
+    if setup.extra.get("json"):
+        Path(setup.extra["json"]).write_text(json.dumps(rows, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the grid, print the table; never fails on a missed target."""
     setup = parse(argv)
     torch.set_num_threads(setup.threads)
+    if setup.extra.get("t8"):
+        return main_t8(setup)
     bundle = build_dataset("synthetic-rppg", size=setup.size, chunk=setup.frames,
                            n_train=setup.n_train, n_val=1, n_test=setup.n_test,
                            clips_per_video=setup.clips_per_video, real_ppg=False)
