@@ -61,15 +61,31 @@ def _tasks(mode: str) -> list[Task]:
     def ep(n: int) -> int:
         return max(1, round(n * scale))
 
-    digits = Task("digits/micro_cnn", "micro_cnn", {"width": 16}, "accuracy", True,
-                  ep(16), ep(6), 3e-3, 32)
+    digits = Task(
+        "digits/micro_cnn", "micro_cnn", {"width": 16}, "accuracy", True, ep(16), ep(6), 3e-3, 32
+    )
     frames, size = 64, 16
     n_train = {"quick": 6, "default": 12, "full": 24}[mode]
-    rppg = Task("rppg/physnet_2p1d", "physnet_2p1d",
-                {"frames": frames, "img_size": size, "width": 8}, "hr_mae", False,
-                ep(12), ep(6), 3e-3, 4,
-                {"n_train": n_train, "n_val": 2, "n_test": 6, "clips_per_video": 2,
-                 "size": size, "chunk": frames, "real_ppg": False})
+    rppg = Task(
+        "rppg/physnet_2p1d",
+        "physnet_2p1d",
+        {"frames": frames, "img_size": size, "width": 8},
+        "hr_mae",
+        False,
+        ep(12),
+        ep(6),
+        3e-3,
+        4,
+        {
+            "n_train": n_train,
+            "n_val": 2,
+            "n_test": 6,
+            "clips_per_video": 2,
+            "size": size,
+            "chunk": frames,
+            "real_ppg": False,
+        },
+    )
     return [digits, rppg]
 
 
@@ -86,8 +102,9 @@ def _bundle(task: Task) -> Any:
     def stack(ds: Any) -> ArrayDataset:
         return ArrayDataset(ds.x.reshape(len(ds.x), c, t * h, w), ds.y)
 
-    return dataclasses.replace(b, train=stack(b.train), val=stack(b.val), test=stack(b.test),
-                               input_shape=(c, t * h, w))
+    return dataclasses.replace(
+        b, train=stack(b.train), val=stack(b.val), test=stack(b.test), input_shape=(c, t * h, w)
+    )
 
 
 def _new_model(task: Task, seed: int) -> torch.nn.Module:
@@ -113,17 +130,23 @@ class Run:
     search: dict[str, Any] | None = None
 
 
-def _run_task(task: Task, seeds: list[int], budgets: list[float], settings: Any,
-              keep_models: bool) -> list[Run]:
+def _run_task(
+    task: Task, seeds: list[int], budgets: list[float], settings: Any, keep_models: bool
+) -> list[Run]:
     from tinyprune.prune_job import prune_structured_job, train_for_criterion
     from tinyprune.pruning.select import Budget
 
     bundle = _bundle(task)
     runs: list[Run] = []
     for seed in seeds:
-        s = dataclasses.replace(settings, seed=seed, epochs=task.epochs,
-                                finetune_epochs=task.finetune_epochs, lr=task.lr,
-                                batch_size=task.batch_size)
+        s = dataclasses.replace(
+            settings,
+            seed=seed,
+            epochs=task.epochs,
+            finetune_epochs=task.finetune_epochs,
+            lr=task.lr,
+            batch_size=task.batch_size,
+        )
         base = _new_model(task, seed)
         trained: dict[str, tuple[torch.nn.Module, float]] = {}
         for kind in ("l1", "pcc_ci"):  # hook-free pre-training, and pre-training with PCC
@@ -139,17 +162,32 @@ def _run_task(task: Task, seeds: list[int], budgets: list[float], settings: Any,
                 else:
                     src, pre = trained["pcc_ci" if name == "pcc_ci" else "l1"]
                     model = copy.deepcopy(src)
-                    summary = prune_structured_job(model, bundle, name, Budget(frac),
-                                                   dataclasses.replace(s, epochs=0))
+                    summary = prune_structured_job(
+                        model, bundle, name, Budget(frac), dataclasses.replace(s, epochs=0)
+                    )
                 p = summary["prune"]
-                runs.append(Run(task.name, name, frac, seed, p["macs_after"] / p["macs_before"],
-                                p["params_after"] / p["params_before"],
-                                summary["metric_finetuned"][task.metric],
-                                time.perf_counter() - start + pre,
-                                model if keep_models and seed == seeds[0] else None,
-                                summary.get("search")))
-                logging.info("%s %s %.2f seed %d: %s", task.name, name, frac, seed,
-                             dataclasses.asdict(runs[-1]) | {"model": None})
+                runs.append(
+                    Run(
+                        task.name,
+                        name,
+                        frac,
+                        seed,
+                        p["macs_after"] / p["macs_before"],
+                        p["params_after"] / p["params_before"],
+                        summary["metric_finetuned"][task.metric],
+                        time.perf_counter() - start + pre,
+                        model if keep_models and seed == seeds[0] else None,
+                        summary.get("search"),
+                    )
+                )
+                logging.info(
+                    "%s %s %.2f seed %d: %s",
+                    task.name,
+                    name,
+                    frac,
+                    seed,
+                    dataclasses.asdict(runs[-1]) | {"model": None},
+                )
     return runs
 
 
@@ -189,9 +227,11 @@ def _verdicts(rows: list[Run], task: Task, frac: float, name: str) -> str:
 
 
 def _table(runs: list[Run], tasks: list[Task], exports: dict[tuple[str, str, float], Any]) -> str:
-    head = (f"{'task':18s} {'criterion':10s} {'target':>6s} {'MACs kept':>9s} {'params kept':>11s}"
-            f" {'metric (mean ± std)':>22s} {'time s':>7s} {'flash B':>8s} {'arena B':>8s}"
-            f" {'tflm=ref':>8s}  vs baselines")
+    head = (
+        f"{'task':18s} {'criterion':10s} {'target':>6s} {'MACs kept':>9s} {'params kept':>11s}"
+        f" {'metric (mean ± std)':>22s} {'time s':>7s} {'flash B':>8s} {'arena B':>8s}"
+        f" {'tflm=ref':>8s}  vs baselines"
+    )
     lines = [head, "-" * len(head)]
     for task in tasks:
         rows = [r for r in runs if r.task == task.name]
@@ -201,13 +241,18 @@ def _table(runs: list[Run], tasks: list[Task], exports: dict[tuple[str, str, flo
                 if not sel:
                     continue
                 m, sd = _stats([r.metric for r in sel])
-                macs, params = _stats([r.macs_frac for r in sel]), _stats([r.params_frac for r in sel])
+                macs, params = (
+                    _stats([r.macs_frac for r in sel]),
+                    _stats([r.params_frac for r in sel]),
+                )
                 t = _stats([r.seconds for r in sel])[0]
                 flash, arena, same = exports.get((task.name, name, frac), ("-", "-", "-"))
                 metric = f"{task.metric} {m:.3f} ± {sd:.3f}"
-                lines.append(f"{task.name:18s} {name:10s} {frac:6.2f} {macs[0]:9.3f} {params[0]:11.3f}"
-                             f" {metric:>22s} {t:7.1f} {flash!s:>8s} {arena!s:>8s} {same!s:>8s}"
-                             f"  {_verdicts(rows, task, frac, name)}")
+                lines.append(
+                    f"{task.name:18s} {name:10s} {frac:6.2f} {macs[0]:9.3f} {params[0]:11.3f}"
+                    f" {metric:>22s} {t:7.1f} {flash!s:>8s} {arena!s:>8s} {same!s:>8s}"
+                    f"  {_verdicts(rows, task, frac, name)}"
+                )
     return "\n".join(lines)
 
 
@@ -217,8 +262,10 @@ def _tailored_check(runs: list[Run]) -> list[str]:
         if r.criterion == "tailored":
             err = r.macs_frac / r.budget - 1
             ok = "ok" if abs(err) <= 0.02 else "MISSED"
-            out.append(f"tailored {r.task} target {r.budget:.2f} seed {r.seed}: MACs kept "
-                       f"{r.macs_frac:.4f} ({err:+.1%} of target) {ok}")
+            out.append(
+                f"tailored {r.task} target {r.budget:.2f} seed {r.seed}: MACs kept "
+                f"{r.macs_frac:.4f} ({err:+.1%} of target) {ok}"
+            )
     return out
 
 
@@ -232,27 +279,34 @@ def bench(mode: str, do_export: bool, seeds: int | None, round_to: int = 1) -> N
     budgets = [0.5, 0.25]
     de = {"quick": (6, 3), "default": (10, 10), "full": (20, 30)}[mode]
     settings = PruneSettings(progress=False, de_pop=de[0], de_gens=de[1], round_to=round_to)
-    print(f"mode {mode}: seeds {list(range(n_seeds))}, budgets (MACs kept) {budgets}, "
-          f"round_to {round_to}")
+    print(
+        f"mode {mode}: seeds {list(range(n_seeds))}, budgets (MACs kept) {budgets}, "
+        f"round_to {round_to}"
+    )
     runs: list[Run] = []
     exports: dict[tuple[str, str, float], Any] = {}
     failures: list[str] = []
     start = time.perf_counter()
     for task in tasks:
-        print(f"{task.name}: {task.model}{task.model_kwargs}, train {task.epochs} + fine-tune "
-              f"{task.finetune_epochs} epochs, lr {task.lr}, batch {task.batch_size}", flush=True)
+        print(
+            f"{task.name}: {task.model}{task.model_kwargs}, train {task.epochs} + fine-tune "
+            f"{task.finetune_epochs} epochs, lr {task.lr}, batch {task.batch_size}",
+            flush=True,
+        )
         task_runs = _run_task(task, list(range(n_seeds)), budgets, settings, do_export)
         runs += task_runs
         if do_export:
             bundle = _bundle(task)
             with tempfile.TemporaryDirectory() as tmp:
                 for r in task_runs:
-                    if r.model is not None and (mode != "quick" or (r.criterion, r.budget)
-                                                == ("l1", 0.5)):
+                    if r.model is not None and (
+                        mode != "quick" or (r.criterion, r.budget) == ("l1", 0.5)
+                    ):
                         out = Path(tmp) / f"{r.criterion}_{r.budget}"
                         try:
-                            exports[(task.name, r.criterion, r.budget)] = _export(r, task, bundle,
-                                                                                  out)
+                            exports[(task.name, r.criterion, r.budget)] = _export(
+                                r, task, bundle, out
+                            )
                         except TinypruneError as e:  # report it in the table, keep going
                             exports[(task.name, r.criterion, r.budget)] = ("failed",) * 3
                             failures.append(f"export {task.name} {r.criterion} {r.budget}: {e}")
@@ -260,10 +314,12 @@ def bench(mode: str, do_export: bool, seeds: int | None, round_to: int = 1) -> N
     for r in runs:
         if r.search is not None and r.seed == 0:
             s = r.search
-            print(f"cluster_de DE {r.task} target {r.budget:.2f}: population {s['pop']}, "
-                  f"generations {s['gens']}, evaluations {s['evaluations']}, images used "
-                  f"{s['calib_images']} BN-recalibration + {s['heldout_images']} held-out "
-                  f"(training set), fitness {s['metric']}, {s['seconds']:.1f} s")
+            print(
+                f"cluster_de DE {r.task} target {r.budget:.2f}: population {s['pop']}, "
+                f"generations {s['gens']}, evaluations {s['evaluations']}, images used "
+                f"{s['calib_images']} BN-recalibration + {s['heldout_images']} held-out "
+                f"(training set), fitness {s['metric']}, {s['seconds']:.1f} s"
+            )
     print("\n".join(_tailored_check(runs)))
     print("\n".join(sorted({f.split(": ", 1)[1][:300] for f in failures})))
     print(_table(runs, tasks, exports))
@@ -284,17 +340,29 @@ def de_timing(mode: str) -> None:
         model = create_model(name).eval()
         g = torch.Generator().manual_seed(0)
         calib = [torch.randn(64, 3, 32, 32, generator=g) for _ in range(images[0] // 32 // 2)]
-        held = [(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
-                for _ in range(max(1, images[1] // 64))]
+        held = [
+            (torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+            for _ in range(max(1, images[1] // 64))
+        ]
         calib = calib or [torch.randn(32, 3, 32, 32, generator=g)]
-        _, rep = search_clusters_report(model, torch.randn(2, 3, 32, 32, generator=g),
-                                        Budget(target_flops=0.5), calib, held, pop=pop,
-                                        gens=gens, metric="neg_ce")
+        _, rep = search_clusters_report(
+            model,
+            torch.randn(2, 3, 32, 32, generator=g),
+            Budget(target_flops=0.5),
+            calib,
+            held,
+            pop=pop,
+            gens=gens,
+            metric="neg_ce",
+        )
         verdict = "ok" if rep.seconds <= limit else "OVER"
-        print(f"DE timing {name}: population {rep.pop}, generations {rep.gens}, "
-              f"{rep.evaluations} distinct evaluations, images {rep.calib_images} BN-recal + "
-              f"{rep.heldout_images} held-out per evaluation: {rep.seconds:.1f} s "
-              f"(target <= {limit:.0f} s) {verdict}", flush=True)
+        print(
+            f"DE timing {name}: population {rep.pop}, generations {rep.gens}, "
+            f"{rep.evaluations} distinct evaluations, images {rep.calib_images} BN-recal + "
+            f"{rep.heldout_images} held-out per evaluation: {rep.seconds:.1f} s "
+            f"(target <= {limit:.0f} s) {verdict}",
+            flush=True,
+        )
 
 
 def vgg_operating_point(out: Path | None = None) -> dict[str, Any]:
@@ -309,19 +377,35 @@ def vgg_operating_point(out: Path | None = None) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     data = [(torch.rand(16, 3, 32, 32, generator=g),) for _ in range(5)]
     start = time.perf_counter()
-    result = prune_structured(model, data[0][0][:2], criteria.get("pcc_ci"),
-                              Budget(target_flops=0.154, target_params=0.073), data=data)
+    result = prune_structured(
+        model,
+        data[0][0][:2],
+        criteria.get("pcc_ci"),
+        Budget(target_flops=0.154, target_params=0.073),
+        data=data,
+    )
     prune_s = time.perf_counter() - start
     calib = torch.rand(32, 3, 32, 32, generator=g).numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        res = export(model, calib, target="cortex-m7", out_dir=out or Path(tmp) / "vgg",
-                     raise_on_budget=False)
+        res = export(
+            model,
+            calib,
+            target="cortex-m7",
+            out_dir=out or Path(tmp) / "vgg",
+            raise_on_budget=False,
+        )
         report = res.report
-    info = {"macs_frac": result.macs_after / result.macs_before,
-            "params_frac": result.params_after / result.params_before,
-            "macs": result.macs_after, "params": result.params_after, "prune_seconds": prune_s,
-            "flash_bytes": report["flash_bytes"], "arena_bytes": report["arena_bytes"],
-            "tflm_vs_litert_ref": report["verify"]["tflm_vs_litert_ref"], "fits": res.fits}
+    info = {
+        "macs_frac": result.macs_after / result.macs_before,
+        "params_frac": result.params_after / result.params_before,
+        "macs": result.macs_after,
+        "params": result.params_after,
+        "prune_seconds": prune_s,
+        "flash_bytes": report["flash_bytes"],
+        "arena_bytes": report["arena_bytes"],
+        "tflm_vs_litert_ref": report["verify"]["tflm_vs_litert_ref"],
+        "fits": res.fits,
+    }
     return info
 
 
@@ -335,11 +419,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vgg", action="store_true", help="only the VGG-16 pcc_ci operating point")
     p.add_argument("--no-export", action="store_true", help="skip the int8 exports")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
-    p.add_argument("--round-to", type=int, default=1,
-                   help="kept widths are multiples of this (1: budgets met to one channel, so "
-                        "criteria compare at equal cost; 4 or 8 suit CMSIS-NN)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1 is fastest for these small nets on a shared machine)")
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        help="kept widths are multiples of this (1: budgets met to one channel, so "
+        "criteria compare at equal cost; 4 or 8 suit CMSIS-NN)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest for these small nets on a shared machine)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
@@ -351,8 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         info = vgg_operating_point()
         print("VGG-16 pcc_ci operating point:", {k: v for k, v in info.items()})
         ok = info["macs_frac"] <= 0.154 and info["params_frac"] <= 0.073
-        print("targets (<= 15.4 % MACs, <= 7.3 % params, TFLM == LiteRT ref):",
-              "met" if ok and info["tflm_vs_litert_ref"]["max_abs"] == 0 else "NOT met")
+        print(
+            "targets (<= 15.4 % MACs, <= 7.3 % params, TFLM == LiteRT ref):",
+            "met" if ok and info["tflm_vs_litert_ref"]["max_abs"] == 0 else "NOT met",
+        )
     else:
         bench(mode, not args.no_export, args.seeds, args.round_to)
     return 0

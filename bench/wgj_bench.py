@@ -80,8 +80,16 @@ class Setup:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-QUICK = Setup(models=("physnet_2p1d",), densities=(0.1,), seeds=(0,), epochs=3, n_train=2,
-              n_test=2, overhead_steps=20, delta_t=4)
+QUICK = Setup(
+    models=("physnet_2p1d",),
+    densities=(0.1,),
+    seeds=(0,),
+    epochs=3,
+    n_train=2,
+    n_test=2,
+    overhead_steps=20,
+    delta_t=4,
+)
 FULL = Setup(epochs=40, n_train=24, n_test=16, export_all=True, overhead_steps=100)
 
 
@@ -110,30 +118,59 @@ def make_model(setup: Setup, name: str, seed: int) -> torch.nn.Module:
 
 def make_criterion(setup: Setup, name: str, density: float) -> Any:
     """A criterion with the bench's shared schedule and floors."""
-    return criteria.get(name, sparsity=round(1.0 - density, 6), delta_t=setup.delta_t,
-                        min_per_channel=setup.min_per_channel)
+    return criteria.get(
+        name,
+        sparsity=round(1.0 - density, 6),
+        delta_t=setup.delta_t,
+        min_per_channel=setup.min_per_channel,
+    )
 
 
-def train_one(setup: Setup, bundle: Any, model_name: str, crit: str | None, density: float,
-              seed: int) -> tuple[RunResult, torch.nn.Module]:
+def train_one(
+    setup: Setup, bundle: Any, model_name: str, crit: str | None, density: float, seed: int
+) -> tuple[RunResult, torch.nn.Module]:
     """Train one network (dense when ``crit`` is None) and measure it."""
     model = make_model(setup, model_name, seed)
     hooks = [] if crit is None else [make_criterion(setup, crit, density).make_hook()]
-    cfg = TrainConfig(epochs=setup.epochs, lr=setup.lr, batch_size=setup.batch_size, seed=seed,
-                      log_every=0)
+    cfg = TrainConfig(
+        epochs=setup.epochs, lr=setup.lr, batch_size=setup.batch_size, seed=seed, log_every=0
+    )
     start = time.perf_counter()
-    fit(model, bundle.loaders(batch_size=setup.batch_size, seed=seed).train, cfg,
-        loss_fn=neg_pearson_loss, hooks=hooks, progress=False)
+    fit(
+        model,
+        bundle.loaders(batch_size=setup.batch_size, seed=seed).train,
+        cfg,
+        loss_fn=neg_pearson_loss,
+        hooks=hooks,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     rep = sparsity_report(model, (1, *bundle.input_shape))
     mae, r = evaluate_rppg(model, bundle)
-    res = RunResult(model_name, crit or "dense", density, seed, mae, r, rep.nonzero_params,
-                    rep.dense_params, rep.effective_macs, rep.dense_macs, seconds)
+    res = RunResult(
+        model_name,
+        crit or "dense",
+        density,
+        seed,
+        mae,
+        r,
+        rep.nonzero_params,
+        rep.dense_params,
+        rep.effective_macs,
+        rep.dense_macs,
+        seconds,
+    )
     return res, model
 
 
-def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, hook: Any, ctx: TrainContext) -> float:
+def _train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hook: Any,
+    ctx: TrainContext,
+) -> float:
     """One optimizer step in the loop's order; returns its wall time (hook calls included)."""
     start = time.perf_counter()
     opt.zero_grad(set_to_none=True)
@@ -147,8 +184,9 @@ def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
     return time.perf_counter() - start
 
 
-def overhead(setup: Setup, bundle: Any, model_name: str, crit: str, density: float) -> dict[
-        str, float]:
+def overhead(
+    setup: Setup, bundle: Any, model_name: str, crit: str, density: float
+) -> dict[str, float]:
     """Interleaved dense / hooked steps on one model and batch; hooked steps update masks.
 
     The hook's schedule is placed so that its mask updates (every ``delta_t`` hooked steps) run
@@ -158,8 +196,7 @@ def overhead(setup: Setup, bundle: Any, model_name: str, crit: str, density: flo
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=setup.lr)
     n = setup.overhead_steps
-    cfg = replace(make_criterion(setup, crit, density), t_start=setup.delta_t, t_f=n // 2,
-                  t_end=n)
+    cfg = replace(make_criterion(setup, crit, density), t_start=setup.delta_t, t_f=n // 2, t_end=n)
     hook = cfg.make_hook()
     ctx = TrainContext(model=model, optimizer=opt, steps_per_epoch=n, total_steps=n)
     hook.on_train_begin(ctx)
@@ -175,12 +212,19 @@ def overhead(setup: Setup, bundle: Any, model_name: str, crit: str, density: flo
             (hooked if with_hook else dense).append(t)
     # medians: the machine is shared, and a burst of load hits single steps, not a whole side
     d_ms, h_ms = 1e3 * statistics.median(dense), 1e3 * statistics.median(hooked)
-    upd = [t for t, r in zip(hooked, range(n), strict=True) if r + 1 >= setup.delta_t and
-           (r + 1 - setup.delta_t) % setup.delta_t == 0]
-    return {"dense_ms": d_ms, "hook_ms": h_ms, "ratio": h_ms / d_ms,
-            "mean_ratio": sum(hooked) / sum(dense),
-            "update_step_ms": 1e3 * statistics.median(upd) if upd else float("nan"),
-            "updates": float(len(hook.records))}
+    upd = [
+        t
+        for t, r in zip(hooked, range(n), strict=True)
+        if r + 1 >= setup.delta_t and (r + 1 - setup.delta_t) % setup.delta_t == 0
+    ]
+    return {
+        "dense_ms": d_ms,
+        "hook_ms": h_ms,
+        "ratio": h_ms / d_ms,
+        "mean_ratio": sum(hooked) / sum(dense),
+        "update_step_ms": 1e3 * statistics.median(upd) if upd else float("nan"),
+        "updates": float(len(hook.records)),
+    }
 
 
 def export_sizes(model: torch.nn.Module, bundle: Any) -> dict[str, Any]:
@@ -207,9 +251,11 @@ def export_sizes(model: torch.nn.Module, bundle: Any) -> dict[str, Any]:
         convert_to_saved_model(work / "model.onnx", work / "saved_model", cl)
         dense = quantize_int8(work / "saved_model", cl)
         sparse = sparse_tflite(work / "saved_model", cl, dense)
-    return {"dense_bytes": len(dense),
-            "sparse_bytes": sparse.sparse_bytes if sparse is not None else None,
-            "sparse_identical": sparse.identical if sparse is not None else None}
+    return {
+        "dense_bytes": len(dense),
+        "sparse_bytes": sparse.sparse_bytes if sparse is not None else None,
+        "sparse_identical": sparse.identical if sparse is not None else None,
+    }
 
 
 def _fmt_pm(values: list[float], digits: int = 2) -> str:
@@ -218,14 +264,21 @@ def _fmt_pm(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(results: list[RunResult], sizes: dict[tuple[str, str, float], dict[str, Any]],
-          over: dict[tuple[str, str], dict[str, float]]) -> str:
+def table(
+    results: list[RunResult],
+    sizes: dict[tuple[str, str, float], dict[str, Any]],
+    over: dict[tuple[str, str], dict[str, float]],
+) -> str:
     """The printed table: one row per (model, density, criterion), seeds aggregated."""
-    keys = sorted({(r.model, r.density, r.criterion) for r in results},
-                  key=lambda k: (k[0], -k[1], CRITERIA.index(k[2]) if k[2] in CRITERIA else -1))
-    head = (f"{'model':<14}{'density':>8} {'criterion':<9}{'HR MAE bpm':>17}{'wave r':>16}"
-            f"{'nz params':>11}{'params':>9}{'nz MMACs':>10}{'MMACs':>8}{'step x':>8}"
-            f"{'int8 B':>9}{'sparse B':>10}")
+    keys = sorted(
+        {(r.model, r.density, r.criterion) for r in results},
+        key=lambda k: (k[0], -k[1], CRITERIA.index(k[2]) if k[2] in CRITERIA else -1),
+    )
+    head = (
+        f"{'model':<14}{'density':>8} {'criterion':<9}{'HR MAE bpm':>17}{'wave r':>16}"
+        f"{'nz params':>11}{'params':>9}{'nz MMACs':>10}{'MMACs':>8}{'step x':>8}"
+        f"{'int8 B':>9}{'sparse B':>10}"
+    )
     rows = [head, "-" * len(head)]
     for model, density, crit in keys:
         runs = [r for r in results if (r.model, r.density, r.criterion) == (model, density, crit)]
@@ -241,7 +294,8 @@ def table(results: list[RunResult], sizes: dict[tuple[str, str, float], dict[str
             f"{statistics.mean(r.effective_macs for r in runs) / 1e6:>10.2f}"
             f"{r0.dense_macs / 1e6:>8.2f}"
             f"{ratio:>8}"
-            f"{sz.get('dense_bytes', '-')!s:>9}{('-' if sparse_b is None else str(sparse_b)):>10}")
+            f"{sz.get('dense_bytes', '-')!s:>9}{('-' if sparse_b is None else str(sparse_b)):>10}"
+        )
     return "\n".join(rows)
 
 
@@ -249,15 +303,17 @@ def winners(results: list[RunResult]) -> list[str]:
     """Per (model, density): criteria ranked by mean HR MAE, ties broken by mean waveform r."""
     lines = []
     for model in sorted({r.model for r in results}):
-        for density in sorted({r.density for r in results if r.criterion != "dense"},
-                              reverse=True):
+        for density in sorted({r.density for r in results if r.criterion != "dense"}, reverse=True):
             score: dict[str, tuple[float, float]] = {}
             for c in CRITERIA:
-                runs = [r for r in results if (r.model, r.density, r.criterion) ==
-                        (model, density, c)]
+                runs = [
+                    r for r in results if (r.model, r.density, r.criterion) == (model, density, c)
+                ]
                 if runs:
-                    score[c] = (statistics.mean(r.hr_mae for r in runs),
-                                -statistics.mean(r.pearson for r in runs))
+                    score[c] = (
+                        statistics.mean(r.hr_mae for r in runs),
+                        -statistics.mean(r.pearson for r in runs),
+                    )
             if not score:
                 continue
             order = sorted(score, key=lambda c: score[c])
@@ -269,14 +325,19 @@ def winners(results: list[RunResult]) -> list[str]:
 
 def parse(argv: list[str] | None) -> Setup:
     """Command line -> :class:`Setup`."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="one model, one density, one seed")
     mode.add_argument("--full", action="store_true", help="more data, 40 epochs, all exports")
     mode.add_argument("--t8", action="store_true", help="only the methods.md T8 end-to-end check")
-    p.add_argument("--models", nargs="+", help="override the model list (one process per model "
-                   "runs the default grid in ~half the time on 2 free cores)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        help="override the model list (one process per model "
+        "runs the default grid in ~half the time on 2 free cores)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     p.add_argument("--densities", type=float, nargs="+", help="override the densities")
     p.add_argument("--epochs", type=int, help="override the epochs")
@@ -302,12 +363,15 @@ def main_t8(setup: Setup) -> int:
         r = run_t8(T8Setup(seed=seed, epochs=setup.epochs))
         ok = (r.dense_mae < 2.0, r.wgj_mae <= r.dense_mae + 1.0, r.wgj_mae < r.magnitude_mae)
         rows.append(r.__dict__ | {"seed": seed, "checks": ok})
-        print(f"seed {seed}: dense {r.dense_mae:.2f} bpm (r {r.dense_r:.3f}) | "
-              f"wgj@{T8Setup.density} {r.wgj_mae:.2f} bpm (r {r.wgj_r:.3f}) | one-shot magnitude"
-              f"@{T8Setup.density} {r.magnitude_mae:.2f} bpm (r {r.magnitude_r:.3f}; "
-              f"{r.magnitude_no_ft_mae:.2f} before its {r.finetune_epochs}-epoch fine-tune) | "
-              f"dense<2: {ok[0]}, wgj<=dense+1: {ok[1]}, wgj<magnitude: {ok[2]} "
-              f"[{time.perf_counter() - start:.0f}s]", flush=True)
+        print(
+            f"seed {seed}: dense {r.dense_mae:.2f} bpm (r {r.dense_r:.3f}) | "
+            f"wgj@{T8Setup.density} {r.wgj_mae:.2f} bpm (r {r.wgj_r:.3f}) | one-shot magnitude"
+            f"@{T8Setup.density} {r.magnitude_mae:.2f} bpm (r {r.magnitude_r:.3f}; "
+            f"{r.magnitude_no_ft_mae:.2f} before its {r.finetune_epochs}-epoch fine-tune) | "
+            f"dense<2: {ok[0]}, wgj<=dense+1: {ok[1]}, wgj<magnitude: {ok[2]} "
+            f"[{time.perf_counter() - start:.0f}s]",
+            flush=True,
+        )
     if setup.extra.get("json"):
         Path(setup.extra["json"]).write_text(json.dumps(rows, indent=2))
     return 0
@@ -319,12 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(setup.threads)
     if setup.extra.get("t8"):
         return main_t8(setup)
-    bundle = build_dataset("synthetic-rppg", size=setup.size, chunk=setup.frames,
-                           n_train=setup.n_train, n_val=1, n_test=setup.n_test,
-                           clips_per_video=setup.clips_per_video, real_ppg=False)
-    print(f"data: {len(bundle.train)} train / {len(bundle.test)} test clips {bundle.input_shape}, "
-          f"{setup.epochs} epochs x {len(bundle.train) // setup.batch_size + 1} steps, "
-          f"delta_t={setup.delta_t}, seeds {setup.seeds}", flush=True)
+    bundle = build_dataset(
+        "synthetic-rppg",
+        size=setup.size,
+        chunk=setup.frames,
+        n_train=setup.n_train,
+        n_val=1,
+        n_test=setup.n_test,
+        clips_per_video=setup.clips_per_video,
+        real_ppg=False,
+    )
+    print(
+        f"data: {len(bundle.train)} train / {len(bundle.test)} test clips {bundle.input_shape}, "
+        f"{setup.epochs} epochs x {len(bundle.train) // setup.batch_size + 1} steps, "
+        f"delta_t={setup.delta_t}, seeds {setup.seeds}",
+        flush=True,
+    )
     results: list[RunResult] = []
     sizes: dict[tuple[str, str, float], dict[str, Any]] = {}
     over: dict[tuple[str, str], dict[str, float]] = {}
@@ -337,16 +411,20 @@ def main(argv: list[str] | None = None) -> int:
                 for crit in setup.criteria:
                     res, model = train_one(setup, bundle, model_name, crit, density, seed)
                     results.append(res)
-                    print(f"[{time.perf_counter() - started:6.0f}s] {model_name} {crit} "
-                          f"d={density} seed={seed}: MAE {res.hr_mae:.2f} bpm, "
-                          f"r {res.pearson:.3f}, "
-                          f"nz {res.nonzero_params}, {res.seconds:.1f}s", flush=True)
+                    print(
+                        f"[{time.perf_counter() - started:6.0f}s] {model_name} {crit} "
+                        f"d={density} seed={seed}: MAE {res.hr_mae:.2f} bpm, "
+                        f"r {res.pearson:.3f}, "
+                        f"nz {res.nonzero_params}, {res.seconds:.1f}s",
+                        flush=True,
+                    )
                     want = setup.export_all or crit == "wgj"
                     if setup.export and seed == setup.seeds[0] and want:
                         sizes[(model_name, crit, density)] = export_sizes(model, bundle)
         for crit in setup.criteria:
-            over[(model_name, crit)] = overhead(setup, bundle, model_name, crit,
-                                                min(setup.densities))
+            over[(model_name, crit)] = overhead(
+                setup, bundle, model_name, crit, min(setup.densities)
+            )
             print(f"overhead {model_name} {crit}: {over[(model_name, crit)]}", flush=True)
     print()
     print(table(results, sizes, over))
@@ -354,13 +432,21 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(winners(results)))
     worst = max((o["ratio"] for o in over.values()), default=float("nan"))
     verdict = "PASS" if worst <= TARGET_OVERHEAD else "FAIL"
-    print(f"mask-update overhead: worst hook/dense step ratio {worst:.2f} "
-          f"(target <= {TARGET_OVERHEAD}): {verdict}; total {time.perf_counter() - started:.0f}s")
+    print(
+        f"mask-update overhead: worst hook/dense step ratio {worst:.2f} "
+        f"(target <= {TARGET_OVERHEAD}): {verdict}; total {time.perf_counter() - started:.0f}s"
+    )
     if setup.extra.get("json"):
-        Path(setup.extra["json"]).write_text(json.dumps(
-            {"results": [r.__dict__ for r in results],
-             "sizes": {"|".join(map(str, k)): v for k, v in sizes.items()},
-             "overhead": {"|".join(k): v for k, v in over.items()}}, indent=2))
+        Path(setup.extra["json"]).write_text(
+            json.dumps(
+                {
+                    "results": [r.__dict__ for r in results],
+                    "sizes": {"|".join(map(str, k)): v for k, v in sizes.items()},
+                    "overhead": {"|".join(k): v for k, v in over.items()},
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -191,9 +191,14 @@ class DEResult:
     memory_f: list[np.ndarray] = field(default_factory=list)  # M_F after each generation
 
 
-def _init_population(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, pop: int,
-                     fit: Callable[[np.ndarray], float],
-                     opposition: bool) -> tuple[np.ndarray, np.ndarray]:
+def _init_population(
+    rng: np.random.Generator,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    pop: int,
+    fit: Callable[[np.ndarray], float],
+    opposition: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     x = rng.uniform(lo, hi, size=(pop, len(lo)))
     if opposition:
         x = np.concatenate([x, lo + hi - x])
@@ -202,9 +207,18 @@ def _init_population(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, p
     return x[best], f[best]
 
 
-def shade_de(fitness: Callable[[np.ndarray], float], lo: Sequence[float], hi: Sequence[float], *,
-             pop: int = 20, gens: int = 30, memory: int = 5, p_best: float = 0.1, seed: int = 0,
-             opposition: bool = True) -> DEResult:
+def shade_de(
+    fitness: Callable[[np.ndarray], float],
+    lo: Sequence[float],
+    hi: Sequence[float],
+    *,
+    pop: int = 20,
+    gens: int = 30,
+    memory: int = 5,
+    p_best: float = 0.1,
+    seed: int = 0,
+    opposition: bool = True,
+) -> DEResult:
     """Maximise ``fitness`` over integer vectors in ``[lo, hi]`` with SHADE (§4.6).
 
     current-to-pbest/1 mutation with an archive, success-history memories of F (weighted Lehmer
@@ -292,8 +306,9 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     return correct / max(total, 1)
 
 
-def neg_cross_entropy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-                      ) -> float:
+def neg_cross_entropy(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
     """Minus the mean cross-entropy over ``(x, y)`` batches (a smooth fitness, higher = better)."""
     total, n = 0.0, 0
     with torch.no_grad():
@@ -318,7 +333,12 @@ class _MaskedEvaluator:
         from tinyprune.pruning.channel_mask import bn_momenta, bn_state
         from tinyprune.pruning.structured import ChannelGraph
 
-        self.model, self.example, self.budget, self.round_to = model, example_input, budget, round_to
+        self.model, self.example, self.budget, self.round_to = (
+            model,
+            example_input,
+            budget,
+            round_to,
+        )
         self.work = copy.deepcopy(model).eval()
         self.graph = ChannelGraph(self.work, example_input)
         self.cost = self.graph.cost_model()
@@ -329,8 +349,13 @@ class _MaskedEvaluator:
         self.bn0, self.momenta = bn_state(self.work), bn_momenta(self.work)
         self.exact: bool | None = None
 
-    def __call__(self, crit: ClusterDECriterion, calib: Sequence[Any], heldout: Sequence[Any],
-                 metric: Callable[..., float]) -> float:
+    def __call__(
+        self,
+        crit: ClusterDECriterion,
+        calib: Sequence[Any],
+        heldout: Sequence[Any],
+        metric: Callable[..., float],
+    ) -> float:
         from tinyprune.pruning.channel_mask import masked_channels, restore_bn_state_
         from tinyprune.pruning.select import make_selection
         from tinyprune.pruning.structured import score_groups
@@ -338,8 +363,9 @@ class _MaskedEvaluator:
         if self.exact is None:
             self.exact = self._check(crit)
         if not self.exact:
-            return _pruned_fitness(self.model, self.example, crit, self.budget, calib, heldout,
-                                   self.round_to, metric)
+            return _pruned_fitness(
+                self.model, self.example, crit, self.budget, calib, heldout, self.round_to, metric
+            )
         keep = make_selection(score_groups(self.graph, crit), self.counts, self.cost).keep
         try:
             with masked_channels(self.graph, keep):
@@ -355,29 +381,47 @@ class _MaskedEvaluator:
         from tinyprune.pruning.structured import prune_structured, score_groups
 
         pruned = copy.deepcopy(self.model).eval()
-        prune_structured(pruned, self.example, crit, self.budget, round_to=self.round_to)
+        prune_structured(
+            pruned, self.example, crit, self.budget, round_to=self.round_to, sync_ranks=False
+        )  # deterministic weights-only scores; no collective
         keep = make_selection(score_groups(self.graph, crit), self.counts, self.cost).keep
         with torch.no_grad(), masked_channels(self.graph, keep):
             a, b = self.work(self.example), pruned(self.example)
         return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5))
 
 
-def _pruned_fitness(model: nn.Module, example_input: Any, crit: ClusterDECriterion, budget: Any,
-                    calib: Sequence[Any], heldout: Sequence[Any], round_to: int,
-                    metric: Callable[..., float]) -> float:
+def _pruned_fitness(
+    model: nn.Module,
+    example_input: Any,
+    crit: ClusterDECriterion,
+    budget: Any,
+    calib: Sequence[Any],
+    heldout: Sequence[Any],
+    round_to: int,
+    metric: Callable[..., float],
+) -> float:
     from tinyprune.pruning.structured import prune_structured
 
     pruned = copy.deepcopy(model)
-    prune_structured(pruned, example_input, crit, budget, round_to=round_to)
+    prune_structured(pruned, example_input, crit, budget, round_to=round_to, sync_ranks=False)
     recalibrate_bn_(pruned, calib)
     return metric(pruned, heldout)
 
 
-def cluster_fitness(model: nn.Module, example_input: Any, budget: Any, layers: Sequence[str],
-                    calib: Sequence[Any], heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                    *, round_to: int = 4, seed: int = 0,
-                    metric: str | Callable[..., float] = "accuracy",
-                    masked: bool = True) -> Callable[[np.ndarray], float]:
+def cluster_fitness(
+    model: nn.Module,
+    example_input: Any,
+    budget: Any,
+    layers: Sequence[str],
+    calib: Sequence[Any],
+    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    round_to: int = 4,
+    seed: int = 0,
+    metric: str | Callable[..., float] = "accuracy",
+    masked: bool = True,
+    sync_ranks: bool = True,
+) -> Callable[[np.ndarray], float]:
     """Fitness of a clusters-per-layer vector: prune (or mask) a copy, recalibrate BN, score.
 
     Args:
@@ -386,6 +430,9 @@ def cluster_fitness(model: nn.Module, example_input: Any, budget: Any, layers: S
             ``metric(model, heldout) -> float`` (higher = better, e.g. minus an rPPG loss).
         masked: Evaluate by zeroing channels of one working copy (exact, much faster) instead
             of a deep copy and surgery per call.
+        sync_ranks: Under DDP, average each fitness value over replicas (each scores its own
+            calibration/held-out shard), so every replica follows the same DE trajectory.
+            Every replica must then evaluate the same vectors in the same order.
     """
     if not callable(metric) and metric not in METRICS:
         msg = f"fitness metric {metric!r} is unknown; expected one of: {', '.join(METRICS)}"
@@ -393,12 +440,20 @@ def cluster_fitness(model: nn.Module, example_input: Any, budget: Any, layers: S
     score = metric if callable(metric) else METRICS[metric]
     evaluator = _MaskedEvaluator(model, example_input, budget, round_to) if masked else None
 
-    def fitness(k: np.ndarray) -> float:
+    def local(k: np.ndarray) -> float:
         ks = tuple(zip(layers, (int(v) for v in k), strict=True))
         crit = ClusterDECriterion(k_per_layer=ks, seed=seed)
         if evaluator is not None:
             return evaluator(crit, calib, heldout, score)
         return _pruned_fitness(model, example_input, crit, budget, calib, heldout, round_to, score)
+
+    def fitness(k: np.ndarray) -> float:
+        value = local(k)
+        if sync_ranks:
+            from tinyprune.training.distributed import consensus_mean
+
+            value = float(consensus_mean(np.array([value]))[0])
+        return value
 
     return fitness
 
@@ -418,13 +473,28 @@ class SearchReport:
 
 
 def search_clusters_report(
-    model: nn.Module, example_input: Any, budget: Any, calib: Sequence[Any],
-    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]], *, k_max: int = 16, pop: int = 20,
-    gens: int = 30, round_to: int = 4, seed: int = 0,
+    model: nn.Module,
+    example_input: Any,
+    budget: Any,
+    calib: Sequence[Any],
+    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    k_max: int = 16,
+    pop: int = 20,
+    gens: int = 30,
+    round_to: int = 4,
+    seed: int = 0,
     metric: str | Callable[..., float] = "accuracy",
+    sync_ranks: bool = True,
 ) -> tuple[ClusterDECriterion, SearchReport]:
-    """Run the DE of §4.6; return the configured criterion and a :class:`SearchReport`."""
+    """Run the DE of §4.6; return the configured criterion and a :class:`SearchReport`.
+
+    Under DDP with ``sync_ranks`` every replica must call this (fitness values are averaged
+    over replicas, each on its own data shard); all replicas return rank 0's best vector.
+    With ``sync_ranks=False`` the search is local (e.g. run on rank 0 only).
+    """
     from tinyprune.pruning.structured import ChannelGraph
+    from tinyprune.training import distributed
 
     start = time.perf_counter()
     graph = ChannelGraph(copy.deepcopy(model).eval(), example_input)
@@ -432,13 +502,33 @@ def search_clusters_report(
     sizes = [model.get_submodule(n).weight.shape[0] for n in layers]
     lo = [2] * len(layers)
     hi = [max(2, min(k_max, c - 1)) for c in sizes]
-    fit = cluster_fitness(model, example_input, budget, layers, calib, heldout,
-                          round_to=round_to, seed=seed, metric=metric)
+    fit = cluster_fitness(
+        model,
+        example_input,
+        budget,
+        layers,
+        calib,
+        heldout,
+        round_to=round_to,
+        seed=seed,
+        metric=metric,
+        sync_ranks=sync_ranks,
+    )
     result = shade_de(fit, lo, hi, pop=pop, gens=gens, seed=seed)
-    ks = tuple(zip(layers, result.best_x.tolist(), strict=True))
-    report = SearchReport(pop, gens, result.evaluations, _count(calib), _count(heldout),
-                          result.best_f, time.perf_counter() - start,
-                          metric if isinstance(metric, str) else getattr(metric, "__name__", "?"))
+    best = result.best_x.tolist()
+    if sync_ranks:
+        best = distributed.broadcast_object(best, src=0)
+    ks = tuple(zip(layers, best, strict=True))
+    report = SearchReport(
+        pop,
+        gens,
+        result.evaluations,
+        _count(calib),
+        _count(heldout),
+        result.best_f,
+        time.perf_counter() - start,
+        metric if isinstance(metric, str) else getattr(metric, "__name__", "?"),
+    )
     log.info("cluster DE search: %s", report)
     return ClusterDECriterion(k_per_layer=ks, seed=seed), report
 
@@ -447,13 +537,34 @@ def _count(batches: Sequence[Any]) -> int:
     return sum(int((b[0] if isinstance(b, (tuple, list)) else b).shape[0]) for b in batches)
 
 
-def search_clusters(model: nn.Module, example_input: Any, budget: Any, calib: Sequence[Any],
-                    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]], *, k_max: int = 16,
-                    pop: int = 20, gens: int = 30, round_to: int = 4,
-                    seed: int = 0, metric: str | Callable[..., float] = "accuracy"
-                    ) -> ClusterDECriterion:
+def search_clusters(
+    model: nn.Module,
+    example_input: Any,
+    budget: Any,
+    calib: Sequence[Any],
+    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    k_max: int = 16,
+    pop: int = 20,
+    gens: int = 30,
+    round_to: int = 4,
+    seed: int = 0,
+    metric: str | Callable[..., float] = "accuracy",
+    sync_ranks: bool = True,
+) -> ClusterDECriterion:
     """Run the DE of §4.6 and return the criterion configured with the best ``k`` per layer."""
-    crit, _ = search_clusters_report(model, example_input, budget, calib, heldout, k_max=k_max,
-                                     pop=pop, gens=gens, round_to=round_to, seed=seed,
-                                     metric=metric)
+    crit, _ = search_clusters_report(
+        model,
+        example_input,
+        budget,
+        calib,
+        heldout,
+        k_max=k_max,
+        pop=pop,
+        gens=gens,
+        round_to=round_to,
+        seed=seed,
+        metric=metric,
+        sync_ranks=sync_ranks,
+    )
     return crit

@@ -26,8 +26,15 @@ from tinyprune.pruning.dynamic import DynamicSparseHook
 from tinyprune.training import TrainConfig, fit
 from tinyprune.training.hooks import TrainContext
 
-__all__ = ["T8Result", "T8Setup", "evaluate_rppg", "magnitude_config", "one_shot_magnitude_",
-           "recalibrate_bn_", "run_t8"]
+__all__ = [
+    "T8Result",
+    "T8Setup",
+    "evaluate_rppg",
+    "magnitude_config",
+    "one_shot_magnitude_",
+    "recalibrate_bn_",
+    "run_t8",
+]
 
 
 def evaluate_rppg(model: nn.Module, bundle: Any) -> tuple[float, float]:
@@ -58,9 +65,15 @@ def evaluate_rppg(model: nn.Module, bundle: Any) -> tuple[float, float]:
     return float(hr_errors(np.array(hr_pred), np.array(hr_true)).mae), float(np.nanmean(r))
 
 
-def magnitude_config(density: float, *, min_per_channel: int = 4,
-                     min_density_layer: float = 0.01, keep_first_dense: bool = True,
-                     keep_last_dense: bool = True, delta_t: int = 1) -> DynamicSparsityConfig:
+def magnitude_config(
+    density: float,
+    *,
+    min_per_channel: int = 4,
+    min_density_layer: float = 0.01,
+    keep_first_dense: bool = True,
+    keep_last_dense: bool = True,
+    delta_t: int = 1,
+) -> DynamicSparsityConfig:
     """One-shot global magnitude pruning to ``density`` as an engine config (a static mask).
 
     It is the ``gmp`` criterion with ``init_sparsity == sparsity`` and ``scope="global"``: the
@@ -81,10 +94,20 @@ def magnitude_config(density: float, *, min_per_channel: int = 4,
         The config; ``.make_hook()`` gives the training hook.
     """
     sparsity = round(1.0 - density, 6)
-    return criteria.get("gmp", sparsity=sparsity, init_sparsity=sparsity, scope="global",
-                        delta_t=delta_t, t_start=0, t_f=0, t_end=0,
-                        min_per_channel=min_per_channel, min_density_layer=min_density_layer,
-                        keep_first_dense=keep_first_dense, keep_last_dense=keep_last_dense)
+    return criteria.get(
+        "gmp",
+        sparsity=sparsity,
+        init_sparsity=sparsity,
+        scope="global",
+        delta_t=delta_t,
+        t_start=0,
+        t_f=0,
+        t_end=0,
+        min_per_channel=min_per_channel,
+        min_density_layer=min_density_layer,
+        keep_first_dense=keep_first_dense,
+        keep_last_dense=keep_last_dense,
+    )
 
 
 def one_shot_magnitude_(model: nn.Module, density: float, **floors: Any) -> DynamicSparseHook:
@@ -99,8 +122,12 @@ def one_shot_magnitude_(model: nn.Module, density: float, **floors: Any) -> Dyna
         The hook, whose ``masks`` hold the applied masks.
     """
     hook = magnitude_config(density, **floors).make_hook()
-    ctx = TrainContext(model=model, optimizer=None, steps_per_epoch=1,  # type: ignore[arg-type]
-                       total_steps=1)
+    ctx = TrainContext(
+        model=model,
+        optimizer=None,
+        steps_per_epoch=1,  # type: ignore[arg-type]
+        total_steps=1,
+    )
     hook.on_train_begin(ctx)
     return hook
 
@@ -178,7 +205,7 @@ def recalibrate_bn_(model: nn.Module, inputs: np.ndarray, batch_size: int = 8) -
         m.momentum = None  # cumulative moving average over all batches
     model.train()
     for i in range(0, len(inputs), batch_size):
-        model(torch.from_numpy(inputs[i:i + batch_size]))
+        model(torch.from_numpy(inputs[i : i + batch_size]))
     for m, mom in zip(bns, saved, strict=True):
         m.momentum = mom
     model.eval()
@@ -186,8 +213,14 @@ def recalibrate_bn_(model: nn.Module, inputs: np.ndarray, batch_size: int = 8) -
 
 def _fit(model: nn.Module, bundle: Any, s: T8Setup, epochs: int, hooks: list[Any]) -> None:
     cfg = TrainConfig(epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=s.seed, log_every=0)
-    fit(model, bundle.loaders(batch_size=s.batch_size, seed=s.seed).train, cfg,
-        loss_fn=neg_pearson_loss, hooks=hooks, progress=False)
+    fit(
+        model,
+        bundle.loaders(batch_size=s.batch_size, seed=s.seed).train,
+        cfg,
+        loss_fn=neg_pearson_loss,
+        hooks=hooks,
+        progress=False,
+    )
 
 
 def _density(hook: DynamicSparseHook) -> float:
@@ -211,24 +244,37 @@ def run_t8(s: T8Setup = T8Setup()) -> T8Result:  # noqa: B008 - frozen default
     Returns:
         The figures; ``magnitude_no_ft_mae`` is the baseline before fine-tuning.
     """
-    bundle = build_dataset("synthetic-rppg", size=s.size, chunk=s.frames, n_train=s.n_train,
-                           n_val=1, n_test=s.n_test, clips_per_video=s.clips_per_video,
-                           nuisances=("static",), real_ppg=False, seed=s.seed)
+    bundle = build_dataset(
+        "synthetic-rppg",
+        size=s.size,
+        chunk=s.frames,
+        n_train=s.n_train,
+        n_val=1,
+        n_test=s.n_test,
+        clips_per_video=s.clips_per_video,
+        nuisances=("static",),
+        real_ppg=False,
+        seed=s.seed,
+    )
     torch.manual_seed(s.seed)
     dense = create_model(s.model, frames=s.frames, img_size=s.size, width=s.width)
     init = copy.deepcopy(dense.state_dict())
     _fit(dense, bundle, s, s.epochs, [])
     dense_mae, dense_r = evaluate_rppg(dense, bundle)
-    wgj_cfg = criteria.get("wgj", sparsity=round(1.0 - s.density, 6), delta_t=s.delta_t,
-                           min_per_channel=s.min_per_channel, seed=s.seed)
+    wgj_cfg = criteria.get(
+        "wgj",
+        sparsity=round(1.0 - s.density, 6),
+        delta_t=s.delta_t,
+        min_per_channel=s.min_per_channel,
+        seed=s.seed,
+    )
     wgj_net = create_model(s.model, frames=s.frames, img_size=s.size, width=s.width)
     wgj_net.load_state_dict(init)
     wgj_hook = wgj_cfg.make_hook()
     _fit(wgj_net, bundle, s, s.epochs, [wgj_hook])
     wgj_mae, wgj_r = evaluate_rppg(wgj_net, bundle)
     ft_epochs = max(1, round((1.0 - wgj_cfg.t_end_frac) * s.epochs))
-    floors = {"min_per_channel": s.min_per_channel,
-              "min_density_layer": wgj_cfg.min_density_layer}
+    floors = {"min_per_channel": s.min_per_channel, "min_density_layer": wgj_cfg.min_density_layer}
     mag = copy.deepcopy(dense)
     one_shot_magnitude_(mag, s.density, **floors)
     recalibrate_bn_(mag, bundle.train.x, s.batch_size)
@@ -237,5 +283,15 @@ def run_t8(s: T8Setup = T8Setup()) -> T8Result:  # noqa: B008 - frozen default
     _fit(mag, bundle, s, ft_epochs, [mag_hook])
     recalibrate_bn_(mag, bundle.train.x, s.batch_size)
     mag_mae, mag_r = evaluate_rppg(mag, bundle)
-    return T8Result(dense_mae, dense_r, wgj_mae, wgj_r, mag_mae, mag_r, no_ft_mae, ft_epochs,
-                    _density(wgj_hook), _density(mag_hook))
+    return T8Result(
+        dense_mae,
+        dense_r,
+        wgj_mae,
+        wgj_r,
+        mag_mae,
+        mag_r,
+        no_ft_mae,
+        ft_epochs,
+        _density(wgj_hook),
+        _density(mag_hook),
+    )

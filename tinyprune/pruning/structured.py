@@ -31,6 +31,7 @@ from tinyprune.pruning.complexity import (
     measure_complexity,
 )
 from tinyprune.pruning.select import CostModel
+from tinyprune.training import distributed
 
 log = logging.getLogger(__name__)
 PRUNABLE_TYPES = CONV_TYPES + CONVT_TYPES + (nn.Linear,)
@@ -402,6 +403,31 @@ def _reduce(size: int, parts: list[Any], reduce: str) -> np.ndarray:
     return total.numpy()
 
 
+def reduce_scores_across_ranks(scores: list[np.ndarray]) -> list[np.ndarray]:
+    """Average per-group scores over DDP replicas so every replica prunes the same channels.
+
+    Data-dependent scores (CI from each replica's features, gradient or Taylor terms) differ
+    between replicas fed different shards; the mean over replicas is the score over all
+    shards (with equal shard sizes). Identity in a single process.
+
+    Raises:
+        PruningError: The replicas' groups differ (not the same model on every replica).
+    """
+    if distributed.get_world_size() <= 1:
+        return scores
+    sizes = [len(s) for s in scores]
+    ref = distributed.broadcast_object(sizes, src=0)
+    mismatch = distributed.consensus_mean(np.array([float(ref != sizes)]))
+    if mismatch[0] > 0:
+        msg = (
+            f"replicas have different channel groups (rank 0: {ref}, rank "
+            f"{distributed.get_rank()}: {sizes}); every replica must prune the same model"
+        )
+        raise PruningError(msg)
+    flat = distributed.consensus_mean(np.concatenate(scores)) if scores else np.zeros(0)
+    return [part.copy() for part in np.split(flat, np.cumsum(sizes)[:-1])]
+
+
 @dataclass(frozen=True)
 class PruneResult:
     """What :func:`prune_structured` did: kept channels per group and the cost before/after."""
@@ -420,8 +446,16 @@ class PruneResult:
         return dict(self.__dict__)
 
 
-def _select(criterion: Any, selection: str, scores: list[np.ndarray], cost: CostModel, limits: Any,
-            widths: list[np.ndarray], normalize: str, sparsity: Sequence[float] | None) -> Any:
+def _select(
+    criterion: Any,
+    selection: str,
+    scores: list[np.ndarray],
+    cost: CostModel,
+    limits: Any,
+    widths: list[np.ndarray],
+    normalize: str,
+    sparsity: Sequence[float] | None,
+) -> Any:
     from tinyprune.pruning import select as sel
 
     if selection == "global":
@@ -456,6 +490,7 @@ def prune_structured(
     sparsity: Sequence[float] | None = None,
     ignored_layers: Sequence[nn.Module] = (),
     max_batches: int = 5,
+    sync_ranks: bool = True,
 ) -> PruneResult:
     """Score, select and remove output channels in place so that ``budget`` is met.
 
@@ -476,6 +511,11 @@ def prune_structured(
         sparsity: Per-group sparsity for ``local`` selection.
         ignored_layers: Layers whose output channels must stay.
         max_batches: Calibration batches used by data-driven criteria.
+        sync_ranks: Under DDP (``torch.distributed`` initialised), average the group scores
+            over replicas and adopt rank 0's selection, so every replica removes the same
+            channels; BN running statistics are averaged first (:func:`sync_buffers_`).
+            Every replica must then call this function (it is a collective). ``False``
+            prunes each replica on its own scores (for diagnostics only).
 
     Returns:
         A :class:`PruneResult`.
@@ -491,6 +531,8 @@ def prune_structured(
     was_training = model.training
     model.eval()
     try:
+        if sync_ranks:
+            distributed.sync_buffers_(model)
         graph = ChannelGraph(model, example_input, ignored_layers)
         before = measure_complexity(model, example_input)
         cost = graph.cost_model(before)
@@ -510,6 +552,8 @@ def prune_structured(
             layers = [s.name for g in graph.groups for s in g.members]
             features = capture_features(model, layers, data, max_batches)
         scores = score_groups(graph, criterion, reduce=reduce, features=features)
+        if sync_ranks:
+            scores = reduce_scores_across_ranks(scores)
         mc = min_channels if min_channels is not None else getattr(criterion, "min_channels", 1)
         mf = min_fraction if min_fraction is not None else getattr(criterion, "min_fraction", 0.0)
         widths = [
@@ -517,18 +561,47 @@ def prune_structured(
             for g in graph.groups
         ]
         chosen = _select(criterion, selection, scores, cost, limits, widths, normalize, sparsity)
+        if sync_ranks:
+            chosen = _adopt_rank0(chosen)
         graph.remove_channels_(chosen.keep)
         after = measure_complexity(model, example_input)
         if abs(after.macs - chosen.macs) > 0.5 or abs(after.params - chosen.params) > 0.5:
-            log.warning("cost model predicted %.0f MACs / %.0f params, measured %d / %d",
-                        chosen.macs, chosen.params, after.macs, after.params)
+            log.warning(
+                "cost model predicted %.0f MACs / %.0f params, measured %d / %d",
+                chosen.macs,
+                chosen.params,
+                after.macs,
+                after.params,
+            )
         return _result(graph, chosen.keep, before, after, criterion, selection)
     finally:
         model.train(was_training)
 
 
-def _result(graph: ChannelGraph, keep: Any, before: ModelComplexity, after: ModelComplexity,
-            criterion: Any, selection: str) -> PruneResult:
+def _adopt_rank0(chosen: Any) -> Any:
+    """Rank 0's selection on every replica (a guard: reduced scores already agree)."""
+    if distributed.get_world_size() <= 1:
+        return chosen
+    ref = distributed.broadcast_object(chosen, src=0)
+    same = len(ref.keep) == len(chosen.keep) and all(
+        np.array_equal(a, b) for a, b in zip(ref.keep, chosen.keep, strict=True)
+    )
+    if not same:
+        log.warning(
+            "rank %d selected other channels than rank 0; using rank 0's selection",
+            distributed.get_rank(),
+        )
+    return ref
+
+
+def _result(
+    graph: ChannelGraph,
+    keep: Any,
+    before: ModelComplexity,
+    after: ModelComplexity,
+    criterion: Any,
+    selection: str,
+) -> PruneResult:
     kept = {
         g.name: (list(range(g.size)) if keep is None else [int(i) for i in keep[i]])
         for i, g in enumerate(graph.groups)

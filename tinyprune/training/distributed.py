@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -149,6 +150,41 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box: list[Any] = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def consensus_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """Replace a float tensor in place by its mean over DDP replicas, bit-identical everywhere.
+
+    ``all_reduce`` gives the mean; rank 0's result is then broadcast so that no replica can
+    differ by a rounding of the reduction order. A no-op in a single process.
+    """
+    if get_world_size() > 1:
+        all_reduce_mean_(tensor)
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def consensus_mean(values: np.ndarray) -> np.ndarray:
+    """:func:`consensus_mean_` of a NumPy array (as float64; a copy)."""
+    t = torch.from_numpy(np.array(values, dtype=np.float64))
+    return consensus_mean_(t).numpy()
+
+
+def sync_buffers_(model: torch.nn.Module) -> None:
+    """Make buffers identical on every replica: float ones averaged, others from rank 0.
+
+    A DDP step broadcasts rank 0's buffers before the forward and each replica then updates
+    its BN running statistics with its own batch, so replicas leave training with different
+    statistics. Averaging them gives one estimate over all shards. No-op in a single process.
+    """
+    if get_world_size() <= 1:
+        return
+    with torch.no_grad():
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                consensus_mean_(buf)
+            else:
+                dist.broadcast(buf, src=0)
 
 
 def cleanup() -> None:

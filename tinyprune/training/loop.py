@@ -402,6 +402,9 @@ def _run(
             if sampler is not None:
                 sampler.set_epoch(epoch)
             record = trainer.epoch(epoch, loader, bar)
+            # DDP broadcasts rank 0's buffers before each forward, then every replica updates its
+            # BN statistics with its own batch: average them so replicas stay identical.
+            distributed.sync_buffers_(ctx.model)
             for hook in hooks:
                 hook.on_epoch_end(ctx)
             if val_loader is not None:

@@ -43,9 +43,11 @@ def test_t8_wgj_end_to_end_on_static_synthetic_data() -> None:
         r = run_t8(T8Setup())
     finally:
         torch.set_num_threads(threads)
-    figures = (f"dense {r.dense_mae:.2f} bpm (r {r.dense_r:.3f}), wgj {r.wgj_mae:.2f} bpm "
-               f"(r {r.wgj_r:.3f}), one-shot magnitude {r.magnitude_mae:.2f} bpm "
-               f"(r {r.magnitude_r:.3f}; {r.magnitude_no_ft_mae:.2f} before fine-tuning)")
+    figures = (
+        f"dense {r.dense_mae:.2f} bpm (r {r.dense_r:.3f}), wgj {r.wgj_mae:.2f} bpm "
+        f"(r {r.wgj_r:.3f}), one-shot magnitude {r.magnitude_mae:.2f} bpm "
+        f"(r {r.magnitude_r:.3f}; {r.magnitude_no_ft_mae:.2f} before fine-tuning)"
+    )
     assert r.wgj_density == pytest.approx(0.1, abs=1e-3), figures
     assert r.magnitude_density == pytest.approx(0.1, abs=1e-3), figures
     assert r.dense_mae < 2.0, figures
