@@ -166,6 +166,11 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"{mark} {resource:<8} {_fmt(row.get('used'))} / {_fmt(row.get('limit'))} {unit}{est}"
         )
+    latency = report.get("latency_estimate")
+    if latency and "latency" not in report.get("budget", {}):
+        lines.append(
+            f"info latency  ~{latency['ms']:.3g} ms per inference (estimate: {latency['formula']})"
+        )
     target = report.get("target", {}).get("name", "the target")
     failing = [k for k, r in report.get("budget", {}).items() if not r.get("ok")]
     verdict = f"fits {target}" if not failing else f"OVER BUDGET on {target}: {', '.join(failing)}"
