@@ -83,7 +83,12 @@ def prune_run(
     from tinyprune.criteria.base import Granularity
     from tinyprune.data import build_dataset
     from tinyprune.model_source import load_model
+    from tinyprune.training import distributed
 
+    info = distributed.init_from_env()  # a no-op unless launched with torchrun
+    if target is not None and info.world_size > 1:
+        msg = "--target PROFILE searches with real exports in one process; run it without torchrun"
+        raise ConfigError(msg)
     torch.manual_seed(seed)
     loaded = load_model(model_spec, **(model_kwargs or {}))
     if loaded.module is None:

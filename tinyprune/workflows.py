@@ -139,9 +139,18 @@ def save_run(
     *,
     program_name: str = "model.pt2",
 ) -> RunFiles:
-    """Write the run files atomically (each file via a temporary name and a rename)."""
-    from tinyprune.training import save_checkpoint
+    """Write the run files atomically (each file via a temporary name and a rename).
 
+    Under DDP only rank 0 writes; the other replicas wait for it and get the same paths.
+    """
+    from tinyprune.training import distributed, save_checkpoint
+
+    files = RunFiles(
+        out, out / program_name, out / "checkpoint.pt", out / "calib.npy", out / "summary.json"
+    )
+    if not distributed.is_main():
+        distributed.barrier()
+        return files
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     example = torch.from_numpy(calib[:1])
@@ -153,6 +162,7 @@ def save_run(
     with atomic_path(out / "calib.npy") as tmp, tmp.open("wb") as f:
         np.save(f, calib)
     write_text_atomic(out / "summary.json", json.dumps(_plain(summary), indent=2) + "\n")
+    distributed.barrier()
     return RunFiles(out, prog_path, Path(ckpt), out / "calib.npy", out / "summary.json")
 
 
@@ -185,8 +195,9 @@ def train_run(
     """Train MODEL on DATA from scratch (or fine-tune a factory's weights) and save a run."""
     from tinyprune.data import build_dataset
     from tinyprune.model_source import load_model
-    from tinyprune.training import TrainConfig, fit
+    from tinyprune.training import TrainConfig, distributed, fit
 
+    distributed.init_from_env()  # a no-op unless launched with torchrun
     torch.manual_seed(seed)
     loaded = load_model(model_spec, **(model_kwargs or {}))
     model = loaded.module

@@ -1,0 +1,66 @@
+"""`tinyprune train` / `prune` under torchrun: two replicas, one run folder written by rank 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinyprune.training import load_checkpoint
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tinyprune.cli",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=220, check=False
+    )
+
+
+def test_prune_under_torchrun_writes_one_consistent_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _torchrun(
+        "prune",
+        "zoo:micro_cnn",
+        "--data",
+        "digits",
+        "--criterion",
+        "bn_scale",
+        "--target-flops",
+        "0.5",
+        "--epochs",
+        "2",
+        "--finetune-epochs",
+        "1",
+        "--lr",
+        "3e-3",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prune"]["macs_after"] <= 0.5 * summary["prune"]["macs_before"]
+    state, spec, _ = load_checkpoint(out / "checkpoint.pt")
+    assert spec["source"] == "zoo:micro_cnn"
+    assert not list(out.glob(".*.tmp*"))  # rank 1 wrote nothing half-way
+    # the checkpoint's widths are the pruned ones
+    kept = {name: len(idx) for name, idx in summary["prune"]["keep"].items()}
+    for name, width in kept.items():
+        assert state[f"{name}.weight"].shape[0] == width
