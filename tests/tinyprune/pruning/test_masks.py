@@ -14,14 +14,6 @@ from tinyprune.pruning import masks as mk
 from tinyprune.training.hooks import TrainContext
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    yield
-    torch.random.set_rng_state(state)
-
-
 def mlp() -> nn.Module:
     return nn.Sequential(
         nn.Linear(8, 32),

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny_nets import mlp
 from torch import nn
 
 from tinyprune.criteria.base import Criterion, Granularity, ScoreInput
@@ -21,27 +22,6 @@ from tinyprune.errors import ConfigError
 from tinyprune.pruning import masks as mk
 from tinyprune.registry import Registry
 from tinyprune.training.hooks import TrainContext
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    yield
-    torch.random.set_rng_state(state)
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(8, 32),
-        nn.ReLU(),
-        nn.Linear(32, 32),
-        nn.ReLU(),
-        nn.Linear(32, 16),
-        nn.ReLU(),
-        nn.Linear(16, 4),
-    )
 
 
 def run(model: nn.Module, crit, steps: int, data_seed: int = 1):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_nets import mlp
 from torch import nn
 
 from tinyprune.criteria.wgj import DynamicSparseHook, WGJCriterion
@@ -16,27 +17,6 @@ from tinyprune.training.hooks import TrainContext
 
 # Planted groups of T3 in a 4x8 weight, one output row each: A, B, C, D.
 A, B, C, D = (set(range(8 * k, 8 * k + 8)) for k in range(4))
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    yield
-    torch.random.set_rng_state(state)
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(8, 32),
-        nn.ReLU(),
-        nn.Linear(32, 32),
-        nn.ReLU(),
-        nn.Linear(32, 16),
-        nn.ReLU(),
-        nn.Linear(16, 4),
-    )
 
 
 def batches(n: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -213,3 +213,17 @@ def keep_lookup(
             return None
 
     return lookup
+
+
+def mlp() -> nn.Module:
+    """A seeded 4-layer MLP (8 -> 4) for the mask-engine tests."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(8, 32),
+        nn.ReLU(),
+        nn.Linear(32, 32),
+        nn.ReLU(),
+        nn.Linear(32, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    )
