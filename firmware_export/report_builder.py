@@ -20,6 +20,7 @@ from firmware_export.analyze import ModelAnalysis, analyze_tflite, lint_int8
 from firmware_export.budget import BudgetReport, DeviceProfile, check_budget
 from firmware_export.c_array import CModelInfo, CSource, TensorSpec, to_c_source
 from firmware_export.checks import VerifyInputs, lint_gate, run_verification
+from firmware_export.tflite_model import TfliteModel, parse_tflite
 from firmware_export.tflm import check_ops, measure_arena, tflm_builtin_ops
 from tinyprune import __version__
 
@@ -110,7 +111,8 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
 
     with timer("check"):
         analysis = analyze_tflite(inp.model_bytes)
-        lint = lint_int8(inp.model_bytes)
+        parsed = parse_tflite(inp.model_bytes)
+        lint = lint_int8(parsed)
         lint_gate(lint)
         ops = check_ops(inp.model_bytes, inp.profile.runtime, inp.profile.name)
         runnable = set(ops) <= tflm_builtin_ops()
@@ -156,13 +158,18 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
         arena_margin_reason=arena.margin_reason,
         verify=verify,
         lint=lint,
-        extra=_extra(inp, arena, ops, runnable, analysis),
+        extra=_extra(inp, arena, ops, runnable, analysis, parsed),
     )
     return Analysed(report, analysis, budget, sources)
 
 
 def _extra(
-    inp: ReportInputs, arena: ArenaFigures, ops: list[str], runnable: bool, analysis: ModelAnalysis
+    inp: ReportInputs,
+    arena: ArenaFigures,
+    ops: list[str],
+    runnable: bool,
+    analysis: ModelAnalysis,
+    parsed: TfliteModel,
 ) -> dict[str, Any]:
     p = inp.profile
     latency = None
@@ -192,17 +199,14 @@ def _extra(
             "header_bytes": arena.for_device,
             "measured": arena.measured is not None,
         },
-        "float_ops": float_ops(inp.model_bytes),
+        "float_ops": float_ops(parsed),
         "sparsity_note": _sparsity_note(analysis, p.runtime),
     }
 
 
-def float_ops(model_bytes: bytes) -> list[str]:
+def float_ops(model: TfliteModel) -> list[str]:
     """Ops that still compute in float in a "full-int8" model (the converter keeps an op in
     float, between DEQUANTIZE and QUANTIZE, when it has no int8 kernel, e.g. CONV_3D)."""
-    from firmware_export.tflite_model import parse_tflite
-
-    model = parse_tflite(model_bytes)
     return [
         f"op {op.index} {op.name}"
         for op in model.ops

@@ -205,13 +205,10 @@ def measure_complexity(
 def flop_counter_macs(model: nn.Module, example_input: Any) -> int:
     """MACs per sample according to ``torch.utils.flop_counter`` (cross-check only).
 
-    The flop counter counts matmul/convolution FLOPs as ``2 x MACs`` for the whole batch.
+    The zoo's :func:`tinyprune.models.complexity.count_macs_params` does the counting; this
+    adapts an example batch (or a tuple whose first item is one) to its per-sample shape.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from tinyprune.models.complexity import count_macs_params
 
     first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
-    batch = int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        _run_forward(model, example_input)
-    return int(counter.get_total_flops()) // 2 // max(batch, 1)
+    return count_macs_params(model, tuple(first.shape[1:]), device="cpu").macs
