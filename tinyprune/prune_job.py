@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinyprune import de_settings
 from tinyprune.errors import ConfigError
 from tinyprune.workflows import (
     RunFiles,
@@ -38,6 +39,7 @@ class PruneSettings:
         de_pop, de_gens: Population and generations of ``cluster_de``'s DE (methods.md §4.6).
         de_calib, de_heldout: Training images used by the DE fitness for BN recalibration and
             for the held-out score (taken from the training set, never from the test set).
+        de_workers: Processes evaluating each DE generation (one torch thread each).
     """
 
     epochs: int = 1
@@ -47,10 +49,11 @@ class PruneSettings:
     seed: int = 0
     round_to: int = 4
     progress: bool = True
-    de_pop: int = 20
-    de_gens: int = 30
-    de_calib: int = 256
-    de_heldout: int = 256
+    de_pop: int = de_settings.DE_POP
+    de_gens: int = de_settings.DE_GENS
+    de_calib: int = de_settings.DE_CALIB_IMAGES
+    de_heldout: int = de_settings.DE_HELDOUT_IMAGES
+    de_workers: int = de_settings.DE_WORKERS
 
 
 def prune_run(
@@ -72,12 +75,20 @@ def prune_run(
     progress: bool = True,
     model_kwargs: dict[str, Any] | None = None,
     data_kwargs: dict[str, Any] | None = None,
+    criterion_options: dict[str, Any] | None = None,
+    de_pop: int = de_settings.DE_POP,
+    de_gens: int = de_settings.DE_GENS,
+    de_calib: int = de_settings.DE_CALIB_IMAGES,
+    de_heldout: int = de_settings.DE_HELDOUT_IMAGES,
+    de_workers: int = de_settings.DE_WORKERS,
 ) -> RunFiles:
     """Run the whole prune job and write ``pruned.pt2``, ``checkpoint.pt``, ``calib.npy``, ``summary.json``.
 
     With ``target`` (a device profile name or TOML path) the MACs fraction kept is searched so
     that the exported int8 model fits the profile's flash and RAM (see
-    :func:`tinyprune.pruning.fit_profile.largest_fitting_fraction`).
+    :func:`tinyprune.pruning.fit_profile.largest_fitting_fraction`). ``criterion_options`` are
+    the criterion's dataclass fields (``tinyprune criteria``); ``de_*`` set ``cluster_de``'s
+    search (:class:`PruneSettings`).
     """
     from tinyprune import criteria
     from tinyprune.criteria.base import Granularity
@@ -97,7 +108,22 @@ def prune_run(
     model, bundle = loaded.module, build_dataset(data_spec, **(data_kwargs or {}))
     check_compatible(model, bundle, model_spec, data_spec)
     spec = criteria.CRITERIA.get(criterion)  # unknown name -> UnknownNameError with a close match
-    settings = PruneSettings(epochs, finetune_epochs, lr, batch_size, seed, round_to, progress)
+    settings = PruneSettings(
+        epochs,
+        finetune_epochs,
+        lr,
+        batch_size,
+        seed,
+        round_to,
+        progress,
+        de_pop,
+        de_gens,
+        de_calib,
+        de_heldout,
+        de_workers,
+    )
+    opts = dict(criterion_options or {})
+    criteria.get(criterion, **opts)  # bad options fail before any training
     summary: dict[str, Any] = {"model": model_spec, "data": data_spec, "criterion": criterion}
     calib = to_model_layout(
         bundle.calibration_batches(min(128, len(bundle.train)), seed=seed), model
@@ -108,7 +134,9 @@ def prune_run(
             raise ConfigError(msg)
         job = _Job(model, bundle, settings)
         summary["metric_before"] = job.evaluate()
-        summary |= _unstructured(job, criterion, sparsity, epochs, target_flops, target_params)
+        summary |= _unstructured(
+            job, criterion, sparsity, epochs, target_flops, target_params, opts
+        )
     else:
         if target is not None:
             if target_flops is not None or target_params is not None or sparsity is not None:
@@ -116,7 +144,7 @@ def prune_run(
                 raise ConfigError(msg)
             from tinyprune.pruning.fit_profile import fit_profile_job
 
-            summary |= fit_profile_job(model, bundle, criterion, target, calib, settings)
+            summary |= fit_profile_job(model, bundle, criterion, target, calib, settings, opts)
         else:
             if sparsity is not None or (target_flops is None and target_params is None):
                 msg = (
@@ -127,7 +155,7 @@ def prune_run(
             from tinyprune.pruning.select import Budget
 
             budget = Budget(target_flops, target_params)
-            summary |= prune_structured_job(model, bundle, criterion, budget, settings)
+            summary |= prune_structured_job(model, bundle, criterion, budget, settings, opts)
     return save_run(
         Path(out),
         model,
@@ -253,7 +281,7 @@ def _train_then_prune(job: _Job, name: str, budget: Any, opts: dict[str, Any]) -
         out["metric_trained"] = job.evaluate()
     if name == "cluster_de":
         start = time.perf_counter()
-        crit, report = _cluster_search(job, budget)
+        crit, report = _cluster_search(job, budget, crit)
         job.times["search"] = time.perf_counter() - start
         out["search"] = dict(report.__dict__)
         out["criterion_options"] = _options(crit)
@@ -295,10 +323,8 @@ def _tailored(job: _Job, budget: Any, opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _cluster_search(job: _Job, budget: Any) -> tuple[Any, Any]:
+def _cluster_search(job: _Job, budget: Any, base: Any) -> tuple[Any, Any]:
     """DE over clusters per layer with BN-recalibrated fitness on held-out training images."""
-    from tinyprune.criteria.cluster_de import search_clusters_report
-
     s, data = job.settings, job.bundle.train
     order = np.random.default_rng(s.seed).permutation(len(data))
     n_held = min(s.de_heldout, len(data) // 2)
@@ -309,6 +335,8 @@ def _cluster_search(job: _Job, budget: Any) -> tuple[Any, Any]:
     calib = [x[cal_idx[i : i + 64]] for i in range(0, n_cal, 64)]
     held = [(x[held_idx[i : i + 64]], y[held_idx[i : i + 64]]) for i in range(0, n_held, 64)]
     metric: Any = "neg_ce" if job.bundle.task == "classification" else _neg_task_loss(job)
+    from tinyprune.criteria.cluster_search import search_clusters_report
+
     return search_clusters_report(
         job.model,
         job.example(),
@@ -319,7 +347,9 @@ def _cluster_search(job: _Job, budget: Any) -> tuple[Any, Any]:
         gens=s.de_gens,
         round_to=s.round_to,
         seed=s.seed,
+        base=base,
         metric=metric,
+        workers=s.de_workers,
     )
 
 
@@ -341,6 +371,7 @@ def _unstructured(
     epochs: int,
     target_flops: float | None,
     target_params: float | None,
+    opts: dict[str, Any],
 ) -> dict[str, Any]:
     from tinyprune import criteria
     from tinyprune.pruning.masks import sparsity_report
@@ -351,7 +382,7 @@ def _unstructured(
     if epochs < 1:
         msg = f"{name!r} prunes during training: give --epochs >= 1"
         raise ConfigError(msg)
-    crit = criteria.get(name, sparsity=sparsity)
+    crit = criteria.get(name, **(opts | {"sparsity": sparsity}))
     hook = crit.make_hook()
     out: dict[str, Any] = {
         "criterion_options": _options(crit),

@@ -7,25 +7,37 @@ the mask engine.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
 from tinyprune.criteria.base import CRITERIA, Criterion, Granularity, ScoreInput
+from tinyprune.errors import ConfigError
 
 for _module in ("baselines", "pcc_ci", "tailored", "cluster_de", "sparse_baselines"):
-    try:
-        _mod = importlib.import_module(f"tinyprune.criteria.{_module}")
-    except ModuleNotFoundError as _e:  # a family not present in this checkout (yet)
-        if _e.name != f"tinyprune.criteria.{_module}":
-            raise
-        continue
+    _mod = importlib.import_module(f"tinyprune.criteria.{_module}")
     if hasattr(_mod, "register_unstructured"):  # wgj, gmp, set, rigl (ELEMENT granularity)
         _mod.register_unstructured(CRITERIA)
 
 
 def get(name: str, **hyperparameters: Any) -> Any:
-    """A criterion instance: ``get("l1", p=2)``; unknown names raise UnknownNameError."""
-    return CRITERIA.get(name)(**hyperparameters)
+    """A criterion instance: ``get("l1", p=2)``.
+
+    Raises:
+        UnknownNameError: Unknown criterion name (with the closest match).
+        ConfigError: An option the criterion does not have (lists the ones it has).
+    """
+    cls = CRITERIA.get(name)
+    if dataclasses.is_dataclass(cls):
+        known = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = sorted(set(hyperparameters) - set(known))
+        if unknown:
+            msg = (
+                f"criterion {name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"its options: {', '.join(known) or '(none)'}"
+            )
+            raise ConfigError(msg)
+    return cls(**hyperparameters)
 
 
 def names(granularity: Granularity | None = None) -> list[str]:

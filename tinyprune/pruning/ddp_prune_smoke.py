@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tinyprune.criteria import get as get_criterion
-from tinyprune.criteria.cluster_de import search_clusters_report
+from tinyprune.criteria.cluster_search import search_clusters_report
 from tinyprune.pruning.select import Budget
 from tinyprune.pruning.structured import prune_structured
 from tinyprune.training import distributed

@@ -340,18 +340,19 @@ def score_groups(
         raise ConfigError(msg)
     out = []
     for group in graph.groups:
-        parts = [_member_scores(graph, criterion, slot, features) for slot in group.members]
+        parts = [member_scores(graph, criterion, slot, features) for slot in group.members]
         parts = [p for p in parts if p is not None]
         if not parts:
             msg = f"criterion {criterion.name!r} applies to no layer of group {group.name!r}"
             raise PruningError(msg)
-        out.append(_reduce(group.size, parts, reduce))
+        out.append(reduce_group(group.size, parts, reduce))
     return out
 
 
-def _member_scores(
+def member_scores(
     graph: ChannelGraph, criterion: Any, slot: Slot, features: dict[str, torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scores, group channel of each score)`` of one member layer, or None if not scored."""
     module = graph.model.get_submodule(slot.name)
     weight = out_first_weight(module)
     grad = module.weight.grad
@@ -382,7 +383,8 @@ def _member_scores(
     return s[list(slot.idxs)], torch.tensor(slot.root, dtype=torch.long)
 
 
-def _reduce(size: int, parts: list[Any], reduce: str) -> np.ndarray:
+def reduce_group(size: int, parts: list[Any], reduce: str) -> np.ndarray:
+    """One score per group channel from the members' :func:`member_scores`."""
     if reduce not in ("mean", "sum", "max", "l2"):
         msg = f"group reduce {reduce!r} is unknown; expected one of: l2, max, mean, sum"
         raise ConfigError(msg)

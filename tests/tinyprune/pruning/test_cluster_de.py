@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,13 +11,21 @@ from tiny_nets import PlainCNN, make
 
 import tinyprune.criteria as C
 from tinyprune.criteria.cluster_de import (
-    cluster_fitness,
+    ClusterDECriterion,
     crowding_distance,
     descriptors,
-    search_clusters,
     select_in_clusters,
-    shade_de,
 )
+from tinyprune.criteria.cluster_search import (
+    PrunedEvaluator,
+    cluster_fitness,
+    neg_cross_entropy,
+    recalibrate_bn_,
+    search_clusters,
+    search_clusters_report,
+)
+from tinyprune.criteria.shade import shade_de
+from tinyprune.errors import PruningError
 from tinyprune.pruning import Budget, prune_structured
 
 
@@ -92,6 +102,27 @@ def test_fitness_is_deterministic() -> None:
     assert 0.0 <= fit(k) <= 1.0
 
 
+def test_fitness_scores_the_network_the_final_prune_builds() -> None:
+    """The DE evaluates exactly what prune_structured later builds (channels-last aside)."""
+    model, x = make(PlainCNN)
+    calib, held = _data()
+    ks = (("c1", 3), ("c2", 2), ("c3", 4))
+    crit = ClusterDECriterion(k_per_layer=ks)
+    budget = Budget(target_flops=0.5)
+    evaluated = PrunedEvaluator(model, x, budget, round_to=4).pruned(crit)
+    reference = copy.deepcopy(model)
+    prune_structured(reference, x, crit, budget, round_to=4)
+    assert {k: v.shape for k, v in evaluated.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    recalibrate_bn_(reference, calib)
+    fit = cluster_fitness(model, x, budget, ["c1", "c2", "c3"], calib, held, metric="neg_ce")
+    value = fit(np.array([k for _, k in ks]))
+    assert value == pytest.approx(neg_cross_entropy(reference, held), abs=1e-5)
+    other = fit(np.array([2, 2, 2]))
+    assert other != value  # the clustering changes which channels stay
+
+
 def test_search_then_prune_meets_target() -> None:
     model, x = make(PlainCNN)
     calib, held = _data()
@@ -101,3 +132,44 @@ def test_search_then_prune_meets_target() -> None:
     result = prune_structured(model, x, crit, Budget(target_flops=0.5))
     assert result.macs_after <= 0.5 * result.macs_before
     assert C.get("cluster_de").selection == "uniform"
+
+
+def test_shade_evaluates_a_generation_as_one_batch() -> None:
+    sizes: list[int] = []
+
+    def many(xs: list[np.ndarray]) -> list[float]:
+        sizes.append(len(xs))
+        return [-float(np.sum((x - 5) ** 2)) for x in xs]
+
+    result = shade_de(None, [2] * 4, [9] * 4, pop=8, gens=6, seed=0, evaluate_many=many)
+    assert sizes[0] == 16  # uniform init + its opposition (duplicates evaluated once)
+    assert all(1 <= n <= 8 for n in sizes[1:]) and len(sizes) == 7
+    assert result.evaluations == sum(sizes)
+
+
+def test_worker_processes_give_the_in_process_search() -> None:
+    model, x = make(PlainCNN)
+    calib, held = _data()
+    budget = Budget(target_flops=0.5)
+    args = (model, x, budget, calib, held)
+    kw = {"k_max": 6, "pop": 4, "gens": 2, "metric": "neg_ce", "sync_ranks": False}
+    one, rep1 = search_clusters_report(*args, workers=1, **kw)
+    two, rep2 = search_clusters_report(*args, workers=2, **kw)
+    assert rep2.workers == 2 and rep1.workers == 1
+    assert one.k_per_layer == two.k_per_layer
+    assert rep1.best_fitness == pytest.approx(rep2.best_fitness, abs=1e-5)
+
+
+def test_a_failing_worker_evaluation_names_the_error() -> None:
+    model, x = make(PlainCNN)
+    calib, held = _data()
+
+    def broken(_model: torch.nn.Module, _batches: object) -> float:
+        raise ValueError("metric exploded")
+
+    fit = cluster_fitness(
+        model, x, Budget(target_flops=0.5), ["c1", "c2", "c3"], calib, held, metric=broken,
+        sync_ranks=False, workers=2,
+    )  # fmt: skip
+    with fit, pytest.raises(PruningError, match="metric exploded"):
+        fit.many([np.array([2, 2, 2]), np.array([3, 3, 3])])

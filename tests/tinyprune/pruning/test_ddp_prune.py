@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tinyprune.criteria import get as get_criterion
-from tinyprune.criteria.cluster_de import cluster_fitness
+from tinyprune.criteria.cluster_search import cluster_fitness
 from tinyprune.pruning import ddp_prune_smoke as smoke
 from tinyprune.pruning.select import Budget
 from tinyprune.pruning.structured import prune_structured, reduce_scores_across_ranks
@@ -134,8 +134,9 @@ def test_de_fitness_is_the_mean_over_shards(run_dir: Path) -> None:
             metric="neg_ce",
         )
         values.append(fit(k))
-    assert values[0] != values[1]
-    assert r0["cluster_de_fitness"] == pytest.approx(np.mean(values), rel=1e-9)
+    assert abs(values[0] - values[1]) > 1e-4  # each shard alone would be far off
+    # channels-last kernels may pick another summation order with another thread count
+    assert r0["cluster_de_fitness"] == pytest.approx(np.mean(values), rel=1e-6)
 
 
 def test_reduction_is_identity_in_one_process() -> None:

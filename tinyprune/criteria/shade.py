@@ -1,0 +1,161 @@
+"""SHADE differential evolution over bounded integer vectors (methods.md §4.6).
+
+Tanabe & Fukunaga's success-history adaptation of JADE (CEC 2013): current-to-pbest/1 mutation
+with an archive, per-individual F ~ Cauchy and CR ~ Normal drawn from success memories, binomial
+crossover, midpoint bound repair, greedy one-to-one selection. Generations are synchronous, as in
+the paper: all trial vectors of a generation are built from the same population and evaluated
+together, so a caller may evaluate them in parallel (``evaluate_many``). ``cluster_search`` uses
+it to pick the number of k-means clusters per layer; it knows nothing about networks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Evaluates a list of integer vectors; returns one fitness per vector (higher = better).
+EvaluateMany = Callable[[list[np.ndarray]], Sequence[float]]
+
+
+@dataclass
+class DEResult:
+    """Best integer vector, its fitness, and the SHADE bookkeeping."""
+
+    best_x: np.ndarray
+    best_f: float
+    evaluations: int
+    memory_updates: int
+    memory_f: list[np.ndarray] = field(default_factory=list)  # M_F after each generation
+
+
+class _Cache:
+    """Fitness per decoded (rounded, clipped) vector; new vectors are evaluated in one batch."""
+
+    def __init__(self, evaluate_many: EvaluateMany, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.evaluate_many, self.lo, self.hi = evaluate_many, lo, hi
+        self.values: dict[tuple[int, ...], float] = {}
+
+    def key(self, x: np.ndarray) -> tuple[int, ...]:
+        return tuple(int(v) for v in np.clip(np.rint(x), self.lo, self.hi))
+
+    def __call__(self, xs: np.ndarray) -> np.ndarray:
+        keys = [self.key(x) for x in xs]
+        new = list(dict.fromkeys(k for k in keys if k not in self.values))
+        if new:
+            got = self.evaluate_many([np.array(k) for k in new])
+            if len(got) != len(new):
+                msg = f"evaluate_many returned {len(got)} values for {len(new)} vectors"
+                raise ValueError(msg)
+            self.values.update(zip(new, (float(v) for v in got), strict=True))
+        return np.array([self.values[k] for k in keys])
+
+
+def _trial(
+    rng: np.random.Generator,
+    x: np.ndarray,
+    i: int,
+    order: np.ndarray,
+    archive: list[np.ndarray],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    fi: float,
+    cr: float,
+    p_best: float,
+) -> np.ndarray:
+    """current-to-pbest/1 with archive, midpoint repair, binomial crossover (one forced gene)."""
+    pop = len(x)
+    pb = x[order[rng.integers(max(2, round(p_best * pop)))]]
+    r1 = rng.choice([j for j in range(pop) if j != i])
+    union = [x[j] for j in range(pop) if j not in (i, r1)] + archive
+    xr2 = union[rng.integers(len(union))]
+    v = x[i] + fi * (pb - x[i]) + fi * (x[r1] - xr2)
+    v = np.where(v < lo, (lo + x[i]) / 2, np.where(v > hi, (hi + x[i]) / 2, v))
+    mask = rng.random(len(lo)) < cr
+    mask[rng.integers(len(lo))] = True
+    u = np.where(mask, v, x[i])
+    if np.array_equal(np.rint(u), np.rint(x[i])):  # [R] integer-aware: never waste a trial
+        j = rng.integers(len(lo))
+        u[j] = np.clip(np.rint(x[i][j]) + rng.choice([-1.0, 1.0]), lo[j], hi[j])
+    return u
+
+
+def shade_de(
+    fitness: Callable[[np.ndarray], float] | None,
+    lo: Sequence[float],
+    hi: Sequence[float],
+    *,
+    pop: int = 20,
+    gens: int = 30,
+    memory: int = 5,
+    p_best: float = 0.1,
+    seed: int = 0,
+    opposition: bool = True,
+    evaluate_many: EvaluateMany | None = None,
+) -> DEResult:
+    """Maximise a fitness over integer vectors in ``[lo, hi]`` with SHADE (§4.6).
+
+    Give either ``fitness`` (one vector -> value) or ``evaluate_many`` (a list of vectors ->
+    values, e.g. in parallel processes). Individuals are real and decoded by rounding; each
+    distinct decoded vector is evaluated once. Initialisation is uniform plus its opposition
+    (``lo + hi - x``), keeping the best ``pop``. Success memories of F (weighted Lehmer mean)
+    and CR (weighted mean) are updated only in generations with at least one improvement.
+    """
+    if evaluate_many is None:
+        if fitness is None:
+            msg = "shade_de needs fitness or evaluate_many"
+            raise ValueError(msg)
+        scalar = fitness
+
+        def evaluate_many(xs: list[np.ndarray]) -> list[float]:
+            return [scalar(x) for x in xs]
+
+    rng = np.random.default_rng(seed)
+    lo_a, hi_a = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    fit = _Cache(evaluate_many, lo_a, hi_a)
+    x = rng.uniform(lo_a, hi_a, size=(pop, len(lo_a)))
+    if opposition:
+        x = np.concatenate([x, lo_a + hi_a - x])
+    f = fit(x)
+    keep = np.argsort(-f, kind="stable")[:pop]
+    x, f = x[keep], f[keep]
+    m_f, m_cr, k = np.full(memory, 0.5), np.full(memory, 0.5), 0
+    archive: list[np.ndarray] = []
+    updates, history = 0, []
+    for _ in range(gens):
+        order = np.argsort(-f, kind="stable")
+        trials, params = [], []
+        for i in range(pop):
+            r = rng.integers(memory)
+            cr = float(np.clip(rng.normal(m_cr[r], 0.1), 0, 1))
+            fi = 0.0
+            while fi <= 0:
+                fi = m_f[r] + 0.1 * math.tan(math.pi * (rng.random() - 0.5))
+            fi = min(fi, 1.0)
+            trials.append(_trial(rng, x, i, order, archive, lo_a, hi_a, fi, cr, p_best))
+            params.append((fi, cr))
+        fu = fit(np.array(trials))
+        s_f, s_cr, gains = [], [], []
+        for i in range(pop):
+            if fu[i] < f[i]:
+                continue
+            if fu[i] > f[i]:
+                s_f.append(params[i][0])
+                s_cr.append(params[i][1])
+                gains.append(fu[i] - f[i])
+                archive.append(x[i].copy())
+            x[i], f[i] = trials[i], fu[i]
+        while len(archive) > pop:
+            archive.pop(int(rng.integers(len(archive))))
+        if s_f:
+            w = np.array(gains) / np.sum(gains)
+            sf = np.array(s_f)
+            m_f[k] = float(np.sum(w * sf**2) / np.sum(w * sf))
+            m_cr[k] = float(np.sum(w * np.array(s_cr)))
+            k, updates = (k + 1) % memory, updates + 1
+        history.append(m_f.copy())
+    best = int(np.argmax(f))
+    best_x = np.clip(np.rint(x[best]), lo_a, hi_a).astype(int)
+    return DEResult(best_x, float(f[best]), len(fit.values), updates, history)
