@@ -7,6 +7,7 @@ Each command parses nothing itself: it calls one library function and prints the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("criteria", help="list the pruning criteria")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also list each criterion's options"
+    )
     p.set_defaults(func=cmd_criteria)
 
     p = sub.add_parser(
@@ -108,6 +112,14 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help="run folder (pruned.pt2, checkpoint.pt, calib.npy, summary.json)",
     )
     _add_kwargs_options(p)
+    p.add_argument(
+        "--criterion-kw",
+        action="append",
+        metavar="KEY=VALUE",
+        help="criterion option, repeatable (e.g. --criterion-kw source=mixed); "
+        "`tinyprune criteria -v` lists each criterion's options",
+    )
+    _add_de_options(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
@@ -134,6 +146,32 @@ def _add_kwargs_options(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="data set option, repeatable (e.g. --data-kw size=16 --data-kw chunk=8)",
+    )
+
+
+def _add_de_options(p: argparse.ArgumentParser) -> None:
+    from tinyprune import de_settings as ds
+
+    de = p.add_argument_group("cluster_de search (methods.md 4.6)")
+    de.add_argument("--de-pop", type=int, default=ds.DE_POP, help="DE population")
+    de.add_argument("--de-gens", type=int, default=ds.DE_GENS, help="DE generations")
+    de.add_argument(
+        "--de-calib",
+        type=int,
+        default=ds.DE_CALIB_IMAGES,
+        help="training images that recalibrate BN in each fitness evaluation",
+    )
+    de.add_argument(
+        "--de-heldout",
+        type=int,
+        default=ds.DE_HELDOUT_IMAGES,
+        help="held-out training images that score each fitness evaluation",
+    )
+    de.add_argument(
+        "--de-workers",
+        type=int,
+        default=ds.DE_WORKERS,
+        help="processes evaluating each DE generation (one torch thread each)",
     )
 
 
@@ -164,6 +202,12 @@ def cmd_criteria(args: argparse.Namespace) -> int:
 
     for name in criteria.names():
         print(f"{name:12s} {criteria.CRITERIA.help(name)}")
+        cls = criteria.CRITERIA.get(name)
+        if args.verbose and dataclasses.is_dataclass(cls):
+            for f in dataclasses.fields(cls):
+                if f.init:
+                    default = "" if f.default is dataclasses.MISSING else f" = {f.default!r}"
+                    print(f"{'':12s}   {f.name}{default}")
     return 0
 
 
@@ -279,6 +323,7 @@ def _check_eval_shape(
 def cmd_prune(args: argparse.Namespace) -> int:
     """``tinyprune prune``."""
     from tinyprune.prune_job import prune_run
+    from tinyprune.workflows import parse_kwargs
 
     files = prune_run(
         args.model,
@@ -296,6 +341,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         seed=args.seed,
         round_to=args.round_to,
         progress=sys.stderr.isatty(),
+        criterion_options=parse_kwargs(args.criterion_kw, "--criterion-kw"),
+        de_pop=args.de_pop,
+        de_gens=args.de_gens,
+        de_calib=args.de_calib,
+        de_heldout=args.de_heldout,
+        de_workers=args.de_workers,
         **_kwargs(args),
     )
     summary = json.loads(files.summary.read_text())

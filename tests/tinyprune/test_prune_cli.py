@@ -219,3 +219,27 @@ def test_malformed_model_option_is_a_usage_error(tmp_path: Path, capsys) -> None
         == 2
     )
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cluster_de_options_reach_the_search(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "cluster_de"]
+    args += ["--target-flops", "0.5", "--epochs", "1", "--finetune-epochs", "0"]
+    args += ["--criterion-kw", "source=layer_direction", "--de-pop", "4", "--de-gens", "1"]
+    args += ["--de-calib", "32", "--de-heldout", "48", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    search = summary["search"]
+    assert (search["pop"], search["gens"]) == (4, 1)
+    assert (search["calib_images"], search["heldout_images"]) == (32, 48)
+    assert summary["criterion_options"]["source"] == "layer_direction"
+    assert len(summary["criterion_options"]["k_per_layer"]) > 0
+
+
+def test_unknown_criterion_option_lists_the_known_ones(tmp_path: Path, capsys) -> None:
+    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1"]
+    args += ["--target-flops", "0.5", "--criterion-kw", "q=2", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "'q'" in err and "p" in err.split("its options:")[1]
+    assert not (tmp_path / "r").exists()

@@ -181,6 +181,7 @@ def fit_profile_job(
     target: str | Path,
     calib: np.ndarray,
     settings: Any,
+    criterion_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, find the largest fitting fraction, prune, fine-tune and check the final export."""
     from firmware_export.budget import load_profile
@@ -195,14 +196,14 @@ def fit_profile_job(
     out: dict[str, Any] = {}
     s = settings
     if criterion != "tailored" and s.epochs > 0:
-        out["pretrain"] = train_for_criterion(model, bundle, criterion, s)
+        out["pretrain"] = train_for_criterion(model, bundle, criterion, s, criterion_options)
         s = dataclasses.replace(s, epochs=0)
     loaders = bundle.loaders(batch_size=s.batch_size, seed=s.seed)
     example = next(iter(loaders.train))[0][:2]
     search = largest_fitting_fraction(
         model,
         example,
-        criteria.get(criterion),
+        criteria.get(criterion, **(criterion_options or {})),
         calib,
         target,
         data=loaders.train,
@@ -210,7 +211,9 @@ def fit_profile_job(
     )
     out["target"] = {"profile": str(target), "fraction": search.fraction, "tried": search.tried}
     if search.fraction < 1.0:
-        out |= prune_structured_job(model, bundle, criterion, Budget(search.fraction), s)
+        out |= prune_structured_job(
+            model, bundle, criterion, Budget(search.fraction), s, criterion_options
+        )
     checker = _Trial(model, example, None, calib, target, None, s.round_to)
     checker.tolerate_errors = False
     final = checker(1.0)
