@@ -242,7 +242,12 @@ def select_global(
 def select_uniform(
     scores: list[np.ndarray], cost: CostModel, limits: Limits, widths: list[np.ndarray]
 ) -> Selection:
-    """One keep ratio for every group, the largest that meets the limits (bisection)."""
+    """One keep ratio for every group, the largest that meets the limits (bisection).
+
+    Rounding to allowed widths leaves part of the budget unused; a fill pass then widens, one
+    allowed step at a time, the group with the smallest kept fraction while the limits hold.
+    Widths depend on the budget only, never on the scores.
+    """
     check_reachable(cost, widths, limits)
     sizes = [int(w[-1]) for w in widths]
 
@@ -259,7 +264,19 @@ def select_uniform(
             lo = mid
         else:
             hi = mid
-    return make_selection(scores, counts_at(lo), cost)
+    counts = counts_at(lo)
+    while True:
+        steps = []
+        for g, w in enumerate(widths):
+            idx = np.searchsorted(w, counts[g], side="right")
+            if idx < len(w):
+                trial = counts.copy()
+                trial[g] = w[idx]
+                if _fits(cost, trial, limits):
+                    steps.append((counts[g] / sizes[g], g, trial))
+        if not steps:
+            return make_selection(scores, counts, cost)
+        counts = min(steps, key=lambda t: (t[0], t[1]))[2]
 
 
 def select_local(

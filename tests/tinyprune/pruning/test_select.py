@@ -146,12 +146,28 @@ def test_unreachable_budget_names_smallest_reachable() -> None:
         sel.select_global(scores, cost, sel.Budget(target_flops=0.01).limits(*cost.dense), widths)
 
 
+@pytest.mark.parametrize("frac", [0.3, 0.45, 0.6])
+def test_uniform_fill_uses_the_budget_left_by_rounding(frac: float) -> None:
+    cost, sizes = _chain((16, 12, 20))
+    widths = [sel.allowed_widths(s, 4) for s in sizes]
+    limits = (cost.dense[0] * frac, np.inf)
+    uni = sel.select_uniform([np.zeros(s) for s in sizes], cost, limits, widths)
+    counts = np.array(uni.counts)
+    assert uni.macs <= limits[0]
+    for g, w in enumerate(widths):  # no single further step fits
+        idx = np.searchsorted(w, counts[g], side="right")
+        if idx < len(w):
+            trial = counts.copy()
+            trial[g] = w[idx]
+            assert cost.cost(trial)[0] > limits[0]
+
+
 def test_uniform_and_local() -> None:
     cost, sizes = _chain((8, 8))
     scores = [np.arange(8.0), np.arange(8.0)[::-1].copy()]
     widths = [sel.allowed_widths(8, 2)] * 2
     uni = sel.select_uniform(scores, cost, (cost.dense[0] * 0.5, np.inf), widths)
-    assert uni.counts[0] == uni.counts[1] and uni.macs <= cost.dense[0] * 0.5
+    assert abs(uni.counts[0] - uni.counts[1]) <= 2 and uni.macs <= cost.dense[0] * 0.5
     loc = sel.select_local(scores, cost, [0.5, 0.25], [sel.allowed_widths(8, 1)] * 2)
     assert [k.tolist() for k in loc.keep] == [[4, 5, 6, 7], [0, 1, 2, 3, 4, 5]]
     with pytest.raises(ConfigError, match="sparsities"):
