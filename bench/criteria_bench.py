@@ -28,6 +28,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 CRITERIA = ("l1", "random", "bn_scale", "pcc_ci", "tailored", "cluster_de")
-BASELINES = ("l1", "random")
+SEED_CRITERIA = ("pcc_ci", "tailored", "cluster_de")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _tasks(mode: str) -> list[Task]:
         {
             "n_train": n_train,
             "n_val": 2,
-            "n_test": 6,
+            "n_test": {"quick": 6, "default": 24, "full": 48}[mode],
             "clips_per_video": 2,
             "size": size,
             "chunk": frames,
@@ -124,7 +125,8 @@ class Run:
     seed: int
     macs_frac: float
     params_frac: float
-    metric: float
+    metric: float  # after fine-tuning
+    metric_pruned: float  # right after pruning (tailored: after its freeze)
     seconds: float
     model: torch.nn.Module | None = None
     search: dict[str, Any] | None = None
@@ -175,6 +177,7 @@ def _run_task(
                         p["macs_after"] / p["macs_before"],
                         p["params_after"] / p["params_before"],
                         summary["metric_finetuned"][task.metric],
+                        summary["metric_pruned"][task.metric],
                         time.perf_counter() - start + pre,
                         model if keep_models and seed == seeds[0] else None,
                         summary.get("search"),
@@ -208,28 +211,36 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def _verdicts(rows: list[Run], task: Task, frac: float, name: str) -> str:
-    """``>=rand`` / ``~l1`` marks (or what failed): better-or-equal mean, noise = std sum."""
+    """Marks against the baselines, paired by seed (same data, same initialisation).
+
+    ``>=rand`` / ``~rand`` / ``<rand``: mean paired difference to random >= 0 / below 0 but
+    within two standard errors / worse. ``>l1`` / ``~l1`` / ``<l1`` likewise against l1.
+    """
     sign = 1.0 if task.higher_is_better else -1.0
 
-    def pick(c: str) -> tuple[float, float]:
-        return _stats([r.metric for r in rows if r.criterion == c and r.budget == frac])
+    def by_seed(c: str) -> dict[int, float]:
+        return {r.seed: r.metric for r in rows if r.criterion == c and r.budget == frac}
 
-    mine, rnd, l1 = pick(name), pick("random"), pick("l1")
-    marks = []
-    if name != "random":
-        marks.append(">=rand" if sign * (mine[0] - rnd[0]) >= 0 else "<rand")
-    if name != "l1":
-        diff = sign * (mine[0] - l1[0])
-        marks.append("~l1" if diff >= -(mine[1] + l1[1]) else "<l1")
-        if diff > mine[1] + l1[1]:
-            marks[-1] = ">l1"
-    return " ".join(marks)
+    mine = by_seed(name)
+
+    def mark(base: str) -> str:
+        other = by_seed(base)
+        diffs = [sign * (mine[k] - other[k]) for k in mine if k in other]
+        mean, sd = _stats(diffs)
+        se = sd / np.sqrt(len(diffs)) if diffs else 0.0
+        short = "rand" if base == "random" else base
+        if mean > 2 * se or (mean >= 0 and base == "random"):
+            return (">" if base == "l1" else ">=") + short
+        return ("~" if mean >= -2 * se else "<") + short
+
+    return " ".join(mark(b) for b in ("random", "l1") if b != name)
 
 
 def _table(runs: list[Run], tasks: list[Task], exports: dict[tuple[str, str, float], Any]) -> str:
     head = (
         f"{'task':18s} {'criterion':10s} {'target':>6s} {'MACs kept':>9s} {'params kept':>11s}"
-        f" {'metric (mean ± std)':>22s} {'time s':>7s} {'flash B':>8s} {'arena B':>8s}"
+        f" {'pruned':>7s} {'fine-tuned (mean ± std)':>27s} {'time s':>7s} {'flash B':>8s}"
+        f" {'arena B':>8s}"
         f" {'tflm=ref':>8s}  vs baselines"
     )
     lines = [head, "-" * len(head)]
@@ -241,6 +252,7 @@ def _table(runs: list[Run], tasks: list[Task], exports: dict[tuple[str, str, flo
                 if not sel:
                     continue
                 m, sd = _stats([r.metric for r in sel])
+                pruned = _stats([r.metric_pruned for r in sel])[0]
                 macs, params = (
                     _stats([r.macs_frac for r in sel]),
                     _stats([r.params_frac for r in sel]),
@@ -250,10 +262,29 @@ def _table(runs: list[Run], tasks: list[Task], exports: dict[tuple[str, str, flo
                 metric = f"{task.metric} {m:.3f} ± {sd:.3f}"
                 lines.append(
                     f"{task.name:18s} {name:10s} {frac:6.2f} {macs[0]:9.3f} {params[0]:11.3f}"
-                    f" {metric:>22s} {t:7.1f} {flash!s:>8s} {arena!s:>8s} {same!s:>8s}"
+                    f" {pruned:7.3f} {metric:>27s} {t:7.1f} {flash!s:>8s} {arena!s:>8s}"
+                    f" {same!s:>8s}"
                     f"  {_verdicts(rows, task, frac, name)}"
                 )
     return "\n".join(lines)
+
+
+def _target_counts(runs: list[Run], tasks: list[Task]) -> str:
+    """How many (task, budget) cells of the seed criteria meet the baseline targets."""
+    marks = [
+        _verdicts([r for r in runs if r.task == t.name], t, frac, name).split()
+        for t in tasks
+        for frac in sorted({r.budget for r in runs if r.task == t.name})
+        for name in SEED_CRITERIA
+        if any(r.criterion == name and r.task == t.name for r in runs)
+    ]
+    count = {m: sum(m in cell for cell in marks) for m in (">=rand", "~rand", "<rand")}
+    l1_ok = sum(("~l1" in cell) or (">l1" in cell) for cell in marks)
+    return (
+        f"seed criteria {', '.join(SEED_CRITERIA)} over {len(marks)} cells: >= random in "
+        f"{count['>=rand']}, below it within noise in {count['~rand']}, clearly below in "
+        f"{count['<rand']}; within noise of or better than l1 in {l1_ok}"
+    )
 
 
 def _tailored_check(runs: list[Run]) -> list[str]:
@@ -318,33 +349,39 @@ def bench(mode: str, do_export: bool, seeds: int | None, round_to: int = 1) -> N
                 f"cluster_de DE {r.task} target {r.budget:.2f}: population {s['pop']}, "
                 f"generations {s['gens']}, evaluations {s['evaluations']}, images used "
                 f"{s['calib_images']} BN-recalibration + {s['heldout_images']} held-out "
-                f"(training set), fitness {s['metric']}, {s['seconds']:.1f} s"
+                f"(training set), {s['workers']} workers, fitness {s['metric']}, "
+                f"{s['seconds']:.1f} s"
             )
     print("\n".join(_tailored_check(runs)))
     print("\n".join(sorted({f.split(": ", 1)[1][:300] for f in failures})))
     print(_table(runs, tasks, exports))
+    print(_target_counts(runs, tasks))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 
-def de_timing(mode: str) -> None:
-    """DE search time with default settings (NP 20, G 30) on CIFAR-shaped random data."""
-    from tinyprune.criteria.cluster_de import search_clusters_report
+def de_timing(mode: str, names: Sequence[str] = ("resnet20", "vgg16_cifar")) -> None:
+    """DE search time with the default settings (methods.md §4.6) on CIFAR-shaped random data."""
+    from tinyprune import de_settings as ds
+    from tinyprune.criteria.cluster_search import search_clusters_report
     from tinyprune.models import create_model
     from tinyprune.pruning.select import Budget
 
     limits = {"resnet20": 120.0, "vgg16_cifar": 600.0}
-    images = {"quick": (32, 32), "default": (128, 128), "full": (256, 256)}[mode]
-    pop, gens = (6, 2) if mode == "quick" else (20, 30)
-    for name, limit in limits.items():
+    images = {
+        "quick": (32, 32),
+        "default": (ds.DE_CALIB_IMAGES, ds.DE_HELDOUT_IMAGES),
+        "full": (4 * ds.DE_CALIB_IMAGES, 4 * ds.DE_HELDOUT_IMAGES),
+    }[mode]
+    pop, gens = (6, 2) if mode == "quick" else (ds.DE_POP, ds.DE_GENS)
+    for name in names:
         torch.manual_seed(0)
         model = create_model(name).eval()
         g = torch.Generator().manual_seed(0)
-        calib = [torch.randn(64, 3, 32, 32, generator=g) for _ in range(images[0] // 32 // 2)]
+        calib = [torch.randn(n, 3, 32, 32, generator=g) for n in _chunks(images[0], 64)]
         held = [
-            (torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
-            for _ in range(max(1, images[1] // 64))
+            (torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for n in _chunks(images[1], 64)
         ]
-        calib = calib or [torch.randn(32, 3, 32, 32, generator=g)]
         _, rep = search_clusters_report(
             model,
             torch.randn(2, 3, 32, 32, generator=g),
@@ -355,14 +392,19 @@ def de_timing(mode: str) -> None:
             gens=gens,
             metric="neg_ce",
         )
+        limit = limits.get(name, float("inf"))
         verdict = "ok" if rep.seconds <= limit else "OVER"
         print(
             f"DE timing {name}: population {rep.pop}, generations {rep.gens}, "
             f"{rep.evaluations} distinct evaluations, images {rep.calib_images} BN-recal + "
-            f"{rep.heldout_images} held-out per evaluation: {rep.seconds:.1f} s "
-            f"(target <= {limit:.0f} s) {verdict}",
+            f"{rep.heldout_images} held-out per evaluation, {rep.workers} worker processes: "
+            f"{rep.seconds:.1f} s (target <= {limit:.0f} s) {verdict}",
             flush=True,
         )
+
+
+def _chunks(total: int, size: int) -> list[int]:
+    return [min(size, total - i) for i in range(0, total, size)]
 
 
 def vgg_operating_point(out: Path | None = None) -> dict[str, Any]:
@@ -416,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--quick", action="store_true", help="2-minute smoke run")
     g.add_argument("--full", action="store_true", help="larger grid, methods.md DE settings")
     p.add_argument("--de-timing", action="store_true", help="only time the DE search")
+    p.add_argument(
+        "--de-models",
+        default="resnet20,vgg16_cifar",
+        help="comma-separated zoo models timed by --de-timing",
+    )
     p.add_argument("--vgg", action="store_true", help="only the VGG-16 pcc_ci operating point")
     p.add_argument("--no-export", action="store_true", help="skip the int8 exports")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
@@ -438,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full" if args.full else "default"
     if args.de_timing:
-        de_timing(mode)
+        de_timing(mode, args.de_models.split(","))
     elif args.vgg:
         info = vgg_operating_point()
         print("VGG-16 pcc_ci operating point:", {k: v for k, v in info.items()})
