@@ -128,8 +128,14 @@ def run_verification(
     return results
 
 
+#: Output LSB accepted between TFLM and LiteRT's optimized (builtin) kernels.
+BUILTIN_TOLERANCE_LSB = 2
+
+
 def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int) -> dict[str, Any]:
-    """TFLM vs LiteRT's reference kernels; vs its builtin kernels (+1 LSB) where REF lacks an op."""
+    """TFLM vs LiteRT's reference kernels, bit-exact; where REF lacks an op (e.g. ELU), vs its
+    builtin kernels within :data:`BUILTIN_TOLERANCE_LSB` (optimized kernels round some
+    requantizations differently: a 1-LSB difference at one op can reach the output as 2)."""
     from tinyprune.errors import ExportError
 
     try:
@@ -138,10 +144,11 @@ def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int
         if "Didn't find op" not in str(e):
             raise
     result = v.check_runtime_parity(
-        model_bytes, int8_in, max(tolerance, 1), reference="builtin"
+        model_bytes, int8_in, max(tolerance, BUILTIN_TOLERANCE_LSB), reference="builtin"
     ).to_dict()
     result["reference"] = (
-        "LiteRT builtin kernels (its reference resolver lacks an op of this model)"
+        "LiteRT builtin kernels (its reference resolver lacks an op of this model; optimized "
+        f"kernels may round differently, up to {BUILTIN_TOLERANCE_LSB} LSB accepted)"
     )
     return result
 

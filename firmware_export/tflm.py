@@ -319,7 +319,8 @@ def tflm_tensors(
     Args:
         model_bytes: The ``.tflite`` flatbuffer.
         sample: One sample for input 0 (with or without the batch axis), in the input dtype.
-        arena_bytes: Arena size; default :data:`DEFAULT_HOST_ARENA`.
+        arena_bytes: Arena size; default room for every tensor at once (nothing is reused
+            when all are preserved), at least :data:`DEFAULT_HOST_ARENA`.
         timeout: Seconds before the child is killed.
 
     Returns:
@@ -330,10 +331,17 @@ def tflm_tensors(
         ExportError: TFLM failed or crashed.
     """
     samples = prepare_samples(model_bytes, as_batch_of_one(model_bytes, sample))
-    arena = DEFAULT_HOST_ARENA if arena_bytes is None else int(arena_bytes)
+    arena = _preserve_all_arena(model_bytes) if arena_bytes is None else int(arena_bytes)
     return run_isolated(  # type: ignore[no-any-return]
         _tflm_tensors_child, bytes(model_bytes), samples[0], arena, timeout=timeout, stage="tflm"
     )
+
+
+def _preserve_all_arena(model_bytes: bytes) -> int:
+    """Every tensor's bytes, 16-byte aligned, plus a quarter for TFLM's own bookkeeping."""
+    tensors = parse_tflite(model_bytes).tensors
+    total = sum((t.nbytes + 15) // 16 * 16 for t in tensors)
+    return max(DEFAULT_HOST_ARENA, total + total // 4 + (64 << 10))
 
 
 def tflm_runs_in(

@@ -245,6 +245,7 @@ def first_divergent_op(
     *,
     candidate_model: bytes | None = None,
     tolerance_lsb: int = 0,
+    reference: str = "ref",
 ) -> str | None:
     """Find the first op (execution order) whose output differs between LiteRT REF and TFLM.
 
@@ -259,6 +260,8 @@ def first_divergent_op(
         candidate_model: A model with the same graph for TFLM to run instead, e.g. an edited
             or re-converted copy; its tensor indices must match ``model_bytes``.
         tolerance_lsb: Largest per-element difference still counted as equal.
+        reference: LiteRT resolver (``"ref"``; ``"builtin"`` when the reference resolver
+            lacks an op of the model, e.g. ELU).
 
     Returns:
         E.g. ``"op 3 CONV_2D (output 'conv1/Relu')"``, or None if every op output agrees.
@@ -281,6 +284,7 @@ def first_divergent_op(
         _litert_tensors_child,
         bytes(model_bytes),
         prepare_samples(model_bytes, batch)[0],
+        reference,
         stage="verify",
     )
     cand = tflm_tensors(candidate_model if candidate_model is not None else model_bytes, batch)
@@ -346,7 +350,9 @@ def check_runtime_parity(
     if comparison.passed:
         return comparison
     batch = prepare_samples(model_bytes, int8_inputs)
-    msg, first = _parity_failure(model_bytes, tflm_model, batch, ref, cand, tolerance_lsb)
+    msg, first = _parity_failure(
+        model_bytes, tflm_model, batch, ref, cand, tolerance_lsb, reference
+    )
     if f["max_abs"] <= 1 and first is not None and " FULLY_CONNECTED " in f"{first} ":
         return replace(
             comparison, passed=True, first_divergent_op=first, known_difference=KNOWN_FC_DIFFERENCE
@@ -363,6 +369,7 @@ def _parity_failure(
     ref: np.ndarray,
     cand: np.ndarray,
     tolerance_lsb: int,
+    reference: str,
 ) -> tuple[str, str | None]:
     """Explain a parity failure: how far, how often, where it starts, and the way out."""
     per_sample = np.abs(cand.astype(np.int64) - ref.astype(np.int64)).reshape(len(ref), -1)
@@ -370,10 +377,15 @@ def _parity_failure(
     bad = int(np.sum(per_sample.max(axis=1) > tolerance_lsb))
     largest = int(per_sample.max())
     first = first_divergent_op(
-        model_bytes, batch[worst], candidate_model=tflm_model, tolerance_lsb=tolerance_lsb
+        model_bytes,
+        batch[worst],
+        candidate_model=tflm_model,
+        tolerance_lsb=tolerance_lsb,
+        reference=reference,
     )
+    kernels = "reference" if reference == "ref" else reference
     msg = (
-        f"TFLM and LiteRT's reference kernels disagree by up to {largest} LSB on output 0 "
+        f"TFLM and LiteRT's {kernels} kernels disagree by up to {largest} LSB on output 0 "
         f"(tolerance {tolerance_lsb} LSB) in {bad}/{len(ref)} samples; first divergent op on "
         f"sample {worst}: {first or 'none found (only the final outputs differ)'}. They are "
         f"expected to be bit-identical; if a small difference is acceptable (e.g. a kernel "
@@ -437,8 +449,10 @@ def _litert_child(model_bytes: bytes, samples: np.ndarray, resolver: str) -> np.
     return np.concatenate(outs, axis=0)
 
 
-def _litert_tensors_child(model_bytes: bytes, sample: np.ndarray) -> dict[int, np.ndarray]:
-    interp = _litert_interpreter(model_bytes, "ref", preserve=True)
+def _litert_tensors_child(
+    model_bytes: bytes, sample: np.ndarray, resolver: str = "ref"
+) -> dict[int, np.ndarray]:
+    interp = _litert_interpreter(model_bytes, resolver, preserve=True)
     interp.set_tensor(interp.get_input_details()[0]["index"], sample)
     interp.invoke()
     values: dict[int, np.ndarray] = {}

@@ -40,6 +40,34 @@ def keras_int8_cnn() -> bytes:
     return conv.convert()
 
 
+def keras_int8_wide_elu() -> bytes:
+    """Conv2D -> ELU three times on 32x32x4: LiteRT's reference resolver has no ELU, and the
+    intermediates (ELU runs in float: about 2 MiB) do not fit TFLM's default host arena all
+    at once, while a normal run does."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(1)
+    layers = tf.keras.layers
+    model = tf.keras.Sequential(
+        [tf.keras.Input((32, 32, 4))]
+        + [layers.Conv2D(64, 3, padding="same", activation="elu") for _ in range(3)]
+        + [layers.GlobalAveragePooling2D(), layers.Dense(4)]
+    )
+    rng = np.random.default_rng(1)
+
+    def representative():  # noqa: ANN202
+        for _ in range(8):
+            yield [rng.standard_normal((1, 32, 32, 4)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
 def cached_model(
     factory: Callable[[], bytes], tmp_path_factory: pytest.TempPathFactory, name: str
 ) -> bytes:
@@ -59,3 +87,11 @@ def int8_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     pytest.importorskip("tflite_micro")
     pytest.importorskip("ai_edge_litert")
     return cached_model(keras_int8_cnn, tmp_path_factory, "cnn_int8.tflite")
+
+
+@pytest.fixture(scope="session")
+def wide_elu_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The ELU model (32x32x4 input, 4 outputs)."""
+    pytest.importorskip("tflite_micro")
+    pytest.importorskip("ai_edge_litert")
+    return cached_model(keras_int8_wide_elu, tmp_path_factory, "wide_elu32_int8.tflite")

@@ -162,3 +162,13 @@ def test_broken_model_is_reported_with_failing_node(int8_model: bytes) -> None:
     assert "too small" not in str(info.value)
     with pytest.raises(ExportError, match="not for lack of arena"):
         tflm.tflm_runs_in(broken, 1 << 16)
+
+
+def test_tflm_tensors_sizes_its_arena_for_all_preserved_tensors(wide_elu_model: bytes) -> None:
+    model = parse_tflite(wide_elu_model)
+    assert sum(t.nbytes for t in model.tensors) > tflm.DEFAULT_HOST_ARENA
+    sample = np.random.default_rng(0).integers(-128, 128, (32, 32, 4), dtype=np.int8)
+    values = tflm.tflm_tensors(wide_elu_model, sample)
+    np.testing.assert_array_equal(
+        values[model.outputs[0]], tflm.run_tflm(wide_elu_model, sample[None])
+    )

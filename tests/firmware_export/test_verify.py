@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from firmware_export import verify
-from tinyprune.errors import ConfigError, VerificationError
+from tinyprune.errors import ConfigError, ExportError, VerificationError
 
 # --- figures on synthetic arrays (no runtime needed) -----------------------------------------
 
@@ -187,3 +187,19 @@ def test_first_divergent_op_refuses_other_graph(int8_model: bytes) -> None:
     other = tf.lite.TFLiteConverter.from_keras_model(tiny).convert()
     with pytest.raises(ConfigError, match="same graph"):
         verify.first_divergent_op(int8_model, _inputs(1)[0], candidate_model=other)
+
+
+def test_models_without_reference_kernels_are_checked_against_builtin(
+    wide_elu_model: bytes,
+) -> None:
+    from firmware_export.checks import BUILTIN_TOLERANCE_LSB, _tflm_parity
+
+    sample = np.random.default_rng(0).integers(-128, 128, (1, 32, 32, 4), dtype=np.int8)
+    with pytest.raises(ExportError, match="ELU"):
+        verify.run_litert(wide_elu_model, sample, "ref")
+    # localisation runs on the same resolver as the comparison (it used REF and crashed)
+    found = verify.first_divergent_op(wide_elu_model, sample[0], reference="builtin")
+    assert found is None or " " in found
+    result = _tflm_parity(verify, wide_elu_model, sample, 0)
+    assert result["passed"] and result["max_abs"] <= BUILTIN_TOLERANCE_LSB
+    assert "builtin" in result["reference"]
