@@ -18,7 +18,7 @@ network per seed; pcc_ci pre-trains with its PCC loss; tailored trains with its 
 pruning hook (then ``freeze_``), so its training is per budget. Each pruned model of seed 0 is
 exported to int8 for a Cortex-M7 (flash and arena are printed).
 
-Modes: default (~25 min on 2 cores), ``--quick`` (2-minute smoke), ``--full`` (larger grid and
+Modes: default (~10 min on 2 cores), ``--quick`` (1-minute smoke), ``--full`` (larger grid and
 the DE settings of methods.md §4.6), ``--de-timing`` (DE search time on resnet20/vgg16_cifar
 with CIFAR-shaped random data), ``--vgg`` (VGG-16 pcc_ci operating point, int8, TFLM).
 

@@ -25,11 +25,18 @@ def keras_int8_cnn() -> bytes:
             layers.Dense(4, name="fc"),
         ]
     )
-    rng = np.random.default_rng(0)
+    return _full_int8(model, (1, 12, 12, 2), samples=16, seed=0)
+
+
+def _full_int8(model: object, shape: tuple[int, ...], samples: int, seed: int) -> bytes:
+    """Full-int8 conversion with random-normal calibration data."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
 
     def representative():  # noqa: ANN202
-        for _ in range(16):
-            yield [rng.standard_normal((1, 12, 12, 2)).astype(np.float32)]
+        for _ in range(samples):
+            yield [rng.standard_normal(shape).astype(np.float32)]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -53,19 +60,7 @@ def keras_int8_wide_elu() -> bytes:
         + [layers.Conv2D(64, 3, padding="same", activation="elu") for _ in range(3)]
         + [layers.GlobalAveragePooling2D(), layers.Dense(4)]
     )
-    rng = np.random.default_rng(1)
-
-    def representative():  # noqa: ANN202
-        for _ in range(8):
-            yield [rng.standard_normal((1, 32, 32, 4)).astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return conv.convert()
+    return _full_int8(model, (1, 32, 32, 4), samples=8, seed=1)
 
 
 def cached_model(
