@@ -173,3 +173,26 @@ def test_a_failing_worker_evaluation_names_the_error() -> None:
     )  # fmt: skip
     with fit, pytest.raises(PruningError, match="metric exploded"):
         fit.many([np.array([2, 2, 2]), np.array([3, 3, 3])])
+
+
+def test_mixed_descriptors_reach_the_search_fitness() -> None:
+    """Activation statistics (source 'mixed') change which channels the fitness keeps."""
+    model, x = make(PlainCNN)
+    calib, held = _data()
+    budget = Budget(target_flops=0.5)
+    k = np.array([3, 2, 4])
+    layers = ["c1", "c2", "c3"]
+    kw = {"metric": "neg_ce", "sync_ranks": False}
+    weights = cluster_fitness(model, x, budget, layers, calib, held, **kw)
+    mixed = cluster_fitness(
+        model, x, budget, layers, calib, held, base=ClusterDECriterion(source="mixed"), **kw
+    )
+    assert mixed.evaluator.features is not None and weights.evaluator.features is None
+    keep_w = weights.evaluator.keep(weights.criterion(k))
+    keep_m = mixed.evaluator.keep(mixed.criterion(k))
+    assert any(not np.array_equal(a, b) for a, b in zip(keep_w, keep_m, strict=True))
+    crit, _ = search_clusters_report(
+        model, x, budget, calib, held, base=ClusterDECriterion(source="mixed"), k_max=4, pop=4,
+        gens=1, workers=1, **kw,
+    )  # fmt: skip
+    assert crit.source == "mixed" and len(crit.k_per_layer) == 3
