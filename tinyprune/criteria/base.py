@@ -1,7 +1,7 @@
 """The criterion contract: what a pruning criterion receives, returns and declares.
 
 A criterion only scores (STYLE.md §2): it never chooses what to prune and never changes the
-model. Selection lives in ``pruning/select.py`` and surgery in ``pruning/structured.py`` /
+model. Selection lives in ``pruning/select.py`` and surgery in ``pruning/channel_graph.py`` /
 ``pruning/masks.py``. Criteria are frozen dataclasses whose fields are their hyperparameters
 and they register in :data:`CRITERIA` under a short name with a :class:`Granularity`.
 """

@@ -102,7 +102,8 @@ class PrunedEvaluator:
         sync_ranks: bool = False,
     ) -> None:
         from tinyprune.pruning import select as sel
-        from tinyprune.pruning.structured import ChannelGraph, capture_features
+        from tinyprune.pruning.channel_graph import ChannelGraph
+        from tinyprune.pruning.scoring import capture_features
 
         self.model, self.example, self.sync_ranks = model, example_input, sync_ranks
         self.graph = ChannelGraph(copy.deepcopy(model).eval(), example_input)
@@ -120,8 +121,8 @@ class PrunedEvaluator:
 
     def keep(self, crit: ClusterDECriterion) -> list[np.ndarray]:
         """Kept channel indices of every group under ``crit`` (scores memoised per layer and k)."""
+        from tinyprune.pruning.scoring import reduce_group, reduce_scores_across_ranks
         from tinyprune.pruning.select import make_selection
-        from tinyprune.pruning.structured import reduce_group, reduce_scores_across_ranks
 
         if crit.needs_data and self.features is None:
             msg = "descriptor source 'mixed' needs calibration data for the DE fitness"
@@ -136,7 +137,7 @@ class PrunedEvaluator:
 
     def member_scores(self, crit: ClusterDECriterion, slot: Any) -> Any:
         """A member layer's cluster priorities; they depend on its own ``k`` only (§4.3)."""
-        from tinyprune.pruning.structured import member_scores
+        from tinyprune.pruning.scoring import member_scores
 
         channels = self.graph.model.get_submodule(slot.name).weight.shape[0]
         key = (slot.name, crit.clusters_for(slot.name, channels), crit.source, crit.seed)
@@ -155,7 +156,7 @@ class PrunedEvaluator:
 
     def pruned(self, crit: ClusterDECriterion) -> nn.Module:
         """A pruned copy of the model (eval mode, channels-last when the input is an image)."""
-        from tinyprune.pruning.structured import ChannelGraph
+        from tinyprune.pruning.channel_graph import ChannelGraph
 
         keep = self.keep(crit)
         work = copy.deepcopy(self.model).eval()
@@ -370,7 +371,7 @@ def search_clusters_report(
     With ``sync_ranks=False`` the search is local (e.g. run on rank 0 only). ``seed`` seeds the
     DE; ``base`` (default ``ClusterDECriterion(seed=seed)``) carries the descriptor options.
     """
-    from tinyprune.pruning.structured import ChannelGraph
+    from tinyprune.pruning.channel_graph import ChannelGraph
     from tinyprune.training import distributed
 
     start = time.perf_counter()

@@ -207,7 +207,7 @@ class TailoredHook(TrainHook):
     def on_train_begin(self, ctx: TrainContext) -> None:
         """Trace groups, build the cost model and the cost-aware weights; run a first SELECT."""
         from tinyprune.pruning import select as sel
-        from tinyprune.pruning.structured import ChannelGraph
+        from tinyprune.pruning.channel_graph import ChannelGraph
 
         was = ctx.model.training
         ctx.model.eval()
@@ -239,7 +239,7 @@ class TailoredHook(TrainHook):
 
     def importance(self) -> list[np.ndarray]:
         """Gate importance per group (L2 over member |gamma|)."""
-        from tinyprune.pruning.structured import score_groups
+        from tinyprune.pruning.scoring import score_groups
 
         return score_groups(self.graph, self.crit, reduce=self.crit.group_reduce)
 

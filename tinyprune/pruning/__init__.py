@@ -6,9 +6,10 @@ entry point is :func:`prune_structured`; submodules are imported lazily where he
 
 from __future__ import annotations
 
+from tinyprune.pruning.channel_graph import ChannelGraph
 from tinyprune.pruning.complexity import ModelComplexity, flop_counter_macs, measure_complexity
 from tinyprune.pruning.select import Budget, CostModel, Selection
-from tinyprune.pruning.structured import ChannelGraph, PruneResult, prune_structured
+from tinyprune.pruning.structured import PruneResult, prune_structured
 
 __all__ = [
     "Budget",

@@ -38,7 +38,7 @@ class FitSearch:
 def smallest_fraction(model: nn.Module, example: Any, crit: Any, round_to: int) -> float:
     """MACs fraction of the network with every prunable group at its minimum width."""
     from tinyprune.pruning import select as sel
-    from tinyprune.pruning.structured import ChannelGraph
+    from tinyprune.pruning.channel_graph import ChannelGraph
 
     graph = ChannelGraph(copy.deepcopy(model).eval(), example)
     cost = graph.cost_model()

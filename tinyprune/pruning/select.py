@@ -1,6 +1,6 @@
 """Selection: decide how many channels each dependency group keeps, and which ones.
 
-Scoring (``criteria/``) and surgery (``structured.py``) stay apart from this module: here only
+Scoring (``criteria/``) and surgery (``channel_graph.py``) stay apart from this module: here only
 numbers move. A :class:`CostModel` gives the exact MACs and parameters of any choice of
 per-group widths (bilinear in consecutive widths, methods.md §1.3); :class:`Budget` turns
 user targets into limits; the ``select_*`` functions choose widths that are multiples of

@@ -12,12 +12,8 @@ from torch import nn
 import tinyprune.criteria as C
 from tinyprune.criteria.base import Criterion, Granularity, ScoreInput
 from tinyprune.errors import PruningError, UnknownNameError
-from tinyprune.pruning.structured import (
-    ChannelGraph,
-    capture_features,
-    out_first_weight,
-    score_groups,
-)
+from tinyprune.pruning.channel_graph import ChannelGraph, out_first_weight
+from tinyprune.pruning.scoring import capture_features, score_groups
 
 STRUCTURED = C.names(Granularity.CHANNEL)
 EXTRA = {"cluster_de": {"n_clusters": 2}}

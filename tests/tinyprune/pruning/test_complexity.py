@@ -7,8 +7,8 @@ import torch
 from tiny_nets import ALL_NETS, make
 from torch import nn
 
+from tinyprune.pruning.channel_graph import ChannelGraph
 from tinyprune.pruning.complexity import flop_counter_macs, measure_complexity
-from tinyprune.pruning.structured import ChannelGraph
 
 
 def test_hand_counted_conv_bn_linear() -> None:

@@ -16,8 +16,9 @@ import torch
 from tinyprune.criteria import get as get_criterion
 from tinyprune.criteria.cluster_search import cluster_fitness
 from tinyprune.pruning import ddp_prune_smoke as smoke
+from tinyprune.pruning.scoring import reduce_scores_across_ranks
 from tinyprune.pruning.select import Budget
-from tinyprune.pruning.structured import prune_structured, reduce_scores_across_ranks
+from tinyprune.pruning.structured import prune_structured
 
 pytestmark = pytest.mark.timeout(120)
 

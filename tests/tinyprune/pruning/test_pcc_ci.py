@@ -14,7 +14,8 @@ from tinyprune.criteria.pcc_ci import channel_independence, pcc_layer_loss, pcc_
 from tinyprune.errors import ConfigError
 from tinyprune.pruning import Budget, prune_structured
 from tinyprune.pruning import select as sel
-from tinyprune.pruning.structured import ChannelGraph, capture_features
+from tinyprune.pruning.channel_graph import ChannelGraph
+from tinyprune.pruning.scoring import capture_features
 from tinyprune.training.hooks import TrainContext
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from tinyprune.errors import ConfigError, PruningError
 from tinyprune.pruning import select as sel
-from tinyprune.pruning.structured import ChannelGraph
+from tinyprune.pruning.channel_graph import ChannelGraph
 
 
 def _chain(widths: tuple[int, ...], seed: int = 0) -> tuple[sel.CostModel, list[int]]:

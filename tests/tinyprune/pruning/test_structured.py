@@ -21,7 +21,7 @@ import tinyprune.criteria as C
 from tinyprune.criteria.base import Granularity
 from tinyprune.errors import ConfigError, PruningError
 from tinyprune.pruning import Budget, measure_complexity, prune_structured
-from tinyprune.pruning.structured import ChannelGraph
+from tinyprune.pruning.channel_graph import ChannelGraph
 
 STRUCTURED = C.names(Granularity.CHANNEL)
 EXTRA = {"cluster_de": {"n_clusters": 2}}

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tinyprune.pruning.structured import ChannelGraph
+from tinyprune.pruning.channel_graph import ChannelGraph
 
 
 def _bn_init_(model: nn.Module, seed: int = 0) -> nn.Module:
