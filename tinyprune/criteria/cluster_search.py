@@ -67,6 +67,13 @@ def neg_cross_entropy(
 METRICS: dict[str, Callable[..., float]] = {"accuracy": accuracy, "neg_ce": neg_cross_entropy}
 
 
+def _filters(model: nn.Module, layer: str) -> int:
+    """Output channels of conv/linear ``layer``."""
+    weight = model.get_submodule(layer).weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[0])
+
+
 def _memory_format(example: Any) -> torch.memory_format | None:
     if isinstance(example, torch.Tensor) and example.is_floating_point():
         return {4: torch.channels_last, 5: torch.channels_last_3d}.get(example.dim())
@@ -139,7 +146,7 @@ class PrunedEvaluator:
         """A member layer's cluster priorities; they depend on its own ``k`` only (§4.3)."""
         from tinyprune.pruning.scoring import member_scores
 
-        channels = self.graph.model.get_submodule(slot.name).weight.shape[0]
+        channels = _filters(self.graph.model, slot.name)
         key = (slot.name, crit.clusters_for(slot.name, channels), crit.source, crit.seed)
         if key not in self._memo:
             self._memo[key] = member_scores(self.graph, crit, slot, self.features)
@@ -149,7 +156,7 @@ class PrunedEvaluator:
         """Cluster every member layer for every admissible ``k`` once (§4.3)."""
         for group in self.graph.groups:
             for slot in group.members:
-                channels = self.graph.model.get_submodule(slot.name).weight.shape[0]
+                channels = _filters(self.graph.model, slot.name)
                 for k in range(2, max(2, min(k_max, channels - 1)) + 1):
                     crit = dataclasses.replace(base, k_per_layer=((slot.name, k),))
                     self.member_scores(crit, slot)
@@ -166,7 +173,7 @@ class PrunedEvaluator:
             raise PruningError(msg)
         graph.remove_channels_(keep)
         if self.memory_format is not None:
-            work = work.to(memory_format=self.memory_format)
+            work = work.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         return work
 
     def __call__(
@@ -211,16 +218,16 @@ class ClusterFitness:
         self.workers = _usable_workers(workers, sync_ranks)
         self._pool: Any = None
 
-    def criterion(self, k: Sequence[int]) -> ClusterDECriterion:
+    def criterion(self, k: Sequence[int] | np.ndarray) -> ClusterDECriterion:
         """The criterion that vector ``k`` encodes."""
         ks = tuple(zip(self.layers, (int(v) for v in k), strict=True))
         return dataclasses.replace(self.base, k_per_layer=ks)
 
-    def local(self, k: Sequence[int]) -> float:
+    def local(self, k: Sequence[int] | np.ndarray) -> float:
         """This process's fitness of ``k`` (no collective)."""
         return self.evaluator(self.criterion(k), self.calib, self.heldout, self.score)
 
-    def many(self, ks: Sequence[Sequence[int]]) -> list[float]:
+    def many(self, ks: Sequence[Sequence[int] | np.ndarray]) -> list[float]:
         """Fitness of each vector (averaged over DDP replicas with ``sync_ranks``)."""
         if self._pool is not None and len(ks) > 1:
             results = self._pool.map(_evaluate_in_worker, [list(map(int, k)) for k in ks], 1)
@@ -237,7 +244,7 @@ class ClusterFitness:
             values = [float(v) for v in consensus_mean(np.array(values, dtype=np.float64))]
         return values
 
-    def __call__(self, k: Sequence[int]) -> float:
+    def __call__(self, k: Sequence[int] | np.ndarray) -> float:
         return self.many([k])[0]
 
     def __enter__(self) -> ClusterFitness:
@@ -377,7 +384,7 @@ def search_clusters_report(
     start = time.perf_counter()
     graph = ChannelGraph(copy.deepcopy(model).eval(), example_input)
     layers = [s.name for g in graph.groups for s in g.members]
-    sizes = [model.get_submodule(n).weight.shape[0] for n in layers]
+    sizes = [_filters(model, n) for n in layers]
     lo = [2] * len(layers)
     hi = [max(2, min(k_max, c - 1)) for c in sizes]
     fit = cluster_fitness(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 #: Evaluates a list of integer vectors; returns one fitness per vector (higher = better).
-EvaluateMany = Callable[[list[np.ndarray]], Sequence[float]]
+EvaluateMany = Callable[[Sequence[np.ndarray]], Sequence[float]]
 
 
 @dataclass
@@ -109,7 +109,7 @@ def shade_de(
             raise ValueError(msg)
         scalar = fitness
 
-        def evaluate_many(xs: list[np.ndarray]) -> list[float]:
+        def evaluate_many(xs: Sequence[np.ndarray]) -> list[float]:
             return [scalar(x) for x in xs]
 
     rng = np.random.default_rng(seed)
