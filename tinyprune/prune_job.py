@@ -96,10 +96,7 @@ def prune_run(
     from tinyprune.model_source import load_model
     from tinyprune.training import distributed
 
-    info = distributed.init_from_env()  # a no-op unless launched with torchrun
-    if target is not None and info.world_size > 1:
-        msg = "--target PROFILE searches with real exports in one process; run it without torchrun"
-        raise ConfigError(msg)
+    distributed.init_from_env()  # a no-op unless launched with torchrun
     torch.manual_seed(seed)
     loaded = load_model(model_spec, **(model_kwargs or {}))
     if loaded.module is None:

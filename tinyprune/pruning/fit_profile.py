@@ -6,7 +6,8 @@ searched by bisection with a few real exports (``firmware_export.export(...,
 raise_on_budget=False)`` and ``result.fits``). Each trial prunes a copy of the trained network
 with the job's criterion; weights do not change sizes, so the choice holds after fine-tuning
 (a final export of the fine-tuned model checks it). firmware_export (and TensorFlow) are
-imported only inside these functions.
+imported only inside these functions. Under torchrun, rank 0 alone runs the exports and every
+replica follows its answer (:func:`on_rank0`); training and the final prune stay collective.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import copy
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
 
+from tinyprune import errors
 from tinyprune.errors import BudgetExceededError, ConfigError, ExportError, UnsupportedOpError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -86,6 +90,7 @@ class _Trial:
                 Budget(target_flops=fraction),
                 data=self.data,
                 round_to=self.round_to,
+                sync_ranks=False,  # a trial runs on rank 0 only (see on_rank0)
             )
         pruned.input_shape = getattr(self.model, "input_shape", None)
         with tempfile.TemporaryDirectory(prefix="tinyprune-fit-") as tmp:
@@ -116,6 +121,33 @@ class _Trial:
         )
         log.info("fit search: %s", self.search.tried[-1])
         return res
+
+
+def on_rank0(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 only; every replica returns its value or raises its error.
+
+    A :class:`~tinyprune.errors.TinypruneError` raised on rank 0 is raised on the other ranks
+    as the same class with the same message (so every process exits with the same code).
+    Alone (no process group) this is just ``fn()``.
+    """
+    from tinyprune.training import distributed
+
+    if distributed.get_world_size() <= 1:
+        return fn()
+    payload: tuple[str, Any, str] = ("ok", None, "")
+    error: errors.TinypruneError | None = None
+    if distributed.is_main():
+        try:
+            payload = ("ok", fn(), "")
+        except errors.TinypruneError as e:
+            error, payload = e, ("error", type(e).__name__, str(e))
+    payload = distributed.broadcast_object(payload, src=0)
+    if payload[0] == "ok":
+        return payload[1]  # type: ignore[no-any-return]
+    if error is not None:
+        raise error
+    cls = getattr(errors, str(payload[1]), errors.TinypruneError)
+    raise cls(payload[2])
 
 
 def largest_fitting_fraction(
@@ -200,32 +232,38 @@ def fit_profile_job(
         s = dataclasses.replace(s, epochs=0)
     loaders = bundle.loaders(batch_size=s.batch_size, seed=s.seed)
     example = next(iter(loaders.train))[0][:2]
-    search = largest_fitting_fraction(
-        model,
-        example,
-        criteria.get(criterion, **(criterion_options or {})),
-        calib,
-        target,
-        data=loaders.train,
-        round_to=s.round_to,
+    search = on_rank0(
+        lambda: largest_fitting_fraction(
+            model,
+            example,
+            criteria.get(criterion, **(criterion_options or {})),
+            calib,
+            target,
+            data=loaders.train,
+            round_to=s.round_to,
+        )
     )
     out["target"] = {"profile": str(target), "fraction": search.fraction, "tried": search.tried}
     if search.fraction < 1.0:
         out |= prune_structured_job(
             model, bundle, criterion, Budget(search.fraction), s, criterion_options
         )
+    out["target"] |= on_rank0(lambda: _final_check(model, example, calib, target, s, search))
+    return out
+
+
+def _final_check(
+    model: nn.Module, example: Any, calib: np.ndarray, target: str | Path, s: Any, search: Any
+) -> dict[str, Any]:
+    """Export the fine-tuned model once more; raise BudgetExceededError if it does not fit."""
     checker = _Trial(model, example, None, calib, target, None, s.round_to)
     checker.tolerate_errors = False
     final = checker(1.0)
-    out["target"] |= {
-        "flash_bytes": final.report["flash_bytes"],
-        "arena_bytes": final.report["arena_bytes"],
-        "fits": final.fits,
-    }
     if not final.fits:
         msg = (
             f"the pruned and fine-tuned model does not fit {target}: "
             f"{_budget_rows(final.report)} (the search chose {search.fraction:.1%} of MACs)"
         )
         raise BudgetExceededError(msg, report=final)
-    return out
+    rep = final.report
+    return {"flash_bytes": rep["flash_bytes"], "arena_bytes": rep["arena_bytes"], "fits": True}
