@@ -53,6 +53,33 @@ class _Cache:
         return np.array([self.values[k] for k in keys])
 
 
+class _Memory:
+    """SHADE's success-history memories of F and CR (``size`` slots, updated round-robin)."""
+
+    def __init__(self, size: int) -> None:
+        self.m_f, self.m_cr = np.full(size, 0.5), np.full(size, 0.5)
+        self.slot = self.updates = 0
+
+    def draw(self, rng: np.random.Generator) -> tuple[float, float]:
+        """F ~ Cauchy(M_F[r], 0.1) redrawn while <= 0, max 1; CR ~ N(M_CR[r], 0.1) in [0, 1]."""
+        r = rng.integers(len(self.m_f))
+        cr = float(np.clip(rng.normal(self.m_cr[r], 0.1), 0, 1))
+        fi = 0.0
+        while fi <= 0:
+            fi = self.m_f[r] + 0.1 * math.tan(math.pi * (rng.random() - 0.5))
+        return min(fi, 1.0), cr
+
+    def update(self, params: list[tuple[float, float]], gains: list[float]) -> None:
+        """Weighted Lehmer mean of successful F, weighted mean of successful CR (if any)."""
+        if not params:
+            return
+        w = np.array(gains) / np.sum(gains)
+        sf, scr = np.array([p[0] for p in params]), np.array([p[1] for p in params])
+        self.m_f[self.slot] = float(np.sum(w * sf**2) / np.sum(w * sf))
+        self.m_cr[self.slot] = float(np.sum(w * scr))
+        self.slot, self.updates = (self.slot + 1) % len(self.m_f), self.updates + 1
+
+
 def _trial(
     rng: np.random.Generator,
     x: np.ndarray,
@@ -121,41 +148,26 @@ def shade_de(
     f = fit(x)
     keep = np.argsort(-f, kind="stable")[:pop]
     x, f = x[keep], f[keep]
-    m_f, m_cr, k = np.full(memory, 0.5), np.full(memory, 0.5), 0
+    mem = _Memory(memory)
     archive: list[np.ndarray] = []
-    updates, history = 0, []
+    history = []
     for _ in range(gens):
         order = np.argsort(-f, kind="stable")
-        trials, params = [], []
-        for i in range(pop):
-            r = rng.integers(memory)
-            cr = float(np.clip(rng.normal(m_cr[r], 0.1), 0, 1))
-            fi = 0.0
-            while fi <= 0:
-                fi = m_f[r] + 0.1 * math.tan(math.pi * (rng.random() - 0.5))
-            fi = min(fi, 1.0)
-            trials.append(_trial(rng, x, i, order, archive, lo_a, hi_a, fi, cr, p_best))
-            params.append((fi, cr))
+        params = [mem.draw(rng) for _ in range(pop)]
+        trials = [
+            _trial(rng, x, i, order, archive, lo_a, hi_a, fi, cr, p_best)
+            for i, (fi, cr) in enumerate(params)
+        ]
         fu = fit(np.array(trials))
-        s_f, s_cr, gains = [], [], []
+        wins = [i for i in range(pop) if fu[i] > f[i]]
+        archive += [x[i].copy() for i in wins]
+        mem.update([params[i] for i in wins], [fu[i] - f[i] for i in wins])
         for i in range(pop):
-            if fu[i] < f[i]:
-                continue
-            if fu[i] > f[i]:
-                s_f.append(params[i][0])
-                s_cr.append(params[i][1])
-                gains.append(fu[i] - f[i])
-                archive.append(x[i].copy())
-            x[i], f[i] = trials[i], fu[i]
+            if fu[i] >= f[i]:  # greedy one-to-one selection (ties move too)
+                x[i], f[i] = trials[i], fu[i]
         while len(archive) > pop:
             archive.pop(int(rng.integers(len(archive))))
-        if s_f:
-            w = np.array(gains) / np.sum(gains)
-            sf = np.array(s_f)
-            m_f[k] = float(np.sum(w * sf**2) / np.sum(w * sf))
-            m_cr[k] = float(np.sum(w * np.array(s_cr)))
-            k, updates = (k + 1) % memory, updates + 1
-        history.append(m_f.copy())
+        history.append(mem.m_f.copy())
     best = int(np.argmax(f))
     best_x = np.clip(np.rint(x[best]), lo_a, hi_a).astype(int)
-    return DEResult(best_x, float(f[best]), len(fit.values), updates, history)
+    return DEResult(best_x, float(f[best]), len(fit.values), mem.updates, history)
