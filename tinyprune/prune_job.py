@@ -55,6 +55,14 @@ class PruneSettings:
     de_heldout: int = de_settings.DE_HELDOUT_IMAGES
     de_workers: int = de_settings.DE_WORKERS
 
+    def __post_init__(self) -> None:
+        lows = {"de_pop": 4, "de_gens": 0, "de_calib": 1, "de_heldout": 1, "de_workers": 1}
+        for name, low in lows.items():
+            if getattr(self, name) < low:
+                flag = "--" + name.replace("_", "-")
+                msg = f"{flag} {getattr(self, name)} is invalid; expected an integer >= {low}"
+                raise ConfigError(msg)
+
 
 def prune_run(
     model_spec: str,

@@ -243,3 +243,14 @@ def test_unknown_criterion_option_lists_the_known_ones(tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert "'q'" in err and "p" in err.split("its options:")[1]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--de-pop", "2"), ("--de-workers", "0")])
+def test_bad_de_setting_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "cluster_de"]
+    args += ["--target-flops", "0.5", flag, value, "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert flag in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
