@@ -139,6 +139,9 @@ def shade_de(
         def evaluate_many(xs: Sequence[np.ndarray]) -> list[float]:
             return [scalar(x) for x in xs]
 
+    if pop < 4:  # current-to-pbest/1 needs x_i, x_r1 and x_r2 distinct (and a best)
+        msg = f"SHADE needs a population of at least 4, got {pop}"
+        raise ValueError(msg)
     rng = np.random.default_rng(seed)
     lo_a, hi_a = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
     fit = _Cache(evaluate_many, lo_a, hi_a)

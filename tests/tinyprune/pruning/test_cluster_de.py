@@ -196,3 +196,8 @@ def test_mixed_descriptors_reach_the_search_fitness() -> None:
         gens=1, workers=1, **kw,
     )  # fmt: skip
     assert crit.source == "mixed" and len(crit.k_per_layer) == 3
+
+
+def test_shade_refuses_a_population_too_small_for_its_mutation() -> None:
+    with pytest.raises(ValueError, match="at least 4"):
+        shade_de(lambda k: 0.0, [2] * 3, [9] * 3, pop=3, gens=1)
