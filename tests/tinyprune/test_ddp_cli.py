@@ -66,56 +66,36 @@ def test_prune_under_torchrun_writes_one_consistent_run(tmp_path: Path) -> None:
         assert state[f"{name}.weight"].shape[0] == width
 
 
+def _prune_to_board(tmp_path: Path, flash: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`tinyprune prune zoo:micro_cnn --criterion l1 --target board.toml` on two replicas."""
+    board = tmp_path / "board.toml"
+    board.write_text(
+        f'name = "board"\nruntime = "tflm"\nflash_bytes = {flash}\nram_bytes = 1048576\n'
+        "clock_mhz = 64\nruntime_flash_bytes = 0\n"
+    )
+    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1", "--epochs", "1"]
+    args += [*extra, "--target", str(board), "--out", str(tmp_path / "run")]
+    return _torchrun(*args, cwd=tmp_path)
+
+
 @pytest.mark.tf
 def test_target_profile_under_torchrun_fits_and_agrees(tmp_path: Path) -> None:
     """Rank 0 searches with real exports; both replicas prune to its fraction together."""
-    board = tmp_path / "board.toml"
-    board.write_text(
-        'name = "tiny-board"\nruntime = "tflm"\nflash_bytes = 9000\nram_bytes = 1048576\n'
-        "clock_mhz = 64\nruntime_flash_bytes = 0\n"
-    )
-    out = tmp_path / "run"
-    proc = _torchrun(
-        "prune",
-        "zoo:micro_cnn",
-        "--data",
-        "digits",
-        "--criterion",
-        "l1",
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "1",
-        "--lr",
-        "3e-3",
-        "--target",
-        str(board),
-        "--out",
-        str(out),
-        cwd=tmp_path,
-    )
+    proc = _prune_to_board(tmp_path, 9000, "--finetune-epochs", "1", "--lr", "3e-3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    target = json.loads((out / "summary.json").read_text())["target"]
+    out = tmp_path / "run"
+    summary = json.loads((out / "summary.json").read_text())
+    target = summary["target"]
     assert target["fits"] and target["flash_bytes"] <= 9000
     assert 0.0 < target["fraction"] < 1.0 and not target["tried"][0]["fits"]
     state, _, _ = load_checkpoint(out / "checkpoint.pt")
-    kept = json.loads((out / "summary.json").read_text())["prune"]["keep"]
-    for name, idx in kept.items():
+    for name, idx in summary["prune"]["keep"].items():
         assert state[f"{name}.weight"].shape[0] == len(idx)
 
 
 @pytest.mark.tf
 def test_unfittable_profile_under_torchrun_fails_on_every_rank(tmp_path: Path) -> None:
-    board = tmp_path / "board.toml"
-    board.write_text(
-        'name = "speck"\nruntime = "tflm"\nflash_bytes = 1000\nram_bytes = 1048576\n'
-        "clock_mhz = 64\nruntime_flash_bytes = 0\n"
-    )
-    out = tmp_path / "run"
-    proc = _torchrun(
-        "prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1", "--epochs", "1",
-        "--target", str(board), "--out", str(out), cwd=tmp_path,
-    )  # fmt: skip
+    proc = _prune_to_board(tmp_path, 1000)
     assert proc.returncode != 0
     assert proc.stderr.count("cannot fit") >= 2, proc.stderr[-3000:]  # both ranks say why
-    assert not out.exists()
+    assert not (tmp_path / "run").exists()
