@@ -90,7 +90,7 @@ def prune_run(
     de_heldout: int = de_settings.DE_HELDOUT_IMAGES,
     de_workers: int = de_settings.DE_WORKERS,
 ) -> RunFiles:
-    """Run the whole prune job and write ``pruned.pt2``, ``checkpoint.pt``, ``calib.npy``, ``summary.json``.
+    """Run the prune job; write ``pruned.pt2``, ``checkpoint.pt``, ``calib.npy``, ``summary.json``.
 
     With ``target`` (a device profile name or TOML path) the MACs fraction kept is searched so
     that the exported int8 model fits the profile's flash and RAM (see
@@ -355,6 +355,7 @@ def _cluster_search(job: _Job, budget: Any, base: Any) -> tuple[Any, Any]:
         base=base,
         metric=metric,
         workers=s.de_workers,
+        progress=s.progress,
     )
 
 
@@ -382,7 +383,10 @@ def _unstructured(
     from tinyprune.pruning.masks import sparsity_report
 
     if sparsity is None or target_flops is not None or target_params is not None:
-        msg = f"unstructured criterion {name!r} needs --sparsity S (0 <= S < 1), not a FLOPs/params target"
+        msg = (
+            f"unstructured criterion {name!r} needs --sparsity S (0 <= S < 1), "
+            "not a FLOPs/params target"
+        )
         raise ConfigError(msg)
     if epochs < 1:
         msg = f"{name!r} prunes during training: give --epochs >= 1"

@@ -370,6 +370,7 @@ def search_clusters_report(
     metric: str | Callable[..., float] = "accuracy",
     sync_ranks: bool = True,
     workers: int = DE_WORKERS,
+    progress: bool = False,
 ) -> tuple[ClusterDECriterion, SearchReport]:
     """Run the DE of §4.6; return the configured criterion and a :class:`SearchReport`.
 
@@ -377,6 +378,7 @@ def search_clusters_report(
     over replicas, each on its own data shard); all replicas return rank 0's best vector.
     With ``sync_ranks=False`` the search is local (e.g. run on rank 0 only). ``seed`` seeds the
     DE; ``base`` (default ``ClusterDECriterion(seed=seed)``) carries the descriptor options.
+    ``progress`` shows a bar of fitness evaluations (rank 0, on a terminal).
     """
     from tinyprune.pruning.channel_graph import ChannelGraph
     from tinyprune.training import distributed
@@ -401,8 +403,19 @@ def search_clusters_report(
         workers=workers,
     )
     fit.evaluator.precompute(fit.base, k_max)  # before forking: workers inherit the clusterings
-    with fit:
-        result = shade_de(None, lo, hi, pop=pop, gens=gens, seed=seed, evaluate_many=fit.many)
+    bar = _progress_bar(pop * (gens + 2), progress)  # an upper bound: repeats are cached
+
+    best = [-np.inf]
+
+    def evaluate_many(ks: Sequence[np.ndarray]) -> list[float]:
+        values = fit.many(ks)
+        best[0] = max(best[0], *values)
+        bar.update(len(ks))
+        bar.set_postfix(best_fitness=f"{best[0]:.4g}", refresh=False)
+        return values
+
+    with fit, bar:
+        result = shade_de(None, lo, hi, pop=pop, gens=gens, seed=seed, evaluate_many=evaluate_many)
     best = result.best_x.tolist()
     if sync_ranks:
         best = distributed.broadcast_object(best, src=0)
@@ -420,6 +433,17 @@ def search_clusters_report(
     )
     log.info("cluster DE search: %s", report)
     return dataclasses.replace(base or ClusterDECriterion(seed=seed), k_per_layer=ks), report
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    import sys
+
+    from tqdm import tqdm
+
+    from tinyprune.training import distributed
+
+    show = enabled and distributed.is_main() and sys.stderr.isatty()
+    return tqdm(total=total, disable=not show, file=sys.stderr, leave=False, desc="DE", unit="eval")
 
 
 def count_images(batches: Sequence[Any]) -> int:
