@@ -129,26 +129,20 @@ def _eval_videos(task: Task) -> Any:
 
 def _metric(task: Task, model: torch.nn.Module, bundle: Any, videos: Any) -> float:
     """Test accuracy (digits) or HR MAE in bpm over held-out videos (rPPG)."""
-    from tinyprune.metrics import hr_from_bvp
+    from tinyprune.metrics import mae, video_hr
     from tinyprune.training import evaluate
-    from tinyprune.workflows import task_metric
+    from tinyprune.workflows import task_metric, to_model_layout
 
     if videos is None:
         loaders = bundle.loaders(batch_size=256, seed=0)
         return float(evaluate(model, loaders.test, task_metric("classification"))["accuracy"])
-    x = videos.test.x
-    x = x.reshape(len(x), x.shape[1], x.shape[2] * x.shape[3], x.shape[4])  # frame-stacked
+    x = to_model_layout(videos.test.x, model)
     model.eval()
     with torch.no_grad():
         bvp = np.concatenate(
             [model(torch.from_numpy(x[i : i + 16])).numpy() for i in range(0, len(x), 16)]
         )
-    errors = []
-    for v in np.unique(videos.test.video):
-        sel = videos.test.video == v
-        pred = hr_from_bvp(bvp[sel].reshape(-1), videos.fs, diff=True)
-        errors.append(abs(pred - float(np.mean(videos.test.hr_bpm[sel]))))
-    return float(np.mean(errors))
+    return mae(*video_hr(bvp, videos.test.video, videos.test.hr_bpm, videos.fs))
 
 
 def _finetune(model: torch.nn.Module, bundle: Any, s: Any) -> None:

@@ -93,15 +93,10 @@ def rppg_data(name: str, frames: int, args: argparse.Namespace) -> tuple[Any, An
 
 
 def video_hr_mae(bvp: np.ndarray, ds: Any, fs: float) -> float:
-    """HR MAE over videos: predicted clips of a video concatenated, vs its mean true HR."""
-    from tinyprune.metrics import hr_from_bvp
+    """HR MAE over videos (:func:`tinyprune.metrics.video_hr`)."""
+    from tinyprune.metrics import mae, video_hr
 
-    errors = []
-    for v in np.unique(ds.video):
-        sel = ds.video == v
-        pred = hr_from_bvp(bvp[sel].reshape(-1), fs, diff=True)
-        errors.append(abs(pred - float(np.mean(ds.hr_bpm[sel]))))
-    return float(np.mean(errors))
+    return mae(*video_hr(bvp, ds.video, ds.hr_bpm, fs))
 
 
 def torch_outputs(model: torch.nn.Module, x: np.ndarray, batch: int = 16) -> np.ndarray:

@@ -139,6 +139,31 @@ def hr_from_bvp(
     return hr_fft(x, fs, band) if method == "fft" else hr_peaks(x, fs)
 
 
+def video_hr(
+    bvp: ArrayLike, video: ArrayLike, true_hr: ArrayLike, fs: float, *, diff: bool = True
+) -> tuple[Array, Array]:
+    """Predicted and true HR (bpm) per video, as the rPPG toolbox evaluates a test set.
+
+    The predicted clips of a video (rows of ``bvp``, in order) are concatenated and
+    :func:`hr_from_bvp` is taken on the whole; the true HR is the mean of the clips' labels.
+    A short clip alone is too short for an FFT heart rate (2 s gives ~28 bpm bins).
+
+    Args:
+        bvp: Predicted waveforms, one row per clip.
+        video: Video id of each clip.
+        true_hr: True HR (bpm) of each clip.
+        fs: Sampling rate (frames per second).
+        diff: The predictions are first differences (DiffNormalized labels).
+    """
+    x, vid, hr = np.asarray(bvp), np.asarray(video), np.asarray(true_hr, dtype=np.float64)
+    if not len(x) == len(vid) == len(hr):
+        msg = f"got {len(x)} predicted clips, {len(vid)} video ids and {len(hr)} true HRs"
+        raise ConfigError(msg)
+    ids = np.unique(vid)
+    pred = [hr_from_bvp(x[vid == v].reshape(-1), fs, diff=diff) for v in ids]
+    return np.array(pred), np.array([hr[vid == v].mean() for v in ids])
+
+
 def snr_db(
     bvp: ArrayLike,
     hr_gt: float,

@@ -134,3 +134,19 @@ def test_neg_pearson_loss():
     assert torch.isfinite(pred.grad).all()
     with pytest.raises(ConfigError, match="same shape"):
         neg_pearson_loss(y, y[:, :10])
+
+
+def test_video_hr_concatenates_each_videos_clips() -> None:
+    from tinyprune.metrics import video_hr
+
+    fs, clip = 30.0, 64
+    t = np.arange(8 * clip) / fs
+    waves = [np.sin(2 * np.pi * bpm / 60 * t).reshape(8, clip) for bpm in (66.0, 96.0)]
+    bvp = np.concatenate(waves)  # 8 clips of video 0, then 8 of video 1
+    video = np.repeat([0, 1], 8)
+    true = np.repeat([66.0, 96.0], 8)
+    pred, gt = video_hr(bvp, video, true, fs, diff=False)
+    np.testing.assert_allclose(gt, [66.0, 96.0])
+    np.testing.assert_allclose(pred, [66.0, 96.0], atol=2.0)  # one FFT bin of a 17 s video
+    with pytest.raises(ConfigError, match="video ids"):
+        video_hr(bvp, video[:-1], true, fs)
