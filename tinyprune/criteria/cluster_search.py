@@ -403,7 +403,9 @@ def search_clusters_report(
         workers=workers,
     )
     fit.evaluator.precompute(fit.base, k_max)  # before forking: workers inherit the clusterings
-    bar = _progress_bar(pop * (gens + 2), progress)  # an upper bound: repeats are cached
+    from tinyprune.training.loop import progress_bar
+
+    bar = progress_bar(pop * (gens + 2), progress, desc="DE", unit="eval")  # repeats are cached
 
     best = [-np.inf]
 
@@ -433,17 +435,6 @@ def search_clusters_report(
     )
     log.info("cluster DE search: %s", report)
     return dataclasses.replace(base or ClusterDECriterion(seed=seed), k_per_layer=ks), report
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    import sys
-
-    from tqdm import tqdm
-
-    from tinyprune.training import distributed
-
-    show = enabled and distributed.is_main() and sys.stderr.isatty()
-    return tqdm(total=total, disable=not show, file=sys.stderr, leave=False, desc="DE", unit="eval")
 
 
 def count_images(batches: Sequence[Any]) -> int:

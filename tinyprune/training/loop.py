@@ -294,10 +294,17 @@ def _wrap_ddp(model: nn.Module, world_size: int) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _progress_bar(total: int, enabled: bool) -> tqdm:
+def progress_bar(total: int, enabled: bool, *, desc: str | None = None, unit: str = "step") -> tqdm:
+    """A tqdm bar on stderr, shown only when ``enabled``, on rank 0 and on a terminal."""
     show = enabled and distributed.is_main() and sys.stderr.isatty()
     return tqdm(
-        total=total, disable=not show, file=sys.stderr, leave=False, dynamic_ncols=True, unit="step"
+        total=total,
+        desc=desc,
+        disable=not show,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+        unit=unit,
     )
 
 
@@ -397,7 +404,7 @@ def _run(
     for hook in hooks:
         hook.on_train_begin(ctx)
     history: list[dict[str, float]] = []
-    with _progress_bar(ctx.total_steps, progress) as bar:
+    with progress_bar(ctx.total_steps, progress) as bar:
         for epoch in range(cfg.epochs):
             if sampler is not None:
                 sampler.set_epoch(epoch)
