@@ -68,10 +68,10 @@ METRICS: dict[str, Callable[..., float]] = {"accuracy": accuracy, "neg_ce": neg_
 
 
 def _filters(model: nn.Module, layer: str) -> int:
-    """Output channels of conv/linear ``layer``."""
-    weight = model.get_submodule(layer).weight
-    assert isinstance(weight, torch.Tensor)
-    return int(weight.shape[0])
+    """Output channels of conv/linear ``layer`` (dim 1 of a transposed conv's weight)."""
+    from tinyprune.pruning.channel_graph import out_first_weight
+
+    return int(out_first_weight(model.get_submodule(layer)).shape[0])
 
 
 def _memory_format(example: Any) -> torch.memory_format | None:

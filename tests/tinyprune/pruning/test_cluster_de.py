@@ -165,7 +165,8 @@ def test_a_failing_worker_evaluation_names_the_error() -> None:
     calib, held = _data()
 
     def broken(_model: torch.nn.Module, _batches: object) -> float:
-        raise ValueError("metric exploded")
+        msg = "metric exploded"
+        raise ValueError(msg)
 
     fit = cluster_fitness(
         model, x, Budget(target_flops=0.5), ["c1", "c2", "c3"], calib, held, metric=broken,
@@ -201,3 +202,23 @@ def test_mixed_descriptors_reach_the_search_fitness() -> None:
 def test_shade_refuses_a_population_too_small_for_its_mutation() -> None:
     with pytest.raises(ValueError, match="at least 4"):
         shade_de(lambda k: 0.0, [2] * 3, [9] * 3, pop=3, gens=1)
+
+
+def test_transposed_conv_clusters_are_counted_on_its_output_channels() -> None:
+    """A ConvTranspose weight is (in, out, ...): k is bounded by its 16 outputs, not 8 inputs."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(8, 16, (4, 1), stride=(2, 1), padding=(1, 0)),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 4, 1),
+    ).eval()
+    x = torch.randn(2, 3, 8, 8)
+    ev = PrunedEvaluator(model, x, Budget(target_flops=0.5), round_to=1)
+    slot = next(s for g in ev.graph.groups for s in g.members if s.name == "3")
+    a = ev.member_scores(ClusterDECriterion(k_per_layer=(("3", 9),)), slot)
+    b = ev.member_scores(ClusterDECriterion(k_per_layer=(("3", 14),)), slot)
+    assert not torch.equal(a[0], b[0])  # 9 and 14 clusters of 16 filters rank them differently
