@@ -7,7 +7,8 @@ raise_on_budget=False)`` and ``result.fits``). Each trial prunes a copy of the t
 with the job's criterion; weights do not change sizes, so the choice holds after fine-tuning
 (a final export of the fine-tuned model checks it). firmware_export (and TensorFlow) are
 imported only inside these functions. Under torchrun, rank 0 alone runs the exports and every
-replica follows its answer (:func:`on_rank0`); training and the final prune stay collective.
+replica follows its answer (``distributed.on_rank0``); training and the final prune stay
+collective.
 """
 
 from __future__ import annotations
@@ -16,19 +17,16 @@ import copy
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from tinyprune import errors
 from tinyprune.errors import BudgetExceededError, ConfigError, ExportError, UnsupportedOpError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -123,33 +121,6 @@ class _Trial:
         return res
 
 
-def on_rank0(fn: Callable[[], T]) -> T:
-    """``fn()`` on rank 0 only; every replica returns its value or raises its error.
-
-    A :class:`~tinyprune.errors.TinypruneError` raised on rank 0 is raised on the other ranks
-    as the same class with the same message (so every process exits with the same code).
-    Alone (no process group) this is just ``fn()``.
-    """
-    from tinyprune.training import distributed
-
-    if distributed.get_world_size() <= 1:
-        return fn()
-    payload: tuple[str, Any, str] = ("ok", None, "")
-    error: errors.TinypruneError | None = None
-    if distributed.is_main():
-        try:
-            payload = ("ok", fn(), "")
-        except errors.TinypruneError as e:
-            error, payload = e, ("error", type(e).__name__, str(e))
-    payload = distributed.broadcast_object(payload, src=0)
-    if payload[0] == "ok":
-        return payload[1]  # type: ignore[no-any-return]
-    if error is not None:
-        raise error
-    cls = getattr(errors, str(payload[1]), errors.TinypruneError)
-    raise cls(payload[2])
-
-
 def largest_fitting_fraction(
     model: nn.Module,
     example: Any,
@@ -220,6 +191,7 @@ def fit_profile_job(
     from tinyprune import criteria
     from tinyprune.prune_job import prune_structured_job, train_for_criterion
     from tinyprune.pruning.select import Budget
+    from tinyprune.training import distributed
 
     load_profile(target)  # a bad name or file fails before any training
     if len(calib) < 1:
@@ -232,7 +204,7 @@ def fit_profile_job(
         s = dataclasses.replace(s, epochs=0)
     loaders = bundle.loaders(batch_size=s.batch_size, seed=s.seed)
     example = next(iter(loaders.train))[0][:2]
-    search = on_rank0(
+    search = distributed.on_rank0(
         lambda: largest_fitting_fraction(
             model,
             example,
@@ -248,7 +220,8 @@ def fit_profile_job(
         out |= prune_structured_job(
             model, bundle, criterion, Budget(search.fraction), s, criterion_options
         )
-    out["target"] |= on_rank0(lambda: _final_check(model, example, calib, target, s, search))
+    final = distributed.on_rank0(lambda: _final_check(model, example, calib, target, s, search))
+    out["target"] |= final
     return out
 
 

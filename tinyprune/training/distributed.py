@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -191,3 +192,30 @@ def cleanup() -> None:
     """Leave the process group if this process is in one (call at the end of a script)."""
     if is_initialized():
         dist.destroy_process_group()
+
+
+def on_rank0(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 only; every replica returns its value or raises its error.
+
+    A :class:`~tinyprune.errors.TinypruneError` raised on rank 0 is raised on the other ranks
+    as the same class with the same message (so every process exits with the same code).
+    Alone (no process group) this is just ``fn()``.
+    """
+    from tinyprune import errors
+
+    if get_world_size() <= 1:
+        return fn()
+    payload: tuple[str, Any, str] = ("ok", None, "")
+    error: errors.TinypruneError | None = None
+    if is_main():
+        try:
+            payload = ("ok", fn(), "")
+        except errors.TinypruneError as e:
+            error, payload = e, ("error", type(e).__name__, str(e))
+    payload = broadcast_object(payload, src=0)
+    if payload[0] == "ok":
+        return payload[1]  # type: ignore[no-any-return]
+    if error is not None:
+        raise error
+    cls = getattr(errors, str(payload[1]), errors.TinypruneError)
+    raise cls(payload[2])
