@@ -11,7 +11,12 @@ from tiny_nets import PlainCNN, make
 from torch import nn
 
 import tinyprune.criteria as C
-from tinyprune.criteria.tailored import LambdaController, TailoredHook, proximal_l1_
+from tinyprune.criteria.tailored import (
+    LambdaController,
+    TailoredHook,
+    _adam_denominator,
+    proximal_l1_,
+)
 from tinyprune.errors import ConfigError
 from tinyprune.pruning import Budget, measure_complexity
 from tinyprune.pruning import select as sel
@@ -106,18 +111,8 @@ def test_freeze_masked_equals_hard_pruned_with_beta_folding() -> None:
     )
     hook = TailoredHook(x[:2], Budget(target_flops=0.5), crit, round_to=2, prune_steps=60)
     ctx = _ctx(model, lr=0.05, total=60)
-    model.train()
-    hook.on_train_begin(ctx)
-    for _ in range(60):
-        loss = nn.functional.mse_loss(model(x), y)
-        ctx.optimizer.zero_grad()
-        loss.backward()
-        ctx.optimizer.step()
-        ctx.step += 1
-        hook.after_step(ctx)
-    scores = hook.importance()
-    pruned = np.concatenate([s[p] for s, p in zip(scores, hook.pset, strict=True)])
-    kept = np.concatenate([s[k] for s, k in zip(scores, hook.keep, strict=True)])
+    _train(model, hook, ctx, x, y, 60)
+    pruned, kept = _gates(hook)
     assert pruned.size and pruned.max() <= 1e-3 * np.median(kept)
     model.eval()
     with torch.no_grad():
@@ -129,6 +124,76 @@ def test_freeze_masked_equals_hard_pruned_with_beta_folding() -> None:
     assert result.macs_after <= 0.5 * result.macs_before
     assert measure_complexity(model, x[:2]).macs == result.macs_after
     assert len(hook.history) >= 12 and hook.summary()["selects"] == len(hook.history)
+
+
+def _train(
+    model: nn.Module,
+    hook: TailoredHook,
+    ctx: TrainContext,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n: int,
+) -> None:
+    model.train()
+    hook.on_train_begin(ctx)
+    for _ in range(n):
+        loss = nn.functional.mse_loss(model(x), y)
+        ctx.optimizer.zero_grad()
+        loss.backward()
+        ctx.optimizer.step()
+        ctx.step += 1
+        hook.after_step(ctx)
+
+
+def _gates(hook: TailoredHook) -> tuple[np.ndarray, np.ndarray]:
+    """Importance of the Pset and of the kept channels of the last SELECT."""
+    scores = hook.importance()
+    pruned = np.concatenate([s[p] for s, p in zip(scores, hook.pset, strict=True)])
+    kept = np.concatenate([s[k] for s, k in zip(scores, hook.keep, strict=True)])
+    return pruned, kept
+
+
+def _adam_run(prox_scale: str) -> TailoredHook:
+    torch.manual_seed(0)
+    model = ValidNet()
+    x, y = torch.randn(16, 2, 6, 6), torch.randn(16, 3)
+    crit = C.get("tailored", select_every=5, min_channels=2, prox_scale=prox_scale)
+    hook = TailoredHook(x[:2], Budget(target_flops=0.5), crit, round_to=2, prune_steps=80)
+    lr = 3e-3
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    _train(model, hook, TrainContext(model=model, optimizer=opt, lr=lr, total_steps=80), x, y, 80)
+    return hook
+
+
+def test_under_adam_the_pruned_gates_reach_zero_with_the_default_settings() -> None:
+    """§5.7 "at freezing": under Adam, lr * lambda * w (§5.3 as written, for SGD) cannot outweigh
+    Adam's ~lr gradient step of a gate; the preconditioned step (default) can."""
+    pruned, kept = _gates(_adam_run("optimizer"))
+    assert pruned.max() <= 2e-3 * np.median(kept)  # rho_min 1e-3, within the controller's factor 2
+    stuck = _adam_run("lr")
+    pruned, kept = _gates(stuck)
+    assert pruned.max() > 0.1 * np.median(kept)
+    with pytest.warns(UserWarning, match="train for more steps or raise lambda_bounds"):
+        stuck.freeze_(stuck.graph.model)
+
+
+def test_adam_denominator_is_the_one_of_adams_step() -> None:
+    """Adam's update of a parameter == lr * m_hat / denominator (so the proximal threshold is in
+    the metric of the step); 1 for SGD."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(5))
+    for opt in (torch.optim.Adam([p], lr=0.01), torch.optim.AdamW([p], lr=0.01, weight_decay=0)):
+        for _ in range(3):
+            before = p.detach().clone()
+            opt.zero_grad()
+            (p**3).sum().backward()
+            opt.step()
+        st = opt.state[p]
+        m_hat = st["exp_avg"] / (1 - 0.9 ** float(st["step"]))
+        expected = before - 0.01 * m_hat / _adam_denominator(opt, p)
+        torch.testing.assert_close(p.detach(), expected)
+    sgd = torch.optim.SGD([p], lr=0.1)
+    assert torch.equal(_adam_denominator(sgd, p), torch.ones(5))
 
 
 def test_greedy_min_width_respected() -> None:
