@@ -105,6 +105,14 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument(
         "--round-to", type=int, default=4, help="kept channel counts are multiples of this"
     )
+    p.add_argument(
+        "--bn-recalib",
+        type=int,
+        default=256,
+        metavar="N",
+        help="re-estimate BatchNorm statistics on N training images right after the prune "
+        "(0: keep the dense network's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out",
@@ -342,6 +350,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         round_to=args.round_to,
         progress=sys.stderr.isatty(),
         criterion_options=parse_kwargs(args.criterion_kw, "--criterion-kw"),
+        bn_recalib=args.bn_recalib,
         de_pop=args.de_pop,
         de_gens=args.de_gens,
         de_calib=args.de_calib,

@@ -40,6 +40,8 @@ class PruneSettings:
         de_calib, de_heldout: Training images used by the DE fitness for BN recalibration and
             for the held-out score (taken from the training set, never from the test set).
         de_workers: Processes evaluating each DE generation (one torch thread each).
+        bn_recalib: Training images on which BatchNorm statistics are re-estimated right after
+            the prune (0: keep the dense network's statistics). The same images on every rank.
     """
 
     epochs: int = 1
@@ -54,9 +56,17 @@ class PruneSettings:
     de_calib: int = de_settings.DE_CALIB_IMAGES
     de_heldout: int = de_settings.DE_HELDOUT_IMAGES
     de_workers: int = de_settings.DE_WORKERS
+    bn_recalib: int = 256
 
     def __post_init__(self) -> None:
-        lows = {"de_pop": 4, "de_gens": 0, "de_calib": 1, "de_heldout": 1, "de_workers": 1}
+        lows = {
+            "de_pop": 4,
+            "de_gens": 0,
+            "de_calib": 1,
+            "de_heldout": 1,
+            "de_workers": 1,
+            "bn_recalib": 0,
+        }
         for name, low in lows.items():
             if getattr(self, name) < low:
                 flag = "--" + name.replace("_", "-")
@@ -89,6 +99,7 @@ def prune_run(
     de_calib: int = de_settings.DE_CALIB_IMAGES,
     de_heldout: int = de_settings.DE_HELDOUT_IMAGES,
     de_workers: int = de_settings.DE_WORKERS,
+    bn_recalib: int = 256,
 ) -> RunFiles:
     """Run the prune job; write ``pruned.pt2``, ``checkpoint.pt``, ``calib.npy``, ``summary.json``.
 
@@ -96,7 +107,7 @@ def prune_run(
     that the exported int8 model fits the profile's flash and RAM (see
     :func:`tinyprune.pruning.fit_profile.largest_fitting_fraction`). ``criterion_options`` are
     the criterion's dataclass fields (``tinyprune criteria``); ``de_*`` set ``cluster_de``'s
-    search (:class:`PruneSettings`).
+    search and ``bn_recalib`` the BatchNorm recalibration after the prune (:class:`PruneSettings`).
     """
     from tinyprune import criteria
     from tinyprune.criteria.base import Granularity
@@ -114,18 +125,19 @@ def prune_run(
     check_compatible(model, bundle, model_spec, data_spec)
     spec = criteria.CRITERIA.get(criterion)  # unknown name -> UnknownNameError with a close match
     settings = PruneSettings(
-        epochs,
-        finetune_epochs,
-        lr,
-        batch_size,
-        seed,
-        round_to,
-        progress,
-        de_pop,
-        de_gens,
-        de_calib,
-        de_heldout,
-        de_workers,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        round_to=round_to,
+        progress=progress,
+        de_pop=de_pop,
+        de_gens=de_gens,
+        de_calib=de_calib,
+        de_heldout=de_heldout,
+        de_workers=de_workers,
+        bn_recalib=bn_recalib,
     )
     opts = dict(criterion_options or {})
     criteria.get(criterion, **opts)  # bad options fail before any training
@@ -202,6 +214,19 @@ class _Job:
         loader = self.loaders.test or self.loaders.val
         return evaluate(self.model, loader, task_metric(self.bundle.task, self.bundle.fs))
 
+    def recalibrate_bn(self) -> int:
+        """Re-estimate BN statistics on ``settings.bn_recalib`` training images; how many."""
+        from tinyprune.pruning.bn_recal import batchnorms, recalibrate_bn_, sample_batches
+
+        n = min(self.settings.bn_recalib, len(self.bundle.train))
+        if n == 0 or not batchnorms(self.model):
+            return 0
+        start = time.perf_counter()
+        x = sample_batches(self.bundle.train.x, n, self.settings.seed, self.settings.batch_size)
+        seen = recalibrate_bn_(self.model, x)
+        self.times["bn_recalib"] = time.perf_counter() - start
+        return seen
+
     def example(self) -> torch.Tensor:
         return next(iter(self.loaders.train))[0][:2]
 
@@ -239,6 +264,7 @@ def prune_structured_job(
         out |= _tailored(job, budget, opts)
     else:
         out |= _train_then_prune(job, criterion, budget, opts)
+    out["bn_recalibrated_on"] = job.recalibrate_bn()
     out["metric_pruned"] = job.evaluate()
     if s.finetune_epochs > 0:
         out["finetune"] = job.fit("finetune", s.finetune_epochs, [])

@@ -245,7 +245,9 @@ def test_unknown_criterion_option_lists_the_known_ones(tmp_path: Path, capsys) -
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--de-pop", "2"), ("--de-workers", "0")])
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--de-pop", "2"), ("--de-workers", "0"), ("--bn-recalib", "-1")]
+)
 def test_bad_de_setting_fails_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
 ) -> None:

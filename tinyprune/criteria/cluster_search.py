@@ -25,21 +25,9 @@ from tinyprune.criteria.cluster_de import ClusterDECriterion
 from tinyprune.criteria.shade import shade_de
 from tinyprune.de_settings import DE_GENS, DE_POP, DE_WORKERS
 from tinyprune.errors import ConfigError, PruningError
+from tinyprune.pruning.bn_recal import recalibrate_bn_
 
 log = logging.getLogger(__name__)
-
-
-def recalibrate_bn_(model: nn.Module, batches: Iterable[Any]) -> None:
-    """Re-estimate BN running statistics (cumulative average, train-mode forward, no grad)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for batch in batches:
-            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-    model.eval()
 
 
 def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:

@@ -22,6 +22,7 @@ from tinyprune.criteria.wgj import DynamicSparsityConfig
 from tinyprune.data import build_dataset
 from tinyprune.metrics import hr_errors, hr_from_bvp, neg_pearson_loss
 from tinyprune.models import create_model
+from tinyprune.pruning.bn_recal import recalibrate_bn_
 from tinyprune.pruning.dynamic import DynamicSparseHook
 from tinyprune.training import TrainConfig, fit
 from tinyprune.training.hooks import TrainContext
@@ -32,7 +33,6 @@ __all__ = [
     "evaluate_rppg",
     "magnitude_config",
     "one_shot_magnitude_",
-    "recalibrate_bn_",
     "run_t8",
 ]
 
@@ -186,31 +186,6 @@ class T8Result:
     magnitude_density: float
 
 
-@torch.no_grad()
-def recalibrate_bn_(model: nn.Module, inputs: np.ndarray, batch_size: int = 8) -> None:
-    """Re-estimate every BatchNorm's running statistics from ``inputs`` (cumulative average).
-
-    After one-shot pruning the running statistics describe the dense network; this is the usual
-    repair before evaluating or fine-tuning a pruned network.
-
-    Args:
-        model: The network; left in eval mode.
-        inputs: Training inputs, first axis = samples.
-        batch_size: Samples per forward pass.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over all batches
-    model.train()
-    for i in range(0, len(inputs), batch_size):
-        model(torch.from_numpy(inputs[i : i + batch_size]))
-    for m, mom in zip(bns, saved, strict=True):
-        m.momentum = mom
-    model.eval()
-
-
 def _fit(model: nn.Module, bundle: Any, s: T8Setup, epochs: int, hooks: list[Any]) -> None:
     cfg = TrainConfig(epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=s.seed, log_every=0)
     fit(
@@ -277,11 +252,11 @@ def run_t8(s: T8Setup = T8Setup()) -> T8Result:  # noqa: B008 - frozen default
     floors = {"min_per_channel": s.min_per_channel, "min_density_layer": wgj_cfg.min_density_layer}
     mag = copy.deepcopy(dense)
     one_shot_magnitude_(mag, s.density, **floors)
-    recalibrate_bn_(mag, bundle.train.x, s.batch_size)
+    recalibrate_bn_(mag, torch.split(torch.from_numpy(bundle.train.x), s.batch_size))
     no_ft_mae, _ = evaluate_rppg(mag, bundle)
     mag_hook = magnitude_config(s.density, **floors).make_hook()
     _fit(mag, bundle, s, ft_epochs, [mag_hook])
-    recalibrate_bn_(mag, bundle.train.x, s.batch_size)
+    recalibrate_bn_(mag, torch.split(torch.from_numpy(bundle.train.x), s.batch_size))
     mag_mae, mag_r = evaluate_rppg(mag, bundle)
     return T8Result(
         dense_mae,

@@ -20,13 +20,13 @@ from tinyprune.criteria.cluster_search import (
     PrunedEvaluator,
     cluster_fitness,
     neg_cross_entropy,
-    recalibrate_bn_,
     search_clusters,
     search_clusters_report,
 )
 from tinyprune.criteria.shade import shade_de
 from tinyprune.errors import PruningError
 from tinyprune.pruning import Budget, prune_structured
+from tinyprune.pruning.bn_recal import recalibrate_bn_
 
 
 def test_delta_identity_for_weight_source() -> None:
