@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,29 +14,9 @@ from tinyprune.training import load_checkpoint
 pytestmark = pytest.mark.timeout(120)
 
 
-def _launch(out: Path, epochs: int = 2) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "tinyprune.training.ddp_smoke",
-        "--out",
-        str(out),
-        "--epochs",
-        str(epochs),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        cmd, cwd=out, env=env, capture_output=True, text=True, timeout=100, check=False
-    )
-
-
-def test_two_replicas_train_identically(tmp_path: Path) -> None:
-    proc = _launch(tmp_path)
+def test_two_replicas_train_identically(tmp_path: Path, torchrun: Any) -> None:
+    args = ("--out", str(tmp_path), "--epochs", "2")
+    proc = torchrun("tinyprune.training.ddp_smoke", *args, cwd=tmp_path, timeout=100)
     assert proc.returncode == 0, proc.stderr[-3000:]
     init, spec, _ = load_checkpoint(tmp_path / "init.pt")
     rank0, spec0, extra0 = load_checkpoint(tmp_path / "rank0.pt")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,27 +14,10 @@ from tinyprune.training import load_checkpoint
 pytestmark = pytest.mark.timeout(240)
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "tinyprune.cli",
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=220, check=False
-    )
-
-
-def test_prune_under_torchrun_writes_one_consistent_run(tmp_path: Path) -> None:
+def test_prune_under_torchrun_writes_one_consistent_run(tmp_path: Path, torchrun: Any) -> None:
     out = tmp_path / "run"
-    proc = _torchrun(
+    proc = torchrun(
+        "tinyprune.cli",
         "prune",
         "zoo:micro_cnn",
         "--data",
@@ -53,6 +35,7 @@ def test_prune_under_torchrun_writes_one_consistent_run(tmp_path: Path) -> None:
         "--out",
         str(out),
         cwd=tmp_path,
+        timeout=220,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -66,7 +49,9 @@ def test_prune_under_torchrun_writes_one_consistent_run(tmp_path: Path) -> None:
         assert state[f"{name}.weight"].shape[0] == width
 
 
-def _prune_to_board(tmp_path: Path, flash: int, *extra: str) -> subprocess.CompletedProcess[str]:
+def _prune_to_board(
+    torchrun: Any, tmp_path: Path, flash: int, *extra: str
+) -> subprocess.CompletedProcess[str]:
     """`tinyprune prune zoo:micro_cnn --criterion l1 --target board.toml` on two replicas."""
     board = tmp_path / "board.toml"
     board.write_text(
@@ -75,13 +60,13 @@ def _prune_to_board(tmp_path: Path, flash: int, *extra: str) -> subprocess.Compl
     )
     args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1", "--epochs", "1"]
     args += [*extra, "--target", str(board), "--out", str(tmp_path / "run")]
-    return _torchrun(*args, cwd=tmp_path)
+    return torchrun("tinyprune.cli", *args, cwd=tmp_path, timeout=220)
 
 
 @pytest.mark.tf
-def test_target_profile_under_torchrun_fits_and_agrees(tmp_path: Path) -> None:
+def test_target_profile_under_torchrun_fits_and_agrees(tmp_path: Path, torchrun: Any) -> None:
     """Rank 0 searches with real exports; both replicas prune to its fraction together."""
-    proc = _prune_to_board(tmp_path, 9000, "--finetune-epochs", "1", "--lr", "3e-3")
+    proc = _prune_to_board(torchrun, tmp_path, 9000, "--finetune-epochs", "1", "--lr", "3e-3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "run"
     summary = json.loads((out / "summary.json").read_text())
@@ -94,8 +79,10 @@ def test_target_profile_under_torchrun_fits_and_agrees(tmp_path: Path) -> None:
 
 
 @pytest.mark.tf
-def test_unfittable_profile_under_torchrun_fails_on_every_rank(tmp_path: Path) -> None:
-    proc = _prune_to_board(tmp_path, 1000)
+def test_unfittable_profile_under_torchrun_fails_on_every_rank(
+    tmp_path: Path, torchrun: Any
+) -> None:
+    proc = _prune_to_board(torchrun, tmp_path, 1000)
     assert proc.returncode != 0
     assert proc.stderr.count("cannot fit") >= 2, proc.stderr[-3000:]  # both ranks say why
     assert not (tmp_path / "run").exists()

@@ -173,7 +173,7 @@ def test_unknown_criterion_suggests_the_closest(tmp_path: Path, capsys) -> None:
 
 
 def test_train_frame_stacked_rppg_net_on_clip_data(tmp_path: Path) -> None:
-    """Clip data (C, T, H, W) trains a frame-stacked 2-D rPPG net; calibration is stacked for export."""
+    """Clip data (C, T, H, W) trains a frame-stacked 2-D rPPG net; export calibration is stacked."""
     out = tmp_path / "rppg"
     assert (
         main(

@@ -1,4 +1,4 @@
-"""BatchNorm recalibration after the prune (tinyprune.pruning.bn_recal, PruneSettings.bn_recalib)."""
+"""BatchNorm recalibration after the prune (pruning.bn_recal, PruneSettings.bn_recalib)."""
 
 from __future__ import annotations
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +21,10 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, torchrun: Any) -> Path:
     out = tmp_path_factory.mktemp("ddp_prune")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "tinyprune.pruning.ddp_prune_smoke",
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        cmd, cwd=out, env=env, capture_output=True, text=True, timeout=100, check=False
-    )
+    args = ("--out", str(out))
+    proc = torchrun("tinyprune.pruning.ddp_prune_smoke", *args, cwd=out, timeout=100)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
