@@ -2,7 +2,8 @@
 
 For three model sizes this bench times, in one process and interleaved (bare, tinyprune, bare, ...):
 
-* tinyprune: ``firmware_export.export`` (its onnx + convert + quantize stages, from ``result.timings``);
+* tinyprune: ``firmware_export.export`` (its onnx + convert + quantize stages, from
+  ``result.timings``);
 * bare: ``torch.onnx.export`` (opset 17, ``dynamo=False``) -> ``onnxsim.simplify`` in-process ->
   ``onnx2tf.convert(not_use_onnxsim=True, ...)`` -> ``TFLiteConverter`` full int8 with the same
   calibration data. onnx2tf reads its sample images from the working directory, so the bare run
@@ -154,7 +155,10 @@ def tinyprune_export(
 
 
 def measure(case: Case, repeats: int, n_calib: int, out: Path) -> dict[str, Any]:
-    """Run bare and tinyprune ``repeats`` times each, alternating; return medians and arena figures."""
+    """Run bare and tinyprune ``repeats`` times each, alternating.
+
+    Returns medians and arena figures.
+    """
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((n_calib, *case.shape)).astype(np.float32)
     model = case.build()
@@ -199,11 +203,14 @@ def _ratio(a: float | None, b: float | None) -> str:
 def render(rows: list[tuple[Case, dict[str, Any] | str]], repeats: int) -> str:
     """Markdown: one row per model (or its error), then the per-stage medians."""
     head = (
-        "| model | tinyprune conv s | bare conv s | ratio | <= 1.15 | verify s (check+verify+arena) "
-        "| arena reported B | TFLM smallest B | lower bound B | reported/smallest | lower/smallest |"
+        "| model | tinyprune conv s | bare conv s | ratio | <= 1.15 "
+        "| verify s (check+verify+arena) "
+        "| arena reported B | TFLM smallest B | lower bound B "
+        "| reported/smallest | lower/smallest |"
     )
     lines = [
-        f"Medians of {repeats} repeat(s), bare and tinyprune interleaved; conv = onnx + convert + quantize.",
+        f"Medians of {repeats} repeat(s), bare and tinyprune interleaved; "
+        "conv = onnx + convert + quantize.",
         "",
         head,
         "|" + "---|" * 11,
@@ -223,7 +230,8 @@ def render(rows: list[tuple[Case, dict[str, Any] | str]], repeats: int) -> str:
         smallest = f"{m['smallest']:,}" + ("" if m["measured"] else " (est.)")
         lines.append(
             f"| {case.name} | {m['tp']:.2f} | {m['bare']:.2f} | {ratio:.3f} | "
-            f"{'PASS' if ratio <= TARGET_RATIO else 'FAIL'} | {m['verify']:.2f} | {m['header']:,} | "
+            f"{'PASS' if ratio <= TARGET_RATIO else 'FAIL'} | {m['verify']:.2f} | "
+            f"{m['header']:,} | "
             f"{smallest} | {m['lower']:,} | {_ratio(m['header'], m['smallest'])} | "
             f"{_ratio(m['lower'], m['smallest'])} |"
         )

@@ -157,7 +157,8 @@ def export_int8(model: torch.nn.Module, calib: np.ndarray, out: Path) -> bytes:
         options=ExportOptions(calib_cap=len(calib), verify_samples=8),
     )
     log(
-        f"  export: tflm_vs_litert_ref max {result.report['verify']['tflm_vs_litert_ref']['max_abs']}"
+        "  export: tflm_vs_litert_ref max "
+        f"{result.report['verify']['tflm_vs_litert_ref']['max_abs']}"
         f" LSB, int8 vs float cos {result.report['verify']['int8_vs_float']['cos']:.4f}, "
         f"flash {result.report['flash_bytes']} B, arena {result.report['arena_bytes']} B"
     )
@@ -174,7 +175,8 @@ def bench_rppg(name: str, args: argparse.Namespace, out: Path) -> list[Row]:
     train_set, evals = rppg_data(name, args.frames, args)
     x_train = stacked(train_set.train.x)
     log(
-        f"{name}: training {args.rppg_epochs} epochs on {len(x_train)} clips of {args.frames} frames"
+        f"{name}: training {args.rppg_epochs} epochs on {len(x_train)} clips "
+        f"of {args.frames} frames"
     )
     seconds = train(model, train_set, x_train, args.rppg_epochs, args.rppg_lr, 8)
     sets = {"synthetic held-out": evals.test, "real PPG (heartpy)": evals.extras["real_ppg"]}
@@ -229,7 +231,8 @@ def bench_digits(args: argparse.Namespace, out: Path) -> Row:
 def table(rows: list[Row]) -> str:
     """The result table (Markdown)."""
     head = (
-        "| model | data | epochs | train wall s | metric | float | int8 (LiteRT ref) | target met |\n"
+        "| model | data | epochs | train wall s | metric | float | int8 (LiteRT ref) "
+        "| target met |\n"
         "|---|---|---:|---:|---|---:|---:|---|"
     )
     lines = [head]

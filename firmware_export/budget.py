@@ -150,7 +150,7 @@ def _load_file(path: Path) -> DeviceProfile:
 
 
 def _check_keys(path: Path, data: dict[str, Any]) -> None:
-    for key, types in _REQUIRED.items():
+    for key in _REQUIRED:
         if key not in data:
             msg = (
                 f"device profile {str(path)!r} lacks the key {key!r}; required keys: "
@@ -254,7 +254,8 @@ def check_budget(
                 ms <= profile.latency_ms,
                 True,
                 f"estimate: {macs} MACs x {profile.cycles_per_mac:g} cycles/MAC / "
-                f"{profile.clock_mhz:g} MHz; source: {profile.cycles_per_mac_source or 'not given'}",
+                f"{profile.clock_mhz:g} MHz; "
+                f"source: {profile.cycles_per_mac_source or 'not given'}",
             )
         )
     return BudgetReport(profile.name, profile.runtime, tuple(rows))

@@ -15,7 +15,10 @@ from tinyprune.errors import ConfigError
 
 
 def load_calibration(path: str | Path) -> np.ndarray:
-    """Read a ``.npy`` calibration file without unpickling and check it (see :func:`check_calibration`)."""
+    """Read a ``.npy`` calibration file without unpickling and check it.
+
+    See :func:`check_calibration`.
+    """
     p = Path(path)
     if not p.is_file():
         msg = f"calibration file {str(p)!r} does not exist"
@@ -23,7 +26,10 @@ def load_calibration(path: str | Path) -> np.ndarray:
     try:
         data = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        msg = f"cannot read calibration file {str(p)!r} as a .npy array ({e}); save it with numpy.save"
+        msg = (
+            f"cannot read calibration file {str(p)!r} as a .npy array ({e}); "
+            "save it with numpy.save"
+        )
         raise ConfigError(msg) from e
     return check_calibration(data, source=str(p))
 

@@ -51,7 +51,9 @@ def quiet_tensorflow() -> None:
 
 
 def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: np.ndarray) -> Path:
-    """Convert ``onnx_path`` into a SavedModel at ``out_dir``; return the float32 .tflite it also wrote.
+    """Convert ``onnx_path`` into a SavedModel at ``out_dir``.
+
+    Returns the float32 .tflite it also wrote.
 
     Raises:
         ExportError: onnx2tf failed (stage "convert"); the message carries its last log lines.
@@ -82,7 +84,10 @@ def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: 
         tail = " | ".join(
             line.strip() for line in captured.getvalue().splitlines()[-6:] if line.strip()
         )
-        msg = f"onnx2tf could not convert the ONNX model ({type(e).__name__}: {e}). onnx2tf said: {tail}"
+        msg = (
+            f"onnx2tf could not convert the ONNX model ({type(e).__name__}: {e}). "
+            f"onnx2tf said: {tail}"
+        )
         raise ExportError(msg, stage="convert") from e
     log.debug("onnx2tf output:\n%s", captured.getvalue())
     float_tflite = out_dir / f"{onnx_path.stem}_float32.tflite"

@@ -107,7 +107,10 @@ def load_onnx(path: Path) -> tuple[object, tuple[int, ...]]:
     dims[0].dim_value = 1
     shape = tuple(int(d.dim_value) for d in dims[1:])
     if any(s <= 0 for s in shape):
-        msg = f"{str(path)!r}: input {inputs[0].name!r} has dynamic non-batch dimensions {shape}; export it with static shapes"
+        msg = (
+            f"{str(path)!r}: input {inputs[0].name!r} has dynamic non-batch dimensions "
+            f"{shape}; export it with static shapes"
+        )
         raise ConfigError(msg)
     proto = simplify(proto)
     rewrite_onnx(proto)

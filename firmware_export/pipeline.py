@@ -57,7 +57,10 @@ class ExportOptions:
     def __post_init__(self) -> None:
         """Reject values that make no sense before any slow stage runs."""
         if self.calib_cap < 1 or self.verify_samples < 1:
-            msg = f"calib_cap and verify_samples must be >= 1, got {self.calib_cap}, {self.verify_samples}"
+            msg = (
+                "calib_cap and verify_samples must be >= 1, "
+                f"got {self.calib_cap}, {self.verify_samples}"
+            )
             raise ConfigError(msg)
         if (
             self.tflm_tolerance_lsb < 0
@@ -96,7 +99,8 @@ def export(
     """Export a PyTorch model (or an ONNX file) to verified int8 TFLite, C sources and a report.
 
     Args:
-        model: A module, a :class:`LoadedModel`, or a MODEL string (``zoo:NAME``, ``file.py:fn``, ...).
+        model: A module, a :class:`LoadedModel`, or a MODEL string (``zoo:NAME``,
+            ``file.py:fn``, ...).
         calibration: Float32 samples in the model's PyTorch layout, or the path of a ``.npy``.
         target: A built-in device profile name or a TOML profile path.
         out_dir: The run folder (created; existing artifacts of the same names are replaced).
@@ -131,7 +135,10 @@ def export(
 
 
 def raise_if_over_budget(result: ExportResult, target: str) -> None:
-    """Raise :class:`BudgetExceededError` (exit 3) naming the failing resources; files stay written."""
+    """Raise :class:`BudgetExceededError` (exit 3) naming the failing resources.
+
+    The files stay written.
+    """
     if result.fits:
         return
     failing = [k for k, row in result.report["budget"].items() if not row["ok"]]

@@ -185,8 +185,8 @@ class ArenaMeasurement:
 
     Attributes:
         recorded_bytes: "Arena allocation total" of TFLM's recording allocator after invoke.
-        smallest_bytes: Smallest arena size, found by bisection to ARENA_STEP (8) bytes, in which the
-            interpreter is created and ``invoke`` succeeds (the interpreter receives a
+        smallest_bytes: Smallest arena size, found by bisection to ARENA_STEP (8) bytes, in which
+            the interpreter is created and ``invoke`` succeeds (the interpreter receives a
             16-byte-aligned heap buffer, as ``alignas(16)`` gives on the device).
         allocations: The recording allocator's full text (head, tail, per-kind usage).
 

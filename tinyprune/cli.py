@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
         prog="tinyprune",
-        description="Prune PyTorch networks and ship them to microcontrollers: verified int8 TFLite, "
-        "TFLM C arrays and a flash/RAM/compute budget report.",
+        description="Prune PyTorch networks and ship them to microcontrollers: "
+        "verified int8 TFLite, TFLM C arrays and a flash/RAM/compute budget report.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

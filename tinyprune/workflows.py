@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def parse_kwargs(items: list[str] | None, what: str) -> dict[str, Any]:
-    """``["width=8", "size=16"]`` -> ``{"width": 8, "size": 16}`` (Python literals, else strings)."""
+    """``["width=8", "size=16"]`` -> ``{"width": 8, "size": 16}``.
+
+    Values are Python literals, else strings.
+    """
     import ast
 
     out: dict[str, Any] = {}
@@ -111,7 +114,10 @@ def check_compatible(model: nn.Module, bundle: Any, model_name: str, data_name: 
 
 
 def to_model_layout(samples: np.ndarray, model: nn.Module) -> np.ndarray:
-    """Samples in the model's export layout: clips are frame-stacked for 2-D rPPG nets (a reshape)."""
+    """Samples in the model's export layout.
+
+    Clips are frame-stacked for 2-D rPPG nets (a reshape).
+    """
     shape = tuple(getattr(model, "input_shape", ()) or ())
     if shape and _frame_stacked(tuple(samples.shape[1:]), shape):
         n, c, t, h, w = samples.shape

@@ -177,7 +177,10 @@ class MnasNetStyle(nn.Module):
 
 
 class Conv3dNet(nn.Module):
-    """A tiny 3-D clip net: Conv3d + BN + ReLU, 3-D max-pool, temporal Conv3d, 3-D avg-pool, Linear."""
+    """A tiny 3-D clip net.
+
+    Conv3d + BN + ReLU, 3-D max-pool, temporal Conv3d, 3-D avg-pool, Linear.
+    """
 
     input_shape = (3, 4, 8, 8)
 

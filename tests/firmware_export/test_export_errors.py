@@ -1,4 +1,7 @@
-"""Every bad input of `tinyprune export` / `report`: a one-line error, its exit code, nothing written."""
+"""Every bad input of `tinyprune export` / `report`.
+
+Each gives a one-line error and its exit code, and nothing is written.
+"""
 
 from __future__ import annotations
 

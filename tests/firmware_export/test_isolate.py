@@ -30,7 +30,8 @@ def _raise_config() -> None:
 
 
 def _raise_unsupported() -> None:
-    raise UnsupportedOpError("CONV_3D lacking", ops=("CONV_3D",), target="cortex-m4")
+    msg = "CONV_3D lacking"
+    raise UnsupportedOpError(msg, ops=("CONV_3D",), target="cortex-m4")
 
 
 def _raise_runtime() -> None:

@@ -15,7 +15,8 @@ Specular highlights and the ``talking`` preset are not modelled.
 
 Nuisance presets (combinable): ``static``, ``translation_slow`` / ``translation_fast``
 (7 % / 14 % of face height per second on average, sinusoidal so turn-arounds are smooth),
-``rotation_small`` / ``rotation_medium`` (yaw +/-10 / +/-20 deg as horizontal squeeze + Lambertian shading),
+``rotation_small`` / ``rotation_medium`` (yaw +/-10 / +/-20 deg as horizontal squeeze +
+Lambertian shading),
 ``illumination`` (drift, ramped steps, colour-temperature drift, optional mains flicker) and
 ``camera`` (Poisson-Gaussian noise, optional gamma 2.2 and JPEG).
 ``crop`` mode renders face-centred ``crop x crop`` clips directly (face box = crop / 1.5).

@@ -73,10 +73,7 @@ def count_macs_params(
         )
         raise ConfigError(msg)
     params = count_params(model)
-    if device == "meta":
-        runner = copy.deepcopy(model).to("meta")
-    else:
-        runner = model
+    runner = copy.deepcopy(model).to("meta") if device == "meta" else model
     was_training = runner.training
     runner.eval()
     x = torch.zeros((1, *tuple(shape)), device=device)

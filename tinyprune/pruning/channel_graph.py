@@ -168,9 +168,9 @@ class ChannelGraph:
             handler = item.dep.handler
             if isinstance(module, BN_TYPES):
                 group.bns.append(slot)
-            elif isinstance(module, PRUNABLE_TYPES) and _is_depthwise(module):
-                group.members.append(slot)
-            elif self.dg.is_out_channel_pruning_fn(handler) and not is_in(handler):
+            elif (isinstance(module, PRUNABLE_TYPES) and _is_depthwise(module)) or (
+                self.dg.is_out_channel_pruning_fn(handler) and not is_in(handler)
+            ):
                 group.members.append(slot)
             elif is_in(handler):
                 group.consumers.append(slot)
