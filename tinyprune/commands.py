@@ -101,6 +101,12 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     )
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
+        help="peak learning rate of fine-tuning (default: --lr; recipes often use --lr / 10)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--round-to", type=int, default=4, help="kept channel counts are multiples of this"
@@ -351,6 +357,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         criterion_options=parse_kwargs(args.criterion_kw, "--criterion-kw"),
         bn_recalib=args.bn_recalib,
+        finetune_lr=args.finetune_lr,
         de_pop=args.de_pop,
         de_gens=args.de_gens,
         de_calib=args.de_calib,

@@ -40,6 +40,8 @@ class PruneSettings:
         de_calib, de_heldout: Training images used by the DE fitness for BN recalibration and
             for the held-out score (taken from the training set, never from the test set).
         de_workers: Processes evaluating each DE generation (one torch thread each).
+        finetune_lr: Peak learning rate of fine-tuning (None: ``lr``). Pruning recipes often
+            fine-tune at a tenth of the training rate (CHIP, filter pruning of Li et al.).
         bn_recalib: Training images on which BatchNorm statistics are re-estimated right after
             the prune (0: keep the dense network's statistics). The same images on every rank.
     """
@@ -57,6 +59,7 @@ class PruneSettings:
     de_heldout: int = de_settings.DE_HELDOUT_IMAGES
     de_workers: int = de_settings.DE_WORKERS
     bn_recalib: int = 256
+    finetune_lr: float | None = None
 
     def __post_init__(self) -> None:
         lows = {
@@ -72,6 +75,9 @@ class PruneSettings:
                 flag = "--" + name.replace("_", "-")
                 msg = f"{flag} {getattr(self, name)} is invalid; expected an integer >= {low}"
                 raise ConfigError(msg)
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            msg = f"--finetune-lr {self.finetune_lr} is invalid; expected a number > 0"
+            raise ConfigError(msg)
 
 
 def prune_run(
@@ -100,6 +106,7 @@ def prune_run(
     de_heldout: int = de_settings.DE_HELDOUT_IMAGES,
     de_workers: int = de_settings.DE_WORKERS,
     bn_recalib: int = 256,
+    finetune_lr: float | None = None,
 ) -> RunFiles:
     """Run the prune job; write ``pruned.pt2``, ``checkpoint.pt``, ``calib.npy``, ``summary.json``.
 
@@ -138,6 +145,7 @@ def prune_run(
         de_heldout=de_heldout,
         de_workers=de_workers,
         bn_recalib=bn_recalib,
+        finetune_lr=finetune_lr,
     )
     opts = dict(criterion_options or {})
     criteria.get(criterion, **opts)  # bad options fail before any training
@@ -196,7 +204,8 @@ class _Job:
 
         s = self.settings
         start = time.perf_counter()
-        cfg = TrainConfig(epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=s.seed)
+        lr = s.finetune_lr if phase == "finetune" and s.finetune_lr is not None else s.lr
+        cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=s.batch_size, seed=s.seed)
         result = fit(
             self.model,
             self.loaders.train,

@@ -246,9 +246,15 @@ def test_unknown_criterion_option_lists_the_known_ones(tmp_path: Path, capsys) -
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--de-pop", "2"), ("--de-workers", "0"), ("--bn-recalib", "-1")]
+    ("flag", "value"),
+    [
+        ("--de-pop", "2"),
+        ("--de-workers", "0"),
+        ("--bn-recalib", "-1"),
+        ("--finetune-lr", "0"),
+    ],
 )
-def test_bad_de_setting_fails_before_training(
+def test_bad_job_setting_fails_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
 ) -> None:
     args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "cluster_de"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tinyprune.data import build_dataset
+from tinyprune.errors import ConfigError
 from tinyprune.models import create_model
 from tinyprune.prune_job import PruneSettings, prune_structured_job
 from tinyprune.pruning import Budget
@@ -45,3 +47,20 @@ def test_cluster_de_runs_its_search_and_reports_it() -> None:
     assert search["evaluations"] >= 4
     assert dict(summary["criterion_options"]["k_per_layer"])
     assert summary["prune"]["macs_after"] <= 0.5 * summary["prune"]["macs_before"]
+
+
+def test_fine_tuning_runs_at_its_own_learning_rate() -> None:
+    """--finetune-lr: the same schedule as training, scaled to the fine-tuning peak rate."""
+    model, bundle = _setup()
+    s = PruneSettings(
+        epochs=2, finetune_epochs=2, lr=3e-3, finetune_lr=3e-4, progress=False, round_to=1
+    )
+    summary = prune_structured_job(model, bundle, "l1", Budget(target_flops=0.5), s)
+    train, tune = summary["train"]["history"], summary["finetune"]["history"]
+    assert train[0]["lr"] > 0
+    assert tune[0]["lr"] == pytest.approx(train[0]["lr"] / 10)
+
+
+def test_fine_tuning_rate_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="--finetune-lr"):
+        PruneSettings(finetune_lr=0.0)
