@@ -188,7 +188,7 @@ def _run_task(
     budgets: list[float],
     settings: Any,
     keep_models: bool,
-    ft_lr_scale: float = 1.0,
+    ft_lr_scale: float = 0.1,
 ) -> list[Run]:
     from tinyprune.prune_job import prune_structured_job, train_for_criterion
     from tinyprune.pruning.select import Budget

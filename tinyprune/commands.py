@@ -105,7 +105,8 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--finetune-lr",
         type=float,
         default=None,
-        help="peak learning rate of fine-tuning (default: --lr; recipes often use --lr / 10)",
+        help="peak learning rate of fine-tuning after a structured prune (default: --lr; "
+        "recipes often use --lr / 10)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
@@ -116,8 +117,8 @@ def add_subcommands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         type=int,
         default=256,
         metavar="N",
-        help="re-estimate BatchNorm statistics on N training images right after the prune "
-        "(0: keep the dense network's)",
+        help="re-estimate BatchNorm statistics on N training images right after a structured "
+        "prune (0: keep the dense network's)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -135,15 +135,27 @@ class LambdaController:
         return self.value
 
 
+def _prox_step_size(
+    optimizer: torch.optim.Optimizer, param: torch.Tensor, precondition: bool, fallback_lr: float
+) -> torch.Tensor | float:
+    """The step size the proximal threshold is scaled by: the learning rate of ``param``'s group,
+    divided (``precondition``) by Adam's denominator ``sqrt(v_hat) + eps`` when it has one."""
+    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), {})
+    lr = float(group.get("lr", fallback_lr))
+    return lr / _adam_denominator(optimizer, param) if precondition else lr
+
+
 def _adam_denominator(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
-    """``sqrt(v / (1 - beta2^t)) + eps`` of Adam/AdamW for ``param``; 1 for other optimizers."""
+    """``sqrt(v / (1 - beta2^t)) + eps`` of Adam/AdamW for ``param`` (``v``: the running max
+    under amsgrad); 1 for other optimizers and before the first step."""
     state = optimizer.state.get(param, {})
     if "exp_avg_sq" not in state:
         return torch.ones_like(param)
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
     _, beta2 = group["betas"]
     t = float(state["step"])
-    return (state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + group["eps"]
+    v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+    return (v / (1 - beta2**t)).sqrt() + group["eps"]
 
 
 def proximal_l1_(gamma: torch.Tensor, threshold: torch.Tensor) -> None:
@@ -322,10 +334,9 @@ class TailoredHook(TrainHook):
                 root = torch.tensor(slot.root)
                 hit = torch.isin(root, torch.as_tensor(pset)).to(in_p.dtype)
                 in_p[torch.tensor(slot.idxs)] = hit
-                step = ctx.lr * w * (lam * in_p + lam_all)
-                if self.crit.prox_scale == "optimizer":
-                    step = step / _adam_denominator(ctx.optimizer, bn.weight)
-                proximal_l1_(bn.weight, step)
+                precondition = self.crit.prox_scale == "optimizer"
+                size = _prox_step_size(ctx.optimizer, bn.weight, precondition, ctx.lr)
+                proximal_l1_(bn.weight, size * w * (lam * in_p + lam_all))
 
     def freeze_(self, model: nn.Module, activation: str = "relu") -> Any:
         """Hard-prune ``Pset`` of the last SELECT (after beta folding); returns a PruneResult."""

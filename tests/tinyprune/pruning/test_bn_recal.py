@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from tinyprune.data import build_dataset
+from tinyprune.errors import ConfigError
 from tinyprune.models import create_model
 from tinyprune.prune_job import PruneSettings, prune_structured_job
 from tinyprune.pruning import Budget
@@ -22,13 +24,32 @@ def test_recalibrated_statistics_are_those_of_the_images() -> None:
     bn.running_mean.fill_(5.0)
     bn.running_var.fill_(9.0)
     x = torch.randn(32, 2, 6, 6) * 2 + 1
-    seen = recalibrate_bn_(model, list(torch.split(x, 8)))
+    batches = list(torch.split(x, 12))  # 12, 12, 8: a short last batch weighs less
+    seen = recalibrate_bn_(model, [*batches, x[:1]])  # a one-sample batch is skipped
     with torch.no_grad():
         y = conv(x)
-        per_batch_var = torch.stack([b.var(dim=(0, 2, 3)) for b in torch.split(y, 8)])
+        var = torch.stack([conv(b).var(dim=(0, 2, 3)) * len(b) for b in batches]).sum(0) / 32
     torch.testing.assert_close(bn.running_mean, y.mean(dim=(0, 2, 3)))
-    torch.testing.assert_close(bn.running_var, per_batch_var.mean(0))  # unbiased, per batch
+    torch.testing.assert_close(bn.running_var, var)  # unbiased per batch, weighted by size
     assert seen == 32 and bn.momentum == 0.3 and not model.training
+
+
+def test_a_failing_forward_leaves_the_statistics_as_they_were() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    bn = model[1]
+    bn.running_mean.fill_(5.0)
+    with pytest.raises(RuntimeError):
+        recalibrate_bn_(model, [torch.randn(8, 4), torch.randn(8, 5)])  # second: wrong width
+    assert torch.equal(bn.running_mean, torch.full((3,), 5.0)) and bn.momentum == 0.1
+    assert recalibrate_bn_(model, [torch.randn(1, 4)]) == 0  # nothing usable: kept as well
+    assert torch.equal(bn.running_mean, torch.full((3,), 5.0))
+
+
+def test_a_one_sample_tail_joins_the_previous_batch() -> None:
+    x = np.zeros((33, 3), dtype=np.float32)
+    assert [len(b) for b in sample_batches(x, 33, seed=0, batch_size=32)] == [33]
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    assert recalibrate_bn_(model, sample_batches(x, 33, seed=0, batch_size=32)) == 33
 
 
 def test_samples_depend_on_the_seed_only() -> None:
@@ -64,9 +85,5 @@ def test_prune_job_recalibrates_the_pruned_network_on_training_images() -> None:
 
 
 def test_settings_refuse_a_negative_count() -> None:
-    import pytest
-
-    from tinyprune.errors import ConfigError
-
     with pytest.raises(ConfigError, match="--bn-recalib"):
         dataclasses.replace(PruneSettings(), bn_recalib=-1)

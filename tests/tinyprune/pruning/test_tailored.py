@@ -182,11 +182,16 @@ def test_adam_denominator_is_the_one_of_adams_step() -> None:
     the metric of the step); 1 for SGD."""
     torch.manual_seed(0)
     p = nn.Parameter(torch.randn(5))
-    for opt in (torch.optim.Adam([p], lr=0.01), torch.optim.AdamW([p], lr=0.01, weight_decay=0)):
-        for _ in range(3):
+    optimizers = (
+        torch.optim.Adam([p], lr=0.01),
+        torch.optim.AdamW([p], lr=0.01, weight_decay=0),
+        torch.optim.Adam([p], lr=0.01, amsgrad=True),
+    )
+    for opt in optimizers:
+        for i in range(4):
             before = p.detach().clone()
             opt.zero_grad()
-            (p**3).sum().backward()
+            (p**3 * (3 - i)).sum().backward()  # shrinking gradients: amsgrad's max matters
             opt.step()
         st = opt.state[p]
         m_hat = st["exp_avg"] / (1 - 0.9 ** float(st["step"]))
