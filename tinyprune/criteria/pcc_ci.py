@@ -183,6 +183,13 @@ class PCCHook(TrainHook):
         return {"pcc_last": self.last, "pcc_mode": self.mode, "lambda_pcc": self.lambda_pcc}
 
 
+_SELECTION_OF_MODE = {
+    "adaptive_budget": "global",
+    "chip_fixed": "local",
+    "uniform_budget": "uniform",
+}
+
+
 @CRITERIA.register("pcc_ci", help="channel independence (CHIP nuclear-norm drop) + PCC loss")
 @dataclass(frozen=True)
 class PCCCICriterion:
@@ -191,7 +198,10 @@ class PCCCICriterion:
     Importance of channel ``c`` = mean over calibration images of ``||A||_* - ||A^(c)||_*`` on
     the post-activation map ``A`` (C x H*W). ``mode='adaptive_budget'`` selects with one global
     threshold on layer-normalised CI meeting the budget (minimum ``max(8, 0.05 C)`` per
-    layer); ``mode='chip_fixed'`` keeps the top ``(1 - s_l) C_l`` per layer given ``sparsity``.
+    layer); ``mode='chip_fixed'`` keeps the top ``(1 - s_l) C_l`` per layer given ``sparsity``;
+    ``mode='uniform_budget'`` [R] keeps the same fraction of every layer (the largest that meets
+    the budget) and CI only ranks channels inside a layer (the adaptive threshold tends to
+    prune the last, parameter-heavy layers hardest, which small classifiers feel most).
     """
 
     mode: str = "adaptive_budget"
@@ -209,8 +219,9 @@ class PCCCICriterion:
     needs_data: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.mode not in ("adaptive_budget", "chip_fixed"):
-            msg = f"pcc_ci mode {self.mode!r} unknown; expected 'adaptive_budget' or 'chip_fixed'"
+        if self.mode not in _SELECTION_OF_MODE:
+            known = ", ".join(repr(m) for m in _SELECTION_OF_MODE)
+            msg = f"pcc_ci mode {self.mode!r} unknown; expected one of {known}"
             raise ConfigError(msg)
         if self.pcc_mode not in PCC_MODES:
             msg = f"pcc_mode {self.pcc_mode!r} is unknown; expected one of: {', '.join(PCC_MODES)}"
@@ -219,7 +230,7 @@ class PCCCICriterion:
     @property
     def selection(self) -> str:
         """Engine selection implied by ``mode``."""
-        return "global" if self.mode == "adaptive_budget" else "local"
+        return _SELECTION_OF_MODE[self.mode]
 
     def score(self, inp: ScoreInput) -> torch.Tensor:
         """Mean CI per channel over the calibration images."""

@@ -162,6 +162,23 @@ def test_adaptive_budget_met_and_maximal() -> None:
             assert macs > limits[0] or params > limits[1]
 
 
+def test_uniform_budget_keeps_one_fraction_and_the_top_ci_channels() -> None:
+    model, x = make(PlainCNN)
+    data = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))]
+    feats = capture_features(model, ["c1", "c2", "c3"], data)
+    crit = C.get("pcc_ci", mode="uniform_budget", min_channels=1, min_fraction=0.0)
+    result = prune_structured(model, x, crit, Budget(target_flops=0.5), data=data, round_to=1)
+    assert result.macs_after <= 0.5 * result.macs_before
+    fractions = []
+    for layer, kept in result.keep.items():
+        ci = _brute_ci(torch.relu(feats[layer]).reshape(4, feats[layer].shape[1], -1)).mean(0)
+        assert sorted(kept) == sorted(torch.argsort(ci, descending=True)[: len(kept)].tolist())
+        fractions.append(len(kept) / ci.numel())
+    assert max(fractions) - min(fractions) <= 1 / 12 + 1e-9  # one channel of the 12-wide layer
+    with pytest.raises(ConfigError, match="uniform_budget"):
+        C.get("pcc_ci", mode="bogus")
+
+
 def test_chip_fixed_reproduces_chip_kept_indices() -> None:
     model, x = make(PlainCNN)
     data = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(7))]
