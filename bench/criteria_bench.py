@@ -1,6 +1,7 @@
 """Benchmark of the structured criteria against the baselines at equal budgets.
 
-Every criterion (l1, random, bn_scale, pcc_ci, tailored, cluster_de) prunes the same network
+Every criterion (l1, random, bn_scale, pcc_ci, tailored, cluster_de; and ``pcc_ci:uniform``,
+pcc_ci with ``mode=uniform_budget``, not counted in the targets) prunes the same network
 to the same MACs budgets (50 % and 25 % kept) with the same training budget (pre-training
 epochs + fine-tuning epochs), over several seeds, on
 
@@ -47,6 +48,9 @@ import torch
 
 CRITERIA = ("l1", "random", "bn_scale", "pcc_ci", "tailored", "cluster_de")
 SEED_CRITERIA = ("pcc_ci", "tailored", "cluster_de")
+# extra rows: a criterion with non-default options (not counted in the targets)
+VARIANTS = {"pcc_ci:uniform": ("pcc_ci", {"mode": "uniform_budget"})}
+ROWS = (*CRITERIA, *VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -214,15 +218,16 @@ def _run_task(
         dense = _metric(task, trained["l1"][0], bundle, videos)
         runs.append(Run(task.name, "dense", 1.0, seed, 1.0, 1.0, dense, dense, 0.0))
         for frac in budgets:
-            for name in CRITERIA:
+            for name in ROWS:
+                crit, opts = VARIANTS.get(name, (name, {}))
                 start = time.perf_counter()
-                if name == "tailored":
+                if crit == "tailored":
                     model, pre, job = copy.deepcopy(base), 0.0, s
                 else:
-                    src, pre = trained["pcc_ci" if name == "pcc_ci" else "l1"]
+                    src, pre = trained["pcc_ci" if crit == "pcc_ci" else "l1"]
                     model, job = copy.deepcopy(src), dataclasses.replace(s, epochs=0)
                 job = dataclasses.replace(job, finetune_epochs=0)  # fine-tuned below
-                summary = prune_structured_job(model, bundle, name, Budget(frac), job)
+                summary = prune_structured_job(model, bundle, crit, Budget(frac), job, opts)
                 pruned = _metric(task, model, bundle, videos)
                 _finetune(model, bundle, s)
                 p = summary["prune"]
@@ -301,7 +306,7 @@ def _verdicts(rows: list[Run], task: Task, frac: float, name: str, stage: str = 
 
 def _table(runs: list[Run], tasks: list[Task], exports: dict[tuple[str, str, float], Any]) -> str:
     head = (
-        f"{'task':18s} {'criterion':10s} {'target':>6s} {'MACs kept':>9s} {'params kept':>11s}"
+        f"{'task':18s} {'criterion':14s} {'target':>6s} {'MACs kept':>9s} {'params kept':>11s}"
         f" {'pruned':>7s} {'fine-tuned (mean ± std)':>27s} {'time s':>7s} {'flash B':>8s}"
         f" {'arena B':>8s}"
         f" {'tflm ok':>8s}  {'vs baselines: pruned':21s} fine-tuned"
@@ -310,7 +315,7 @@ def _table(runs: list[Run], tasks: list[Task], exports: dict[tuple[str, str, flo
     for task in tasks:
         rows = [r for r in runs if r.task == task.name]
         for frac in sorted({r.budget for r in rows}, reverse=True):
-            for name in ("dense", *CRITERIA):
+            for name in ("dense", *ROWS):
                 sel = [r for r in rows if r.criterion == name and r.budget == frac]
                 if not sel:
                     continue
@@ -329,7 +334,7 @@ def _table(runs: list[Run], tasks: list[Task], exports: dict[tuple[str, str, flo
                     "" if name == "dense" else _verdicts(rows, task, frac, name, "metric_pruned")
                 )
                 lines.append(
-                    f"{task.name:18s} {name:10s} {frac:6.2f} {macs[0]:9.3f} {params[0]:11.3f}"
+                    f"{task.name:18s} {name:14s} {frac:6.2f} {macs[0]:9.3f} {params[0]:11.3f}"
                     f" {pruned:7.3f} {metric:>27s} {t:7.1f} {flash!s:>8s} {arena!s:>8s}"
                     f" {same!s:>8s}"
                     f"  {marks_pruned:21s} {marks}"
