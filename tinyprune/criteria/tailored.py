@@ -140,9 +140,13 @@ def _prox_step_size(
 ) -> torch.Tensor | float:
     """The step size the proximal threshold is scaled by: the learning rate of ``param``'s group,
     divided (``precondition``) by Adam's denominator ``sqrt(v_hat) + eps`` when it has one."""
-    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), {})
-    lr = float(group.get("lr", fallback_lr))
+    lr = float(_group_of(optimizer, param).get("lr", fallback_lr))
     return lr / _adam_denominator(optimizer, param) if precondition else lr
+
+
+def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, Any]:
+    """The param group holding ``param`` (empty when the optimizer does not hold it)."""
+    return next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), {})
 
 
 def _adam_denominator(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
@@ -151,7 +155,7 @@ def _adam_denominator(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> 
     state = optimizer.state.get(param, {})
     if "exp_avg_sq" not in state:
         return torch.ones_like(param)
-    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    group = _group_of(optimizer, param)
     _, beta2 = group["betas"]
     t = float(state["step"])
     v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
