@@ -587,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.test_videos is not None and args.test_videos < 1:
+        p.error(f"--test-videos must be >= 1, got {args.test_videos}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full" if args.full else "default"
