@@ -20,7 +20,7 @@ from torch import nn
 from tinyprune import criteria
 from tinyprune.criteria.wgj import DynamicSparsityConfig
 from tinyprune.data import build_dataset
-from tinyprune.metrics import hr_errors, hr_from_bvp, neg_pearson_loss
+from tinyprune.metrics import hr_errors, neg_pearson_loss, video_hr
 from tinyprune.models import create_model
 from tinyprune.pruning.bn_recal import recalibrate_bn_
 from tinyprune.pruning.dynamic import DynamicSparseHook
@@ -57,12 +57,10 @@ def evaluate_rppg(model: nn.Module, bundle: Any) -> tuple[float, float]:
     model.eval()
     with torch.no_grad():
         pred = model(torch.from_numpy(bundle.test.x)).numpy()
-    fs, test = float(bundle.fs), bundle.test
-    videos = sorted(set(np.asarray(test.video).tolist()))
-    hr_pred = [hr_from_bvp(pred[test.video == v].reshape(-1), fs, diff=True) for v in videos]
-    hr_true = [float(np.mean(np.asarray(test.hr_bpm)[test.video == v])) for v in videos]
+    test = bundle.test
+    hr_pred, hr_true = video_hr(pred, test.video, test.hr_bpm, float(bundle.fs))
     r = [float(np.corrcoef(p, y)[0, 1]) for p, y in zip(pred, test.y, strict=True)]
-    return float(hr_errors(np.array(hr_pred), np.array(hr_true)).mae), float(np.nanmean(r))
+    return float(hr_errors(hr_pred, hr_true).mae), float(np.nanmean(r))
 
 
 def magnitude_config(
