@@ -140,9 +140,10 @@ def _eval_videos(task: Task) -> Any:
 
 def _metric(task: Task, model: torch.nn.Module, bundle: Any, videos: Any) -> float:
     """Test accuracy (digits) or HR MAE in bpm over held-out videos (rPPG)."""
+    from tinyprune.app.runs import to_model_layout
+    from tinyprune.app.tasks import task_metric
     from tinyprune.metrics import mae, video_hr
     from tinyprune.training import evaluate
-    from tinyprune.workflows import task_metric, to_model_layout
 
     if videos is None:
         loaders = bundle.loaders(batch_size=256, seed=0)
@@ -157,12 +158,13 @@ def _metric(task: Task, model: torch.nn.Module, bundle: Any, videos: Any) -> flo
 
 
 def _finetune(model: torch.nn.Module, bundle: Any, s: Any) -> None:
+    from tinyprune.app.tasks import task_loss
     from tinyprune.training import TrainConfig, fit
-    from tinyprune.workflows import task_loss
 
     loaders = bundle.loaders(batch_size=s.batch_size, seed=s.seed)
-    lr = s.finetune_lr if s.finetune_lr is not None else s.lr
-    cfg = TrainConfig(epochs=s.finetune_epochs, lr=lr, batch_size=s.batch_size, seed=s.seed)
+    cfg = TrainConfig(
+        epochs=s.finetune.epochs, lr=s.finetune_lr, batch_size=s.batch_size, seed=s.seed
+    )
     fit(model, loaders.train, cfg, loss_fn=task_loss(bundle.task), progress=False)
 
 
@@ -198,7 +200,8 @@ def _run_task(
     keep_models: bool,
     ft_lr_scale: float = 0.1,
 ) -> list[Run]:
-    from tinyprune.prune_job import prune_structured_job, train_for_criterion
+    from tinyprune.app.jobs import prune_structured_job, train_for_criterion
+    from tinyprune.config import FinetuneConfig
     from tinyprune.pruning.select import Budget
 
     bundle, videos = _bundle(task), _eval_videos(task)
@@ -208,9 +211,8 @@ def _run_task(
             settings,
             seed=seed,
             epochs=task.epochs,
-            finetune_epochs=task.finetune_epochs,
+            finetune=FinetuneConfig(epochs=task.finetune_epochs, lr=task.lr * ft_lr_scale),
             lr=task.lr,
-            finetune_lr=task.lr * ft_lr_scale,
             batch_size=task.batch_size,
         )
         base = _new_model(task, seed)
@@ -230,8 +232,10 @@ def _run_task(
                 else:
                     src, pre = trained["pcc_ci" if crit == "pcc_ci" else "l1"]
                     model, job = copy.deepcopy(src), dataclasses.replace(s, epochs=0)
-                job = dataclasses.replace(job, finetune_epochs=0)  # fine-tuned below
-                summary = prune_structured_job(model, bundle, crit, Budget(frac), job, opts)
+                job = dataclasses.replace(  # fine-tuned below
+                    job, finetune=FinetuneConfig(epochs=0), criterion_options=opts
+                )
+                summary = prune_structured_job(model, bundle, crit, Budget(frac), job)
                 pruned = _metric(task, model, bundle, videos)
                 _finetune(model, bundle, s)
                 p = summary["prune"]
@@ -387,14 +391,15 @@ def bench(
     test_videos: int | None = None,
 ) -> None:
     """The criteria table (see the module docstring)."""
+    from tinyprune.config import DESearchConfig, PruneConfig
     from tinyprune.errors import TinypruneError
-    from tinyprune.prune_job import PruneSettings
 
     tasks = _tasks(mode, test_videos)
     n_seeds = seeds or (1 if mode == "quick" else 3)
     budgets = [0.5, 0.25]
     de = {"quick": (6, 3), "default": (10, 10), "full": (20, 30)}[mode]
-    settings = PruneSettings(progress=False, de_pop=de[0], de_gens=de[1], round_to=round_to)
+    de_cfg = DESearchConfig(pop=de[0], gens=de[1])
+    settings = PruneConfig(progress=False, de=de_cfg, round_to=round_to)
     print(
         f"mode {mode}: seeds {list(range(n_seeds))}, budgets (MACs kept) {budgets}, "
         f"round_to {round_to}"
@@ -453,7 +458,9 @@ def bench(
 
 def de_timing(mode: str, names: Sequence[str] = ("resnet20", "vgg16_cifar")) -> None:
     """DE search time with the default settings (methods.md §4.6) on CIFAR-shaped random data."""
-    from tinyprune import de_settings as ds
+    from tinyprune.config import DESearchConfig
+
+    ds = DESearchConfig()
     from tinyprune.criteria.cluster_search import search_clusters_report
     from tinyprune.models import create_model
     from tinyprune.pruning.select import Budget
@@ -461,10 +468,10 @@ def de_timing(mode: str, names: Sequence[str] = ("resnet20", "vgg16_cifar")) -> 
     limits = {"resnet20": 120.0, "vgg16_cifar": 600.0}
     images = {
         "quick": (32, 32),
-        "default": (ds.DE_CALIB_IMAGES, ds.DE_HELDOUT_IMAGES),
-        "full": (4 * ds.DE_CALIB_IMAGES, 4 * ds.DE_HELDOUT_IMAGES),
+        "default": (ds.calib, ds.heldout),
+        "full": (4 * ds.calib, 4 * ds.heldout),
     }[mode]
-    pop, gens = (6, 2) if mode == "quick" else (ds.DE_POP, ds.DE_GENS)
+    pop, gens = (6, 2) if mode == "quick" else (ds.pop, ds.gens)
     for name in names:
         torch.manual_seed(0)
         model = create_model(name).eval()

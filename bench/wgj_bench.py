@@ -23,7 +23,7 @@ say how the criteria compare at equal budget, not what MAE a real camera gives.
     /work/venv/bin/python bench/wgj_bench.py --t8       # methods.md T8 check only (~30 s)
 
 ``--t8`` runs the end-to-end faithfulness check T8 of methods.md §2.10 (the same code as
-``tests/tinyprune/pruning/test_wgj_end_to_end.py``, ``tinyprune.pruning.sparse_eval.run_t8``) and
+``tests/tinyprune/pruning/test_wgj_end_to_end.py``, ``bench/sparse_eval.py run_t8``) and
 prints dense / wgj@0.1 / one-shot magnitude@0.1 HR MAE; ``--seeds`` repeats it over seeds.
 """
 
@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sparse_eval import T8Setup, evaluate_rppg, run_t8
 
 from tinyprune import criteria
 from tinyprune.data import build_dataset
 from tinyprune.metrics import neg_pearson_loss
 from tinyprune.models import create_model
 from tinyprune.pruning.masks import sparsity_report
-from tinyprune.pruning.sparse_eval import T8Setup, evaluate_rppg, run_t8
 from tinyprune.training import TrainConfig, fit
 from tinyprune.training.hooks import TrainContext
 

@@ -132,8 +132,8 @@ def train(
     """Train with the library loop on ``x_train`` (the bundle's labels); return seconds."""
     from torch.utils.data import DataLoader, TensorDataset
 
+    from tinyprune.app.tasks import task_loss
     from tinyprune.training import TrainConfig, fit
-    from tinyprune.workflows import task_loss
 
     ds = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(np.asarray(bundle.train.y)))
     loader = DataLoader(

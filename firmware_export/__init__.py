@@ -13,7 +13,11 @@ __all__ = ["ExportOptions", "ExportResult", "export", "report_existing"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ExportOptions", "ExportResult", "export"):
+    if name == "ExportOptions":
+        from firmware_export.options import ExportOptions
+
+        return ExportOptions
+    if name in ("ExportResult", "export"):
         from firmware_export import pipeline
 
         return getattr(pipeline, name)

@@ -27,9 +27,10 @@ from firmware_export import calibration as calib_io
 from firmware_export.budget import DeviceProfile, load_profile
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
+from firmware_export.options import ExportOptions
 from firmware_export.report_builder import ReportInputs, analyze_and_report
+from firmware_export.source import LoadedModel
 from tinyprune.errors import BudgetExceededError, ConfigError
-from tinyprune.model_source import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -38,37 +39,6 @@ Stage = Callable[[str], None]
 
 #: Below this share of non-zero weights, LiteRT exports also try the sparse TFLite encoding.
 SPARSE_DENSITY_MAX = 0.7
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """Knobs of one export; defaults are what the CLI uses."""
-
-    calib_cap: int = 512  # samples used for int8 calibration (all, up to this)
-    verify_samples: int = 32  # samples run through every runtime for verification
-    per_channel: bool = True
-    tflm_tolerance_lsb: int = 0  # LiteRT reference kernels vs TFLM: bit-exact by default
-    float_tolerance: float = 1e-3  # relative max-abs error torch vs ONNX vs TFLite float
-    min_cosine: float = 0.90  # int8 vs float output cosine similarity floor
-    arena_margin_fraction: float = 0.10  # added to the measured arena for 32-bit targets + CMSIS-NN
-    arena_margin_min_bytes: int = 1024
-    name: str | None = None  # C identifier stem; default: the model's name
-
-    def __post_init__(self) -> None:
-        """Reject values that make no sense before any slow stage runs."""
-        if self.calib_cap < 1 or self.verify_samples < 1:
-            msg = (
-                "calib_cap and verify_samples must be >= 1, "
-                f"got {self.calib_cap}, {self.verify_samples}"
-            )
-            raise ConfigError(msg)
-        if (
-            self.tflm_tolerance_lsb < 0
-            or self.float_tolerance <= 0
-            or not 0 <= self.min_cosine <= 1
-        ):
-            msg = "tolerances must be non-negative (float tolerance > 0, min cosine in [0, 1])"
-            raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -99,8 +69,8 @@ def export(
     """Export a PyTorch model (or an ONNX file) to verified int8 TFLite, C sources and a report.
 
     Args:
-        model: A module, a :class:`LoadedModel`, or a MODEL string (``zoo:NAME``,
-            ``file.py:fn``, ...).
+        model: A module, a :class:`~firmware_export.source.LoadedModel`, the path of an
+            ``.onnx`` file or of a Keras model (MODEL strings: ``tinyprune.app.export_model``).
         calibration: Float32 samples in the model's PyTorch layout, or the path of a ``.npy``.
         target: A built-in device profile name or a TOML profile path.
         out_dir: The run folder (created; existing artifacts of the same names are replaced).
@@ -301,8 +271,19 @@ def _as_loaded(model: nn.Module | LoadedModel | str | Path) -> LoadedModel:
     if isinstance(model, (str, Path)) and is_keras_source(model):
         path = Path(model)
         return LoadedModel(name=path.stem, source=str(model), keras_path=path)
+    if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
+        path = Path(model)
+        if not path.is_file():
+            msg = f"ONNX model {str(path)!r} does not exist (or is not a file)"
+            raise ConfigError(msg)
+        return LoadedModel(name=path.stem, source=str(model), onnx_path=path)
     if isinstance(model, (str, Path)):
-        return load_model(str(model))
+        msg = (
+            f"firmware_export.export takes a module, a LoadedModel, an .onnx file or a Keras "
+            f"model, not {str(model)!r}; resolve MODEL strings (zoo:NAME, file.py:factory, "
+            "a .pt2) with tinyprune.app.load_model, or call tinyprune.app.export_model"
+        )
+        raise ConfigError(msg)
     if isinstance(model, nn.Module):
         shape = getattr(model, "input_shape", None)
         return LoadedModel(

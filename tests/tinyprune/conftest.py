@@ -22,7 +22,9 @@ def torchrun() -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(module: str, *args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         cmd += ["--nproc_per_node", "2", "-m", module, *args]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        helpers = str(Path(__file__).resolve().parents[1] / "helpers")
+        path = os.pathsep.join(p for p in (helpers, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
         return subprocess.run(
             cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
         )

@@ -16,12 +16,12 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_two_replicas_train_identically(tmp_path: Path, torchrun: Any) -> None:
     args = ("--out", str(tmp_path), "--epochs", "2")
-    proc = torchrun("tinyprune.training.ddp_smoke", *args, cwd=tmp_path, timeout=100)
+    proc = torchrun("ddp_smoke", *args, cwd=tmp_path, timeout=100)
     assert proc.returncode == 0, proc.stderr[-3000:]
     init, spec, _ = load_checkpoint(tmp_path / "init.pt")
     rank0, spec0, extra0 = load_checkpoint(tmp_path / "rank0.pt")
     rank1, _, extra1 = load_checkpoint(tmp_path / "rank1.pt")
-    assert spec == spec0 == {"factory": "tinyprune.training.ddp_smoke:mlp", "kwargs": {}}
+    assert spec == spec0 == {"factory": "ddp_smoke:mlp", "kwargs": {}}
     assert (extra0["rank"], extra1["rank"]) == (0, 1)
     assert rank0.keys() == rank1.keys() == init.keys()
     for key in rank0:

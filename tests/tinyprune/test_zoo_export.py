@@ -57,13 +57,15 @@ def test_tflm_native_variant_exports_to_cortex_m7(name, tmp_path):
 
 def test_eval_command_prints_the_run_metric(tmp_path, capsys):
     """``tinyprune eval RUN`` reads model.pt2 and the data of summary.json; bad split -> exit 2."""
+    from tinyprune.app.sources import load_model
+    from tinyprune.app.train import train_run
     from tinyprune.cli import main
+    from tinyprune.config import TrainRunConfig
     from tinyprune.data import build_dataset
     from tinyprune.metrics import top1_accuracy
-    from tinyprune.model_source import load_model
-    from tinyprune.workflows import train_run
 
-    files = train_run("zoo:test_ds_cnn", "digits", tmp_path / "run", epochs=1, progress=False)
+    cfg = TrainRunConfig(epochs=1, progress=False)
+    files = train_run("zoo:test_ds_cnn", "digits", cfg, tmp_path / "run")
     assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
     got = __import__("json").loads(capsys.readouterr().out)["accuracy"]
     test = build_dataset("digits").test

@@ -14,10 +14,9 @@ from typing import Any
 from tinyprune.criteria.base import CRITERIA, Criterion, Granularity, ScoreInput
 from tinyprune.errors import ConfigError
 
-for _module in ("baselines", "pcc_ci", "tailored", "cluster_de", "sparse_baselines"):
-    _mod = importlib.import_module(f"tinyprune.criteria.{_module}")
-    if hasattr(_mod, "register_unstructured"):  # wgj, gmp, set, rigl (ELEMENT granularity)
-        _mod.register_unstructured(CRITERIA)
+# Each module registers its criteria with ``@CRITERIA.register`` when imported.
+for _module in ("baselines", "pcc_ci", "tailored", "cluster_de", "wgj", "sparse_baselines"):
+    importlib.import_module(f"tinyprune.criteria.{_module}")
 
 
 def get(name: str, **hyperparameters: Any) -> Any:

@@ -61,6 +61,74 @@ class Criterion(Protocol):
         ...
 
 
+#: The scoring contract under the name the engine uses for it.
+Scores = Criterion
+
+
+@runtime_checkable
+class HasTrainHook(Protocol):
+    """A criterion that adds a term to pre-training (e.g. ``pcc_ci``'s PCC loss)."""
+
+    def train_hook(self, *, seed: int = 0) -> Any:
+        """A :class:`~tinyprune.training.TrainHook` to train with before scoring."""
+        ...
+
+
+@runtime_checkable
+class PrunesWhileTraining(Protocol):
+    """A criterion that trains and prunes together (e.g. ``tailored``).
+
+    The job trains with the returned hook, then calls its ``freeze_(model)`` (the hard prune,
+    returning a :class:`~tinyprune.pruning.structured.PruneResult`) and ``summary()``.
+    """
+
+    def pruning_hook(
+        self, example_input: Any, budget: Any, *, round_to: int, total_steps: int
+    ) -> Any:
+        """The hook that prunes ``budget`` away during ``total_steps`` optimizer steps."""
+        ...
+
+
+@dataclass(frozen=True)
+class SearchData:
+    """What a criterion's search may look at: all taken from the training set.
+
+    Attributes:
+        example_input: A batch for tracing.
+        calib: Batches that recalibrate BatchNorm in each fitness evaluation.
+        heldout: ``(x, y)`` batches that score each fitness evaluation.
+        metric: ``"accuracy"``, ``"neg_ce"`` or ``metric(model, heldout) -> float``.
+    """
+
+    example_input: Any
+    calib: Any
+    heldout: Any
+    metric: Any = "accuracy"
+
+
+@runtime_checkable
+class NeedsSearch(Protocol):
+    """A criterion whose own settings are searched before it scores (e.g. ``cluster_de``)."""
+
+    def search(self, model: nn.Module, budget: Any, data: Any, settings: Any) -> tuple[Any, Any]:
+        """Return the configured criterion and a report (a dataclass) of the search.
+
+        ``data`` is a :class:`SearchData`; ``settings`` has ``de`` (a
+        :class:`~tinyprune.config.DESearchConfig`), ``round_to``, ``seed`` and ``progress``
+        (a :class:`~tinyprune.config.PruneConfig` does).
+        """
+        ...
+
+
+@runtime_checkable
+class Unstructured(Protocol):
+    """An element criterion whose masks are owned by a training hook (wgj, gmp, set, rigl)."""
+
+    def make_hook(self) -> Any:
+        """The :class:`~tinyprune.training.TrainHook` that owns and updates the masks."""
+        ...
+
+
 CRITERIA: Registry[Any] = Registry("criterion")
 
 

@@ -15,12 +15,12 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from tinyprune.criteria.base import CRITERIA, Granularity, ScoreInput
+from tinyprune.criteria.base import CRITERIA, Granularity, ScoreInput, SearchData
 from tinyprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,33 @@ class ClusterDECriterion:
         """Number of clusters of ``layer``, within ``[1, channels - 1]``."""
         k = dict(self.k_per_layer).get(layer, self.n_clusters)
         return max(1, min(int(k), channels - 1))
+
+    def search(
+        self, model: torch.nn.Module, budget: object, data: SearchData, settings: Any
+    ) -> tuple[ClusterDECriterion, Any]:
+        """DE over the clusters per layer (§4.6); the criterion with the best ``k_per_layer``.
+
+        ``data`` is a :class:`~tinyprune.criteria.base.SearchData`; ``settings`` carries ``de``
+        (population, generations, workers), ``round_to``, ``seed`` and ``progress``.
+        """
+        from tinyprune.criteria.cluster_search import search_clusters_report
+
+        de = settings.de
+        return search_clusters_report(
+            model,
+            data.example_input,
+            budget,
+            data.calib,
+            data.heldout,
+            pop=de.pop,
+            gens=de.gens,
+            round_to=settings.round_to,
+            seed=settings.seed,
+            base=self,
+            metric=data.metric,
+            workers=de.workers,
+            progress=settings.progress,
+        )
 
     def score(self, inp: ScoreInput) -> torch.Tensor:
         """Cluster priority per output channel."""

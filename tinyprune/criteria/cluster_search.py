@@ -4,7 +4,7 @@ The fitness of a clusters-per-layer vector is the network pruned with those clus
 (torch-pruning surgery on a copy, the same code path as the final prune), its BatchNorm
 statistics recalibrated on training images, scored on held-out training images. Pruned copies
 run channels-last: the same values up to float rounding, about 1.3-2x faster on CPU convs.
-Default settings: :mod:`tinyprune.de_settings`.
+Default settings: :class:`tinyprune.config.DESearchConfig`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinyprune.config import DESearchConfig
 from tinyprune.criteria.cluster_de import ClusterDECriterion
 from tinyprune.criteria.shade import shade_de
-from tinyprune.de_settings import DE_GENS, DE_POP, DE_WORKERS
 from tinyprune.errors import ConfigError, PruningError
 from tinyprune.pruning.bn_recal import recalibrate_bn_
 
@@ -350,14 +350,14 @@ def search_clusters_report(
     heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
     k_max: int = 16,
-    pop: int = DE_POP,
-    gens: int = DE_GENS,
+    pop: int = DESearchConfig.pop,
+    gens: int = DESearchConfig.gens,
     round_to: int = 4,
     seed: int = 0,
     base: ClusterDECriterion | None = None,
     metric: str | Callable[..., float] = "accuracy",
     sync_ranks: bool = True,
-    workers: int = DE_WORKERS,
+    workers: int = DESearchConfig.workers,
     progress: bool = False,
 ) -> tuple[ClusterDECriterion, SearchReport]:
     """Run the DE of §4.6; return the configured criterion and a :class:`SearchReport`.

@@ -8,15 +8,17 @@ They exist so that the weight-gradient joint criterion is compared at equal trai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from tinyprune.criteria.wgj import DynamicSparsityConfig, LayerStats, WGJCriterion
+from tinyprune.criteria.base import CRITERIA
+from tinyprune.criteria.unstructured import DynamicSparsityConfig
 from tinyprune.errors import ConfigError
 from tinyprune.pruning import masks as mk
+from tinyprune.pruning.dynamic import LayerStats
 
-__all__ = ["GMPCriterion", "RigLCriterion", "SETCriterion", "register_unstructured"]
+__all__ = ["GMPCriterion", "RigLCriterion", "SETCriterion"]
 
 
 def _check_fraction(field: str, value: float) -> None:
@@ -25,6 +27,7 @@ def _check_fraction(field: str, value: float) -> None:
         raise ConfigError(msg)
 
 
+@CRITERIA.register("gmp")
 @dataclass(frozen=True)
 class GMPCriterion(DynamicSparsityConfig):
     """Gradual magnitude pruning (Zhu & Gupta 2017, arXiv:1710.01878).
@@ -40,6 +43,7 @@ class GMPCriterion(DynamicSparsityConfig):
     scope: str = "layer"
 
 
+@CRITERIA.register("set")
 @dataclass(frozen=True)
 class SETCriterion(DynamicSparsityConfig):
     """Sparse Evolutionary Training (Mocanu et al. 2018, arXiv:1707.04780).
@@ -70,6 +74,7 @@ class SETCriterion(DynamicSparsityConfig):
         return self.zeta
 
 
+@CRITERIA.register("rigl")
 @dataclass(frozen=True)
 class RigLCriterion(DynamicSparsityConfig):
     """Rigged Lottery (Evci et al. 2020, arXiv:1911.11134).
@@ -92,22 +97,3 @@ class RigLCriterion(DynamicSparsityConfig):
     def drop_fraction(self, t: int, t_start: int, t_end: int) -> float:
         """Cosine-decayed ``alpha``."""
         return mk.cosine_fraction(t, t_start, t_end, self.alpha)
-
-
-UNSTRUCTURED: tuple[type[DynamicSparsityConfig], ...] = (
-    WGJCriterion,
-    GMPCriterion,
-    SETCriterion,
-    RigLCriterion,
-)
-
-
-def register_unstructured(registry: Any) -> None:
-    """Register wgj, gmp, set and rigl in ``registry`` (anything with ``register(name, help)``).
-
-    Args:
-        registry: The criteria registry, e.g. ``tinyprune.criteria.CRITERIA``.
-    """
-    for cls in UNSTRUCTURED:
-        doc = (cls.__doc__ or "").strip().splitlines()
-        registry.register(cls.name, help=doc[0] if doc else cls.name)(cls)

@@ -14,7 +14,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +26,10 @@ from tinyprune.errors import ConfigError
 from tinyprune.training.hooks import TrainContext, TrainHook
 
 log = logging.getLogger(__name__)
+
+
+#: ``select_every`` unless asked: a SELECT every 100 steps, fewer on short runs (pruning_hook).
+SELECT_EVERY_DEFAULT = 100
 
 
 @CRITERIA.register("tailored", help="BN-gate importance with budget-exact greedy SELECT (TCP-R)")
@@ -57,7 +61,7 @@ class TailoredCriterion:
     kappa_d: float = 2.0  # [R] damping on the change of the log-error (0 = the bare §5.3 law)
     rho_min: float = 1e-3
     lambda_bounds: tuple[float, float] = (1e-6, 10.0)  # [R] §5.3: 1e-1 (SGD, ~40k steps)
-    select_every: int = 100
+    select_every: int = SELECT_EVERY_DEFAULT
     prox_scale: str = "optimizer"  # [R] "optimizer": Adam-preconditioned threshold; "lr": §5.3
     name: ClassVar[str] = "tailored"
     granularity: ClassVar[Granularity] = Granularity.CHANNEL
@@ -75,6 +79,19 @@ class TailoredCriterion:
         if self.select_every < 1 or self.kappa <= 0:
             msg = f"select_every={self.select_every}, kappa={self.kappa}: expected >= 1 and > 0"
             raise ConfigError(msg)
+
+    def pruning_hook(
+        self, example_input: Any, budget: Any, *, round_to: int, total_steps: int
+    ) -> TailoredHook:
+        """The hook that trains and prunes to ``budget`` (§5.3) over ``total_steps`` steps.
+
+        ``select_every`` left at its default is scaled to the run: about 20 SELECTs per run, at
+        most one every 100 steps.
+        """
+        crit = self
+        if self.select_every == SELECT_EVERY_DEFAULT:
+            crit = replace(self, select_every=max(1, min(100, total_steps // 20)))
+        return TailoredHook(example_input, budget, crit, round_to=round_to)
 
     def applies_to(self, inp: ScoreInput) -> bool:
         """Only layers with an affine BatchNorm have gates."""
@@ -269,7 +286,7 @@ class TailoredHook(TrainHook):
         full = self.cost.group_sizes.copy()
         dcost = np.array(
             [
-                sel._step_cost(self.cost, full, g, int(full[g] - 1), self.limits)
+                sel.step_cost(self.cost, full, g, int(full[g] - 1), self.limits)
                 for g in range(len(full))
             ]
         )
@@ -345,7 +362,7 @@ class TailoredHook(TrainHook):
     def freeze_(self, model: nn.Module, activation: str = "relu") -> Any:
         """Hard-prune ``Pset`` of the last SELECT (after beta folding); returns a PruneResult."""
         from tinyprune.pruning.complexity import measure_complexity
-        from tinyprune.pruning.structured import _result
+        from tinyprune.pruning.structured import prune_result
 
         self.rho_at_freeze = self.leakage()
         if self.rho_at_freeze > 10 * self.crit.rho_min:
@@ -361,7 +378,7 @@ class TailoredHook(TrainHook):
         fold_beta_(self.graph, self.keep, activation)
         self.graph.remove_channels_(self.keep)
         after = measure_complexity(model, self.example_input)
-        return _result(self.graph, self.keep, before, after, self.crit, "greedy")
+        return prune_result(self.graph, self.keep, before, after, self.crit, "greedy")
 
     def summary(self) -> dict[str, Any]:
         """Controller and SELECT history."""

@@ -23,7 +23,7 @@ from tinyprune.pruning import masks as mk
 from tinyprune.training.hooks import TrainContext, TrainHook
 
 if TYPE_CHECKING:
-    from tinyprune.criteria.wgj import DynamicSparsityConfig
+    from tinyprune.criteria.unstructured import DynamicSparsityConfig
 
 logger = logging.getLogger(__name__)
 

@@ -296,7 +296,7 @@ def select_local(
     return make_selection(scores, np.array(counts), cost)
 
 
-def _step_cost(cost: CostModel, k: np.ndarray, g: int, width: int, limits: Limits) -> float:
+def step_cost(cost: CostModel, k: np.ndarray, g: int, width: int, limits: Limits) -> float:
     """Normalised saving of moving group ``g`` to ``width``: max(dMACs/M_B, dParams/P_B)."""
     base = cost.cost(k)
     trial = k.copy()
@@ -325,7 +325,7 @@ def select_greedy(
             idx = np.searchsorted(w, counts[g], side="left")
             if idx == 0:
                 continue
-            saved = _step_cost(cost, counts, g, int(w[idx - 1]), limits)
+            saved = step_cost(cost, counts, g, int(w[idx - 1]), limits)
             if saved <= 0:
                 continue
             mass = float(np.sum(np.asarray(scores[g])[ranks[g][w[idx - 1] : counts[g]]]))

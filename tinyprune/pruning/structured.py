@@ -140,7 +140,7 @@ def prune_structured(
                 msg = f"selection {selection!r} needs a budget (e.g. Budget(target_flops=0.5))"
                 raise ConfigError(msg)
             if sel.warn_if_noop(budget):
-                return _result(graph, None, before, before, criterion, selection)
+                return prune_result(graph, None, before, before, criterion, selection)
             limits = budget.limits(*cost.dense)
         features = None
         if needs_data(criterion):
@@ -171,7 +171,7 @@ def prune_structured(
                 after.macs,
                 after.params,
             )
-        return _result(graph, chosen.keep, before, after, criterion, selection)
+        return prune_result(graph, chosen.keep, before, after, criterion, selection)
     finally:
         model.train(was_training)
 
@@ -192,7 +192,7 @@ def _adopt_rank0(chosen: Any) -> Any:
     return ref
 
 
-def _result(
+def prune_result(
     graph: ChannelGraph,
     keep: Any,
     before: ModelComplexity,
@@ -200,6 +200,7 @@ def _result(
     criterion: Any,
     selection: str,
 ) -> PruneResult:
+    """The :class:`PruneResult` of kept channels ``keep`` (None: all) per group of ``graph``."""
     kept = {
         g.name: (list(range(g.size)) if keep is None else [int(i) for i in keep[i]])
         for i, g in enumerate(graph.groups)

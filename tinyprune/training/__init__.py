@@ -4,6 +4,7 @@ Criteria extend training through :class:`TrainHook` objects passed to :func:`fit
 copy the loop. Everything here works in a single process and under ``torchrun``.
 """
 
+from tinyprune.config import TrainConfig
 from tinyprune.training.builders import (
     build_optimizer,
     build_scheduler,
@@ -11,7 +12,6 @@ from tinyprune.training.builders import (
     seed_everything,
 )
 from tinyprune.training.checkpoint import load_checkpoint, save_checkpoint
-from tinyprune.training.config import TrainConfig
 from tinyprune.training.hooks import TrainContext, TrainHook
 from tinyprune.training.loop import FitResult, evaluate, finetune, fit
 

@@ -24,8 +24,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from tinyprune.config import TrainConfig
 from tinyprune.errors import ConfigError
-from tinyprune.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tinyprune.config import TrainConfig
 from tinyprune.errors import ConfigError
 from tinyprune.training import distributed
 from tinyprune.training.builders import (
@@ -33,7 +34,6 @@ from tinyprune.training.builders import (
     prepare_loader,
     seed_everything,
 )
-from tinyprune.training.config import TrainConfig
 from tinyprune.training.hooks import TrainContext, TrainHook
 
 logger = logging.getLogger(__name__)

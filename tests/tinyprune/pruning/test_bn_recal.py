@@ -1,4 +1,4 @@
-"""BatchNorm recalibration after the prune (pruning.bn_recal, PruneSettings.bn_recalib)."""
+"""BatchNorm recalibration after the prune (pruning.bn_recal, PruneConfig.bn_recalib)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from tinyprune.app.jobs import prune_structured_job
+from tinyprune.config import FinetuneConfig, PruneConfig
 from tinyprune.data import build_dataset
 from tinyprune.errors import ConfigError
 from tinyprune.models import create_model
-from tinyprune.prune_job import PruneSettings, prune_structured_job
 from tinyprune.pruning import Budget
 from tinyprune.pruning.bn_recal import recalibrate_bn_, sample_batches
 
@@ -63,8 +64,13 @@ def test_samples_depend_on_the_seed_only() -> None:
 def _pruned(bn_recalib: int) -> tuple[nn.Module, dict, object]:
     torch.manual_seed(0)
     model, bundle = create_model("micro_cnn", width=16), build_dataset("digits")
-    s = PruneSettings(
-        epochs=2, finetune_epochs=0, lr=3e-3, progress=False, round_to=1, bn_recalib=bn_recalib
+    s = PruneConfig(
+        epochs=2,
+        finetune=FinetuneConfig(epochs=0),
+        lr=3e-3,
+        progress=False,
+        round_to=1,
+        bn_recalib=bn_recalib,
     )
     summary = prune_structured_job(model, bundle, "l1", Budget(target_flops=0.5), s)
     return model, summary, bundle
@@ -86,4 +92,4 @@ def test_prune_job_recalibrates_the_pruned_network_on_training_images() -> None:
 
 def test_settings_refuse_a_negative_count() -> None:
     with pytest.raises(ConfigError, match="--bn-recalib"):
-        dataclasses.replace(PruneSettings(), bn_recalib=-1)
+        dataclasses.replace(PruneConfig(), bn_recalib=-1)

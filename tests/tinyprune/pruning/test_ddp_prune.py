@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import ddp_prune_smoke as smoke
 import numpy as np
 import pytest
 import torch
 
 from tinyprune.criteria import get as get_criterion
 from tinyprune.criteria.cluster_search import cluster_fitness
-from tinyprune.pruning import ddp_prune_smoke as smoke
 from tinyprune.pruning.scoring import reduce_scores_across_ranks
 from tinyprune.pruning.select import Budget
 from tinyprune.pruning.structured import prune_structured
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 def run_dir(tmp_path_factory: pytest.TempPathFactory, torchrun: Any) -> Path:
     out = tmp_path_factory.mktemp("ddp_prune")
     args = ("--out", str(out))
-    proc = torchrun("tinyprune.pruning.ddp_prune_smoke", *args, cwd=out, timeout=100)
+    proc = torchrun("ddp_prune_smoke", *args, cwd=out, timeout=100)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

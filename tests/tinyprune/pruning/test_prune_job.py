@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tinyprune.app.jobs import prune_structured_job
+from tinyprune.config import DESearchConfig, FinetuneConfig, PruneConfig
 from tinyprune.data import build_dataset
 from tinyprune.errors import ConfigError
 from tinyprune.models import create_model
-from tinyprune.prune_job import PruneSettings, prune_structured_job
 from tinyprune.pruning import Budget
 
 
@@ -19,7 +20,9 @@ def _setup() -> tuple[torch.nn.Module, object]:
 
 def test_tailored_trains_with_its_hook_then_freezes_at_the_budget() -> None:
     model, bundle = _setup()
-    s = PruneSettings(epochs=2, finetune_epochs=1, lr=3e-3, progress=False, round_to=1)
+    s = PruneConfig(
+        epochs=2, finetune=FinetuneConfig(epochs=1), lr=3e-3, progress=False, round_to=1
+    )
     summary = prune_structured_job(model, bundle, "tailored", Budget(target_flops=0.5), s)
     assert summary["tailored"]["selects"] > 2  # SELECT ran repeatedly during training
     assert summary["prune"]["selection"] == "greedy"
@@ -30,15 +33,12 @@ def test_tailored_trains_with_its_hook_then_freezes_at_the_budget() -> None:
 
 def test_cluster_de_runs_its_search_and_reports_it() -> None:
     model, bundle = _setup()
-    s = PruneSettings(
+    s = PruneConfig(
         epochs=1,
-        finetune_epochs=0,
+        finetune=FinetuneConfig(epochs=0),
         lr=3e-3,
         progress=False,
-        de_pop=4,
-        de_gens=1,
-        de_calib=64,
-        de_heldout=64,
+        de=DESearchConfig(pop=4, gens=1, calib=64, heldout=64),
     )
     summary = prune_structured_job(model, bundle, "cluster_de", Budget(target_flops=0.5), s)
     search = summary["search"]
@@ -52,8 +52,8 @@ def test_cluster_de_runs_its_search_and_reports_it() -> None:
 def test_fine_tuning_runs_at_its_own_learning_rate() -> None:
     """--finetune-lr: the same schedule as training, scaled to the fine-tuning peak rate."""
     model, bundle = _setup()
-    s = PruneSettings(
-        epochs=2, finetune_epochs=2, lr=3e-3, finetune_lr=3e-4, progress=False, round_to=1
+    s = PruneConfig(
+        epochs=2, finetune=FinetuneConfig(epochs=2, lr=3e-4), lr=3e-3, progress=False, round_to=1
     )
     summary = prune_structured_job(model, bundle, "l1", Budget(target_flops=0.5), s)
     train, tune = summary["train"]["history"], summary["finetune"]["history"]
@@ -63,4 +63,4 @@ def test_fine_tuning_runs_at_its_own_learning_rate() -> None:
 
 def test_fine_tuning_rate_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="--finetune-lr"):
-        PruneSettings(finetune_lr=0.0)
+        FinetuneConfig(lr=0.0)

@@ -10,17 +10,11 @@ import torch
 from tiny_nets import mlp
 from torch import nn
 
-from tinyprune.criteria.base import Criterion, Granularity, ScoreInput
-from tinyprune.criteria.sparse_baselines import (
-    UNSTRUCTURED,
-    GMPCriterion,
-    RigLCriterion,
-    SETCriterion,
-    register_unstructured,
-)
+from tinyprune import criteria
+from tinyprune.criteria.base import Criterion, Granularity, ScoreInput, Unstructured
+from tinyprune.criteria.sparse_baselines import GMPCriterion, RigLCriterion, SETCriterion
 from tinyprune.errors import ConfigError
 from tinyprune.pruning import masks as mk
-from tinyprune.registry import Registry
 from tinyprune.training.hooks import TrainContext
 
 
@@ -178,19 +172,19 @@ def test_set_same_seed_same_masks():
     json.dumps(h1.summary())
 
 
-def test_register_unstructured():
-    reg: Registry = Registry("criterion")
-    register_unstructured(reg)
-    assert reg.names() == ["gmp", "rigl", "set", "wgj"]
-    assert "Rigged Lottery" in reg.help("rigl")
+def test_unstructured_criteria_register_as_element_criteria():
+    assert criteria.names(Granularity.ELEMENT) == ["gmp", "rigl", "set", "wgj"]
+    assert "Rigged Lottery" in criteria.help("rigl")
     with pytest.raises(ValueError, match="registered twice"):
-        register_unstructured(reg)
+        criteria.CRITERIA.register("gmp")(GMPCriterion)
 
 
-@pytest.mark.parametrize("cls", UNSTRUCTURED, ids=lambda c: c.name)
-def test_criterion_contract(cls):
+@pytest.mark.parametrize("name", criteria.names(Granularity.ELEMENT))
+def test_criterion_contract(name):
+    cls = criteria.CRITERIA.get(name)
     crit = cls()
     assert isinstance(crit, Criterion) and crit.granularity is Granularity.ELEMENT
+    assert isinstance(crit, Unstructured)
     layer = nn.Conv2d(3, 4, 3)
     inp = ScoreInput(
         name="c", weight=layer.weight.detach(), grad=torch.randn(4, 3, 3, 3), module=layer

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from tiny_nets import mlp
 from torch import nn
 
-from tinyprune.criteria.wgj import DynamicSparseHook, WGJCriterion
+from tinyprune.criteria.wgj import WGJCriterion
 from tinyprune.errors import ConfigError
+from tinyprune.pruning.dynamic import DynamicSparseHook
 from tinyprune.training.hooks import TrainContext
 
 # Planted groups of T3 in a 4x8 weight, one output row each: A, B, C, D.

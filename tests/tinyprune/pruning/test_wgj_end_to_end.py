@@ -1,6 +1,6 @@
 """Methods.md §2.10 T8: end-to-end sanity check of wgj on static synthetic rPPG data.
 
-Protocol (``tinyprune.pruning.sparse_eval.run_t8``, also ``bench/wgj_bench.py --t8``):
+Protocol (``bench/sparse_eval.py run_t8``, also ``bench/wgj_bench.py --t8``):
 ``physnet_2p1d`` (PhysNet's (2+1)-D variant) at width 8 on 16x16 x 32-frame clips, 8 training and
 8 test videos of 16 clips each on the ``static`` preset, seed 0, Adam lr 3e-3 cosine, 12 epochs.
 
@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tinyprune.pruning.sparse_eval import T8Setup, run_t8
+from sparse_eval import T8Setup, run_t8
 
 
 @pytest.mark.slow
@@ -56,9 +55,10 @@ def test_t8_wgj_end_to_end_on_static_synthetic_data() -> None:
 
 
 def test_one_shot_magnitude_is_global_with_floors_and_static_under_training() -> None:
+    from sparse_eval import magnitude_config, one_shot_magnitude_
+
     from tinyprune.models import create_model
     from tinyprune.pruning.masks import find_prunable, layer_floor, out_channel_dim
-    from tinyprune.pruning.sparse_eval import magnitude_config, one_shot_magnitude_
     from tinyprune.training.hooks import TrainContext
 
     torch.manual_seed(0)

@@ -14,26 +14,16 @@ import importlib.util
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from firmware_export.source import LoadedModel
 from tinyprune.errors import ConfigError, TinypruneError
 
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready for export: a torch module, or the path of an ONNX file."""
-
-    name: str  # used for C identifiers and report titles
-    source: str  # the MODEL argument as given
-    module: nn.Module | None = None
-    onnx_path: Path | None = None
-    input_shape: tuple[int, ...] | None = None  # per-sample PyTorch layout, when the model knows it
-    keras_path: Path | None = None  # a Keras model / SavedModel (export only)
+__all__ = ["ExportedModule", "LoadedModel", "load_exported_program", "load_model"]
 
 
 def load_model(spec: str, **factory_kwargs: Any) -> LoadedModel:
@@ -93,8 +83,8 @@ def _import_file(path: Path) -> Any:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
-        msg = f"importing {str(path)!r} failed: {type(e).__name__}: {e}"
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # user code may call sys.exit()
+        msg = f"importing {str(path)!r} failed: {_describe(e)}"
         raise ConfigError(msg) from e
     return module
 
@@ -105,6 +95,16 @@ def _import_module(name: str) -> Any:
     except ImportError as e:
         msg = f"cannot import module {name!r} ({e}); is it installed or on PYTHONPATH?"
         raise ConfigError(msg) from e
+    except (Exception, SystemExit, KeyboardInterrupt) as e:
+        msg = f"importing module {name!r} failed: {_describe(e)}"
+        raise ConfigError(msg) from e
+
+
+def _describe(e: BaseException) -> str:
+    """``TypeError: message``; for ``SystemExit`` say that the code called ``sys.exit``."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r}) (a model file must not exit the process)"
+    return f"{type(e).__name__}: {e}"
 
 
 def _call_factory(spec: str, module_obj: Any, factory: str, kwargs: dict[str, Any]) -> LoadedModel:
@@ -116,8 +116,8 @@ def _call_factory(spec: str, module_obj: Any, factory: str, kwargs: dict[str, An
         model = fn(**kwargs)
     except TinypruneError:
         raise
-    except Exception as e:
-        msg = f"{spec!r}: the factory {factory!r} raised {type(e).__name__}: {e}"
+    except (Exception, SystemExit, KeyboardInterrupt) as e:
+        msg = f"{spec!r}: the factory {factory!r} failed: {_describe(e)}"
         raise ConfigError(msg) from e
     if not isinstance(model, nn.Module):
         msg = f"{spec!r}: the factory returned {type(model).__name__}, expected a torch.nn.Module"

@@ -1,6 +1,6 @@
 """A tiny CPU data-parallel run that proves the loop's DDP path end to end.
 
-Launch with ``torchrun --standalone --nproc_per_node 2 -m tinyprune.training.ddp_smoke --out DIR``.
+Launch with ``torchrun --standalone --nproc_per_node 2 -m ddp_smoke --out DIR``.
 Every rank writes ``DIR/rank{r}.pt`` (final weights, a checkpoint) and ``DIR/rank{r}.json``
 (what its hook saw); rank 0 also writes ``DIR/init.pt`` with the weights DDP broadcast at
 the start. Replicas must end bit-identical and different from ``init.pt``.
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tinyprune.config import TrainConfig
 from tinyprune.training import distributed
 from tinyprune.training.checkpoint import save_checkpoint
-from tinyprune.training.config import TrainConfig
 from tinyprune.training.hooks import TrainContext, TrainHook
 from tinyprune.training.loop import fit
 
@@ -71,7 +71,7 @@ def run(out: Path, epochs: int = 2) -> dict[str, Any]:
     try:
         torch.manual_seed(1000 + info.rank)  # replicas start different; DDP broadcasts rank 0's
         model = mlp()
-        spec = {"factory": "tinyprune.training.ddp_smoke:mlp", "kwargs": {}}
+        spec = {"factory": "ddp_smoke:mlp", "kwargs": {}}
         if info.rank == 0:
             save_checkpoint(out / "init.pt", model, spec, {"rank": 0})
         cfg = TrainConfig(

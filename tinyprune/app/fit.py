@@ -1,5 +1,7 @@
 """``tinyprune prune --target PROFILE``: the largest pruned network whose int8 export fits a board.
 
+This is app-layer wiring (it runs real exports), so it lives here and not in ``tinyprune.pruning``.
+
 Flash (the ``.tflite`` bytes plus the runtime allowance) and the TFLM arena are only known after
 an export, and they are monotone in the MACs fraction kept only roughly, so the fraction is
 searched by bisection with a few real exports (``firmware_export.export(...,
@@ -178,49 +180,40 @@ def largest_fitting_fraction(
 
 
 def fit_profile_job(
-    model: nn.Module,
-    bundle: Any,
-    criterion: str,
-    target: str | Path,
-    calib: np.ndarray,
-    settings: Any,
-    criterion_options: dict[str, Any] | None = None,
+    model: nn.Module, bundle: Any, criterion: str, calib: np.ndarray, cfg: Any
 ) -> dict[str, Any]:
-    """Train, find the largest fitting fraction, prune, fine-tune and check the final export."""
+    """Train, find the largest fitting fraction, prune, fine-tune and check the final export.
+
+    ``cfg`` is the job's :class:`~tinyprune.config.PruneConfig`; ``cfg.target`` the profile.
+    """
     from firmware_export.budget import load_profile
     from tinyprune import criteria
-    from tinyprune.prune_job import prune_structured_job, train_for_criterion
+    from tinyprune.app.jobs import prune_structured_job, train_for_criterion
+    from tinyprune.criteria.base import PrunesWhileTraining
     from tinyprune.pruning.select import Budget
     from tinyprune.training import distributed
 
+    target = cfg.target
     load_profile(target)  # a bad name or file fails before any training
     if len(calib) < 1:
         msg = "--target needs calibration samples from the training set"
         raise ConfigError(msg)
     out: dict[str, Any] = {}
-    s = settings
-    if criterion != "tailored" and s.epochs > 0:
-        out["pretrain"] = train_for_criterion(model, bundle, criterion, s, criterion_options)
-        s = dataclasses.replace(s, epochs=0)
-    loaders = bundle.loaders(batch_size=s.batch_size, seed=s.seed)
+    crit = criteria.get(criterion, **dict(cfg.criterion_options))
+    if not isinstance(crit, PrunesWhileTraining) and cfg.epochs > 0:
+        out["pretrain"] = train_for_criterion(model, bundle, criterion, cfg)
+        cfg = dataclasses.replace(cfg, epochs=0)
+    loaders = bundle.loaders(batch_size=cfg.batch_size, seed=cfg.seed)
     example = next(iter(loaders.train))[0][:2]
     search = distributed.on_rank0(
         lambda: largest_fitting_fraction(
-            model,
-            example,
-            criteria.get(criterion, **(criterion_options or {})),
-            calib,
-            target,
-            data=loaders.train,
-            round_to=s.round_to,
+            model, example, crit, calib, target, data=loaders.train, round_to=cfg.round_to
         )
     )
     out["target"] = {"profile": str(target), "fraction": search.fraction, "tried": search.tried}
     if search.fraction < 1.0:
-        out |= prune_structured_job(
-            model, bundle, criterion, Budget(search.fraction), s, criterion_options
-        )
-    final = distributed.on_rank0(lambda: _final_check(model, example, calib, target, s, search))
+        out |= prune_structured_job(model, bundle, criterion, Budget(search.fraction), cfg)
+    final = distributed.on_rank0(lambda: _final_check(model, example, calib, target, cfg, search))
     out["target"] |= final
     return out
 

@@ -1,6 +1,6 @@
 """A tiny CPU data-parallel prune run proving that replicas remove the same channels.
 
-Launch with ``torchrun --standalone --nproc_per_node 2 -m tinyprune.pruning.ddp_prune_smoke
+Launch with ``torchrun --standalone --nproc_per_node 2 -m ddp_prune_smoke
 --out DIR``. Every rank trains a small conv net on its OWN data shard (so data-driven scores
 differ between ranks), prunes it to a 50 % MACs budget with each requested criterion, fine-tunes
 one epoch and writes, for rank ``r``:
@@ -30,12 +30,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tinyprune.config import TrainConfig
 from tinyprune.criteria import get as get_criterion
 from tinyprune.criteria.cluster_search import search_clusters_report
 from tinyprune.pruning.select import Budget
 from tinyprune.pruning.structured import prune_structured
 from tinyprune.training import distributed
-from tinyprune.training.config import TrainConfig
 from tinyprune.training.loop import fit
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tinyprune import criteria
-from tinyprune.criteria.wgj import DynamicSparsityConfig
+from tinyprune.criteria.unstructured import DynamicSparsityConfig
 from tinyprune.data import build_dataset
 from tinyprune.metrics import hr_errors, neg_pearson_loss, video_hr
 from tinyprune.models import create_model

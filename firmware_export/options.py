@@ -1,0 +1,55 @@
+"""The knobs of one export, each default defined once (the CLI reads its defaults from here).
+
+Torch- and TensorFlow-free, so ``tinyprune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tinyprune.errors import ConfigError
+
+__all__ = ["ExportOptions"]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Knobs of one export; defaults are what the CLI uses."""
+
+    calib_cap: int = 512  # samples used for int8 calibration (all, up to this)
+    verify_samples: int = 32  # samples run through every runtime for verification
+    per_channel: bool = True
+    tflm_tolerance_lsb: int = 0  # LiteRT reference kernels vs TFLM: bit-exact by default
+    float_tolerance: float = 1e-3  # relative max-abs error torch vs ONNX vs TFLite float
+    min_cosine: float = 0.90  # int8 vs float output cosine similarity floor
+    arena_margin_fraction: float = 0.10  # added to the measured arena for 32-bit targets + CMSIS-NN
+    arena_margin_min_bytes: int = 1024
+    name: str | None = None  # C identifier stem; default: the model's name
+
+    def __post_init__(self) -> None:
+        """Reject values that make no sense before any slow stage runs."""
+        if self.calib_cap < 1 or self.verify_samples < 1:
+            msg = (
+                "calib_cap and verify_samples must be >= 1, "
+                f"got {self.calib_cap}, {self.verify_samples}"
+            )
+            raise ConfigError(msg)
+        finite = all(
+            math.isfinite(v)
+            for v in (self.float_tolerance, self.min_cosine, self.arena_margin_fraction)
+        )
+        if (
+            not finite
+            or self.tflm_tolerance_lsb < 0
+            or self.float_tolerance <= 0
+            or not 0 <= self.min_cosine <= 1
+            or self.arena_margin_fraction < 0
+        ):
+            msg = (
+                "tolerances must be finite and non-negative (float tolerance > 0, min cosine in "
+                f"[0, 1], arena margin >= 0); got float tolerance {self.float_tolerance}, "
+                f"min cosine {self.min_cosine}, TFLM tolerance {self.tflm_tolerance_lsb}, "
+                f"arena margin {self.arena_margin_fraction}"
+            )
+            raise ConfigError(msg)

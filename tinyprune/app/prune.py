@@ -1,0 +1,98 @@
+"""``tinyprune prune``: load the model and data, run the job the criterion and budget call for,
+save ``pruned.pt2`` and the run files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinyprune import criteria
+from tinyprune.app.jobs import PruneJob, prune_structured_job, unstructured_job
+from tinyprune.app.runs import RunFiles, check_compatible, check_out_dir, save_run, to_model_layout
+from tinyprune.app.sources import load_model
+from tinyprune.config import DataSpec, ModelSpec, PruneConfig
+from tinyprune.criteria.base import Unstructured
+from tinyprune.errors import ConfigError
+
+
+def prune_run(
+    model: ModelSpec | str, data: DataSpec | str, criterion: str, cfg: PruneConfig, out: str | Path
+) -> RunFiles:
+    """Run the prune job; write ``pruned.pt2``, ``checkpoint.pt``, ``calib.npy``, ``summary.json``.
+
+    Args:
+        model: The MODEL (``zoo:NAME``, ``file.py:factory``, ...) and its factory options.
+        data: A :class:`~tinyprune.config.DataSpec` or a data name (``digits``, ``pure:/path``).
+        criterion: A criterion name (``tinyprune criteria``); its options are in ``cfg``.
+        cfg: Budget, training and search settings. With ``cfg.target`` (a device profile) the
+            MACs fraction kept is searched so that the exported int8 model fits the profile
+            (:func:`tinyprune.app.fit.largest_fitting_fraction`).
+        out: The run folder.
+    """
+    from tinyprune.data import build_dataset
+    from tinyprune.training import distributed
+
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(str(model))
+    data = data if isinstance(data, DataSpec) else DataSpec(str(data))
+    check_out_dir(Path(out))
+    distributed.init_from_env()  # a no-op unless launched with torchrun
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(spec.source, **spec.options)
+    if loaded.module is None:
+        msg = "pruning needs a PyTorch model; an .onnx file can only be exported"
+        raise ConfigError(msg)
+    net, bundle = loaded.module, build_dataset(data.name, **data.options)
+    check_compatible(net, bundle, spec.source, data.name)
+    crit = criteria.get(criterion, **dict(cfg.criterion_options))  # fails before any training
+    summary: dict[str, Any] = {"model": spec.source, "data": data.name, "criterion": criterion}
+    calib = to_model_layout(
+        bundle.calibration_batches(min(128, len(bundle.train)), seed=cfg.seed), net
+    )
+    summary |= _dispatch(net, bundle, criterion, crit, cfg, calib)
+    return save_run(
+        Path(out),
+        net,
+        {"name": loaded.name, "source": spec.source},
+        calib,
+        summary,
+        program_name="pruned.pt2",
+        config={"prune": cfg.to_dict(), "model": spec.to_dict(), "data": data.to_dict()},
+    )
+
+
+def _dispatch(
+    model: torch.nn.Module,
+    bundle: Any,
+    name: str,
+    crit: Any,
+    cfg: PruneConfig,
+    calib: np.ndarray,
+) -> dict[str, Any]:
+    """The job for the criterion's kind and the budget's kind."""
+    if isinstance(crit, Unstructured):
+        if cfg.target is not None:
+            msg = f"--target needs a structured criterion; {name!r} is unstructured"
+            raise ConfigError(msg)
+        job = PruneJob(model, bundle, cfg)
+        return {"metric_before": job.evaluate()} | unstructured_job(job, name)
+    if cfg.target is not None:
+        if cfg.target_flops is not None or cfg.target_params is not None or cfg.sparsity:
+            msg = "give either --target PROFILE or --target-flops/--target-params, not both"
+            raise ConfigError(msg)
+        from tinyprune.app.fit import fit_profile_job
+
+        return fit_profile_job(model, bundle, name, calib, cfg)
+    if cfg.sparsity is not None or (cfg.target_flops is None and cfg.target_params is None):
+        msg = (
+            f"structured criterion {name!r} needs --target-flops and/or "
+            "--target-params (or --target PROFILE), not --sparsity"
+        )
+        raise ConfigError(msg)
+    from tinyprune.pruning.select import Budget
+
+    budget = Budget(cfg.target_flops, cfg.target_params)
+    return prune_structured_job(model, bundle, name, budget, cfg)
