@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyprune.errors import ConfigError, UnknownNameError
-from tinyprune.registry import unknown_name_message
+from tinyprune.errors import ConfigError, UnknownNameError, unknown_name_message
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 RUNTIMES = ("tflm", "litert")

@@ -22,7 +22,6 @@ from firmware_export.c_array import CModelInfo, CSource, TensorSpec, to_c_source
 from firmware_export.checks import VerifyInputs, lint_gate, run_verification
 from firmware_export.tflite_model import TfliteModel, parse_tflite
 from firmware_export.tflm import check_ops, measure_arena, tflm_builtin_ops
-from tinyprune import __version__
 
 if TYPE_CHECKING:
     from firmware_export.pipeline import ExportOptions
@@ -69,6 +68,16 @@ class ArenaFigures:
     def for_device(self) -> int:
         """What the header tells firmware to allocate: the base plus the margin."""
         return self.base + self.margin
+
+
+def tinyprune_version() -> str:
+    """The installed tinyprune's version (read from its metadata: no import of tinyprune)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tinyprune")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def arena_figures(
@@ -184,7 +193,7 @@ def _extra(
         "name": inp.name,
         "source": inp.source,
         "sha256": _sha(inp.model_bytes),
-        "tinyprune_version": __version__,
+        "tinyprune_version": tinyprune_version(),
         "rewrites": list(inp.rewrites),
         "calibration_samples": inp.calib_count,
         "verify_samples": 0 if inp.samples is None else len(inp.samples),
@@ -253,7 +262,7 @@ def c_sources(
         arena_margin_bytes=arena.margin,
         arena_margin_reason=arena.margin_reason,
         tflm_ops=tuple(ops),
-        tinyprune_version=__version__,
+        tinyprune_version=tinyprune_version(),
         sha256=_sha(inp.model_bytes),
     )
     return to_c_source(inp.model_bytes, info)

@@ -7,6 +7,7 @@ verification failure (5). Messages say what was wrong, what was expected and the
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 
@@ -68,3 +69,10 @@ class BudgetExceededError(TinypruneError):
     def __init__(self, message: str, *, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    """Build the one-line error for an unknown name: what is known and the closest match."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(known))}{hint}"

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from tinyprune.errors import UnknownNameError
+from tinyprune.errors import UnknownNameError, unknown_name_message
+
+__all__ = ["Registry", "unknown_name_message"]
 
 T = TypeVar("T")
-
-
-def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
-    """Build the one-line error for an unknown name: what is known and the closest match."""
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(known))}{hint}"
 
 
 class Registry(Generic[T]):

@@ -103,7 +103,7 @@ def _import_module(name: str) -> Any:
 def _describe(e: BaseException) -> str:
     """``TypeError: message``; for ``SystemExit`` say that the code called ``sys.exit``."""
     if isinstance(e, SystemExit):
-        return f"it called sys.exit({e.code!r}) (a model file must not exit the process)"
+        return f"SystemExit: sys.exit({e.code!r}) was called (model code must not exit the process)"
     return f"{type(e).__name__}: {e}"
 
 
@@ -117,7 +117,7 @@ def _call_factory(spec: str, module_obj: Any, factory: str, kwargs: dict[str, An
     except TinypruneError:
         raise
     except (Exception, SystemExit, KeyboardInterrupt) as e:
-        msg = f"{spec!r}: the factory {factory!r} failed: {_describe(e)}"
+        msg = f"{spec!r}: the factory {factory!r} raised {_describe(e)}"
         raise ConfigError(msg) from e
     if not isinstance(model, nn.Module):
         msg = f"{spec!r}: the factory returned {type(model).__name__}, expected a torch.nn.Module"

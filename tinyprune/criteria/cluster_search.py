@@ -15,17 +15,20 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from tinyprune.config import DESearchConfig
-from tinyprune.criteria.cluster_de import ClusterDECriterion
+from tinyprune.criteria.base import CRITERIA
 from tinyprune.criteria.shade import shade_de
 from tinyprune.errors import ConfigError, PruningError
 from tinyprune.pruning.bn_recal import recalibrate_bn_
+
+if TYPE_CHECKING:  # cluster_de imports this module for its search
+    from tinyprune.criteria.cluster_de import ClusterDECriterion
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +285,12 @@ def _usable_workers(workers: int, sync_ranks: bool) -> int:
     return workers
 
 
+def default_criterion(seed: int = 0) -> ClusterDECriterion:
+    """``cluster_de`` with its default options (looked up in the registry, not imported)."""
+    crit: ClusterDECriterion = CRITERIA.get("cluster_de")(seed=seed)
+    return crit
+
+
 def cluster_fitness(
     model: nn.Module,
     example_input: Any,
@@ -312,7 +321,7 @@ def cluster_fitness(
     if not callable(metric) and metric not in METRICS:
         msg = f"fitness metric {metric!r} is unknown; expected one of: {', '.join(METRICS)}"
         raise ConfigError(msg)
-    base = base or ClusterDECriterion()
+    base = base or default_criterion()
     evaluator = PrunedEvaluator(
         model,
         example_input,
@@ -385,7 +394,7 @@ def search_clusters_report(
         calib,
         heldout,
         round_to=round_to,
-        base=base or ClusterDECriterion(seed=seed),
+        base=base or default_criterion(seed),
         metric=metric,
         sync_ranks=sync_ranks,
         workers=workers,
@@ -422,7 +431,7 @@ def search_clusters_report(
         metric if isinstance(metric, str) else getattr(metric, "__name__", "?"),
     )
     log.info("cluster DE search: %s", report)
-    return dataclasses.replace(base or ClusterDECriterion(seed=seed), k_per_layer=ks), report
+    return dataclasses.replace(base or default_criterion(seed), k_per_layer=ks), report
 
 
 def count_images(batches: Sequence[Any]) -> int:

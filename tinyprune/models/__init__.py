@@ -5,8 +5,8 @@ Importing this package registers every built-in model (rPPG nets in :mod:`.rppg`
 carries ``input_shape`` (per-sample PyTorch layout) and ``task``.
 """
 
+from tinyprune.counting import Complexity, count_macs_params, count_params
 from tinyprune.models import resnet, rppg, rppg_2d, vision  # noqa: F401  (registers models)
-from tinyprune.models.complexity import Complexity, count_macs_params, count_params
 from tinyprune.models.registry import (
     MODELS,
     ModelSpec,

@@ -205,10 +205,10 @@ def measure_complexity(
 def flop_counter_macs(model: nn.Module, example_input: Any) -> int:
     """MACs per sample according to ``torch.utils.flop_counter`` (cross-check only).
 
-    The zoo's :func:`tinyprune.models.complexity.count_macs_params` does the counting; this
+    :func:`tinyprune.counting.count_macs_params` (shared with the zoo) does the counting; this
     adapts an example batch (or a tuple whose first item is one) to its per-sample shape.
     """
-    from tinyprune.models.complexity import count_macs_params
+    from tinyprune.counting import count_macs_params
 
     first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     return count_macs_params(model, tuple(first.shape[1:]), device="cpu").macs
