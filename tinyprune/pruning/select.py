@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from tinyprune.errors import ConfigError, PruningError
+from tinyprune.registry import Registry
 
 Limits = tuple[float, float]  # (MACs limit, params limit); math.inf when not constrained
 
@@ -386,3 +388,53 @@ def warn_if_noop(budget: Budget) -> bool:
         warnings.warn("budget keeps 100% of the model; nothing will be pruned", stacklevel=3)
         return True
     return False
+
+
+@dataclass(frozen=True)
+class SelectionInput:
+    """What a selection rule decides from: scores, cost model, limits and allowed widths.
+
+    Attributes:
+        scores: Per group, one score per channel (higher = keep).
+        cost: The MACs/params cost model of the channel graph.
+        limits: (MACs limit, params limit).
+        widths: Per group, the allowed kept widths (ascending).
+        normalize: Score normalisation of global selection (``max``, ``l2``, ``none``).
+        sparsity: Per-group sparsity of local selection.
+    """
+
+    scores: list[np.ndarray]
+    cost: CostModel
+    limits: Limits
+    widths: list[np.ndarray]
+    normalize: str = "max"
+    sparsity: Sequence[float] | None = None
+
+
+#: Selection rules by name: ``global`` (one threshold over normalised scores), ``uniform`` (one
+#: keep ratio), ``greedy`` (cost-aware, budget-exact; tailored's SELECT), ``local`` (given
+#: per-group sparsity).
+SELECTIONS: Registry[Callable[[SelectionInput], Selection]] = Registry("selection")
+
+
+@SELECTIONS.register("global", help="one threshold over normalised scores, all groups")
+def _global(inp: SelectionInput) -> Selection:
+    return select_global(inp.scores, inp.cost, inp.limits, inp.widths, normalize=inp.normalize)
+
+
+@SELECTIONS.register("uniform", help="one keep ratio for every group")
+def _uniform(inp: SelectionInput) -> Selection:
+    return select_uniform(inp.scores, inp.cost, inp.limits, inp.widths)
+
+
+@SELECTIONS.register("greedy", help="cost-aware greedy removal to the budget")
+def _greedy(inp: SelectionInput) -> Selection:
+    return select_greedy(inp.scores, inp.cost, inp.limits, inp.widths)
+
+
+@SELECTIONS.register("local", help="a given sparsity per group (CHIP style)")
+def _local(inp: SelectionInput) -> Selection:
+    if not inp.sparsity:
+        msg = "selection 'local' needs one sparsity per group (sparsity=[...])"
+        raise ConfigError(msg)
+    return select_local(inp.scores, inp.cost, list(inp.sparsity), inp.widths)

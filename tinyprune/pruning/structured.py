@@ -56,20 +56,9 @@ def _select(
 ) -> Any:
     from tinyprune.pruning import select as sel
 
-    if selection == "global":
-        return sel.select_global(scores, cost, limits, widths, normalize=normalize)
-    if selection == "uniform":
-        return sel.select_uniform(scores, cost, limits, widths)
-    if selection == "greedy":
-        return sel.select_greedy(scores, cost, limits, widths)
-    if selection == "local":
-        given = sparsity if sparsity is not None else getattr(criterion, "sparsity", None)
-        if not given:
-            msg = "selection 'local' needs one sparsity per group (sparsity=[...])"
-            raise ConfigError(msg)
-        return sel.select_local(scores, cost, list(given), widths)
-    msg = f"selection {selection!r} is unknown; expected one of: global, greedy, local, uniform"
-    raise ConfigError(msg)
+    given = sparsity if sparsity is not None else getattr(criterion, "sparsity", None)
+    rule = sel.SELECTIONS.get(selection)  # unknown name -> UnknownNameError with a close match
+    return rule(sel.SelectionInput(scores, cost, limits, widths, normalize, given))
 
 
 def prune_structured(

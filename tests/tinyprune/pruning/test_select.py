@@ -172,3 +172,12 @@ def test_uniform_and_local() -> None:
     assert [k.tolist() for k in loc.keep] == [[4, 5, 6, 7], [0, 1, 2, 3, 4, 5]]
     with pytest.raises(ConfigError, match="sparsities"):
         sel.select_local(scores, cost, [0.5], widths)
+
+
+def test_selection_rules_are_registered_by_name() -> None:
+    from tinyprune.errors import UnknownNameError
+    from tinyprune.pruning.select import SELECTIONS
+
+    assert SELECTIONS.names() == ["global", "greedy", "local", "uniform"]
+    with pytest.raises(UnknownNameError, match="did you mean 'greedy'"):
+        SELECTIONS.get("greedi")
