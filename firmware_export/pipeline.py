@@ -114,7 +114,7 @@ def raise_if_over_budget(result: ExportResult, target: str) -> None:
     failing = [k for k, row in result.report["budget"].items() if not row["ok"]]
     where = result.out_dir / "report.md"
     msg = f"the model does not fit {target}: over budget on {', '.join(failing)} (see {where})"
-    raise BudgetExceededError(msg, report=result)
+    raise BudgetExceededError(msg, result=result)
 
 
 @dataclass

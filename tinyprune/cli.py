@@ -404,7 +404,7 @@ def _run_job(job: Any, args: argparse.Namespace) -> int:
             result = job(on_stage)
         except BudgetExceededError as e:
             status.stop()
-            _print_summary(e.report, console)
+            _print_summary(e.result, console)
             raise
     _print_summary(result, console)
     print(json.dumps(result.report, indent=2) if args.json else result.out_dir)

@@ -66,9 +66,18 @@ class BudgetExceededError(TinypruneError):
 
     exit_code = 3
 
-    def __init__(self, message: str, *, report: Any = None) -> None:
+    def __init__(self, message: str, *, result: Any = None) -> None:
         super().__init__(message)
-        self.report = report
+        self.result = result  # the ExportResult whose budget rows failed (files written)
+
+    @property
+    def report(self) -> Any:
+        """Deprecated alias of :attr:`result` (it always held the ExportResult)."""
+        import warnings
+
+        msg = "BudgetExceededError.report is renamed .result (an ExportResult)"
+        warnings.warn(msg, DeprecationWarning, stacklevel=2)
+        return self.result
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:

@@ -166,7 +166,7 @@ def largest_fitting_fraction(
             f"{_budget_rows(res.report)}; pick a larger target, a smaller model, or lower "
             "round_to/min_channels"
         )
-        raise BudgetExceededError(msg, report=res)
+        raise BudgetExceededError(msg, result=res)
     hi = 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -230,6 +230,6 @@ def _final_check(
             f"the pruned and fine-tuned model does not fit {target}: "
             f"{_budget_rows(final.report)} (the search chose {search.fraction:.1%} of MACs)"
         )
-        raise BudgetExceededError(msg, report=final)
+        raise BudgetExceededError(msg, result=final)
     rep = final.report
     return {"flash_bytes": rep["flash_bytes"], "arena_bytes": rep["arena_bytes"], "fits": True}

@@ -160,7 +160,7 @@ def test_unknown_criterion_suggests_the_closest(tmp_path: Path, capsys) -> None:
                 "--data",
                 "digits",
                 "--criterion",
-                "l2x",
+                "l1x",
                 "--target-flops",
                 "0.5",
                 "--out",
@@ -169,7 +169,7 @@ def test_unknown_criterion_suggests_the_closest(tmp_path: Path, capsys) -> None:
         )
         == 2
     )
-    assert "l1" in capsys.readouterr().err
+    assert "(did you mean 'l1'?)" in capsys.readouterr().err
 
 
 def test_train_frame_stacked_rppg_net_on_clip_data(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_vgg16_pcc_ci_operating_point_runs_in_tflm(tmp_path: Path) -> None:
         Budget(target_flops=MACS_KEPT, target_params=PARAMS_KEPT),
         data=data,
     )
-    assert result.macs_before == 313_473_024 or result.macs_before > 3.1e8
+    assert result.macs_before == 313_463_808  # conv + linear MACs of VGG-16 (CIFAR) at 32x32
     assert result.macs_after <= MACS_KEPT * result.macs_before
     assert result.params_after <= PARAMS_KEPT * result.params_before
     # the adaptive threshold uses the budget: not far below it on both counts
