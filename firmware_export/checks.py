@@ -135,7 +135,8 @@ BUILTIN_TOLERANCE_LSB = 2
 def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int) -> dict[str, Any]:
     """TFLM vs LiteRT's reference kernels, bit-exact; where REF lacks an op (e.g. ELU), vs its
     builtin kernels within :data:`BUILTIN_TOLERANCE_LSB` (optimized kernels round some
-    requantizations differently: a 1-LSB difference at one op can reach the output as 2)."""
+    requantizations differently: a 1-LSB difference at one op can reach the output as 2).
+    """
     from tinyprune.errors import ExportError
 
     try:
@@ -172,7 +173,7 @@ def _xnnpack_vs_ref(v: Any, model_bytes: bytes, int8_in: np.ndarray) -> dict[str
 
 
 def _float_chain(inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float) -> np.ndarray:
-    """torch -> ONNX Runtime -> float TFLite; returns the float reference outputs."""
+    """Torch -> ONNX Runtime -> float TFLite; returns the float reference outputs."""
     from firmware_export.export_onnx import onnxruntime_forward, torch_forward
 
     samples = np.asarray(inp.samples)

@@ -215,7 +215,8 @@ def _extra(
 
 def float_ops(model: TfliteModel) -> list[str]:
     """Ops that still compute in float in a "full-int8" model (the converter keeps an op in
-    float, between DEQUANTIZE and QUANTIZE, when it has no int8 kernel, e.g. CONV_3D)."""
+    float, between DEQUANTIZE and QUANTIZE, when it has no int8 kernel, e.g. CONV_3D).
+    """
     return [
         f"op {op.index} {op.name}"
         for op in model.ops

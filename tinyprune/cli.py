@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_export, _add_report, _add_listings, _add_train, _add_eval, _add_prune):
         add(sub)
+    _add_fit(sub)
     _add_demo(sub)
     return parser
 
@@ -277,6 +278,46 @@ def _add_prune(sub: Any) -> None:
     )
     _add_de_options(p)
     p.set_defaults(func=cmd_prune, config_section="prune")
+
+
+def _add_fit(sub: Any) -> None:
+    from tinyprune.config import FitConfig
+
+    d = FitConfig()
+    p = sub.add_parser(
+        "fit",
+        formatter_class=FMT,
+        help="the most accurate pruned network that fits a board, chosen across criteria",
+    )
+    _add_common_job_options(p, "candidates/, export/, fit.json/md/html")
+    p.add_argument("--target", default=d.target, help="device profile name or TOML path")
+    p.add_argument(
+        "--criteria",
+        default=",".join(d.criteria),
+        help="structured criteria to compare, comma-separated",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=d.latency_ms,
+        help="latency limit (estimate from the profile's cycles per MAC)",
+    )
+    p.add_argument(
+        "--metric-drop",
+        type=float,
+        default=d.metric_drop,
+        help="largest accepted metric loss against the dense network",
+    )
+    _add_prune_training(p)
+    _add_de_options(p)
+    p.set_defaults(
+        func=cmd_fit,
+        config_section="prune",
+        criterion_kw=None,
+        target_flops=None,
+        target_params=None,
+        sparsity=None,
+    )
 
 
 def _add_prune_training(p: argparse.ArgumentParser) -> None:
@@ -585,6 +626,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, args.target, args.epochs, say, progress=sys.stderr.isatty())
     print(result.out_dir)
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """``tinyprune fit``."""
+    import dataclasses
+
+    from tinyprune.app.board import fit_board
+    from tinyprune.config import FitConfig
+
+    model, data = _specs(args)
+    names = tuple(n.strip() for n in args.criteria.split(",") if n.strip())
+    prune = dataclasses.replace(prune_config(args), target=None)
+    cfg = FitConfig(args.target, names, args.latency_ms, args.metric_drop, prune)
+    result = fit_board(model, data, cfg, args.out)
+    for row in result["candidates"]:
+        verdict = "chosen" if row["criterion"] == result["winner"] else row.get("lost", "")
+        print(f"{row['criterion']:12s} {verdict}", file=sys.stderr)
+    if result["winner"] is None:
+        msg = f"no candidate fits {args.target}; see {args.out}/fit.md"
+        raise BudgetExceededError(msg)
+    print(args.out)
     return 0
 
 

@@ -432,3 +432,35 @@ def load_toml(path: str | Any) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         msg = f"config file {str(p)!r} is not valid TOML: {e}"
         raise ConfigError(msg) from e
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """``tinyprune fit``: the most accurate network that fits a board, across criteria.
+
+    Attributes:
+        target: Device profile name or TOML path.
+        criteria: Structured criteria tried, each with the same training budget.
+        latency_ms: Latency limit (estimate: MACs x cycles-per-MAC / clock); None: the
+            profile's own, if any.
+        metric_drop: Largest accepted loss of the metric against the dense network (accuracy
+            points as a fraction, or bpm of HR MAE); None: no limit.
+        prune: Training budget, fine-tuning and search settings of every candidate (its own
+            budget fields are not read).
+    """
+
+    target: str = "cortex-m4"
+    criteria: tuple[str, ...] = ("tailored", "cluster_de", "pcc_ci", "l1")
+    latency_ms: float | None = None
+    metric_drop: float | None = None
+    prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
+
+    def __post_init__(self) -> None:
+        if not self.criteria:
+            msg = "--criteria is empty; give at least one structured criterion (e.g. l1)"
+            raise ConfigError(msg)
+        for name, value in (("latency_ms", self.latency_ms), ("metric_drop", self.metric_drop)):
+            if value is not None and not (_is_number(value) and value >= 0):
+                flag = "--" + name.replace("_", "-")
+                msg = f"{flag} {value!r} is invalid; expected a finite number >= 0"
+                raise ConfigError(msg)

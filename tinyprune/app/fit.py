@@ -232,4 +232,10 @@ def _final_check(
         )
         raise BudgetExceededError(msg, result=final)
     rep = final.report
-    return {"flash_bytes": rep["flash_bytes"], "arena_bytes": rep["arena_bytes"], "fits": True}
+    latency = (rep.get("latency_estimate") or {}).get("ms")
+    return {
+        "flash_bytes": rep["flash_bytes"],
+        "arena_bytes": rep["arena_bytes"],
+        "latency_ms": latency,
+        "fits": True,
+    }

@@ -156,7 +156,8 @@ def _prox_step_size(
     optimizer: torch.optim.Optimizer, param: torch.Tensor, precondition: bool, fallback_lr: float
 ) -> torch.Tensor | float:
     """The step size the proximal threshold is scaled by: the learning rate of ``param``'s group,
-    divided (``precondition``) by Adam's denominator ``sqrt(v_hat) + eps`` when it has one."""
+    divided (``precondition``) by Adam's denominator ``sqrt(v_hat) + eps`` when it has one.
+    """
     lr = float(_group_of(optimizer, param).get("lr", fallback_lr))
     return lr / _adam_denominator(optimizer, param) if precondition else lr
 
@@ -168,7 +169,8 @@ def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str
 
 def _adam_denominator(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
     """``sqrt(v / (1 - beta2^t)) + eps`` of Adam/AdamW for ``param`` (``v``: the running max
-    under amsgrad); 1 for other optimizers and before the first step."""
+    under amsgrad); 1 for other optimizers and before the first step.
+    """
     state = optimizer.state.get(param, {})
     if "exp_avg_sq" not in state:
         return torch.ones_like(param)
