@@ -1,6 +1,7 @@
-"""The one entry point, ``tinyprune``: every subcommand's parser, and ``cmd_*`` functions that
-build a config, call one ``tinyprune.app`` function and print its result. Errors map to exit
-codes (0 ok, 1 bug, 2 bad input, 3 over budget, 4 unsupported op, 5 verification, 130
+"""The one entry point, ``tinyprune``: every subcommand's parser and its ``cmd_*`` function.
+
+A ``cmd_*`` builds a config, calls one ``tinyprune.app`` function and prints its result.
+Errors map to exit codes (0 ok, 1 bug, 2 bad input, 3 over budget, 4 unsupported op, 5 verification, 130
 interrupted). Argparse defaults are read from the config dataclasses (``tinyprune.config``,
 ``firmware_export.options``), so every default is defined once.
 

@@ -216,6 +216,7 @@ def _neg_task_loss(job: PruneJob) -> Any:
 
 
 def unstructured_job(job: PruneJob, name: str) -> dict[str, Any]:
+    """Train with an unstructured criterion's mask hook to ``cfg.sparsity``; the summary."""
     from tinyprune.pruning.masks import sparsity_report
 
     c = job.cfg

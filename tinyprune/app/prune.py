@@ -1,5 +1,6 @@
-"""``tinyprune prune``: load the model and data, run the job the criterion and budget call for,
-save ``pruned.pt2`` and the run files.
+"""``tinyprune prune``: load model and data, run the job the criterion and budget call for.
+
+It saves ``pruned.pt2`` and the other run files.
 """
 
 from __future__ import annotations

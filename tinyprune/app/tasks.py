@@ -28,8 +28,10 @@ MIN_HR_SAMPLES = 64
 
 
 def task_metric(task: str, fs: float | None = None) -> Any:
-    """``metric(outputs, targets) -> dict``: top-1 accuracy; or, for rPPG, the per-clip Pearson
-    correlation of the waveform plus HR MAE/RMSE when clips are long enough for an FFT rate.
+    """``metric(outputs, targets) -> dict`` of a task.
+
+    Top-1 accuracy; or, for rPPG, the per-clip Pearson correlation of the waveform plus HR
+    MAE/RMSE when clips are long enough for an FFT rate.
     """
     from tinyprune.metrics import hr_errors, hr_from_bvp, top1_accuracy
 

@@ -174,6 +174,7 @@ class PrunedEvaluator:
         heldout: Sequence[Any],
         metric: Callable[..., float],
     ) -> float:
+        """Prune a copy with ``crit``, recalibrate its BN on ``calib``, score it on ``heldout``."""
         work = self.pruned(crit)
         recalibrate_bn_(work, calib)
         return float(metric(work, heldout))
@@ -236,6 +237,7 @@ class ClusterFitness:
         return values
 
     def __call__(self, k: Sequence[int] | np.ndarray) -> float:
+        """The fitness of one vector of clusters per layer."""
         return self.many([k])[0]
 
     def __enter__(self) -> ClusterFitness:
@@ -308,6 +310,13 @@ def cluster_fitness(
     """The :class:`ClusterFitness` of ``model`` at ``budget`` (§4.6).
 
     Args:
+        model: The trained network (not changed; each evaluation prunes a copy).
+        example_input: A batch for tracing.
+        budget: The :class:`~tinyprune.pruning.select.Budget` every candidate meets.
+        layers: The prunable layers, in the order of the DE vector.
+        calib: Batches that recalibrate BatchNorm in each evaluation.
+        heldout: ``(x, y)`` batches that score each evaluation.
+        round_to: Kept widths are multiples of this.
         base: The criterion whose ``k_per_layer`` the vector sets (descriptor source, k-means
             seed); default ``ClusterDECriterion()``.
         metric: ``"accuracy"`` (held-out top-1, §4.6) or ``"neg_ce"`` (minus the mean
