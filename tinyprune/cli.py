@@ -2,8 +2,8 @@
 
 A ``cmd_*`` builds a config, calls one ``tinyprune.app`` function and prints its result.
 Errors map to exit codes (0 ok, 1 bug, 2 bad input, 3 over budget, 4 unsupported op,
-5 verification, 130 interrupted). Argparse defaults are read from the config dataclasses (``tinyprune.config``,
-``firmware_export.options``), so every default is defined once.
+5 verification, 130 interrupted). Argparse defaults are read from the config dataclasses
+(``tinyprune.config``, ``firmware_export.options``), so every default is defined once.
 
 Logs and progress go to stderr; stdout carries only the result (the run folder, or JSON).
 Heavy libraries are imported inside the commands so ``--help`` stays fast.
