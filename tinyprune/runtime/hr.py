@@ -34,6 +34,7 @@ PEAK_AGREEMENT = 0.15  # beat rate within 15 % of the spectral rate -> report th
 METHODS = ("auto", "fft", "peak")
 IBI_MAX_DEV = 0.3  # an inter-beat interval further than this from the median is an artefact
 IBI_MAX_DEV_S = 0.3  # ... unless it is within this many seconds (heartpy's rule, on the median)
+BEAT_MIN_PROMINENCE = 0.4  # share of the median peak prominence a beat needs
 LAMBDA_FS = 30.0  # the detrending lambda is given for this rate and scaled with fs
 
 
@@ -155,17 +156,21 @@ def fundamental_hz(f: Array, p: Array, low_hz: float, high_hz: float) -> tuple[f
 
 
 def detect_beats(x: ArrayLike, fs: float, hr_bpm: float) -> Array:
-    """Beat times (s) of a filtered BVP: maxima at least 0.6 of the period ``60 / hr_bpm`` apart.
+    """Beat times (s) of a filtered BVP whose heart rate is about ``hr_bpm``.
 
-    The minimum distance keeps a dicrotic wave from counting as a beat; a prominence floor of a
-    quarter of the signal's standard deviation drops ripples.
+    Beats are maxima at least 0.6 of the period ``60 / hr_bpm`` apart whose prominence is at least
+    ``BEAT_MIN_PROMINENCE`` of the median beat's (a dicrotic wave is far less prominent than a
+    systolic peak), refined to sub-sample precision by parabolic interpolation.
     """
     s = as_signal(x)
-    if not hr_bpm > 0:
-        msg = f"detect_beats needs a positive heart rate, got {hr_bpm!r}"
+    if not hr_bpm > 0 or not fs > 0:
+        msg = f"detect_beats needs a positive heart rate and rate, got {hr_bpm!r} and {fs!r}"
         raise ConfigError(msg)
     distance = max(1, int(0.6 * fs * 60.0 / hr_bpm))
-    peaks, _ = scipy.signal.find_peaks(s, distance=distance, prominence=0.25 * float(np.std(s)))
+    peaks, props = scipy.signal.find_peaks(s, distance=distance, prominence=0.0)
+    if peaks.size:
+        prom = props["prominences"]
+        peaks = peaks[prom >= BEAT_MIN_PROMINENCE * float(np.median(prom))]
     return _refine(s, peaks) / fs
 
 
