@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the zoo bench's helpers
 import zoo_bench  # noqa: E402
 
-SEGMENTS = [(0, 0.0), (1, 10.0), (1, 40.0), (1, 70.0), (2, 100.0), (2, 300.0)]
+SEGMENTS = [(0, 0.0), (1, 40.0), (1, 60.0), (2, 100.0), (2, 300.0), (2, 400.0)]
 FRAMES = {"tscan": 10, "physnet_2p1d": 32}
 UNSUPERVISED = ("pos", "chrom", "green")
 
