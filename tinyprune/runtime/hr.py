@@ -3,7 +3,8 @@
 Pre-processing follows rPPG-Toolbox's ``post_process.py`` (Liu et al., "rPPG-Toolbox: Deep Remote
 PPG Toolbox", NeurIPS 2023 Datasets and Benchmarks): integrate a first-difference signal, detrend
 with the smoothness-priors method (Tarvainen et al., "An advanced detrending method with application
-to HRV analysis", IEEE TBME 2002; lambda 100), 1st-order Butterworth band-pass with ``filtfilt``.
+to HRV analysis", IEEE TBME 2002; lambda 100 at 30 fps, scaled with the rate so its cut-off stays
+at 0.48 Hz), 1st-order Butterworth band-pass with ``filtfilt``.
 
 The toolbox then takes the periodogram peak. On real contact PPG that peak can sit on the second
 harmonic (a pronounced dicrotic notch; first differences double the harmonic's weight), so
@@ -11,8 +12,10 @@ harmonic (a pronounced dicrotic notch; first differences double the harmonic's w
 real share of the peak's power and the harmonic pair (f0, 2 f0) holds more of the band's power than
 (f, 2 f) does. The signal-quality index (SQI) is that spectral SNR in dB (de Haan & Jeanne 2013's
 template SNR, as the toolbox computes it). Beats are then found with ``scipy.signal.find_peaks`` at
-least 0.6 of the chosen period apart; when their rate agrees with the spectrum the beat-derived rate
-is reported (it is not limited by the spectral resolution), otherwise the spectral one.
+least 0.6 of the chosen period apart and with a prominence floor relative to the median beat;
+when their rate (60 / mean plausible inter-beat interval) is within 15 % of the spectral rate, it
+is reported (it is neither limited by the spectral resolution nor moved by heart-rate drift),
+otherwise the spectral one. Beat times (HRV): ``detect_beats(preprocess(x, fs), fs, est.fft_bpm)``.
 """
 
 from __future__ import annotations
