@@ -92,6 +92,11 @@ def unsupervised_mae(root: Path, fmt: str) -> dict[str, float]:
         ref.append(src.device_hr)
         for m in UNSUPERVISED:
             preds[m].append(estimate_hr(unsupervised_bvp(m, rgb, src.fs), src.fs).bpm)
+    for m, p in preds.items():
+        zoo_bench.log(
+            f"  {fmt} {m} pred/device: "
+            + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(p, ref, strict=True))
+        )
     return {m: mae(p, ref) for m, p in preds.items()}
 
 
