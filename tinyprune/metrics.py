@@ -11,7 +11,9 @@ peak-to-peak interval. The label HR is computed the same way from the label wave
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.signal
@@ -162,6 +164,96 @@ def video_hr(
     ids = np.unique(vid)
     pred = [hr_from_bvp(x[vid == v].reshape(-1), fs, diff=diff) for v in ids]
     return np.array(pred), np.array([hr[vid == v].mean() for v in ids])
+
+
+def video_table(
+    bvp: ArrayLike,
+    video: ArrayLike,
+    true_hr: ArrayLike,
+    fs: float,
+    *,
+    diff: bool = True,
+    labels: ArrayLike | None = None,
+    device_hr: ArrayLike | None = None,
+    names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Per-video HR table, as rPPG-Toolbox evaluates a test set, with the device HR beside it.
+
+    Per video: ``pred_hr`` from the concatenated predicted clips through
+    :func:`tinyprune.runtime.hr.estimate_hr` (toolbox detrend/band-pass, sub-harmonic check,
+    beat rate) with its ``sqi`` and ``method``; ``label_hr`` from the concatenated label clips
+    through the same call when ``labels`` is given, else the mean of ``true_hr`` (the loaders
+    store the whole-video label HR in every clip); ``device_hr`` (None when absent); ``ref_hr``
+    (the device HR when present, else the label HR) and ``snr_db`` of the prediction at it.
+
+    Args:
+        bvp: Predicted waveforms, one row per clip, clips of a video in order.
+        video: Video index of each clip.
+        true_hr: Ground-truth HR of each clip (``ClipDataset.hr_bpm``).
+        fs: Frame rate.
+        diff: Predictions and labels are first differences (DiffNormalized).
+        labels: Label waveforms, one row per clip (optional).
+        device_hr: Device HR of each clip (``ClipDataset.device_hr``; nan = none).
+        names: Name of each video index (``ClipDataset.video_names``).
+    """
+    from tinyprune.runtime.hr import estimate_hr
+
+    x, vid = np.asarray(bvp, np.float64), np.asarray(video)
+    hr = np.asarray(true_hr, np.float64)
+    dev = np.full(len(x), np.nan) if device_hr is None else np.asarray(device_hr, np.float64)
+    lab = None if labels is None else np.asarray(labels, np.float64)
+    if not len(x) == len(vid) == len(hr) == len(dev) or (lab is not None and len(lab) != len(x)):
+        msg = (
+            f"got {len(x)} predicted clips but {len(vid)} video ids, {len(hr)} HRs, "
+            f"{len(dev)} device HRs (and labels for each clip, if given)"
+        )
+        raise ConfigError(msg)
+    rows = []
+    for v in np.unique(vid):
+        sel = vid == v
+        est = estimate_hr(x[sel].reshape(-1), fs, diff=diff)
+        lab_hr = (
+            hr[sel].mean() if lab is None else estimate_hr(lab[sel].reshape(-1), fs, diff=diff).bpm
+        )
+        dev_hr = float(np.nanmean(dev[sel])) if np.isfinite(dev[sel]).any() else None
+        ref = dev_hr if dev_hr is not None else float(lab_hr)
+        wave = preprocess_bvp(x[sel].reshape(-1), fs, diff=diff)
+        rows.append(
+            {
+                "video": names[int(v)] if names is not None else str(v),
+                "pred_hr": float(est.bpm),
+                "label_hr": float(lab_hr),
+                "device_hr": dev_hr,
+                "ref_hr": ref,
+                "sqi": float(est.sqi),
+                "method": est.method,
+                "snr_db": snr_db(wave, ref, fs),
+            }
+        )
+    return rows
+
+
+def video_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """MAE, RMSE, MAPE, Pearson (with SEs) and mean SNR of a :func:`video_table`.
+
+    The reference is the device HR when every video has one, else the label HR; ``reference``
+    says which. ``label_vs_device_mae`` tells how far the label HR is from the device's.
+    """
+    if not rows:
+        msg = "no videos to evaluate; the test split is empty"
+        raise ConfigError(msg)
+    pred = np.array([r["pred_hr"] for r in rows])
+    has_dev = all(r["device_hr"] is not None for r in rows)
+    ref = np.array([r["device_hr"] if has_dev else r["label_hr"] for r in rows], np.float64)
+    out: dict[str, Any] = {"n_videos": len(rows), "reference": "device" if has_dev else "label"}
+    out.update({"mae": mae(pred, ref), "rmse": rmse(pred, ref), "mape": mape(pred, ref)})
+    if len(rows) >= 3:
+        e = hr_errors(pred, ref)
+        out.update({"mae_se": e.mae_se, "pearson": e.pearson, "pearson_se": e.pearson_se})
+    out["snr_db"] = float(np.mean([r["snr_db"] for r in rows]))
+    if has_dev:
+        out["label_vs_device_mae"] = mae([r["label_hr"] for r in rows], ref)
+    return out
 
 
 def snr_db(

@@ -30,3 +30,32 @@ def torchrun() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def heartpy() -> object:
+    """The heartpy module, importable although setuptools >= 81 dropped ``pkg_resources``.
+
+    heartpy uses ``pkg_resources.resource_filename`` only to locate its bundled example data;
+    when ``pkg_resources`` is missing, a two-line stand-in (a module's resources sit beside its
+    file) is registered first. Skips when heartpy itself is not installed.
+    """
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("heartpy")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("heartpy is not installed")
+    if importlib.util.find_spec("pkg_resources") is None and "pkg_resources" not in sys.modules:
+        stub = types.ModuleType("pkg_resources")
+
+        def resource_filename(package: str, name: str) -> str:
+            found = importlib.util.find_spec(package)
+            assert found is not None and found.origin is not None
+            return str(Path(found.origin).parent / name)
+
+        stub.resource_filename = resource_filename  # type: ignore[attr-defined]
+        sys.modules["pkg_resources"] = stub
+    import heartpy as hp
+
+    return hp

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from tinyprune.data import cifar, digits, pure, ubfc
 from tinyprune.data.bundle import ArrayDataset, ClipDataset, DataBundle
-from tinyprune.data.preprocess import PreprocessConfig, face_crop_video, fft_hr, preprocess_video
+from tinyprune.data.labels import label_hr
+from tinyprune.data.preprocess import PreprocessConfig, face_crop_video, preprocess_video
 from tinyprune.data.synthetic import SyntheticConfig, generate
 from tinyprune.errors import ConfigError
 from tinyprune.registry import Registry
@@ -86,26 +87,45 @@ def build_cifar10(
     )
 
 
-def _clips_from_videos(
-    videos: Iterable[tuple[Iterator[np.ndarray], np.ndarray, float]], cfg: PreprocessConfig
-) -> ClipDataset:
-    """Face-crop, normalise and chunk each ``(frames, bvp, fs)``; clip HR = FFT HR of the label."""
-    xs, ys, hrs, vids, fs_all = [], [], [], [], []
-    for k, (frames, bvp, fs) in enumerate(videos):
-        faces = face_crop_video(frames, cfg)
-        n = min(len(faces), len(bvp))
-        if len(faces) != len(bvp):
+class VideoSource(NamedTuple):
+    """One real-format video: lazy frames, the label per frame, frame rate, device HR, name."""
+
+    frames: Iterator[np.ndarray]
+    bvp: np.ndarray
+    fs: float
+    device_hr: float
+    name: str
+
+
+def _clips_from_videos(videos: Iterable[VideoSource], cfg: PreprocessConfig) -> ClipDataset:
+    """Face-crop, normalise and chunk each video; every clip gets its video's label HR.
+
+    The label HR is taken from the whole label waveform of the frames used
+    (:func:`tinyprune.data.labels.label_hr`), not from the clip's own few frames.
+    """
+    xs, ys, hrs, dev, vids, names, fs_all = [], [], [], [], [], [], []
+    for k, src in enumerate(videos):
+        faces = face_crop_video(src.frames, cfg)
+        n = min(len(faces), len(src.bvp))
+        if len(faces) != len(src.bvp):
             log.warning(
-                "video %d: %d frames but %d labels; using the first %d", k, len(faces), len(bvp), n
+                "video %s: %d frames but %d labels; using the first %d",
+                src.name,
+                len(faces),
+                len(src.bvp),
+                n,
             )
-        x, y = preprocess_video(faces[:n], np.asarray(bvp[:n]), cfg)
-        raw = np.asarray(bvp[: len(y) * cfg.chunk]).reshape(len(y), cfg.chunk)
+        x, y = preprocess_video(faces[:n], np.asarray(src.bvp[:n]), cfg)
+        video_hr = label_hr(np.asarray(src.bvp[:n]), src.fs)
         xs.append(x)
         ys.append(y)
-        hrs += [fft_hr(r, fs) for r in raw]
+        hrs += [video_hr] * len(y)
+        dev += [src.device_hr] * len(y)
         vids += [k] * len(y)
-        fs_all.append(fs)
-    return _stack_clips(xs, ys, hrs, vids, float(np.mean(fs_all)) if fs_all else 30.0, cfg)
+        names.append(src.name)
+        fs_all.append(src.fs)
+    fs = float(np.mean(fs_all)) if fs_all else 30.0
+    return _stack_clips(xs, ys, hrs, vids, fs, cfg, dev, tuple(names))
 
 
 def _stack_clips(
@@ -115,11 +135,14 @@ def _stack_clips(
     vids: list[int],
     fs: float,
     cfg: PreprocessConfig,
+    device_hr: list[float] | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> ClipDataset:
     c = 3 * len(cfg.data_types)
     x = np.concatenate(xs) if xs else np.zeros((0, c, cfg.chunk, cfg.size, cfg.size), np.float32)
     y = np.concatenate(ys) if ys else np.zeros((0, cfg.chunk), np.float32)
-    return ClipDataset(x, y, np.asarray(hrs), np.asarray(vids), fs)
+    dev = None if device_hr is None else np.asarray(device_hr, np.float64)
+    return ClipDataset(x, y, np.asarray(hrs), np.asarray(vids), fs, dev, names)
 
 
 def _split(names: list[Any], train_fraction: float) -> tuple[list[Any], list[Any]]:
@@ -165,10 +188,12 @@ def build_pure(
     subjects = sorted({s.subject for s in seqs})
     tr, te = _split(subjects, train_fraction)
 
-    def videos(keep: list[int]) -> Iterator[tuple[Iterator[np.ndarray], np.ndarray, float]]:
+    def videos(keep: list[int]) -> Iterator[VideoSource]:
         for s in seqs:
             if s.subject in keep:
-                yield s.frames(max_frames=max_frames), s.bvp(label_resample)[:max_frames], s.fs
+                bvp = s.bvp(label_resample)[:max_frames]
+                frames = s.frames(max_frames=max_frames)
+                yield VideoSource(frames, bvp, s.fs, s.device_hr(max_frames), s.name)
 
     return _rppg_bundle(
         f"pure:{path}",
@@ -192,11 +217,10 @@ def build_ubfc(
     subjects = [ubfc.read_subject(root, n) for n in ubfc.list_subjects(root)]
     tr, te = _split(subjects, train_fraction)
 
-    def videos(
-        keep: list[ubfc.UbfcSubject],
-    ) -> Iterator[tuple[Iterator[np.ndarray], np.ndarray, float]]:
+    def videos(keep: list[ubfc.UbfcSubject]) -> Iterator[VideoSource]:
         for s in keep:
-            yield s.frames(max_frames=max_frames), s.ppg[:max_frames], s.fs
+            frames = s.frames(max_frames=max_frames)
+            yield VideoSource(frames, s.ppg[:max_frames], s.fs, s.device_hr(max_frames), s.name)
 
     return _rppg_bundle(
         f"ubfc:{path}",

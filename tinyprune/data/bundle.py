@@ -39,16 +39,28 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 class ClipDataset(ArrayDataset):
-    """rPPG clips ``float32 (C, T, H, W)`` with BVP labels ``(T,)`` and per-clip HR ground truth.
+    """rPPG clips ``float32 (C, T, H, W)`` with BVP labels ``(T,)`` and HR ground truth.
 
     Attributes:
-        hr_bpm: Ground-truth HR of each clip (bpm).
+        hr_bpm: Ground-truth HR of each clip (bpm). For PURE/UBFC this is the label HR of the
+            clip's whole video (:func:`tinyprune.data.labels.label_hr`), the same for every clip of
+            a video; for synthetic videos the generator's mean HR over the clip.
         video: Index of the source video of each clip (clips of one video are consecutive).
         fs: Frame rate.
+        device_hr: The recording device's HR (bpm) of each clip's video, nan where the format
+            has none (synthetic videos).
+        video_names: Name of each video index (``"01-01"``, ``"subject5"``, ...).
     """
 
     def __init__(
-        self, x: np.ndarray, y: np.ndarray, hr_bpm: np.ndarray, video: np.ndarray, fs: float
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        hr_bpm: np.ndarray,
+        video: np.ndarray,
+        fs: float,
+        device_hr: np.ndarray | None = None,
+        video_names: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(x, np.asarray(y, np.float32))
         if len(hr_bpm) != len(x) or len(video) != len(x):
@@ -57,6 +69,13 @@ class ClipDataset(ArrayDataset):
         self.hr_bpm = np.asarray(hr_bpm, np.float64)
         self.video = np.asarray(video, np.int64)
         self.fs = float(fs)
+        dev = np.full(len(x), np.nan) if device_hr is None else np.asarray(device_hr, np.float64)
+        if dev.shape != (len(x),):
+            msg = f"need one device HR per clip: {len(x)} clips, {dev.shape} device HRs"
+            raise ConfigError(msg)
+        self.device_hr = dev
+        n_videos = int(self.video.max()) + 1 if len(x) else 0
+        self.video_names = tuple(video_names or (f"video{k}" for k in range(n_videos)))
 
     def clip_hr(self, i: int) -> float:
         """Ground-truth HR (bpm) of clip ``i``."""

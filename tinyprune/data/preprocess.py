@@ -217,9 +217,10 @@ def preprocess_video(
 def fft_hr(y: np.ndarray, fs: float, band: tuple[float, float] = (0.6, 3.3)) -> float:
     """HR (bpm) of a label window: periodogram peak inside ``band`` (nfft >= 2048, zero-padded).
 
-    A small copy of the toolbox's FFT rule used to give each clip of a real data set its
-    ground-truth HR from the contact PPG (methods.md §9.1 step 6); evaluation of predictions
-    belongs to ``tinyprune.metrics``.
+    A small copy of the toolbox's FFT rule, kept for callers of this function. The loaders no
+    longer use it: a clip of a few frames is too short for an HR of its own, so each clip carries
+    its whole video's label HR (:func:`tinyprune.data.labels.label_hr`); evaluation of
+    predictions belongs to ``tinyprune.metrics``.
     """
     x = np.asarray(y, np.float64) - np.mean(y)
     nfft = max(2048, 1 << int(np.ceil(np.log2(max(len(x), 2)))))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tinyprune.data.labels import device_hr
 from tinyprune.errors import ConfigError
 from tinyprune.fileio import write_text_atomic
 
@@ -80,6 +81,16 @@ class PureSequence:
             )
         msg = f"unknown label resampling {method!r}; expected 'index' or 'timestamp'"
         raise ConfigError(msg)
+
+    def device_hr(self, max_frames: int | None = None) -> float:
+        """The oximeter's mean ``pulseRate`` (bpm) over the first ``max_frames`` frames (all).
+
+        Samples are those whose timestamps fall within the frames' span; readings <= 0 (the
+        oximeter's "no value yet") are ignored; nan when none is left.
+        """
+        stamps = self.frame_times_ns[:max_frames]
+        inside = (self.wave_times_ns >= stamps[0]) & (self.wave_times_ns <= stamps[-1])
+        return device_hr(self.pulse_rate[inside])
 
     def frames(
         self,

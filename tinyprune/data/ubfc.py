@@ -6,6 +6,10 @@ Layout::
     UBFC/subject<N>/ground_truth.txt   line 1 PPG, line 2 HR (bpm), line 3 time (s), one value
                                        per frame, whitespace separated, scientific notation
 
+DATASET_1's ground truth, ``gtdump.xmp`` (a CSV despite the name: time in ms, HR in bpm, SpO2,
+PPG, at the oximeter's ~60 Hz), is read too when a subject folder has no ``ground_truth.txt``;
+its PPG and HR are resampled by time to the video's frames.
+
 Videos are read with :mod:`tinyprune.data.avi` (no codec library exists on this machine), lazily,
 one frame at a time. The writer produces the same layout so the reader is exercised on real-format
 files by the tests and by the synthetic generator.
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyprune.data.avi import iter_avi, read_avi_info, write_avi
+from tinyprune.data.labels import device_hr
 from tinyprune.errors import ConfigError
 from tinyprune.fileio import write_text_atomic
 
@@ -53,6 +58,10 @@ class UbfcSubject:
     def name(self) -> str:
         """Folder name ``subject<N>``."""
         return f"subject{self.subject}"
+
+    def device_hr(self, max_frames: int | None = None) -> float:
+        """The oximeter's mean HR (bpm) over the first ``max_frames`` frames (all by default)."""
+        return device_hr(self.hr[:max_frames])
 
     def frames(
         self,
@@ -98,17 +107,40 @@ def read_subject(root: str | Path, subject: int) -> UbfcSubject:
             a video with a codec the AVI reader does not handle.
     """
     folder = Path(root) / f"subject{subject}"
-    video, gt = folder / "vid.avi", folder / "ground_truth.txt"
-    for path in (video, gt):
+    video, gt, gt1 = folder / "vid.avi", folder / "ground_truth.txt", folder / "gtdump.xmp"
+    for path in (video, gt if gt.is_file() or not gt1.is_file() else gt1):
         if not path.is_file():
             msg = (
                 f"UBFC-rPPG subject folder {folder} lacks {path.name}: expected 'vid.avi' "
-                "and 'ground_truth.txt' (DATASET_2 layout)"
+                "and 'ground_truth.txt' (DATASET_2) or 'gtdump.xmp' (DATASET_1)"
             )
             raise ConfigError(msg)
-    ppg, hr, times = _parse_ground_truth(gt)
     info = read_avi_info(video)
+    if gt.is_file():
+        ppg, hr, times = _parse_ground_truth(gt)
+    else:
+        ppg, hr, times = _parse_gtdump(gt1, info.fps, info.declared_frames)
     return UbfcSubject(subject, video, ppg, hr, times, info.fps, info.declared_frames)
+
+
+def _parse_gtdump(
+    path: Path, fs: float, n_frames: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DATASET_1 ``gtdump.xmp`` (time ms, HR, SpO2, PPG rows) resampled to ``n_frames`` frames."""
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        msg = f"{path}: not a numeric CSV ({e}); expected rows 'time_ms,HR,SpO2,PPG'"
+        raise ConfigError(msg) from e
+    if table.shape[1] < 4 or table.shape[0] < 2 or not np.all(np.diff(table[:, 0]) > 0):
+        msg = (
+            f"{path}: expected >= 2 rows of 'time_ms,HR,SpO2,PPG' with increasing times; "
+            f"got shape {table.shape}"
+        )
+        raise ConfigError(msg)
+    t_gt = (table[:, 0] - table[0, 0]) / 1000.0
+    times = np.arange(n_frames) / fs
+    return np.interp(times, t_gt, table[:, 3]), np.interp(times, t_gt, table[:, 1]), times
 
 
 def _parse_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,10 +148,7 @@ def _parse_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         ln for ln in path.read_text(encoding="ascii", errors="replace").splitlines() if ln.strip()
     ]
     if len(lines) < 3:
-        msg = (
-            f"{path} has {len(lines)} non-empty line(s); expected 3 (PPG, HR, time in s). "
-            "DATASET_1's gtdump.xmp format is not supported"
-        )
+        msg = f"{path} has {len(lines)} non-empty line(s); expected 3 (PPG, HR, time in s)"
         raise ConfigError(msg)
     try:
         rows = [np.array(ln.split(), dtype=np.float64) for ln in lines[:3]]

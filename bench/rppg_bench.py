@@ -1,0 +1,208 @@
+"""rPPG nets trained on synthetic data only, scored on PURE/UBFC-format videos of real PPG.
+
+The fixtures are the repo's own: the astronaut face modulated by heartpy's three real contact-PPG
+recordings (several segments), written by ``tinyprune.data.synthetic.write_pure`` / ``write_ubfc``
+and read back through the PURE and UBFC-rPPG loaders (face detection on, as for real data).
+TS-CAN (``zoo:tscan``) and ``physnet_2p1d`` are trained briefly on ``synthetic-rppg`` (seeded, CPU)
+with the zoo bench's recipe; POS, CHROM and GREEN (``tinyprune.runtime.unsupervised``) run on the
+same face crops. HR per video through ``tinyprune.metrics.video_table`` (concatenated predictions,
+``tinyprune.runtime.hr.estimate_hr``); MAE against the device HR the formats carry (PURE
+``pulseRate``, UBFC HR row). With the ``export`` extra each net also goes through
+``firmware_export.export(target="rpi4")`` and runs int8 in LiteRT (XNNPACK). One Markdown table
+on stdout, progress on stderr.
+
+    /work/venv/bin/python bench/rppg_bench.py [--models tscan physnet_2p1d] [--skip-export]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the zoo bench's helpers
+import zoo_bench  # noqa: E402
+
+SEGMENTS = [(0, 0.0), (1, 40.0), (1, 60.0), (2, 100.0), (2, 300.0), (2, 400.0)]
+FRAMES = {"tscan": 10, "physnet_2p1d": 32}
+UNSUPERVISED = ("pos", "chrom", "green")
+
+
+def write_fixtures(root: Path, duration_s: float) -> None:
+    """One video per heartpy segment, written in both PURE and UBFC-rPPG layout."""
+    from tinyprune.data.synthetic import SyntheticConfig, generate, write_pure, write_ubfc
+
+    for i, (k, start) in enumerate(SEGMENTS, start=1):
+        dur = min(duration_s, 22.0) if k == 0 else duration_s
+        video = generate(
+            SyntheticConfig(
+                seed=900 + i,
+                duration_s=dur,
+                pulse=f"heartpy:{k}",
+                pulse_start_s=start,
+                nuisances=("static", "camera"),
+            )
+        )
+        write_pure(video, root / "PURE", i, 1)
+        write_ubfc(video, root / "UBFC", i)
+
+
+def sources(root: Path, fmt: str) -> list[Any]:
+    """The fixture videos of one format as loader ``VideoSource`` items (lazy frames)."""
+    from tinyprune.data import pure, ubfc
+    from tinyprune.data.builders import VideoSource
+
+    if fmt == "PURE":
+        seqs = [pure.read_sequence(root / "PURE", n) for n in pure.list_sequences(root / "PURE")]
+        return [VideoSource(s.frames(), s.bvp(), s.fs, s.device_hr(), s.name) for s in seqs]
+    subs = [ubfc.read_subject(root / "UBFC", n) for n in ubfc.list_subjects(root / "UBFC")]
+    return [VideoSource(s.frames(), s.ppg, s.fs, s.device_hr(), s.name) for s in subs]
+
+
+def clips(root: Path, fmt: str, model: str) -> Any:
+    """Face-cropped, normalised clips of one format in the model's input contract."""
+    from tinyprune.data.builders import _clips_from_videos
+    from tinyprune.data.preprocess import PreprocessConfig
+
+    cfg = PreprocessConfig(
+        size=36, chunk=FRAMES[model], data_types=zoo_bench.DATA_TYPES[model], detect=True
+    )
+    return _clips_from_videos(sources(root, fmt), cfg)
+
+
+def unsupervised_mae(root: Path, fmt: str) -> dict[str, float]:
+    """HR MAE (vs device HR) of POS / CHROM / GREEN on the 36x36 face crops of each video."""
+    from tinyprune.data.preprocess import PreprocessConfig, face_crop_video
+    from tinyprune.metrics import mae
+    from tinyprune.runtime.hr import estimate_hr
+    from tinyprune.runtime.unsupervised import unsupervised_bvp
+
+    cfg = PreprocessConfig(size=36, chunk=10, detect=True)
+    preds: dict[str, list[float]] = {m: [] for m in UNSUPERVISED}
+    ref = []
+    for src in sources(root, fmt):
+        rgb = face_crop_video(src.frames, cfg).reshape(-1, 36 * 36, 3).mean(axis=1)
+        ref.append(src.device_hr)
+        for m in UNSUPERVISED:
+            preds[m].append(estimate_hr(unsupervised_bvp(m, rgb, src.fs), src.fs).bpm)
+    for m, p in preds.items():
+        zoo_bench.log(
+            f"  {fmt} {m} pred/device: "
+            + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(p, ref, strict=True))
+        )
+    return {m: mae(p, ref) for m, p in preds.items()}
+
+
+def int8_rpi4(model: torch.nn.Module, calib: np.ndarray, out: Path) -> bytes | None:
+    """Export for ``rpi4`` (LiteRT int8); None when the export extra is not installed."""
+    if importlib.util.find_spec("onnx2tf") is None:
+        return None
+    from firmware_export import ExportOptions, export
+
+    export(
+        model.eval(),
+        calib,
+        target="rpi4",
+        out_dir=out,
+        options=ExportOptions(calib_cap=len(calib), verify_samples=8),
+    )
+    return (out / "model_int8.tflite").read_bytes()
+
+
+def run_int8(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """Int8 outputs (dequantized) from LiteRT with XNNPACK on float inputs (PyTorch layout)."""
+    from firmware_export.calibration import to_channels_last
+    from firmware_export.tflite_model import parse_tflite
+    from firmware_export.verify import dequantize, quantize_input, run_litert
+
+    m = parse_tflite(model_bytes)
+    tin, tout = m.tensors[m.inputs[0]], m.tensors[m.outputs[0]]
+    q = quantize_input(to_channels_last(x), tin.scale[0], tin.zero_point[0])
+    out = run_litert(model_bytes, q, "xnnpack", timeout=1800)
+    return dequantize(out, tout.scale[0], tout.zero_point[0]).reshape(len(x), -1)
+
+
+def score(bvp: np.ndarray, ds: Any) -> tuple[float, float]:
+    """(MAE vs device HR, MAE of the label HR vs device HR) over the videos of ``ds``."""
+    from tinyprune.metrics import video_metrics, video_table
+
+    rows = video_table(
+        bvp, ds.video, ds.hr_bpm, ds.fs, device_hr=ds.device_hr, names=ds.video_names
+    )
+    m = video_metrics(rows)
+    zoo_bench.log(
+        "  " + ", ".join(f"{r['video']} {r['pred_hr']:.1f}/{r['ref_hr']:.1f}" for r in rows)
+    )
+    return float(m["mae"]), float(m["label_vs_device_mae"])
+
+
+def bench_model(name: str, root: Path, args: argparse.Namespace, out: Path) -> list[list[str]]:
+    """Train ``name`` on synthetic data; rows (format, float MAE, int8 MAE, label MAE)."""
+    from tinyprune.models import create_model
+
+    torch.manual_seed(0)
+    frames = FRAMES[name]
+    model = create_model(name, frames=frames)
+    ns = argparse.Namespace(
+        n_train=args.n_train, train_clips=max(2, 120 // frames), n_test=1, eval_frames=frames * 2
+    )
+    train_set, _ = zoo_bench.rppg_data(name, frames, ns)
+    x_train = zoo_bench.stacked(train_set.train.x)
+    zoo_bench.log(f"{name}: training {args.epochs} epochs on {len(x_train)} clips of {frames}")
+    seconds = zoo_bench.train(model, train_set, x_train, args.epochs, 1e-3, 8)
+    tfl = None if args.skip_export else int8_rpi4(model, x_train[: args.calib], out / name)
+    rows = []
+    for fmt in ("PURE", "UBFC"):
+        ds = clips(root, fmt, name)
+        x = zoo_bench.stacked(ds.x)
+        f_mae, lab = score(zoo_bench.torch_outputs(model, x), ds)
+        i8 = "n/a" if tfl is None else f"{score(run_int8(tfl, x), ds)[0]:.2f}"
+        rows.append([name, fmt, f"{seconds:.0f}", f"{f_mae:.2f}", i8, f"{lab:.2f}"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the fixtures, run every method, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="*", default=list(FRAMES), choices=sorted(FRAMES))
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--n-train", type=int, default=8, help="synthetic training videos")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per fixture video")
+    p.add_argument("--calib", type=int, default=32)
+    p.add_argument("--skip-export", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        zoo_bench.log(f"writing {len(SEGMENTS)} PURE + {len(SEGMENTS)} UBFC fixture videos ...")
+        write_fixtures(root, args.duration)
+        for fmt in ("PURE", "UBFC"):
+            for m, v in unsupervised_mae(root, fmt).items():
+                rows.append([m.upper(), fmt, "0", f"{v:.2f}", "n/a", ""])
+        for name in args.models:
+            rows += bench_model(name, root, args, root / "export")
+    head = (
+        "| method | format | train s | HR MAE float | HR MAE int8 (LiteRT XNNPACK) "
+        "| label vs device MAE |"
+    )
+    print(head + "\n|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print(
+        f"\n{len(SEGMENTS)} videos per format; MAE in bpm against the device HR; total "
+        f"{time.perf_counter() - start:.0f} s (2-core CPU, shared)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
