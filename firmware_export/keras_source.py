@@ -14,6 +14,7 @@ Keras 2. A SavedModel folder is used as it is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -23,6 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from firmware_export.keras_safety import (
+    ConfigScan,
+    read_h5_config,
+    read_keras_zip_config,
+    refuse_code,
+    scan_config,
+)
 from firmware_export.quantize import quantize_int8
 from tinyprune.errors import ConfigError, ExportError
 
@@ -54,29 +62,67 @@ def keras_major_version(path: Path) -> int:
     return int(version.split(".")[0]) if version.split(".")[0].isdigit() else 3
 
 
-def load_keras(path: Path) -> Any:
-    """Load a ``.keras`` / ``.h5`` model with the Keras that wrote it (not compiled).
+PRUNE_HINT = (
+    " It holds TF-MOT pruning wrappers: call "
+    "tfmot.sparsity.keras.strip_pruning(model) before saving."
+)
+QAT_KERAS_BUG = (
+    "it is a TF-MOT quantization-aware (QAT) model saved as .keras, which TF-MOT 0.8.1 cannot "
+    "load (its bug: \"Layer 'quantize_layer' expected 5 variables, but received 3\"); save it "
+    "as a SavedModel instead: tf.saved_model.save(model, 'qat_model') and export that folder"
+)
+
+
+def check_keras_file(path: Path, *, trust_model_code: bool = False) -> ConfigScan:
+    """Read a ``.keras`` / ``.h5`` config as JSON (nothing deserialised) and refuse code.
 
     Raises:
-        ConfigError: the file cannot be loaded, e.g. it still holds TF-MOT pruning wrappers.
+        ConfigError: code-carrying layers (unless trusted), TF-MOT pruning wrappers, or a
+            QAT ``.keras`` (TF-MOT cannot load it).
+    """
+    config = read_h5_config(path) if path.suffix == ".h5" else read_keras_zip_config(path)
+    scan = scan_config(config)
+    where = f"the Keras model {str(path)!r}"
+    if scan.tfmot_prune:
+        msg = f"cannot load {where}:{PRUNE_HINT}"
+        raise ConfigError(msg)
+    if scan.tfmot_qat and path.suffix == ".keras":
+        msg = f"cannot load {where}: {QAT_KERAS_BUG}"
+        raise ConfigError(msg)
+    refuse_code(scan, where, trust_model_code)
+    return scan
+
+
+def load_keras(path: Path, *, trust_model_code: bool = False) -> Any:
+    """Load a ``.keras`` / ``.h5`` model with the Keras that wrote it (not compiled).
+
+    The config is checked first (:func:`check_keras_file`); ``.keras`` files load with
+    ``safe_mode=True`` unless ``trust_model_code``; TF-MOT QAT ``.h5`` files load inside
+    ``tfmot.quantization.keras.quantize_scope()``.
+
+    Raises:
+        ConfigError: the file cannot be loaded or would run code (see :func:`check_keras_file`).
     """
     from firmware_export.convert import quiet_tensorflow
 
+    scan = check_keras_file(path, trust_model_code=trust_model_code)
     quiet_tensorflow()
     if keras_major_version(path) == 2:
         import tf_keras as keras_mod
     else:
         import keras as keras_mod  # type: ignore[no-redef]
+    scope = contextlib.nullcontext()
+    if scan.tfmot_qat:
+        from firmware_export.tfmot_compat import quantize_scope
+
+        scope = quantize_scope()
+    kwargs = {} if path.suffix == ".h5" else {"safe_mode": not trust_model_code}
     try:
-        return keras_mod.models.load_model(str(path), compile=False)
+        with scope:
+            return keras_mod.models.load_model(str(path), compile=False, **kwargs)
     except Exception as e:
         text = (str(e).splitlines()[0] if str(e) else "").rstrip(".")
-        hint = (
-            " It holds TF-MOT pruning wrappers: call "
-            "tfmot.sparsity.keras.strip_pruning(model) before saving."
-            if "PruneLowMagnitude" in str(e)
-            else ""
-        )
+        hint = PRUNE_HINT if "PruneLowMagnitude" in str(e) else ""
         msg = f"cannot load the Keras model {str(path)!r}: {type(e).__name__}: {text}.{hint}"
         raise ConfigError(msg) from e
 
@@ -148,7 +194,11 @@ def _export_saved_model(model: Any, dest: Path, major: int) -> None:
 
 
 def keras_to_int8(
-    path: str | Path, calib_nhwc: np.ndarray, *, per_channel: bool = True
+    path: str | Path,
+    calib_nhwc: np.ndarray,
+    *,
+    per_channel: bool = True,
+    trust_model_code: bool = False,
 ) -> tuple[bytes, np.ndarray]:
     """Convert a Keras model or SavedModel to full int8 TFLite; also return float outputs.
 
@@ -156,6 +206,8 @@ def keras_to_int8(
         path: A ``.keras`` / ``.h5`` file or a SavedModel folder.
         calib_nhwc: Float32 calibration samples in the model's own (channels-last) layout.
         per_channel: Per-channel weight quantization (as :func:`quantize_int8`).
+        trust_model_code: Load models whose layers carry code (``Lambda``...); see
+            :mod:`firmware_export.keras_safety`.
 
     Returns:
         ``(int8 flatbuffer, float reference outputs of output 0 on calib_nhwc)``.
@@ -166,6 +218,9 @@ def keras_to_int8(
     """
     src = Path(path)
     if (src / "saved_model.pb").is_file():
+        from firmware_export.saved_model_safety import check_saved_model
+
+        check_saved_model(src, trust_model_code)
         reference, _ = _saved_model_outputs(src, calib_nhwc)
         data = np.asarray(calib_nhwc, dtype=np.float32)
         return quantize_int8(src, data, per_channel=per_channel), reference
@@ -175,7 +230,7 @@ def keras_to_int8(
             "(with saved_model.pb)"
         )
         raise ConfigError(msg)
-    model = load_keras(src)
+    model = load_keras(src, trust_model_code=trust_model_code)
     data = _check_calib(calib_nhwc, _input_shape(model), f"Keras model {src.name!r}")
     out = model(data, training=False)
     first = out[0] if isinstance(out, list | tuple) else out
@@ -187,4 +242,10 @@ def keras_to_int8(
         return quantize_int8(saved, data, per_channel=per_channel), reference
 
 
-__all__ = ["is_keras_source", "keras_major_version", "keras_to_int8", "load_keras"]
+__all__ = [
+    "check_keras_file",
+    "is_keras_source",
+    "keras_major_version",
+    "keras_to_int8",
+    "load_keras",
+]

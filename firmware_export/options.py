@@ -26,6 +26,7 @@ class ExportOptions:
     arena_margin_fraction: float = 0.10  # added to the measured arena for 32-bit targets + CMSIS-NN
     arena_margin_min_bytes: int = 1024
     name: str | None = None  # C identifier stem; default: the model's name
+    trust_model_code: bool = False  # load Keras models whose layers carry code (Lambda...)
 
     def __post_init__(self) -> None:
         """Reject values that make no sense before any slow stage runs."""

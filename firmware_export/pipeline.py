@@ -220,6 +220,7 @@ def _convert_keras(
             loaded.keras_path,
             samples[: opts.calib_cap],  # type: ignore[arg-type]
             per_channel=opts.per_channel,
+            trust_model_code=opts.trust_model_code,
         )
     (work / "model_int8.tflite").write_bytes(model_bytes)
     n = min(len(reference), opts.verify_samples)

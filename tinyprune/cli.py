@@ -88,6 +88,12 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         help="margin added to the measured TFLM arena in the header (32-bit targets, CMSIS-NN)",
     )
     p.add_argument("--name", default=d.name, help="C identifier stem (default: the model's name)")
+    p.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        default=d.trust_model_code,
+        help="load Keras models whose layers carry code (Lambda, custom modules); off: refused",
+    )
 
 
 def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
@@ -99,6 +105,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
         min_cosine=args.min_cosine,
         arena_margin_fraction=args.arena_margin,
         name=args.name,
+        trust_model_code=args.trust_model_code,
         **extra,
     )
 

@@ -1,8 +1,8 @@
 """Keras / SavedModel sources: TF-MOT-style 80 %-zero weights survive full-int8 conversion.
 
-TF-MOT itself is not a dependency; ``prune_low_magnitude`` + ``strip_pruning`` is simulated by
-zeroing the 80 % smallest-magnitude weights of each kernel of a ``tf_keras`` model, which is
-what a stripped model holds (plain layers, exact zeros).
+Here ``prune_low_magnitude`` + ``strip_pruning`` is simulated by zeroing the 80 %
+smallest-magnitude weights of each kernel of a ``tf_keras`` model, which is what a stripped model
+holds (plain layers, exact zeros); real TF-MOT models are in test_tfmot_sources.py.
 """
 
 from __future__ import annotations
