@@ -27,6 +27,7 @@ from firmware_export import calibration as calib_io
 from firmware_export.budget import DeviceProfile, load_profile
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
+from firmware_export.outputs import check_output_shapes, onnx_outputs, outputs_of
 from firmware_export.report_builder import ReportInputs, analyze_and_report
 from tinyprune.errors import BudgetExceededError, ConfigError
 from tinyprune.model_source import LoadedModel, load_model
@@ -53,6 +54,8 @@ class ExportOptions:
     arena_margin_fraction: float = 0.10  # added to the measured arena for 32-bit targets + CMSIS-NN
     arena_margin_min_bytes: int = 1024
     name: str | None = None  # C identifier stem; default: the model's name
+    output: int | None = None  # export only this output of a multi-output model (--output)
+    min_centred_cosine: float | None = None  # centred int8 vs float cosine floor (None: min_cosine)
 
     def __post_init__(self) -> None:
         """Reject values that make no sense before any slow stage runs."""
@@ -68,6 +71,12 @@ class ExportOptions:
             or not 0 <= self.min_cosine <= 1
         ):
             msg = "tolerances must be non-negative (float tolerance > 0, min cosine in [0, 1])"
+            raise ConfigError(msg)
+        if self.min_centred_cosine is not None and not -1 <= self.min_centred_cosine <= 1:
+            msg = f"min centred cosine must be in [-1, 1], got {self.min_centred_cosine}"
+            raise ConfigError(msg)
+        if self.output is not None and self.output < 0:
+            msg = f"--output must be >= 0 (an output number), got {self.output}"
             raise ConfigError(msg)
 
 
@@ -197,10 +206,12 @@ def _convert_torch_or_onnx(
     with timer("onnx"):
         if loaded.module is not None:
             precheck_module(loaded.module, profile)
-            rewrites = export_onnx(loaded.module, samples[0], onnx_path)
+            info = [o.to_dict() for o in outputs_of(loaded.module, samples[0], opts.output)]
+            rewrites = export_onnx(loaded.module, samples[0], onnx_path, select=opts.output)
         else:
-            proto, _ = load_onnx(loaded.onnx_path)  # type: ignore[arg-type]
+            proto, _ = load_onnx(loaded.onnx_path, select=opts.output)  # type: ignore[arg-type]
             onnx_path.write_bytes(proto.SerializeToString())  # type: ignore[attr-defined]
+            info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
     cl = calib_io.to_channels_last(samples)
     with timer("convert"):
         float_tflite = convert_to_saved_model(onnx_path, work / "saved_model", cl)
@@ -209,11 +220,14 @@ def _convert_torch_or_onnx(
         model_bytes = quantize_int8(
             work / "saved_model", cl[: opts.calib_cap], per_channel=opts.per_channel
         )
+    check_output_shapes(model_bytes, [shape for _, shape in onnx_outputs(load_proto(onnx_path))])
     (work / "model_int8.tflite").write_bytes(model_bytes)
     inputs = ReportInputs(
         name=opts.name or loaded.name,
         source=loaded.source,
         model_bytes=model_bytes,
+        select=opts.output,
+        output_info=tuple(info),
         float_tflite=(work / "model_float32.tflite").read_bytes(),
         onnx_bytes=onnx_path.read_bytes(),
         module=loaded.module,
@@ -245,6 +259,9 @@ def _convert_keras(
     """
     from firmware_export.keras_source import keras_to_int8
 
+    if opts.output is not None:
+        msg = "--output selects an output of a PyTorch or ONNX model; Keras sources keep theirs"
+        raise ConfigError(msg)
     with timer("quantize"):
         model_bytes, reference = keras_to_int8(
             loaded.keras_path,
@@ -291,6 +308,13 @@ def _sparse_variant(
     (work / "model_int8_sparse.tflite").write_bytes(result.model_bytes)
     report["sparse"] = result.to_report("model_int8_sparse.tflite")
     return {"tflite_sparse": "model_int8_sparse.tflite"}
+
+
+def load_proto(path: Path) -> Any:
+    """The ONNX model at ``path`` (written by this export)."""
+    import onnx
+
+    return onnx.load(str(path))
 
 
 def _as_loaded(model: nn.Module | LoadedModel | str | Path) -> LoadedModel:

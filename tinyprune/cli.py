@@ -55,6 +55,13 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         help="lowest accepted cosine similarity of int8 vs float outputs",
     )
     p.add_argument(
+        "--min-centred-cosine",
+        type=float,
+        default=None,
+        help="lowest accepted int8 vs float cosine of the outputs minus their mean over the "
+        "samples, gated where an output varies across them (default: --min-cosine)",
+    )
+    p.add_argument(
         "--arena-margin",
         type=float,
         default=0.10,
@@ -71,6 +78,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
         tflm_tolerance_lsb=args.tflm_tolerance,
         float_tolerance=args.float_tolerance,
         min_cosine=args.min_cosine,
+        min_centred_cosine=args.min_centred_cosine,
         arena_margin_fraction=args.arena_margin,
         name=args.name,
         **extra,
@@ -108,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-samples", type=int, default=32, help="samples run through every runtime"
     )
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
+    p.add_argument(
+        "--output",
+        type=int,
+        default=None,
+        metavar="N",
+        help="export only output N of a model whose forward returns several (default: all)",
+    )
     _add_export_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -186,7 +201,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``tinyprune export``."""
     from firmware_export.pipeline import export
 
-    opts = _export_options(args, calib_cap=args.calib_cap, verify_samples=args.verify_samples)
+    opts = _export_options(
+        args, calib_cap=args.calib_cap, verify_samples=args.verify_samples, output=args.output
+    )
     return _run_job(
         lambda on_stage: export(
             args.model,
