@@ -14,10 +14,11 @@ own mean over the verification samples (axis 0):
 
 The rule (``centred_gated``): the centred cosine is gated (must reach ``centred_cos_min``)
 when at least two samples were compared and the float output varies across them by at least
-:data:`VARIATION_MIN_LSB` quantization steps of the int8 output (without a scale: when the
-varying part holds at least :data:`VARIATION_MIN_SHARE` of the output's energy). Below that,
-int8 cannot represent the input-dependent part anyway (its own rounding is ~0.3 LSB RMS), the
-centred figures mostly measure rounding noise, and they are reported but not gated.
+:data:`VARIATION_MIN_LSB` (6) quantization steps of the int8 output, RMS over samples and
+elements (without a scale: when the varying part holds at least :data:`VARIATION_MIN_SHARE` of
+the output's energy). Below that, the input-dependent part is comparable to the int8 model's
+own accumulated rounding error (~1-2 LSB), the centred figures mostly measure that noise, and
+they are reported but not gated (``centred_gated: false``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ if TYPE_CHECKING:
     from firmware_export.verify import Comparison
 
 #: Across-sample RMS of the float output, in int8 output steps, from which the centred
-#: cosine is gated.
-VARIATION_MIN_LSB = 2.0
+#: cosine is gated. A few-layer int8 net's accumulated error at the output is ~1-2 LSB RMS
+#: (an untrained tiny EfficientPhys: 1.5 LSB); at 3x that, a faithful model's centred cosine
+#: is >= 0.95, so the default floor of 0.90 flags only a model that does not follow its input.
+VARIATION_MIN_LSB = 6.0
 
 #: Without an output scale: least share of the output's energy that must vary across samples.
 VARIATION_MIN_SHARE = 1e-4

@@ -148,10 +148,10 @@ def multi_output(heads: int = 8) -> nn.Module:
 
 
 class IgnoresInput(nn.Module):
-    """``mean(x) + 1`` in float, computed so that int8 loses the ``mean(x)`` part.
+    """``10 mean(x) + 1`` in float, computed so that int8 loses the ``mean(x)`` part.
 
     Conv ``a`` makes channel 0 = ``0.01 x`` and channel 1 = 50 (a constant); one int8 scale for
-    both (~0.2) rounds channel 0 to zero, so conv ``b`` (= 100 ch0 + 1) gives a constant.
+    both (~0.2) rounds channel 0 to zero, so conv ``b`` (= 1000 ch0 + 1) gives a constant.
     """
 
     input_shape = (1, 8, 8)
@@ -162,7 +162,7 @@ class IgnoresInput(nn.Module):
         with torch.no_grad():
             self.a.weight.copy_(torch.tensor([0.01, 0.0]).reshape(2, 1, 1, 1))
             self.a.bias.copy_(torch.tensor([0.0, 50.0]))
-            self.b.weight.copy_(torch.tensor([100.0, 0.0]).reshape(1, 2, 1, 1))
+            self.b.weight.copy_(torch.tensor([1000.0, 0.0]).reshape(1, 2, 1, 1))
             self.b.bias.copy_(torch.tensor([1.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

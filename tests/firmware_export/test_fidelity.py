@@ -42,9 +42,10 @@ def test_a_faithful_int8_output_passes_the_centred_check() -> None:
 def test_centred_gate_needs_variation_of_two_output_steps_and_two_samples() -> None:
     ref, cand = _ignoring_pair()
     rms = float(np.std(ref))  # across-sample RMS variation of the float output
-    below = fidelity.centred_figures(ref, cand, scale=rms / 1.9)
-    assert below["variation_lsb"] == pytest.approx(1.9) and not below["centred_gated"]
-    assert fidelity.centred_figures(ref, cand, scale=rms / 2.1)["centred_gated"]
+    lsb = fidelity.VARIATION_MIN_LSB
+    below = fidelity.centred_figures(ref, cand, scale=rms / (lsb - 0.1))
+    assert below["variation_lsb"] == pytest.approx(lsb - 0.1) and not below["centred_gated"]
+    assert fidelity.centred_figures(ref, cand, scale=rms / (lsb + 0.1))["centred_gated"]
     assert not fidelity.centred_figures(ref[:1], cand[:1], scale=1e-4)["centred_gated"]
     # without a scale: the share of the energy that varies
     assert fidelity.centred_figures(ref, cand)["centred_gated"]

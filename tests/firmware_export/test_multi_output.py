@@ -119,3 +119,39 @@ def test_output_out_of_range_is_a_usage_error(calib: Path, tmp_path: Path, capsy
     assert main(argv) == 2
     assert "has 5 output(s), numbered 0..4" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_onnx_source_keeps_every_output_or_the_selected_one(calib: Path, tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(
+        multi_output(2),
+        (torch.from_numpy(digits()[0][:1]),),
+        str(path),
+        opset_version=17,
+        dynamo=False,
+        input_names=["x"],
+        output_names=["logits", "emb", "probs", "map0", "map1"],
+    )
+    out = tmp_path / "run"
+    argv = [
+        "export",
+        str(path),
+        "--calib",
+        str(calib),
+        "--target",
+        "rpi4",
+        "--out",
+        str(out),
+        "--output",
+        "3",
+        "--verify-samples",
+        "8",
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [(o["origin"], o["shape"]) for o in report["outputs"]] == [
+        ("ONNX output 'map0'", [1, 8, 8, 2])
+    ]
+    assert report["verify"]["int8_vs_float"]["passed"]
