@@ -2,11 +2,12 @@
 
 An int8 model is only worth flashing if it computes what the float model computes, and
 if the microcontroller runtime computes what the desktop runtime computes. This module
-holds the comparisons: float vs float (PyTorch vs ONNX Runtime), float vs int8
-(dequantized), and TFLM vs LiteRT's reference kernels, which must agree bit for bit
-(both use the same reference integer arithmetic). When they do not, it names the first
-op whose output differs, so the user knows where to look. LiteRT with XNNPACK (the
-Raspberry Pi default) may round differently by 1 LSB and is reported, never enforced.
+holds the comparisons, on every model output: float vs float (PyTorch vs ONNX Runtime),
+float vs int8 (dequantized, with figures on the input-dependent part from
+:mod:`firmware_export.fidelity`), and TFLM vs LiteRT's reference kernels, expected to agree
+bit for bit (both use the same reference integer arithmetic). When they do not, it names the
+first op whose output differs, so the user knows where to look. Which comparison gates which
+target is decided in :mod:`firmware_export.verification`.
 
 Figures follow ST Edge AI's ``validate`` report: max abs error, rmse, mae, l2r (relative
 L2 error), cosine similarity, and top-1 agreement / accuracy for class vectors.
