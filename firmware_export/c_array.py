@@ -242,6 +242,7 @@ class TensorSpec:
     dtype: str  # schema name: INT8, FLOAT32, ...
     scale: float = 0.0  # 0.0 for a tensor that is not quantized
     zero_point: int = 0
+    label: str = ""  # e.g. "out1 = forward()[1]" (documented in the header)
 
 
 @dataclass(frozen=True)
@@ -332,14 +333,16 @@ def _float_literal(x: float) -> str:
     return f"{text}f"
 
 
-def _tensor_constants(prefix: str, spec: TensorSpec) -> list[str]:
+def _tensor_constants(prefix: str, spec: TensorSpec, index: int) -> list[str]:
     dims = ", ".join(str(d) for d in spec.shape) or "1"
     elems = 1
     for d in spec.shape:
         elems *= d
     return [
         f"// {spec.dtype}, shape ({', '.join(str(d) for d in spec.shape)})"
-        + ("" if spec.scale else ", not quantized"),
+        + ("" if spec.scale else ", not quantized")
+        + (f"; {_one_line(spec.label)}" if spec.label else ""),
+        f"constexpr int {prefix}Index = {index};  // interpreter index",
         f"constexpr int {prefix}Rank = {len(spec.shape)};",
         f"constexpr int {prefix}Dims[] = {{{dims}}};",
         f"constexpr int {prefix}Elements = {elems};",
@@ -351,10 +354,11 @@ def _tensor_constants(prefix: str, spec: TensorSpec) -> list[str]:
 
 
 def _io_constants(camel: str, kind: str, specs: Sequence[TensorSpec]) -> list[str]:
-    """Constants per input/output: index 0 is ``k<Name><Kind>...``, index i ``...<Kind>i...``."""
+    """Constants per input/output: index 0 is ``k<Name><Kind>...``, index i ``...<Kind>i...``;
+    ``...Index`` is the position to pass to the interpreter's ``input(i)`` / ``output(i)``."""
     lines = [f"constexpr int k{camel}{kind}Count = {len(specs)};"]
     for i, spec in enumerate(specs):
-        lines += _tensor_constants(f"k{camel}{kind}{i if i else ''}", spec)
+        lines += _tensor_constants(f"k{camel}{kind}{i if i else ''}", spec, i)
     return lines
 
 

@@ -86,46 +86,30 @@ class VerifyInputs:
     tflm_runnable: bool
     float_reference: np.ndarray | None = None  # float outputs when there is no torch/ONNX model
     channels_last: bool = False  # samples already in the converted model's layout
+    runtime: str = "tflm"  # the target's runtime: whose int8 outputs gate (tflm or litert)
+    select: int | None = None  # --output: the module's output leaf that was exported
 
 
 def run_verification(
-    inp: VerifyInputs, *, float_tolerance: float, min_cosine: float, tflm_tolerance_lsb: int
+    inp: VerifyInputs,
+    *,
+    float_tolerance: float,
+    min_cosine: float,
+    tflm_tolerance_lsb: int,
+    min_centred_cosine: float | None = None,
 ) -> dict[str, Any]:
-    """Run every comparison that applies; raise VerificationError on a hard failure.
+    """Run every comparison that applies, per output; raise VerificationError (exit 5) when a
+    gating one fails. The plan (what gates on which target) is
+    :func:`firmware_export.verification.run_verification`'s."""
+    from firmware_export.verification import run_verification as plan
 
-    Hard failures (exit 5): torch vs ONNX Runtime, ONNX Runtime vs the float TFLite model (a
-    silently broken conversion), int8 vs float below ``min_cosine``, TFLM vs LiteRT reference
-    kernels beyond ``tflm_tolerance_lsb``. XNNPACK vs reference is reported only.
-    """
-    from firmware_export import verify as v
-    from firmware_export.tflite_model import parse_tflite
-
-    results: dict[str, Any] = {}
-    model = parse_tflite(inp.model_bytes)
-    tin, tout = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
-    int8_in = _int8_inputs(inp.samples, tin, inp.channels_last)
-    if inp.samples is not None:
-        reference = inp.float_reference
-        if reference is None:
-            reference = _float_chain(inp, results, v, float_tolerance)
-        # LiteRT's optimized kernels without delegates: the reference resolver lacks some ops (ELU)
-        ref_q = v.run_litert(inp.model_bytes, int8_in, "builtin")
-        deq = v.dequantize(ref_q, tout.scale[0], tout.zero_point[0])
-        deq = deq.reshape(reference.shape) if inp.channels_last else _match_layout(deq, reference)
-        results["int8_vs_float"] = v.compare_quantized(
-            reference, deq, "int8_vs_float", min_cos=min_cosine
-        ).to_dict()
-        _raise_if_failed(
-            results,
-            "int8_vs_float",
-            f"raise the calibration set's coverage or lower --min-cosine (now {min_cosine})",
-        )
-    if inp.tflm_runnable:
-        results["tflm_vs_litert_ref"] = _tflm_parity(
-            v, inp.model_bytes, int8_in, tflm_tolerance_lsb
-        )
-    results["litert_xnnpack_vs_ref"] = _xnnpack_vs_ref(v, inp.model_bytes, int8_in)
-    return results
+    return plan(
+        inp,
+        float_tolerance=float_tolerance,
+        min_cosine=min_cosine,
+        tflm_tolerance_lsb=tflm_tolerance_lsb,
+        min_centred_cosine=min_centred_cosine,
+    )
 
 
 #: Output LSB accepted between TFLM and LiteRT's optimized (builtin) kernels.
@@ -172,25 +156,40 @@ def _xnnpack_vs_ref(v: Any, model_bytes: bytes, int8_in: np.ndarray) -> dict[str
         }
 
 
-def _float_chain(inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float) -> np.ndarray:
-    """Torch -> ONNX Runtime -> float TFLite; returns the float reference outputs."""
-    from firmware_export.export_onnx import onnxruntime_forward, torch_forward
+def _float_chain_outputs(
+    inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float
+) -> list[np.ndarray]:
+    """torch -> ONNX Runtime -> float TFLite on every output; returns the float references."""
+    from firmware_export.export_onnx import onnxruntime_outputs, torch_outputs
+    from firmware_export.fidelity import merge_outputs
 
     samples = np.asarray(inp.samples)
-    ort = onnxruntime_forward(inp.onnx_bytes, samples) if inp.onnx_bytes is not None else None
+    ort = onnxruntime_outputs(inp.onnx_bytes, samples) if inp.onnx_bytes is not None else None
     reference = ort
     if inp.module is not None:
-        reference = torch_forward(inp.module.eval(), samples)
+        reference = torch_outputs(inp.module.eval(), samples, inp.select)
         if ort is not None:
-            results["torch_vs_onnxruntime"] = v.compare_float(
-                reference, ort, "torch_vs_onnxruntime", tol * _scale(reference)
-            ).to_dict()
+            _count_check(reference, ort, "PyTorch", "ONNX Runtime")
+            per = [
+                v.compare_float(r, o, "torch_vs_onnxruntime", tol * _scale(r))
+                for r, o in zip(reference, ort, strict=True)
+            ]
+            results["torch_vs_onnxruntime"] = {
+                **merge_outputs("torch_vs_onnxruntime", per).to_dict(),
+                "gate": True,
+            }
             _raise_if_failed(results, "torch_vs_onnxruntime", "report the model to tinyprune")
     if inp.float_tflite is not None and ort is not None:
-        lite = v.run_litert(inp.float_tflite, to_channels_last(samples), "builtin")
-        results["onnx_vs_tflite_float"] = v.compare_float(
-            ort, _match_layout(lite, ort), "onnx_vs_tflite_float", tol * _scale(ort)
-        ).to_dict()
+        lite = v.run_litert_outputs(inp.float_tflite, to_channels_last(samples), "builtin")
+        _count_check(ort, lite, "ONNX Runtime", "the float TFLite model")
+        per = [
+            v.compare_float(o, _match_layout(t, o), "onnx_vs_tflite_float", tol * _scale(o))
+            for o, t in zip(ort, lite, strict=True)
+        ]
+        results["onnx_vs_tflite_float"] = {
+            **merge_outputs("onnx_vs_tflite_float", per).to_dict(),
+            "gate": True,
+        }
         _raise_if_failed(
             results,
             "onnx_vs_tflite_float",
@@ -198,6 +197,14 @@ def _float_chain(inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float)
             "rewrite of the layer or raise --float-tolerance",
         )
     return reference  # type: ignore[return-value]
+
+
+def _count_check(a: list[np.ndarray], b: list[np.ndarray], name_a: str, name_b: str) -> None:
+    if len(a) != len(b):
+        from tinyprune.errors import ExportError
+
+        msg = f"{name_a} gives {len(a)} outputs, {name_b} {len(b)}: an output was lost"
+        raise ExportError(msg, stage="verify")
 
 
 def _scale(x: np.ndarray) -> float:

@@ -12,6 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from firmware_export.outputs import (
+    SelectOutput,
+    describe_outputs,
+    forward_leaves,
+    output_label,
+    select_onnx_output,
+)
 from firmware_export.rewrite import rewrite_adaptive_pool3d_, rewrite_pool3d_
 from firmware_export.rewrite_onnx import rewrite_onnx
 from tinyprune.errors import ConfigError, ExportError
@@ -22,15 +29,26 @@ OPSET = 17
 
 
 def torch_forward(module: nn.Module, samples: np.ndarray) -> np.ndarray:
-    """Float reference outputs of the model for every sample (batch 1 each, stacked)."""
-    outs = []
+    """Float reference output 0 of the model for every sample (batch 1 each, stacked)."""
+    return torch_outputs(module, samples)[0]
+
+
+def torch_outputs(
+    module: nn.Module, samples: np.ndarray, select: int | None = None
+) -> list[np.ndarray]:
+    """Float reference outputs for every sample (batch 1 each): one stacked array per output.
+
+    Every tensor leaf of a tuple/list/dict result is an output (see
+    :mod:`firmware_export.outputs`); ``select`` keeps leaf ``select`` only.
+    """
+    per_sample = []
     with torch.no_grad():
         for s in samples:
-            out = module(torch.from_numpy(s[None]))
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            outs.append(out.detach().numpy()[0])
-    return np.stack(outs)
+            leaves = forward_leaves(module, torch.from_numpy(s[None]))
+            if select is not None:
+                leaves = [leaves[select]]
+            per_sample.append([t.detach().numpy()[0] for t in leaves])
+    return [np.stack(outs) for outs in zip(*per_sample, strict=True)]
 
 
 def prepare_module(module: nn.Module, sample: np.ndarray) -> tuple[nn.Module, list[str]]:
@@ -50,16 +68,23 @@ def prepare_module(module: nn.Module, sample: np.ndarray) -> tuple[nn.Module, li
     return model, done
 
 
-def export_onnx(module: nn.Module, sample: np.ndarray, path: Path) -> list[str]:
-    """Export ``module`` for one sample shape to ``path``; return the rewrites applied."""
+def export_onnx(
+    module: nn.Module, sample: np.ndarray, path: Path, select: int | None = None
+) -> list[str]:
+    """Export ``module`` for one sample shape to ``path``; return the rewrites applied.
+
+    Every output is exported (``out0``, ``out1``, ... in ``forward``'s depth-first order), or
+    only output ``select`` (then as a single-output model).
+    """
     import onnx
 
     model, rewrites = prepare_module(module, sample)
     x = torch.from_numpy(sample[None])
     with torch.no_grad():
-        out = model(x)
-    n_out = len(out) if isinstance(out, (tuple, list)) else 1
-    names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+        n_out = len(describe_outputs(model(x), select))
+    if select is not None:
+        model = SelectOutput(model, select)
+    names = [output_label(i) for i in range(n_out)]
     buf = io.BytesIO()
     try:
         torch.onnx.export(
@@ -77,18 +102,19 @@ def export_onnx(module: nn.Module, sample: np.ndarray, path: Path) -> list[str]:
         raise ExportError(msg, stage="onnx") from e
     proto = simplify(onnx.load_from_string(buf.getvalue()))
     rewrites += rewrite_onnx(proto)
-    if n_out > 1:  # firmware models have one output; keep the first (e.g. PhysNet's BVP)
-        keep = proto.graph.output[0]
-        del proto.graph.output[:]
-        proto.graph.output.append(keep)
-        log.warning("the model returns %d outputs; exporting the first only", n_out)
+    if len(proto.graph.output) != n_out:
+        msg = f"the ONNX graph has {len(proto.graph.output)} outputs, the model returns {n_out}"
+        raise ExportError(msg, stage="onnx")
     onnx.checker.check_model(proto)
     path.write_bytes(proto.SerializeToString())
     return rewrites
 
 
-def load_onnx(path: Path) -> tuple[object, tuple[int, ...]]:
-    """Read a user's ``.onnx`` file; return the proto with batch fixed to 1 and the sample shape."""
+def load_onnx(path: Path, select: int | None = None) -> tuple[object, tuple[int, ...]]:
+    """Read a user's ``.onnx`` file; return the proto with batch fixed to 1 and the sample shape.
+
+    ``select`` keeps graph output ``select`` only (``--output``).
+    """
     import onnx
 
     try:
@@ -112,6 +138,8 @@ def load_onnx(path: Path) -> tuple[object, tuple[int, ...]]:
             f"{shape}; export it with static shapes"
         )
         raise ConfigError(msg)
+    if select is not None:
+        select_onnx_output(proto, select)
     proto = simplify(proto)
     rewrite_onnx(proto)
     return proto, shape
@@ -135,11 +163,17 @@ def simplify(proto: Any) -> Any:
 
 
 def onnxruntime_forward(onnx_bytes: bytes, samples: np.ndarray) -> np.ndarray:
-    """Outputs of ONNX Runtime (CPU) for every sample, batch 1 each."""
+    """Output 0 of ONNX Runtime (CPU) for every sample, batch 1 each."""
+    return onnxruntime_outputs(onnx_bytes, samples)[0]
+
+
+def onnxruntime_outputs(onnx_bytes: bytes, samples: np.ndarray) -> list[np.ndarray]:
+    """Outputs of ONNX Runtime (CPU) for every sample, batch 1 each: one array per output."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    return np.stack([sess.run(None, {name: s[None]})[0][0] for s in samples])
+    runs = [sess.run(None, {name: s[None]}) for s in samples]
+    return [np.stack([r[k][0] for r in runs]) for k in range(len(runs[0]))]

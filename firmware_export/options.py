@@ -27,6 +27,8 @@ class ExportOptions:
     arena_margin_min_bytes: int = 1024
     name: str | None = None  # C identifier stem; default: the model's name
     trust_model_code: bool = False  # load Keras models whose layers carry code (Lambda...)
+    output: int | None = None  # export only this output of a multi-output model (--output)
+    min_centred_cosine: float | None = None  # centred int8 vs float cosine floor (None: min_cosine)
 
     def __post_init__(self) -> None:
         """Reject values that make no sense before any slow stage runs."""
@@ -53,4 +55,10 @@ class ExportOptions:
                 f"min cosine {self.min_cosine}, TFLM tolerance {self.tflm_tolerance_lsb}, "
                 f"arena margin {self.arena_margin_fraction}"
             )
+            raise ConfigError(msg)
+        if self.min_centred_cosine is not None and not -1 <= self.min_centred_cosine <= 1:
+            msg = f"min centred cosine must be in [-1, 1], got {self.min_centred_cosine}"
+            raise ConfigError(msg)
+        if self.output is not None and self.output < 0:
+            msg = f"--output must be >= 0 (an output number), got {self.output}"
             raise ConfigError(msg)

@@ -28,6 +28,7 @@ from firmware_export.budget import DeviceProfile, load_profile
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
 from firmware_export.options import ExportOptions
+from firmware_export.outputs import check_output_shapes, onnx_outputs, outputs_of
 from firmware_export.report_builder import ReportInputs, analyze_and_report
 from firmware_export.source import LoadedModel
 from tinyprune.errors import BudgetExceededError, ConfigError
@@ -167,10 +168,12 @@ def _convert_torch_or_onnx(
     with timer("onnx"):
         if loaded.module is not None:
             precheck_module(loaded.module, profile)
-            rewrites = export_onnx(loaded.module, samples[0], onnx_path)
+            info = [o.to_dict() for o in outputs_of(loaded.module, samples[0], opts.output)]
+            rewrites = export_onnx(loaded.module, samples[0], onnx_path, select=opts.output)
         else:
-            proto, _ = load_onnx(loaded.onnx_path)  # type: ignore[arg-type]
+            proto, _ = load_onnx(loaded.onnx_path, select=opts.output)  # type: ignore[arg-type]
             onnx_path.write_bytes(proto.SerializeToString())  # type: ignore[attr-defined]
+            info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
     cl = calib_io.to_channels_last(samples)
     with timer("convert"):
         float_tflite = convert_to_saved_model(onnx_path, work / "saved_model", cl)
@@ -179,11 +182,14 @@ def _convert_torch_or_onnx(
         model_bytes = quantize_int8(
             work / "saved_model", cl[: opts.calib_cap], per_channel=opts.per_channel
         )
+    check_output_shapes(model_bytes, [shape for _, shape in onnx_outputs(load_proto(onnx_path))])
     (work / "model_int8.tflite").write_bytes(model_bytes)
     inputs = ReportInputs(
         name=opts.name or loaded.name,
         source=loaded.source,
         model_bytes=model_bytes,
+        select=opts.output,
+        output_info=tuple(info),
         float_tflite=(work / "model_float32.tflite").read_bytes(),
         onnx_bytes=onnx_path.read_bytes(),
         module=loaded.module,
@@ -215,6 +221,9 @@ def _convert_keras(
     """
     from firmware_export.keras_source import keras_to_int8
 
+    if opts.output is not None:
+        msg = "--output selects an output of a PyTorch or ONNX model; Keras sources keep theirs"
+        raise ConfigError(msg)
     with timer("quantize"):
         model_bytes, reference = keras_to_int8(
             loaded.keras_path,
@@ -262,6 +271,13 @@ def _sparse_variant(
     (work / "model_int8_sparse.tflite").write_bytes(result.model_bytes)
     report["sparse"] = result.to_report("model_int8_sparse.tflite")
     return {"tflite_sparse": "model_int8_sparse.tflite"}
+
+
+def load_proto(path: Path) -> Any:
+    """The ONNX model at ``path`` (written by this export)."""
+    import onnx
+
+    return onnx.load(str(path))
 
 
 def _as_loaded(model: nn.Module | LoadedModel | str | Path) -> LoadedModel:

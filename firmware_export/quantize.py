@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_export.convert import quiet_tensorflow
+from firmware_export.outputs import order_outputs_by_signature
 from tinyprune.errors import ExportError, UnsupportedOpError
 
 _TF_OP = re.compile(r"tf\.([A-Za-z0-9_]+)")
@@ -27,6 +28,9 @@ def quantize_int8(
     sparse: bool = False,
 ) -> bytes:
     """Convert with TFLiteConverter to a full-int8 model; return the flatbuffer bytes.
+
+    The model's outputs come in the SavedModel's order (``output_0, output_1, ...``), which the
+    converter does not keep by itself (see :mod:`firmware_export.outputs`).
 
     With ``sparse`` the converter also stores mostly-zero weights in TFLite's sparse encoding
     (``EXPERIMENTAL_SPARSITY``; LiteRT densifies them at load, TFLM cannot read them).
@@ -53,7 +57,7 @@ def quantize_int8(
 
     converter.representative_dataset = representative
     try:
-        return bytes(converter.convert())
+        model_bytes = bytes(converter.convert())
     except Exception as e:
         text = str(e)
         if "FLEX" in text.upper() or "not supported" in text:
@@ -66,3 +70,5 @@ def quantize_int8(
             raise UnsupportedOpError(msg, ops=tuple(ops), stage="quantize") from e
         msg = f"TFLiteConverter failed: {type(e).__name__}: {text.splitlines()[0] if text else ''}"
         raise ExportError(msg, stage="quantize") from e
+    # the converter lays outputs out in the string order of their signature keys
+    return order_outputs_by_signature(model_bytes)

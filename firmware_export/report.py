@@ -250,16 +250,32 @@ def _tables(report: Mapping[str, Any], analysis: ModelAnalysis) -> dict[str, Tab
 
 
 def _verify_rows(verify: Mapping[str, Any]) -> Table:
-    keys: list[str] = []
-    for value in verify.values():
-        for k in value if isinstance(value, Mapping) else ["value"]:
-            if k not in keys:
-                keys.append(k)
-    rows = []
+    """One row per comparison (worst over the outputs), plus one per output when there are
+    several (``int8_vs_float [out1]``)."""
+    entries: list[tuple[str, Mapping[str, Any]]] = []
     for name, value in verify.items():
         value = value if isinstance(value, Mapping) else {"value": value}
-        rows.append([name] + [_fmt(value[k]) if k in value else "" for k in keys])
+        entries.append((name, {k: x for k, x in value.items() if k != "outputs"}))
+        per_output = value.get("outputs") or []
+        if len(per_output) > 1:
+            entries += [
+                (f"{name} [{row.get('label', i)}]", row) for i, row in enumerate(per_output)
+            ]
+    keys: list[str] = []
+    for _, value in entries:
+        for k in value:
+            if k not in keys and k not in ("index", "label"):
+                keys.append(k)
+    rows = [[name] + [_cell(value, k) for k in keys] for name, value in entries]
     return ["comparison", *keys], rows
+
+
+def _cell(value: Mapping[str, Any], key: str) -> str:
+    if key not in value:
+        return ""
+    if key == "closer_to_float":
+        return ", ".join(f"{r['label']}: {r['closer']}" for r in value[key])
+    return _fmt(value[key])
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:

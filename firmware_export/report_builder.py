@@ -47,6 +47,8 @@ class ReportInputs:
     calib_count: int = 0
     float_reference: np.ndarray | None = None  # Keras sources: the float model's outputs
     channels_last: bool = False  # samples are already NHWC (Keras sources)
+    select: int | None = None  # --output: the module's output that was exported
+    output_info: tuple[dict[str, Any], ...] = ()  # per exported output: label, origin, ...
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,13 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
                 runnable,
                 inp.float_reference,
                 inp.channels_last,
+                runtime=inp.profile.runtime,
+                select=inp.select,
             ),
             float_tolerance=opts.float_tolerance,
             min_cosine=opts.min_cosine,
             tflm_tolerance_lsb=opts.tflm_tolerance_lsb,
+            min_centred_cosine=getattr(opts, "min_centred_cosine", None),
         )
     with timer("arena"):
         arena = arena_figures(
@@ -169,6 +174,7 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
         lint=lint,
         extra=_extra(inp, arena, ops, runnable, analysis, parsed),
     )
+    _label_outputs(report, inp)
     return Analysed(report, analysis, budget, sources)
 
 
@@ -213,6 +219,14 @@ def _extra(
     }
 
 
+def _label_outputs(report: dict[str, Any], inp: ReportInputs) -> None:
+    """Give each entry of ``report["outputs"]`` its index, label and origin in ``forward``."""
+    for k, row in enumerate(report["outputs"]):
+        info = inp.output_info[k] if k < len(inp.output_info) else {}
+        row.update({"index": k, "label": f"out{k}", **info})
+    report["output_selected"] = inp.select
+
+
 def float_ops(model: TfliteModel) -> list[str]:
     """Ops that still compute in float in a "full-int8" model (the converter keeps an op in
     float, between DEQUANTIZE and QUANTIZE, when it has no int8 kernel, e.g. CONV_3D).
@@ -247,18 +261,24 @@ def c_sources(
 ) -> CSource:
     """Render model_data.h/.cc for the model."""
 
-    def spec(t: Any) -> TensorSpec:
+    def spec(t: Any, label: str = "") -> TensorSpec:
         return TensorSpec(
             tuple(t.shape),
             t.dtype,
             t.scale[0] if t.scale else 0.0,
             t.zero_point[0] if t.zero_point else 0,
+            label,
         )
+
+    origins = [i.get("origin", "") for i in inp.output_info]
 
     info = CModelInfo(
         name=inp.name,
         inputs=tuple(spec(t) for t in analysis.inputs),
-        outputs=tuple(spec(t) for t in analysis.outputs),
+        outputs=tuple(
+            spec(t, f"out{k}" + (f" = {origins[k]}" if k < len(origins) else ""))
+            for k, t in enumerate(analysis.outputs)
+        ),
         arena_bytes=arena.base,
         arena_margin_bytes=arena.margin,
         arena_margin_reason=arena.margin_reason,

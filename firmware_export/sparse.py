@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from firmware_export.quantize import quantize_int8
-from firmware_export.verify import quantize_input, run_litert
+from firmware_export.verify import quantize_input, run_litert, run_litert_outputs
 from tinyprune.errors import ConfigError, ExportError, VerificationError
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def sparse_tflite(
     x = inputs if inputs is not None else int8_inputs(dense_bytes, calib, verify_samples)
     # builtin kernels without XNNPACK: how a Raspberry Pi loads the sparse model (and the
     # reference resolver lacks some kernels, e.g. ELU)
-    diff = _max_diff(run_litert(dense_bytes, x, "builtin"), run_litert(sparse, x, "builtin"))
+    diff = _max_diff(_all_outputs(dense_bytes, x), _all_outputs(sparse, x))
     if diff != 0:
         msg = (
             f"the sparse TFLite model's LiteRT outputs differ from the dense model's by up to "
@@ -185,6 +185,12 @@ def sparse_tflite(
         raise VerificationError(msg, stage="sparse")
     xnnpack = _runs_on_xnnpack(sparse, x[:1]) if check_xnnpack else None
     return SparseResult(sparse, len(dense_bytes), n_sparse, n_densify, len(x), diff, xnnpack)
+
+
+def _all_outputs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """Every output of the model, flattened per sample and side by side."""
+    outs = run_litert_outputs(model_bytes, x, "builtin")
+    return np.concatenate([o.reshape(len(o), -1) for o in outs], axis=1)
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> int:

@@ -280,6 +280,8 @@ def run_tflm(
 ) -> np.ndarray:
     """Run samples through TFLM (in a child process) and stack output 0 of each.
 
+    :func:`run_tflm_outputs` returns every output; the arguments and errors are the same.
+
     Args:
         model_bytes: The ``.tflite`` flatbuffer.
         inputs: A batch of samples for input 0, already in the model's input dtype (int8 for
@@ -294,6 +296,16 @@ def run_tflm(
         ConfigError: Inputs with the wrong dtype or shape.
         ExportError: TFLM failed (too small an arena, a failing op) or crashed.
     """
+    return run_tflm_outputs(model_bytes, inputs, arena_bytes, timeout)[0]
+
+
+def run_tflm_outputs(
+    model_bytes: bytes,
+    inputs: Sequence[np.ndarray] | np.ndarray,
+    arena_bytes: int | None = None,
+    timeout: float = 300,
+) -> list[np.ndarray]:
+    """Like :func:`run_tflm`, with one stacked array per model output (subgraph order)."""
     samples = prepare_samples(model_bytes, inputs)
     arena = DEFAULT_HOST_ARENA if arena_bytes is None else int(arena_bytes)
     try:
@@ -470,14 +482,15 @@ def _record_child(model_bytes: bytes, arena: int) -> tuple[int, str] | None:
     return int(m.group(1)), text
 
 
-def _run_tflm_child(model_bytes: bytes, samples: np.ndarray, arena: int) -> np.ndarray:
+def _run_tflm_child(model_bytes: bytes, samples: np.ndarray, arena: int) -> list[np.ndarray]:
     interp = _interpreter(model_bytes, arena)
-    outs = []
+    n_out = len(parse_tflite(model_bytes).outputs)
+    runs = []
     for x in samples:
         interp.set_input(x, 0)
         interp.invoke()
-        outs.append(np.array(interp.get_output(0), copy=True))
-    return np.concatenate(outs, axis=0)
+        runs.append([np.array(interp.get_output(k), copy=True) for k in range(n_out)])
+    return [np.concatenate([r[k] for r in runs], axis=0) for k in range(n_out)]
 
 
 def _tflm_tensors_child(

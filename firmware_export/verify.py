@@ -2,11 +2,12 @@
 
 An int8 model is only worth flashing if it computes what the float model computes, and
 if the microcontroller runtime computes what the desktop runtime computes. This module
-holds the comparisons: float vs float (PyTorch vs ONNX Runtime), float vs int8
-(dequantized), and TFLM vs LiteRT's reference kernels, which must agree bit for bit
-(both use the same reference integer arithmetic). When they do not, it names the first
-op whose output differs, so the user knows where to look. LiteRT with XNNPACK (the
-Raspberry Pi default) may round differently by 1 LSB and is reported, never enforced.
+holds the comparisons, on every model output: float vs float (PyTorch vs ONNX Runtime),
+float vs int8 (dequantized, with figures on the input-dependent part from
+:mod:`firmware_export.fidelity`), and TFLM vs LiteRT's reference kernels, expected to agree
+bit for bit (both use the same reference integer arithmetic). When they do not, it names the
+first op whose output differs, so the user knows where to look. Which comparison gates which
+target is decided in :mod:`firmware_export.verification`.
 
 Figures follow ST Edge AI's ``validate`` report: max abs error, rmse, mae, l2r (relative
 L2 error), cosine similarity, and top-1 agreement / accuracy for class vectors.
@@ -24,7 +25,7 @@ import numpy as np
 
 from firmware_export.isolate import run_isolated
 from firmware_export.tflite_model import parse_tflite
-from firmware_export.tflm import as_batch_of_one, prepare_samples, run_tflm, tflm_tensors
+from firmware_export.tflm import as_batch_of_one, prepare_samples, tflm_tensors
 from tinyprune.errors import ConfigError, VerificationError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class Comparison:
         top1_agreement: Share of samples with the same argmax (class vectors only).
         accuracy_reference, accuracy_candidate: Top-1 accuracy against labels, if given.
         first_divergent_op: For runtime parity, the first op whose output differs.
+        known_difference: Why a difference is accepted (a known kernel variant).
+        centred_cos, sqnr_db, centred_sqnr_db, variation_lsb, centred_gated: Fidelity on the
+            input-dependent part (int8 vs float only; see :mod:`firmware_export.fidelity`).
+        outputs: Per model output (``index``, ``label``, figures) when the comparison covers
+            several outputs; the figures above are then the worst over them.
     """
 
     name: str
@@ -71,6 +77,12 @@ class Comparison:
     accuracy_candidate: float | None = None
     first_divergent_op: str | None = None
     known_difference: str | None = None
+    centred_cos: float | None = None
+    sqnr_db: float | None = None
+    centred_sqnr_db: float | None = None
+    variation_lsb: float | None = None
+    centred_gated: bool | None = None
+    outputs: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite numbers become ``None``."""
@@ -82,6 +94,8 @@ def _json_number(v: Any) -> Any:
         return None
     if isinstance(v, dict):
         return {k: _json_number(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_number(x) for x in v]
     return v
 
 
@@ -154,8 +168,14 @@ def compare_quantized(
     min_top1: float | None = None,
     max_abs: float | None = None,
     labels: np.ndarray | None = None,
+    output_scale: float | None = None,
+    min_centred_cos: float | None = None,
 ) -> Comparison:
     """Compare the float model's outputs with the dequantized int8 model's outputs.
+
+    Besides the plain figures it measures fidelity on the input-dependent part (centred
+    cosine and SQNR, :func:`firmware_export.fidelity.centred_figures`); with
+    ``min_centred_cos`` the centred cosine is gated where the output varies across samples.
 
     Args:
         float_out: Float reference outputs, samples on axis 0.
@@ -165,12 +185,17 @@ def compare_quantized(
         min_top1: Lowest acceptable top-1 agreement, checked for class vectors only.
         max_abs: Highest acceptable max abs error in output units, if given.
         labels: Class labels; adds top-1 accuracy of both models (ST Edge AI's ``acc``).
+        output_scale: Quantization scale of the int8 output (for ``variation_lsb``).
+        min_centred_cos: Lowest acceptable centred cosine, where it is gated.
 
     Raises:
         ConfigError: Shapes differ or the outputs are empty.
     """
+    from firmware_export.fidelity import centred_figures
+
     ref, cand = np.asarray(float_out), np.asarray(int8_out_dequantized)
     f = _figures(ref, cand, name)
+    centred = centred_figures(ref, cand, output_scale)
     top1 = _top1(ref, cand)
     tol: dict[str, float] = {"cos_min": float(min_cos)}
     ok = f["cos"] >= min_cos
@@ -180,6 +205,10 @@ def compare_quantized(
     if max_abs is not None:
         tol["max_abs_max"] = float(max_abs)
         ok = ok and f["max_abs"] <= max_abs
+    if min_centred_cos is not None:
+        tol["centred_cos_min"] = float(min_centred_cos)
+        if centred["centred_gated"]:
+            ok = ok and centred["centred_cos"] >= min_centred_cos
     return Comparison(
         name,
         int(ref.shape[0]) if ref.ndim else 1,
@@ -190,6 +219,7 @@ def compare_quantized(
         top1_agreement=top1,
         accuracy_reference=_accuracy(ref, labels),
         accuracy_candidate=_accuracy(cand, labels),
+        **centred,
     )
 
 
@@ -216,7 +246,17 @@ def run_litert(
     resolver: str = "ref",
     timeout: float = 300,
 ) -> np.ndarray:
-    """Run samples through LiteRT (in a child process); stack output 0 of each.
+    """Output 0 of :func:`run_litert_outputs` (stacked over the samples)."""
+    return run_litert_outputs(model_bytes, inputs, resolver, timeout)[0]
+
+
+def run_litert_outputs(
+    model_bytes: bytes,
+    inputs: Sequence[np.ndarray] | np.ndarray,
+    resolver: str = "ref",
+    timeout: float = 300,
+) -> list[np.ndarray]:
+    """Run samples through LiteRT (in a child process); every output, stacked over samples.
 
     Args:
         model_bytes: The ``.tflite`` flatbuffer.
@@ -225,6 +265,9 @@ def run_litert(
             kernels, no delegate; has ops the reference resolver lacks, e.g. ELU) or ``"xnnpack"``
             (LiteRT's default, what a Raspberry Pi runs).
         timeout: Seconds before the child is killed.
+
+    Returns:
+        One array per model output (subgraph order), ``(N, *shape[1:])`` in the output dtype.
 
     Raises:
         ConfigError: Unknown resolver, wrong input dtype or shape.
@@ -300,6 +343,70 @@ def first_divergent_op(
     return None
 
 
+@dataclass(frozen=True)
+class ParityRun:
+    """TFLM vs a LiteRT resolver: the comparison plus the raw outputs of both runtimes.
+
+    Attributes:
+        comparison: Merged over the outputs (see :func:`firmware_export.fidelity.merge_outputs`).
+        reference: LiteRT's outputs (one array per output, output dtype).
+        tflm: TFLM's outputs.
+        message: Why the runtimes disagree beyond the tolerance (None when they do not).
+    """
+
+    comparison: Comparison
+    reference: list[np.ndarray]
+    tflm: list[np.ndarray]
+    message: str | None = None
+
+
+def runtime_parity(
+    model_bytes: bytes,
+    int8_inputs: Sequence[np.ndarray] | np.ndarray,
+    tolerance_lsb: int = 0,
+    *,
+    candidate_model: bytes | None = None,
+    arena_bytes: int | None = None,
+    reference: str = "ref",
+) -> ParityRun:
+    """Compare TFLM with LiteRT's ``reference`` kernels on every output; never raises on a
+    difference (see :func:`check_runtime_parity` for the arguments and the accepted FC case).
+
+    When they disagree, the first divergent op is looked up on the worst sample and the
+    comparison's ``passed`` is False unless the known FULLY_CONNECTED difference explains it.
+    """
+    from firmware_export.fidelity import merge_outputs
+    from firmware_export.tflm import run_tflm_outputs
+
+    tflm_model = candidate_model if candidate_model is not None else model_bytes
+    ref = run_litert_outputs(model_bytes, int8_inputs, reference)
+    cand = run_tflm_outputs(tflm_model, int8_inputs, arena_bytes)
+    per_output = [
+        Comparison(
+            "tflm_vs_litert_ref",
+            len(r),
+            "LSB",
+            **_figures(r, c, "tflm_vs_litert_ref"),
+            tolerance={"max_abs_max": float(tolerance_lsb)},
+            passed=bool(np.max(np.abs(c.astype(np.int64) - r.astype(np.int64))) <= tolerance_lsb),
+            top1_agreement=_top1(r, c),
+        )
+        for r, c in zip(ref, cand, strict=True)
+    ]
+    comparison = merge_outputs("tflm_vs_litert_ref", per_output)
+    if comparison.passed:
+        return ParityRun(comparison, ref, cand)
+    batch = prepare_samples(model_bytes, int8_inputs)
+    msg, first = _parity_failure(
+        model_bytes, tflm_model, batch, ref, cand, tolerance_lsb, reference
+    )
+    comparison = replace(comparison, first_divergent_op=first)
+    if comparison.max_abs <= 1 and first is not None and " FULLY_CONNECTED " in f"{first} ":
+        accepted = replace(comparison, passed=True, known_difference=KNOWN_FC_DIFFERENCE)
+        return ParityRun(accepted, ref, cand)
+    return ParityRun(comparison, ref, cand, msg)
+
+
 def check_runtime_parity(
     model_bytes: bytes,
     int8_inputs: Sequence[np.ndarray] | np.ndarray,
@@ -327,38 +434,25 @@ def check_runtime_parity(
             reference resolver lacks an op of the model).
 
     Returns:
-        The comparison in LSB (passed).
+        The comparison in LSB (passed), worst over the outputs, per output in ``outputs``.
 
     Raises:
         VerificationError: Some output differs by more than ``tolerance_lsb`` LSB; the
             message names the first divergent op and the way to raise the tolerance, and
             its ``comparison`` attribute holds the failed :class:`Comparison` for the report.
     """
-    tflm_model = candidate_model if candidate_model is not None else model_bytes
-    ref = run_litert(model_bytes, int8_inputs, reference)
-    cand = run_tflm(tflm_model, int8_inputs, arena_bytes)
-    f = _figures(ref, cand, "tflm_vs_litert_ref")
-    comparison = Comparison(
-        "tflm_vs_litert_ref",
-        len(ref),
-        "LSB",
-        **f,
-        tolerance={"max_abs_max": float(tolerance_lsb)},
-        passed=f["max_abs"] <= tolerance_lsb,
-        top1_agreement=_top1(ref, cand),
+    run = runtime_parity(
+        model_bytes,
+        int8_inputs,
+        tolerance_lsb,
+        candidate_model=candidate_model,
+        arena_bytes=arena_bytes,
+        reference=reference,
     )
-    if comparison.passed:
-        return comparison
-    batch = prepare_samples(model_bytes, int8_inputs)
-    msg, first = _parity_failure(
-        model_bytes, tflm_model, batch, ref, cand, tolerance_lsb, reference
-    )
-    if f["max_abs"] <= 1 and first is not None and " FULLY_CONNECTED " in f"{first} ":
-        return replace(
-            comparison, passed=True, first_divergent_op=first, known_difference=KNOWN_FC_DIFFERENCE
-        )
-    err = VerificationError(msg)
-    err.comparison = replace(comparison, first_divergent_op=first)  # type: ignore[attr-defined]
+    if run.comparison.passed:
+        return run.comparison
+    err = VerificationError(run.message or "TFLM and LiteRT disagree")
+    err.comparison = run.comparison  # type: ignore[attr-defined]
     raise err
 
 
@@ -366,16 +460,27 @@ def _parity_failure(
     model_bytes: bytes,
     tflm_model: bytes,
     batch: np.ndarray,
-    ref: np.ndarray,
-    cand: np.ndarray,
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
     tolerance_lsb: int,
     reference: str,
 ) -> tuple[str, str | None]:
     """Explain a parity failure: how far, how often, where it starts, and the way out."""
-    per_sample = np.abs(cand.astype(np.int64) - ref.astype(np.int64)).reshape(len(ref), -1)
-    worst = int(np.argmax(per_sample.max(axis=1)))
-    bad = int(np.sum(per_sample.max(axis=1) > tolerance_lsb))
+    n = len(ref[0])
+    per_output = np.stack(
+        [
+            np.abs(c.astype(np.int64) - r.astype(np.int64)).reshape(n, -1).max(axis=1)
+            for r, c in zip(ref, cand, strict=True)
+        ],
+        axis=1,
+    )  # (samples, outputs)
+    per_sample = per_output.max(axis=1)
+    worst = int(np.argmax(per_sample))
+    bad = int(np.sum(per_sample > tolerance_lsb))
     largest = int(per_sample.max())
+    where = [
+        f"out{k}" for k in range(per_output.shape[1]) if per_output[:, k].max() > tolerance_lsb
+    ]
     first = first_divergent_op(
         model_bytes,
         batch[worst],
@@ -384,9 +489,10 @@ def _parity_failure(
         reference=reference,
     )
     kernels = "reference" if reference == "ref" else reference
+    on = "output 0" if len(ref) == 1 else f"output(s) {', '.join(where)}"
     msg = (
-        f"TFLM and LiteRT's {kernels} kernels disagree by up to {largest} LSB on output 0 "
-        f"(tolerance {tolerance_lsb} LSB) in {bad}/{len(ref)} samples; first divergent op on "
+        f"TFLM and LiteRT's {kernels} kernels disagree by up to {largest} LSB on {on} "
+        f"(tolerance {tolerance_lsb} LSB) in {bad}/{n} samples; first divergent op on "
         f"sample {worst}: {first or 'none found (only the final outputs differ)'}. They are "
         f"expected to be bit-identical; if a small difference is acceptable (e.g. a kernel "
         f"variant), raise the tolerance with --tflm-tolerance {largest}."
@@ -402,18 +508,30 @@ def xnnpack_vs_ref(
     XNNPACK may round requantization differently (up to 1 LSB was seen), so ``passed`` is
     informative only: the export reports it but does not fail on it.
     """
-    ref = run_litert(model_bytes, int8_inputs, "ref")
-    fast = run_litert(model_bytes, int8_inputs, "xnnpack")
-    f = _figures(ref, fast, "litert_xnnpack_vs_ref")
-    return Comparison(
-        "litert_xnnpack_vs_ref",
-        len(ref),
-        "LSB",
-        **f,
-        tolerance={"max_abs_max": float(tolerance_lsb)},
-        passed=f["max_abs"] <= tolerance_lsb,
-        top1_agreement=_top1(ref, fast),
-    )
+    ref = run_litert_outputs(model_bytes, int8_inputs, "ref")
+    fast = run_litert_outputs(model_bytes, int8_inputs, "xnnpack")
+    return lsb_comparison("litert_xnnpack_vs_ref", ref, fast, tolerance_lsb)
+
+
+def lsb_comparison(
+    name: str, reference: list[np.ndarray], candidate: list[np.ndarray], tolerance_lsb: int
+) -> Comparison:
+    """Two runtimes' int8 outputs compared in LSB, per output, merged (never raises)."""
+    from firmware_export.fidelity import merge_outputs
+
+    per_output = [
+        Comparison(
+            name,
+            len(r),
+            "LSB",
+            **(f := _figures(r, c, name)),
+            tolerance={"max_abs_max": float(tolerance_lsb)},
+            passed=f["max_abs"] <= tolerance_lsb,
+            top1_agreement=_top1(r, c),
+        )
+        for r, c in zip(reference, candidate, strict=True)
+    ]
+    return merge_outputs(name, per_output)
 
 
 # --- functions that run in the child process ------------------------------------------------
@@ -437,16 +555,16 @@ def _litert_interpreter(model_bytes: bytes, resolver: str, preserve: bool = Fals
     return interp
 
 
-def _litert_child(model_bytes: bytes, samples: np.ndarray, resolver: str) -> np.ndarray:
+def _litert_child(model_bytes: bytes, samples: np.ndarray, resolver: str) -> list[np.ndarray]:
     interp = _litert_interpreter(model_bytes, resolver)
     inp = interp.get_input_details()[0]["index"]
-    out = interp.get_output_details()[0]["index"]
-    outs = []
+    outs = [d["index"] for d in interp.get_output_details()]
+    runs = []
     for x in samples:
         interp.set_tensor(inp, x)
         interp.invoke()
-        outs.append(np.array(interp.get_tensor(out), copy=True))
-    return np.concatenate(outs, axis=0)
+        runs.append([np.array(interp.get_tensor(o), copy=True) for o in outs])
+    return [np.concatenate([r[k] for r in runs], axis=0) for k in range(len(outs))]
 
 
 def _litert_tensors_child(

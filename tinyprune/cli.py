@@ -81,6 +81,13 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         help="lowest accepted cosine similarity of int8 vs float outputs",
     )
     p.add_argument(
+        "--min-centred-cosine",
+        type=float,
+        default=d.min_centred_cosine,
+        help="lowest accepted int8 vs float cosine of the outputs minus their mean over the "
+        "samples, gated where an output varies across them (default: --min-cosine)",
+    )
+    p.add_argument(
         "--arena-margin",
         type=float,
         default=d.arena_margin_fraction,
@@ -103,6 +110,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
         tflm_tolerance_lsb=args.tflm_tolerance,
         float_tolerance=args.float_tolerance,
         min_cosine=args.min_cosine,
+        min_centred_cosine=args.min_centred_cosine,
         arena_margin_fraction=args.arena_margin,
         name=args.name,
         trust_model_code=args.trust_model_code,
@@ -151,6 +159,13 @@ def _add_export(sub: Any) -> None:
         help="samples run through every runtime",
     )
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
+    p.add_argument(
+        "--output",
+        type=int,
+        default=d.output,
+        metavar="N",
+        help="export only output N of a model whose forward returns several (default: all)",
+    )
     _add_export_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -464,7 +479,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``tinyprune export``."""
     from tinyprune.app.export import export_model
 
-    opts = _export_options(args, calib_cap=args.calib_cap, verify_samples=args.verify_samples)
+    opts = _export_options(
+        args, calib_cap=args.calib_cap, verify_samples=args.verify_samples, output=args.output
+    )
     return _run_job(
         lambda on_stage: export_model(
             args.model, args.calib, args.target, args.out, options=opts, on_stage=on_stage

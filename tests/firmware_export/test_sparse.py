@@ -128,13 +128,13 @@ def test_mismatch_raises_verification_error(
     result, dense = sparse_run
     calls: list[bytes] = []
 
-    def fake_run(model_bytes: bytes, inputs: np.ndarray, resolver: str) -> np.ndarray:
+    def fake_run(model_bytes: bytes, inputs: np.ndarray, resolver: str) -> list[np.ndarray]:
         calls.append(model_bytes)
         out = np.zeros((len(inputs), 10), np.int8)
         out[:, 3] = 0 if model_bytes == dense else 2
-        return out
+        return [np.zeros((len(inputs), 2), np.int8), out]  # the difference is on output 1
 
-    monkeypatch.setattr(sparse, "run_litert", fake_run)
+    monkeypatch.setattr(sparse, "run_litert_outputs", fake_run)
     monkeypatch.setattr(sparse, "quantize_int8", lambda *a, **k: result.model_bytes)
     cl = np.zeros((2, 12, 12, 3), np.float32)
     with pytest.raises(VerificationError, match="differ from the dense model's by up to 2 LSB"):
