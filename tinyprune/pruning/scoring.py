@@ -121,6 +121,13 @@ def member_scores(
         )
         raise PruningError(msg)
     s = s.detach().double()
+    if max(slot.idxs, default=-1) >= s.shape[0]:
+        msg = (
+            f"group slot of layer {slot.name!r} names channel {max(slot.idxs)} but the layer has "
+            f"{s.shape[0]}; the traced channel groups are wrong for this model (a custom op "
+            "couples channels it should not): declare its channelwise_pruning role or ignore it"
+        )
+        raise PruningError(msg)
     return s[list(slot.idxs)], torch.tensor(slot.root, dtype=torch.long)
 
 
