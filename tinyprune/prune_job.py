@@ -352,6 +352,7 @@ def _tailored(job: _Job, budget: Any, opts: dict[str, Any]) -> dict[str, Any]:
     opts.setdefault("select_every", max(1, min(100, total // 20)))  # ~20 SELECTs per run
     crit = criteria.get("tailored", **opts)
     hook = TailoredHook(job.example(), budget, crit, round_to=s.round_to)
+    hook.prepare(job.model)  # gates for layers without BN, before the optimizer is built
     out: dict[str, Any] = {"criterion_options": _options(crit)}
     out["train"] = job.fit("train", s.epochs, [hook])
     out["metric_trained"] = job.evaluate()

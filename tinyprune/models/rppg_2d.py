@@ -111,15 +111,18 @@ def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 3) -> torch.Ten
     return shift_folds(x, frames, fold, fold)
 
 
-def shift_folds(x: torch.Tensor, frames: int, n_next: int, n_prev: int) -> torch.Tensor:
+def shift_folds(
+    x: torch.Tensor, frames: int, n_next: int, n_prev: int, channels: int | None = None
+) -> torch.Tensor:
     """TSM with explicit fold sizes: channels ``[0, n_next)`` take the next frame, the following
-    ``n_prev`` the previous frame, the rest stay (empty folds are left out of the concat)."""
+    ``n_prev`` the previous frame, the rest stay (empty folds are left out of the concat).
+    ``channels`` (default ``x.shape[1]``) lets a traced export see plain integers."""
     h, w = x.shape[-2:]
     y = frames_to_time(x, frames)
-    end = n_next + n_prev
+    end, total = n_next + n_prev, x.shape[1] if channels is None else channels
     parts = [shift_time(y[:, :n_next], 1)] if n_next else []
     parts += [shift_time(y[:, n_next:end], -1)] if n_prev else []
-    parts += [y[:, end:]] if end < y.shape[1] else []
+    parts += [y[:, end:]] if end < total else []
     out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     return time_to_frames(out, h, w)
 
@@ -146,10 +149,10 @@ class TemporalShift(nn.Module):
         """Shift ``x`` (frames ``(B*T, C, H, W)``) by its folds."""
         if self.trace_stub:
             return x.clone()
-        if x.shape[1] != self.channels:
+        if not torch.jit.is_tracing() and x.shape[1] != self.channels:
             msg = f"temporal shift built for {self.channels} channels got {x.shape[1]}"
             raise ConfigError(msg)
-        return shift_folds(x, self.frames, self.n_next, self.n_prev)
+        return shift_folds(x, self.frames, self.n_next, self.n_prev, self.channels)
 
     def remove_channels_(self, idxs: list[int]) -> None:
         """Drop channels ``idxs`` (indices into the current channels) from their folds."""
