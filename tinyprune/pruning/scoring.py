@@ -84,8 +84,12 @@ def score_groups(
         parts = [member_scores(graph, criterion, slot, features) for slot in group.members]
         parts = [p for p in parts if p is not None]
         if not parts:
-            msg = f"criterion {criterion.name!r} applies to no layer of group {group.name!r}"
-            raise PruningError(msg)
+            msg = (
+                f"criterion {criterion.name!r} applies to no layer of group {group.name!r} "
+                f"(layers {[m.name for m in group.members]}); pick a criterion that scores "
+                "every layer (l1, random, tailored) or ignore these layers"
+            )
+            raise ConfigError(msg)
         out.append(reduce_group(group.size, parts, reduce))
     return out
 
