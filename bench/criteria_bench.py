@@ -7,7 +7,9 @@ epochs + fine-tuning epochs), over several seeds, on
 
 * (a) ``micro_cnn`` (width 16) on scikit-learn's handwritten digits (accuracy), and
 * (b) ``physnet_2p1d`` (TFLM-native, small widths) on synthetic rPPG clips (HR MAE in bpm over
-  held-out subjects' 17 s videos, HR per video as in the rPPG toolbox).
+  held-out subjects' 17 s videos, HR per video as in the rPPG toolbox), and
+* (c) ``tscan`` and (d) ``efficientphys`` (temporal shift and attention masks; 32 frames at
+  16x16, width 8) on the same synthetic rPPG clips and metric (``--tasks`` picks tasks).
 
 Every criterion prunes without fine-tuning inside the job; the bench measures the metric right
 after pruning ("pruned", BatchNorm statistics re-estimated on 256 training images as the prune
@@ -27,6 +29,7 @@ the DE settings of methods.md §4.6), ``--de-timing`` (DE search time on resnet2
 with CIFAR-shaped random data), ``--vgg`` (VGG-16 pcc_ci operating point, int8, TFLM).
 
     python bench/criteria_bench.py [--quick | --full] [--de-timing] [--vgg] [--no-export]
+        [--tasks tscan,efficientphys]
 """
 
 from __future__ import annotations
@@ -106,7 +109,26 @@ def _tasks(mode: str, test_videos: int | None = None) -> list[Task]:
         },
         {"n_test": test_videos or TEST_VIDEOS[mode], "clips_per_video": 8},
     )
-    return [digits, rppg]
+    return [digits, rppg, *_shift_tasks(mode, rppg)]
+
+
+def _shift_tasks(mode: str, base: Task) -> list[Task]:
+    """TS-CAN and EfficientPhys-C (temporal shift + attention masks, issue 17) on the same
+    synthetic rPPG clips as ``base``, 32 frames per clip at 16x16, width 8."""
+    frames = 32
+    net_kw = {"frames": frames, "img_size": 16, "width": 8, "hidden": 32}
+    out = []
+    for name, types in (
+        ("tscan", ("DiffNormalized", "Standardized")),
+        ("efficientphys", ("Standardized",)),
+    ):
+        data = base.data_kwargs | {"chunk": frames, "data_types": types}
+        out.append(
+            dataclasses.replace(
+                base, name=f"rppg/{name}", model=name, model_kwargs=net_kw, data_kwargs=data
+            )
+        )
+    return out
 
 
 def _bundle(task: Task) -> Any:
@@ -389,12 +411,13 @@ def bench(
     round_to: int = 1,
     ft_lr_scale: float = 0.1,
     test_videos: int | None = None,
+    only: Sequence[str] = (),
 ) -> None:
-    """The criteria table (see the module docstring)."""
+    """The criteria table (see the module docstring); ``only``: these task models alone."""
     from tinyprune.config import DESearchConfig, PruneConfig
     from tinyprune.errors import TinypruneError
 
-    tasks = _tasks(mode, test_videos)
+    tasks = [t for t in _tasks(mode, test_videos) if not only or t.model in only]
     n_seeds = seeds or (1 if mode == "quick" else 3)
     budgets = [0.5, 0.25]
     de = {"quick": (6, 3), "default": (10, 10), "full": (20, 30)}[mode]
@@ -592,6 +615,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="torch threads (1 is fastest for these small nets on a shared machine)",
     )
+    p.add_argument(
+        "--tasks",
+        default="",
+        help="comma-separated task models to run (micro_cnn, physnet_2p1d, tscan, "
+        "efficientphys; default all)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.test_videos is not None and args.test_videos < 1:
@@ -617,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
             args.round_to,
             args.finetune_lr_scale,
             args.test_videos,
+            [t for t in args.tasks.split(",") if t],
         )
     return 0
 

@@ -31,6 +31,13 @@ class PruningError(TinypruneError):
     """A pruning step cannot be carried out (wrong score shape, a layer would be emptied)."""
 
 
+class UnreachableBudgetError(ConfigError, PruningError):
+    """A MACs/params budget below the smallest network the pruning can reach (exit 2).
+
+    The message names the smallest reachable budget; a bad input, not a failed prune.
+    """
+
+
 class ExportError(TinypruneError):
     """A conversion stage failed; ``stage`` names it (onnx, convert, quantize, tflm, ...)."""
 

@@ -177,7 +177,9 @@ def _prune_while_training(job: PruneJob, crit: Any, budget: Any) -> dict[str, An
         msg = f"{crit.name!r} prunes while training: give --epochs >= 1"
         raise ConfigError(msg)
     total = job.steps_per_epoch() * job.cfg.epochs
-    hook = crit.pruning_hook(job.example(), budget, round_to=job.cfg.round_to, total_steps=total)
+    hook = crit.pruning_hook(
+        job.model, job.example(), budget, round_to=job.cfg.round_to, total_steps=total
+    )
     out: dict[str, Any] = {"criterion_options": criterion_options(hook.crit)}
     out["train"] = job.fit("train", job.cfg.epochs, [hook])
     out["metric_trained"] = job.evaluate()

@@ -83,9 +83,9 @@ class PrunesWhileTraining(Protocol):
     """
 
     def pruning_hook(
-        self, example_input: Any, budget: Any, *, round_to: int, total_steps: int
+        self, model: nn.Module, example_input: Any, budget: Any, *, round_to: int, total_steps: int
     ) -> Any:
-        """The hook that prunes ``budget`` away during ``total_steps`` optimizer steps."""
+        """The hook that prunes ``model`` to ``budget`` during ``total_steps`` optimizer steps."""
         ...
 
 

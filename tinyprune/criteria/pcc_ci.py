@@ -148,6 +148,10 @@ class PCCHook(TrainHook):
         """Register forward hooks on the selected activation modules."""
         acts = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish)
         names = self.layers or tuple(n for n, m in ctx.model.named_modules() if isinstance(m, acts))
+        if not names:  # functional activations (the rPPG nets' tanh): the conv outputs
+            convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+            conv_names = [n for n, m in ctx.model.named_modules() if isinstance(m, convs)]
+            names = tuple(n for n in conv_names if ctx.model.get_submodule(n).out_channels > 1)
         if not names:
             msg = "PCCHook found no layer to regularise; pass layers=('features.2', ...)"
             raise ConfigError(msg)

@@ -53,8 +53,8 @@ class TailoredCriterion:
     """
 
     importance: str = "gamma"
-    min_channels: int = 4
-    min_fraction: float = 0.05
+    min_channels: int = 1  # the engine's floor; raise it (or min_fraction) to keep wider layers
+    min_fraction: float = 0.0
     lambda_init: float = 1e-4
     lambda_all: float = 0.0  # lambda_0 of §5.3 on every gate (1e-5 or 0)
     kappa: float = 0.5
@@ -81,34 +81,50 @@ class TailoredCriterion:
             raise ConfigError(msg)
 
     def pruning_hook(
-        self, example_input: Any, budget: Any, *, round_to: int, total_steps: int
+        self, model: nn.Module, example_input: Any, budget: Any, *, round_to: int, total_steps: int
     ) -> TailoredHook:
-        """The hook that trains and prunes to ``budget`` (§5.3) over ``total_steps`` steps.
+        """The hook that trains and prunes ``model`` to ``budget`` (§5.3) in ``total_steps``.
 
         ``select_every`` left at its default is scaled to the run: about 20 SELECTs per run, at
-        most one every 100 steps.
+        most one every 100 steps. Gates for convs without BatchNorm are inserted into ``model``
+        here, before the optimizer is built.
         """
         crit = self
         if self.select_every == SELECT_EVERY_DEFAULT:
             crit = replace(self, select_every=max(1, min(100, total_steps // 20)))
-        return TailoredHook(example_input, budget, crit, round_to=round_to)
+        hook = TailoredHook(example_input, budget, crit, round_to=round_to)
+        hook.prepare(model)
+        return hook
 
     def applies_to(self, inp: ScoreInput) -> bool:
-        """Only layers with an affine BatchNorm have gates."""
-        return inp.bn is not None and getattr(inp.bn, "weight", None) is not None
+        """Layers with an affine BatchNorm or an inserted gate (:mod:`tinyprune.pruning.gates`)."""
+        return _gate_param(inp.bn, inp.module) is not None
 
     def score(self, inp: ScoreInput) -> torch.Tensor:
-        """``|gamma|`` (or ``|gamma * grad|``) of the layer's BatchNorm."""
-        if inp.bn is None:
-            msg = f"tailored needs a BatchNorm after layer {inp.name!r} (its gates are BN scales)"
+        """``|gamma|`` (or ``|gamma * grad|``) of the layer's BatchNorm scale or inserted gate."""
+        gate = _gate_param(inp.bn, inp.module)
+        if gate is None:
+            msg = (
+                f"tailored needs a BatchNorm or an inserted gate after layer {inp.name!r}; "
+                "TailoredHook inserts the gates (prepare / on_train_begin)"
+            )
             raise ConfigError(msg)
-        gamma = inp.bn.weight.detach().double()
+        gamma = gate.detach().double()
         if self.importance == "taylor":
-            if inp.bn.weight.grad is None:
-                msg = f"importance='taylor' needs grads of {inp.name!r}'s BN scale; run a backward"
+            if gate.grad is None:
+                msg = f"importance='taylor' needs grads of {inp.name!r}'s gate; run a backward"
                 raise ConfigError(msg)
-            return (gamma * inp.bn.weight.grad.double()).abs()
+            return (gamma * gate.grad.double()).abs()
         return gamma.abs()
+
+
+def _gate_param(bn: nn.Module | None, module: nn.Module | None) -> nn.Parameter | None:
+    """The channel gate of a layer: its affine BatchNorm's scale, else its inserted gate."""
+    from tinyprune.pruning.gates import gate_of
+
+    if bn is not None and getattr(bn, "weight", None) is not None:
+        return bn.weight
+    return gate_of(module) if module is not None else None
 
 
 @dataclass
@@ -231,6 +247,15 @@ def _fold_into(consumer: nn.Module, slot: Any, removed: set[int], const: torch.T
                 consumer.bias += const[root] * col
 
 
+def _add_to_optimizer(optimizer: torch.optim.Optimizer, gates: list[nn.Parameter]) -> None:
+    """Train gates inserted after the optimizer was built (same settings as its first group,
+    no weight decay: the proximal step is their only regulariser)."""
+    if not gates:
+        return
+    first = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    optimizer.add_param_group({**first, "params": gates, "weight_decay": 0.0})
+
+
 class TailoredHook(TrainHook):
     """Integrated training + pruning of methods.md §5.3 as a training-loop hook.
 
@@ -265,18 +290,33 @@ class TailoredHook(TrainHook):
         self.keep: list[np.ndarray] = []
         self.pset: list[np.ndarray] = []
 
-    def on_train_begin(self, ctx: TrainContext) -> None:
-        """Trace groups, build the cost model and the cost-aware weights; run a first SELECT."""
-        from tinyprune.pruning import select as sel
-        from tinyprune.pruning.channel_graph import ChannelGraph
+    def prepare(self, model: nn.Module) -> list[nn.Parameter]:
+        """Trace the channel groups and insert a gate where a member layer has no BatchNorm.
 
-        was = ctx.model.training
-        ctx.model.eval()
+        Call it before the optimizer is built so that the gates are among the model's
+        parameters; :meth:`on_train_begin` calls it otherwise and adds the gates to the
+        optimizer. Returns the inserted gates.
+        """
+        from tinyprune.pruning.channel_graph import ChannelGraph
+        from tinyprune.pruning.gates import insert_gates_
+
+        was = model.training
+        model.eval()
         try:
-            self.graph = ChannelGraph(ctx.model, self.example_input, self.ignored)
+            self.graph = ChannelGraph(model, self.example_input, self.ignored)
             self.cost = self.graph.cost_model()
         finally:
-            ctx.model.train(was)
+            model.train(was)
+        bare = [s.name for g in self.graph.groups for s in g.members]
+        bare = [n for n in bare if self.graph.bn_after(n) is None]
+        return insert_gates_(model, bare)
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        """Trace groups (:meth:`prepare`), build the cost-aware weights; run a first SELECT."""
+        from tinyprune.pruning import select as sel
+
+        if getattr(self, "graph", None) is None or self.graph.model is not ctx.model:
+            _add_to_optimizer(ctx.optimizer, self.prepare(ctx.model))
         self.limits = self.budget.limits(*self.cost.dense)
         crit = self.crit
         groups = self.graph.groups
@@ -293,8 +333,13 @@ class TailoredHook(TrainHook):
             ]
         )
         self.weights = dcost / max(float(np.mean(dcost)), 1e-12)
+        model = self.graph.model
         self._gates = [
-            [(self.graph.bn_after(s.name), s) for s in g.members] for g in self.graph.groups
+            [
+                (_gate_param(self.graph.bn_after(s.name), model.get_submodule(s.name)), s)
+                for s in g.members
+            ]
+            for g in self.graph.groups
         ]
         self._select(ctx)
 
@@ -350,16 +395,16 @@ class TailoredHook(TrainHook):
             self._select(ctx)
         lam, lam_all = self.controller.value, self.crit.lambda_all
         for gates, pset, w in zip(self._gates, self.pset, self.weights, strict=True):
-            for bn, slot in gates:
-                if bn is None:
+            for gate, slot in gates:
+                if gate is None:
                     continue
-                in_p = torch.zeros(bn.weight.shape[0], dtype=bn.weight.dtype)
+                in_p = torch.zeros(gate.shape[0], dtype=gate.dtype)
                 root = torch.tensor(slot.root)
                 hit = torch.isin(root, torch.as_tensor(pset)).to(in_p.dtype)
                 in_p[torch.tensor(slot.idxs)] = hit
                 precondition = self.crit.prox_scale == "optimizer"
-                size = _prox_step_size(ctx.optimizer, bn.weight, precondition, ctx.lr)
-                proximal_l1_(bn.weight, size * w * (lam * in_p + lam_all))
+                size = _prox_step_size(ctx.optimizer, gate, precondition, ctx.lr)
+                proximal_l1_(gate, size * w * (lam * in_p + lam_all))
 
     def freeze_(self, model: nn.Module, activation: str = "relu") -> Any:
         """Hard-prune ``Pset`` of the last SELECT (after beta folding); returns a PruneResult."""
@@ -376,6 +421,9 @@ class TailoredHook(TrainHook):
                 "lambda_bounds"
             )
             warnings.warn(msg, stacklevel=2)
+        from tinyprune.pruning.gates import fold_gates_
+
+        fold_gates_(model)  # gated outputs of Pset are exact zeros: nothing to fold downstream
         before = measure_complexity(model, self.example_input)
         fold_beta_(self.graph, self.keep, activation)
         self.graph.remove_channels_(self.keep)

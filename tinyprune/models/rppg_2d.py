@@ -107,12 +107,64 @@ def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 3) -> torch.Ten
     Exact in float; in int8 every part keeps the input's scale (slices, zero pads, one
     channel concat), and it adds no MACs.
     """
-    h, w = x.shape[-2:]
     fold = x.shape[1] // fold_div
+    return shift_folds(x, frames, fold, fold)
+
+
+def shift_folds(
+    x: torch.Tensor, frames: int, n_next: int, n_prev: int, channels: int | None = None
+) -> torch.Tensor:
+    """TSM with explicit fold sizes: channels ``[0, n_next)`` take the next frame, the following
+    ``n_prev`` the previous frame, the rest stay (empty folds are left out of the concat).
+    ``channels`` (default ``x.shape[1]``) lets a traced export see plain integers."""
+    h, w = x.shape[-2:]
     y = frames_to_time(x, frames)
-    nxt = shift_time(y[:, :fold], 1)
-    prv = shift_time(y[:, fold : 2 * fold], -1)
-    return time_to_frames(torch.cat([nxt, prv, y[:, 2 * fold :]], dim=1), h, w)
+    end, total = n_next + n_prev, x.shape[1] if channels is None else channels
+    parts = [shift_time(y[:, :n_next], 1)] if n_next else []
+    parts += [shift_time(y[:, n_next:end], -1)] if n_prev else []
+    parts += [y[:, end:]] if end < total else []
+    out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    return time_to_frames(out, h, w)
+
+
+class TemporalShift(nn.Module):
+    """:func:`temporal_shift` as a module that carries its fold sizes as data.
+
+    Channel ``i`` of the output is channel ``i`` of the input moved in time, so structured
+    pruning treats the shift as channel-wise (``channelwise_pruning = "identity"``): removing
+    channels removes them from their fold (:meth:`remove_channels_`), and the pruned shift is
+    exactly the original one with those channels zeroed. ``trace_stub`` (set while tracing
+    channel dependencies) makes the forward a plain copy.
+    """
+
+    channelwise_pruning = "identity"
+
+    def __init__(self, frames: int, channels: int, fold_div: int = 3) -> None:
+        super().__init__()
+        fold = channels // fold_div
+        self.frames, self.channels, self.n_next, self.n_prev = frames, channels, fold, fold
+        self.trace_stub = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Shift ``x`` (frames ``(B*T, C, H, W)``) by its folds."""
+        if self.trace_stub:
+            return x.clone()
+        if not torch.jit.is_tracing() and x.shape[1] != self.channels:
+            msg = f"temporal shift built for {self.channels} channels got {x.shape[1]}"
+            raise ConfigError(msg)
+        return shift_folds(x, self.frames, self.n_next, self.n_prev, self.channels)
+
+    def remove_channels_(self, idxs: list[int]) -> None:
+        """Drop channels ``idxs`` (indices into the current channels) from their folds."""
+        drop = {int(i) for i in idxs}
+        end = self.n_next + self.n_prev
+        self.n_prev -= sum(self.n_next <= i < end for i in drop)
+        self.n_next -= sum(i < self.n_next for i in drop)
+        self.channels -= len(drop)
+
+    def extra_repr(self) -> str:
+        """Fold sizes."""
+        return f"channels={self.channels}, next={self.n_next}, prev={self.n_prev}"
 
 
 def frame_difference(x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -128,10 +180,19 @@ def frame_difference(x: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 class AttentionMask(nn.Module):
-    """Soft attention mask normalised so that it sums to H*W/2 (DeepPhys)."""
+    """Soft attention mask normalised so that it sums to H*W/2 (DeepPhys).
+
+    Its one channel broadcasts over the gated branch, so structured pruning must not couple
+    the branch's channels to it (``channelwise_pruning = "broadcast"``).
+    """
+
+    channelwise_pruning = "broadcast"
+    trace_stub = False
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         """``g * H * W / (2 * sum_HW g)``, written as ``g / (2 * mean_HW g)``."""
+        if self.trace_stub:
+            return g.clone()
         return g / (2.0 * g.mean(dim=(2, 3), keepdim=True))
 
 
@@ -180,31 +241,35 @@ class DeepPhys(nn.Module):
     ) -> None:
         super().__init__()
         self.frames, self.tsm = frames, tsm
+        if tsm:
+            self.shift = nn.ModuleList(
+                TemporalShift(frames, c) for c in (3, width, width, 2 * width)
+            )
         self.motion = _Trunk(3, width)
         self.appearance = _Trunk(3, width)
         self.att1 = nn.Conv2d(width, 1, 1)
         self.att2 = nn.Conv2d(2 * width, 1, 1)
-        self.mask = AttentionMask()
+        self.mask1, self.mask2 = AttentionMask(), AttentionMask()  # one per use (tracing)
         self.pool = nn.AvgPool2d(2)
         self.drop = nn.Dropout(dropout)
         self.dense1, self.dense2 = _dense_head(2 * width, _flat_size(img_size), hidden)
         self.drop_dense = nn.Dropout(2 * dropout)
 
-    def _shift(self, x: torch.Tensor) -> torch.Tensor:
-        return temporal_shift(x, self.frames) if self.tsm else x
+    def _shift(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return self.shift[i](x) if self.tsm else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, 6, T*H, W)`` (or ``(B, 6, T, H, W)``) to ``(B, T)``."""
         x = stacked_to_frames(to_stacked(x), self.frames)
         m, a = x[:, :3], x[:, 3:]
         mo, ap = self.motion, self.appearance
-        d2 = torch.tanh(mo.conv2(self._shift(torch.tanh(mo.conv1(self._shift(m))))))
+        d2 = torch.tanh(mo.conv2(self._shift(torch.tanh(mo.conv1(self._shift(m, 0))), 1)))
         r2 = torch.tanh(ap.conv2(torch.tanh(ap.conv1(a))))
-        d = self.drop(self.pool(d2 * self.mask(torch.sigmoid(self.att1(r2)))))
+        d = self.drop(self.pool(d2 * self.mask1(torch.sigmoid(self.att1(r2)))))
         r = self.drop(self.pool(r2))
-        d6 = torch.tanh(mo.conv4(self._shift(torch.tanh(mo.conv3(self._shift(d))))))
+        d6 = torch.tanh(mo.conv4(self._shift(torch.tanh(mo.conv3(self._shift(d, 2))), 3)))
         r6 = torch.tanh(ap.conv4(torch.tanh(ap.conv3(r))))
-        d = self.drop(self.pool(d6 * self.mask(torch.sigmoid(self.att2(r6)))))
+        d = self.drop(self.pool(d6 * self.mask2(torch.sigmoid(self.att2(r6)))))
         d = self.drop_dense(torch.tanh(self.dense1(d)))
         return self.dense2(d).reshape(-1, self.frames)
 
@@ -223,9 +288,10 @@ class EfficientPhys(nn.Module):
         self.frames = frames
         self.norm = nn.BatchNorm2d(3)
         self.trunk = _Trunk(3, width)
+        self.shift = nn.ModuleList(TemporalShift(frames, c) for c in (3, width, width, 2 * width))
         self.att1 = nn.Conv2d(width, 1, 1)
         self.att2 = nn.Conv2d(2 * width, 1, 1)
-        self.mask = AttentionMask()
+        self.mask1, self.mask2 = AttentionMask(), AttentionMask()  # one per use (tracing)
         self.pool = nn.AvgPool2d(2)
         self.drop = nn.Dropout(dropout)
         self.dense1, self.dense2 = _dense_head(2 * width, _flat_size(img_size), hidden)
@@ -237,13 +303,13 @@ class EfficientPhys(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, 3, T*H, W)`` (or ``(B, 3, T, H, W)``) to ``(B, T)``."""
-        t, tr = self.frames, self.trunk
+        t, tr, sh = self.frames, self.trunk, self.shift
         x = self.norm(self._diff(stacked_to_frames(to_stacked(x), t)))
-        d2 = torch.tanh(tr.conv2(temporal_shift(torch.tanh(tr.conv1(temporal_shift(x, t))), t)))
-        d = self.drop(self.pool(d2 * self.mask(torch.sigmoid(self.att1(d2)))))
-        d5 = torch.tanh(tr.conv3(temporal_shift(d, t)))
-        d6 = torch.tanh(tr.conv4(temporal_shift(d5, t)))
-        d = self.drop(self.pool(d6 * self.mask(torch.sigmoid(self.att2(d6)))))
+        d2 = torch.tanh(tr.conv2(sh[1](torch.tanh(tr.conv1(sh[0](x))))))
+        d = self.drop(self.pool(d2 * self.mask1(torch.sigmoid(self.att1(d2)))))
+        d5 = torch.tanh(tr.conv3(sh[2](d)))
+        d6 = torch.tanh(tr.conv4(sh[3](d5)))
+        d = self.drop(self.pool(d6 * self.mask2(torch.sigmoid(self.att2(d6)))))
         d = self.drop_dense(torch.tanh(self.dense1(d)))
         return self.dense2(d).reshape(-1, t)
 

@@ -19,6 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from tinyprune.errors import ConfigError, PruningError
+from tinyprune.pruning.channelwise import customized_pruners, role_of, tracing_stubs
 from tinyprune.pruning.complexity import (
     BN_TYPES,
     CONV_TYPES,
@@ -144,14 +145,19 @@ class ChannelGraph:
         self.ignored = [self.names[m] for m in ignored]
 
         def build() -> tp.DependencyGraph:
-            with torch.enable_grad():
+            with torch.enable_grad(), tracing_stubs(model):
                 return tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_input, verbose=False
+                    model,
+                    example_inputs=example_input,
+                    verbose=False,
+                    customized_pruners=customized_pruners(model),
                 )
 
         self.dg = _traced(model, "torch-pruning dependency tracing", build)
         groups = [self._convert(g) for g in self.dg.get_all_groups(ignored_layers=list(ignored))]
-        self.groups = sorted((g for g in groups if g.members), key=lambda g: order[g.name])
+        # a 1-channel group (an attention-mask conv) cannot lose a channel: it is no group
+        kept = (g for g in groups if g.members and g.size > 1)
+        self.groups = sorted(kept, key=lambda g: order[g.name])
 
     def _convert(self, tgroup: Any) -> ChannelGroup:
         is_in = self.dg.is_in_channel_pruning_fn
@@ -161,8 +167,8 @@ class ChannelGraph:
         for item in tgroup:
             module = item.dep.target.module
             name = self.names.get(module) if isinstance(module, nn.Module) else None
-            if name is None:
-                continue
+            if name is None or role_of(module) is not None:
+                continue  # channel-wise modules are no slot: torch-pruning rewrites them
             idxs, root = tuple(int(i) for i in item.idxs), tuple(int(i) for i in item.root_idxs)
             slot = Slot(name, idxs, root)
             handler = item.dep.handler

@@ -84,8 +84,12 @@ def score_groups(
         parts = [member_scores(graph, criterion, slot, features) for slot in group.members]
         parts = [p for p in parts if p is not None]
         if not parts:
-            msg = f"criterion {criterion.name!r} applies to no layer of group {group.name!r}"
-            raise PruningError(msg)
+            msg = (
+                f"criterion {criterion.name!r} applies to no layer of group {group.name!r} "
+                f"(layers {[m.name for m in group.members]}); pick a criterion that scores "
+                "every layer (l1, random, tailored) or ignore these layers"
+            )
+            raise ConfigError(msg)
         out.append(reduce_group(group.size, parts, reduce))
     return out
 
@@ -121,6 +125,13 @@ def member_scores(
         )
         raise PruningError(msg)
     s = s.detach().double()
+    if max(slot.idxs, default=-1) >= s.shape[0]:
+        msg = (
+            f"group slot of layer {slot.name!r} names channel {max(slot.idxs)} but the layer has "
+            f"{s.shape[0]}; the traced channel groups are wrong for this model (a custom op "
+            "couples channels it should not): declare its channelwise_pruning role or ignore it"
+        )
+        raise PruningError(msg)
     return s[list(slot.idxs)], torch.tensor(slot.root, dtype=torch.long)
 
 

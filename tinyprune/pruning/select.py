@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyprune.errors import ConfigError, PruningError
+from tinyprune.errors import ConfigError, PruningError, UnreachableBudgetError
 from tinyprune.registry import Registry
 
 Limits = tuple[float, float]  # (MACs limit, params limit); math.inf when not constrained
@@ -144,7 +144,8 @@ def make_selection(scores: list[np.ndarray], counts: np.ndarray, cost: CostModel
 
 
 def check_reachable(cost: CostModel, widths: list[np.ndarray], limits: Limits) -> None:
-    """Raise :class:`PruningError` naming the smallest reachable cost if ``limits`` is unmet."""
+    """Raise :class:`UnreachableBudgetError` (a ConfigError and a PruningError, exit 2) naming
+    the smallest reachable cost if ``limits`` is unmet."""
     k_min = np.array([w[0] for w in widths], dtype=np.float64)
     if _fits(cost, k_min, limits):
         return
@@ -158,9 +159,11 @@ def check_reachable(cost: CostModel, widths: list[np.ndarray], limits: Limits) -
         f"params ({params / dense_params:.1%}) with every group at its minimum width "
         f"{[int(w[0]) for w in widths]} (min channels and round_to); {fixed_macs:.0f} MACs / "
         f"{fixed_params:.0f} params sit in layers that cannot be pruned (coupled to the input or "
-        "output, or ignored). Relax the target, lower min_channels/round_to, or unignore layers."
+        "output, or ignored). Relax the target (the smallest reachable budget is "
+        f"--target-flops {macs / dense_macs:.4f} / --target-params {params / dense_params:.4f}), "
+        "lower min_channels/round_to, or unignore layers."
     )
-    raise PruningError(msg)
+    raise UnreachableBudgetError(msg)
 
 
 def _normalise(scores: list[np.ndarray], normalize: str) -> list[np.ndarray]:

@@ -203,7 +203,8 @@ def test_adam_denominator_is_the_one_of_adams_step() -> None:
 
 def test_greedy_min_width_respected() -> None:
     model, x = make(PlainCNN)
-    hook = TailoredHook(x, Budget(target_flops=0.2), C.get("tailored"), round_to=1)
+    crit = C.get("tailored", min_channels=4, min_fraction=0.05)  # floors only when asked
+    hook = TailoredHook(x, Budget(target_flops=0.2), crit, round_to=1)
     hook.on_train_begin(_ctx(model))
     for k, w in zip(hook.keep, hook.widths, strict=True):
         assert len(k) >= max(4, w[0]) == sel.min_keep_for(int(w[-1]), 4, 0.05)
