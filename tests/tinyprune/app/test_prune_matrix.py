@@ -20,10 +20,11 @@ import pytest
 import torch
 
 import tinyprune.criteria as C
+from tinyprune.app.prune import prune_run
+from tinyprune.config import DataSpec, DESearchConfig, FinetuneConfig, PruneConfig
 from tinyprune.criteria.tailored import TailoredHook
 from tinyprune.errors import ConfigError
 from tinyprune.models import create_model, get_model_spec, list_models
-from tinyprune.prune_job import prune_run
 from tinyprune.pruning import Budget, prune_structured
 from tinyprune.pruning.channel_graph import ChannelGraph
 from tinyprune.pruning.equivalence import zeroed_forward
@@ -134,8 +135,9 @@ def _zero_pset_gates(hook: TailoredHook) -> None:
 def _export(program: Path, net: str, calib_path: Path, out: Path) -> None:
     pytest.importorskip("tensorflow")
     pytest.importorskip("tflite_micro")
-    from firmware_export import ExportOptions, export
     from tinyprune.model_source import load_model
+
+    from firmware_export import ExportOptions, export
 
     module = load_model(str(program)).module  # as `tinyprune export run/pruned.pt2` loads it
     calib = np.load(calib_path)[:16].astype(np.float32)
@@ -160,13 +162,22 @@ def test_prune_matrix_cell(net: str, crit: str, tmp_path: Path) -> None:
         pytest.skip(f"prune_run/export of {net}: {NO_DATA}; the engine's equivalence passed")
     spec, data_kw = data
     budget = {"target_flops": 0.5} if structured else {"sparsity": 0.8}
-    kw = dict(epochs=1, finetune_epochs=0, round_to=1, progress=False, bn_recalib=0)
-    kw |= dict(batch_size=4, data_kwargs=data_kw, de_pop=4, de_gens=1, de_calib=8, de_heldout=8)
+    cfg = PruneConfig(
+        **budget,
+        epochs=1,
+        finetune=FinetuneConfig(epochs=0),
+        round_to=1,
+        progress=False,
+        bn_recalib=0,
+        batch_size=4,
+        de=DESearchConfig(pop=4, gens=1, calib=8, heldout=8),
+    )
+    data_spec = DataSpec(spec, data_kw)
     if refuses:  # a user-facing refusal (exit 2), naming the layers and the way out
         with pytest.raises(ConfigError, match="applies to no layer"):
-            prune_run(f"zoo:{net}", spec, crit, tmp_path / "run", **budget, **kw)
+            prune_run(f"zoo:{net}", data_spec, crit, cfg, tmp_path / "run")
         return
-    files = prune_run(f"zoo:{net}", spec, crit, tmp_path / "run", **budget, **kw)
+    files = prune_run(f"zoo:{net}", data_spec, crit, cfg, tmp_path / "run")
     summary = json.loads(files.summary.read_text())
     if structured:
         kept = summary["prune"]["macs_after"] / summary["prune"]["macs_before"]
