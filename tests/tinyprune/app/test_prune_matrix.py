@@ -135,7 +135,7 @@ def _zero_pset_gates(hook: TailoredHook) -> None:
 def _export(program: Path, net: str, calib_path: Path, out: Path) -> None:
     pytest.importorskip("tensorflow")
     pytest.importorskip("tflite_micro")
-    from tinyprune.model_source import load_model
+    from tinyprune.app.sources import load_model
 
     from firmware_export import ExportOptions, export
 
