@@ -111,10 +111,11 @@ def _candidate(
     return _row(name, run, json.loads((run / "summary.json").read_text()))
 
 
-def _row(name: str, run: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    t = summary.get("target", {})
-    metric = summary.get("metric_finetuned") or summary.get("metric_pruned") or {}
-    prune = summary.get("prune", {})
+def _row(name: str, run: Path, data: dict[str, Any]) -> dict[str, Any]:
+    from tinyprune.app.summary import PruneSummary
+
+    summary = PruneSummary.from_json(data)
+    t, metric, prune = summary.target or {}, summary.final_metric, summary.prune or {}
     macs = prune.get("macs_after", prune.get("macs_before"))
     return {
         "criterion": name,

@@ -187,7 +187,7 @@ def _prune_while_training(job: PruneJob, crit: Any, budget: Any) -> dict[str, An
     result = hook.freeze_(job.model)
     job.times["prune"] = time.perf_counter() - start
     out["prune"] = result.to_dict()
-    out[crit.name] = hook.summary()
+    out["hook"] = hook.summary()
     return out
 
 

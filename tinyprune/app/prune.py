@@ -15,6 +15,7 @@ from tinyprune import criteria
 from tinyprune.app.jobs import PruneJob, prune_structured_job, unstructured_job
 from tinyprune.app.runs import RunFiles, check_compatible, check_out_dir, save_run, to_model_layout
 from tinyprune.app.sources import load_model
+from tinyprune.app.summary import PruneSummary
 from tinyprune.config import DataSpec, ModelSpec, PruneConfig
 from tinyprune.criteria.base import Unstructured
 from tinyprune.errors import ConfigError
@@ -54,12 +55,13 @@ def prune_run(
         bundle.calibration_batches(min(128, len(bundle.train)), seed=cfg.seed), net
     )
     summary |= _dispatch(net, bundle, criterion, crit, cfg, calib)
+    record = PruneSummary.from_parts(summary)
     return save_run(
         Path(out),
         net,
         {"name": loaded.name, "source": spec.source},
         calib,
-        summary,
+        record.to_dict(),
         program_name="pruned.pt2",
         config={"prune": cfg.to_dict(), "model": spec.to_dict(), "data": data.to_dict()},
     )

@@ -24,7 +24,7 @@ def test_tailored_trains_with_its_hook_then_freezes_at_the_budget() -> None:
         epochs=2, finetune=FinetuneConfig(epochs=1), lr=3e-3, progress=False, round_to=1
     )
     summary = prune_structured_job(model, bundle, "tailored", Budget(target_flops=0.5), s)
-    assert summary["tailored"]["selects"] > 2  # SELECT ran repeatedly during training
+    assert summary["hook"]["selects"] > 2  # SELECT ran repeatedly during training
     assert summary["prune"]["selection"] == "greedy"
     frac = summary["prune"]["macs_after"] / summary["prune"]["macs_before"]
     assert 0.49 <= frac <= 0.5  # within 2 % of the target (one-channel granularity)
@@ -64,3 +64,18 @@ def test_fine_tuning_runs_at_its_own_learning_rate() -> None:
 def test_fine_tuning_rate_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="--finetune-lr"):
         FinetuneConfig(lr=0.0)
+
+
+def test_prune_summary_refuses_a_part_it_does_not_know() -> None:
+    from tinyprune.app.summary import SCHEMA_VERSION, PruneSummary
+    from tinyprune.errors import PruningError
+
+    with pytest.raises(PruningError, match="unknown part"):
+        PruneSummary.from_parts(
+            {"model": "m", "data": "d", "criterion": "l1", "metric_prunned": {}}
+        )
+    s = PruneSummary.from_parts(
+        {"model": "m", "data": "d", "criterion": "l1", "metric_pruned": {"a": 1.0}}
+    )
+    assert s.to_dict()["schema_version"] == SCHEMA_VERSION and "metric_trained" not in s.to_dict()
+    assert PruneSummary.from_json(s.to_dict() | {"future_field": 1}).final_metric == {"a": 1.0}

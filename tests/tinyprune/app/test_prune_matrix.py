@@ -135,9 +135,8 @@ def _zero_pset_gates(hook: TailoredHook) -> None:
 def _export(program: Path, net: str, calib_path: Path, out: Path) -> None:
     pytest.importorskip("tensorflow")
     pytest.importorskip("tflite_micro")
-    from tinyprune.app.sources import load_model
-
     from firmware_export import ExportOptions, export
+    from tinyprune.app.sources import load_model
 
     module = load_model(str(program)).module  # as `tinyprune export run/pruned.pt2` loads it
     calib = np.load(calib_path)[:16].astype(np.float32)
