@@ -127,15 +127,16 @@ def lower_bound(buffers: Sequence[Buffer]) -> int:
     return max(live_bytes(buffers), default=0)
 
 
-def _first_fit(order: Sequence[Buffer]) -> dict[int, int]:
+def _first_fit(order: Sequence[Buffer], fixed: Sequence[tuple[int, Buffer]] = ()) -> dict[int, int]:
     """Place buffers in ``order``, each at the lowest offset clearing the live placed ones.
 
     This is TFLM's ``GreedyMemoryPlanner::CalculateOffsetsIfNeeded`` loop: placed buffers are
     kept sorted by offset; the candidate starts at 0 and is pushed past every simultaneously
-    live buffer until the gap before the next one fits.
+    live buffer until the gap before the next one fits. ``fixed`` (offset, buffer) pairs are
+    placed first, as TFLM places offline-planned buffers.
     """
-    placed: list[tuple[int, Buffer]] = []  # (offset, buffer), sorted by offset
-    offsets: dict[int, int] = {}
+    placed = sorted(fixed, key=lambda p: (p[0], p[1].tensor))  # (offset, buffer) by offset
+    offsets: dict[int, int] = {b.tensor: off for off, b in placed}
     for b in order:
         candidate = 0
         for off, other in placed:
@@ -150,14 +151,23 @@ def _first_fit(order: Sequence[Buffer]) -> dict[int, int]:
     return offsets
 
 
-def greedy_plan(buffers: Sequence[Buffer]) -> MemoryPlan:
+def greedy_plan(buffers: Sequence[Buffer], fixed: dict[int, int] | None = None) -> MemoryPlan:
     """TFLM's online plan: largest first; equal sizes in reverse tensor order.
 
     TFLM fills its sort array from the tail (so in reverse requirement order) and sorts it
     with a stable bubble sort by size, descending: ties stay in reverse tensor order.
+
+    Args:
+        buffers: Buffers in requirement order (tensors by index, then kernel scratch).
+        fixed: Offline offsets (tensor -> offset) of buffers TFLM does not place itself; the
+            others (e.g. scratch) are placed online around them.
     """
-    order = sorted(reversed(list(buffers)), key=lambda b: -b.size)  # stable
-    return MemoryPlan(tuple(buffers), _first_fit(order), "tflm-greedy")
+    fixed = fixed or {}
+    pinned = [(fixed[b.tensor], b) for b in buffers if b.tensor in fixed]
+    online = [b for b in buffers if b.tensor not in fixed]
+    order = sorted(reversed(online), key=lambda b: -b.size)  # stable
+    method = "tflm-greedy" if not fixed else "offline+tflm-greedy"
+    return MemoryPlan(tuple(buffers), _first_fit(order, pinned), method)
 
 
 _ORDERS = {
@@ -182,12 +192,16 @@ def heuristic_plan(buffers: Sequence[Buffer]) -> MemoryPlan:
         for peak_first in (False, True):
             if peak_first:
                 at = peaks[0] if peaks else 0
-                order = sorted(buffers, key=lambda b, k=key, p=at: (not b.first <= p <= b.last,
-                                                                    k(b)))
+                order = sorted(
+                    buffers, key=lambda b, k=key, p=at: (not b.first <= p <= b.last, k(b))
+                )
             else:
                 order = sorted(buffers, key=key)
-            plan = MemoryPlan(tuple(buffers), _first_fit(order),
-                              f"first-fit({name}{', peak-first' if peak_first else ''})")
+            plan = MemoryPlan(
+                tuple(buffers),
+                _first_fit(order),
+                f"first-fit({name}{', peak-first' if peak_first else ''})",
+            )
             if best is None or plan.head < best.head:
                 best = plan
     assert best is not None
@@ -248,8 +262,9 @@ def _milp_plan(buffers: list[Buffer], upper: int, time_limit: float) -> MemoryPl
         options={"time_limit": time_limit, "disp": False},
     )
     if res.status != 0 or res.x is None:  # 0: proven optimal
-        log.info("MILP not proven optimal in %.0f s (%s); keeping the heuristic", time_limit,
-                 res.message)
+        log.info(
+            "MILP not proven optimal in %.0f s (%s); keeping the heuristic", time_limit, res.message
+        )
         return None
     offsets = {b.tensor: int(round(res.x[i])) * ALIGN for i, b in enumerate(buffers)}
     return MemoryPlan(tuple(buffers), offsets, "milp", proven_optimal=True)
@@ -268,8 +283,10 @@ def validate_plan(plan: MemoryPlan, align: int = ALIGN) -> None:
     for b in plan.buffers:
         off = plan.offsets.get(b.tensor)
         if off is None or off < 0 or off % align:
-            msg = f"memory plan invalid: tensor {b.tensor} offset {off!r} is not a {align}-byte " \
-                  "aligned offset >= 0"
+            msg = (
+                f"memory plan invalid: tensor {b.tensor} offset {off!r} is not a {align}-byte "
+                "aligned offset >= 0"
+            )
             raise ExportError(msg, stage="memory-plan")
     if not plan.buffers:
         return
@@ -289,3 +306,21 @@ def validate_plan(plan: MemoryPlan, align: int = ALIGN) -> None:
                 raise ExportError(msg, stage="memory-plan")
             if off + b.size > reach:
                 reach, owner = off + b.size, b
+
+
+def variable_tensors(model_bytes: bytes) -> frozenset[int]:
+    """Indices of the main subgraph's variable tensors (``is_variable`` in the schema)."""
+    from firmware_export.tflite_model import _schema
+
+    sg = _schema().Model.GetRootAs(bytearray(model_bytes), 0).Subgraphs(0)
+    return frozenset(i for i in range(sg.TensorsLength()) if sg.Tensors(i).IsVariable())
+
+
+def scratch_buffers(model: TfliteModel, scratch: dict[int, int]) -> list[Buffer]:
+    """Kernel scratch (op index -> bytes) as one-step buffers after the tensors, as TFLM adds
+    them to its planner; their keys are ``len(model.tensors) + k``."""
+    base = len(model.tensors)
+    return [
+        Buffer(base + k, align_up(size), op, op)
+        for k, (op, size) in enumerate(sorted(scratch.items()))
+    ]

@@ -50,8 +50,10 @@ class ExportOptions:
     tflm_tolerance_lsb: int = 0  # LiteRT reference kernels vs TFLM: bit-exact by default
     float_tolerance: float = 1e-3  # relative max-abs error torch vs ONNX vs TFLite float
     min_cosine: float = 0.90  # int8 vs float output cosine similarity floor
-    arena_margin_fraction: float = 0.10  # added to the measured arena for 32-bit targets + CMSIS-NN
-    arena_margin_min_bytes: int = 1024
+    # explicit extra on top of the computed arena (32-bit head + tail + CMSIS-NN scratch)
+    arena_margin_fraction: float = 0.0
+    arena_margin_min_bytes: int = 0
+    memory_plan: str = "auto"  # auto | offline | online (firmware_export.arena_plan)
     name: str | None = None  # C identifier stem; default: the model's name
 
     def __post_init__(self) -> None:
@@ -68,6 +70,12 @@ class ExportOptions:
             or not 0 <= self.min_cosine <= 1
         ):
             msg = "tolerances must be non-negative (float tolerance > 0, min cosine in [0, 1])"
+            raise ConfigError(msg)
+        if self.memory_plan not in ("auto", "offline", "online"):
+            msg = f"memory_plan must be auto, offline or online, got {self.memory_plan!r}"
+            raise ConfigError(msg)
+        if self.arena_margin_fraction < 0 or self.arena_margin_min_bytes < 0:
+            msg = "the arena margin must be >= 0 (it is an extra on top of the computed arena)"
             raise ConfigError(msg)
 
 
@@ -166,6 +174,8 @@ def _run_stages(
     else:
         inputs, files = _convert_torch_or_onnx(loaded, samples, profile, opts, work, timer)
     done = analyze_and_report(inputs, opts, timer)
+    if done.model_bytes != inputs.model_bytes:  # the offline memory plan was embedded
+        (work / "model_int8.tflite").write_bytes(done.model_bytes)
     if done.sources is not None:
         (work / "model_data.h").write_text(done.sources.header)
         (work / "model_data.cc").write_text(done.sources.source)
@@ -221,6 +231,7 @@ def _convert_torch_or_onnx(
         profile=profile,
         rewrites=tuple(rewrites),
         calib_count=min(len(samples), opts.calib_cap),
+        can_embed_plan=True,
     )
     files = {
         "onnx": "model.onnx",
@@ -262,6 +273,7 @@ def _convert_keras(
         calib_count=min(len(samples), opts.calib_cap),
         float_reference=reference[:n],
         channels_last=True,
+        can_embed_plan=True,
     )
     return inputs, {"tflite": "model_int8.tflite"}
 

@@ -57,9 +57,17 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--arena-margin",
         type=float,
-        default=0.10,
+        default=0.0,
         metavar="FRACTION",
-        help="margin added to the measured TFLM arena in the header (32-bit targets, CMSIS-NN)",
+        help="explicit extra fraction on top of the header's computed arena (32-bit head + "
+        "tail + CMSIS-NN scratch)",
+    )
+    p.add_argument(
+        "--memory-plan",
+        choices=("auto", "offline", "online"),
+        default="auto",
+        help="embed an optimal offline arena plan in the model: auto = when it beats TFLM's "
+        "online planner, offline = always, online = never",
     )
     p.add_argument("--name", default=None, help="C identifier stem (default: the model's name)")
 
@@ -72,6 +80,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
         float_tolerance=args.float_tolerance,
         min_cosine=args.min_cosine,
         arena_margin_fraction=args.arena_margin,
+        memory_plan=getattr(args, "memory_plan", "auto"),
         name=args.name,
         **extra,
     )
