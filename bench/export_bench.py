@@ -193,6 +193,7 @@ def measure(case: Case, repeats: int, n_calib: int, out: Path) -> dict[str, Any]
         "smallest": report["arena_bytes"],
         "lower": arena["lower_bound_bytes"],
         "measured": arena.get("measured", True),
+        "plan": arena.get("plan"),
     }
 
 
@@ -241,7 +242,16 @@ def render(rows: list[tuple[Case, dict[str, Any] | str]], repeats: int) -> str:
             + " | ".join(f"{st[f'{w}_{s}']:.2f}" for w in ("tp", "bare") for s in CONVERSION_STAGES)
             + " |"
         )
-    return "\n".join(lines + stage_lines)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from memory_cases import render_memory, row_from_report
+
+    plans = {
+        c.name: row_from_report(m["plan"])
+        for c, m in rows
+        if not isinstance(m, str) and m.get("plan")
+    }
+    memory = ["", "Arena plan (export defaults: --memory-plan auto):", "", render_memory(plans)]
+    return "\n".join(lines + stage_lines + (memory if plans else []))
 
 
 def warm_up(case: Case, n_calib: int, out: Path) -> None:
@@ -271,7 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="only the smallest model")
     p.add_argument("--calib", type=int, default=16, help="calibration samples (seeded Gaussian)")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the arena table (online/offline head, bound, tails, smallest arenas) on "
+        "tiny_cnn, resnet20 w8/w16, mobilenetv2 x0.35, ds_cnn, deepphys, tscan",
+    )
+    p.add_argument(
+        "--models-dir", type=Path, default=None, help="--memory: cache of converted .tflite files"
+    )
     args = p.parse_args(argv)
+    if args.memory:
+        return memory_main(args.models_dir)
     if args.repeats < 1 or args.calib < 1:
         p.error(f"--repeats and --calib must be >= 1, got {args.repeats} and {args.calib}")
     out = args.out or Path(tempfile.mkdtemp(prefix="export-bench-"))
@@ -290,6 +311,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)
     print(render(rows, args.repeats))
+    return 0
+
+
+def memory_main(cache: Path | None) -> int:
+    """The ``--memory`` table; one broken model does not hide the others' rows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from memory_cases import memory_cases, memory_row, render_memory
+
+    rows: dict[str, dict[str, Any] | str] = {}
+    for name in memory_cases():
+        print(f"[bench] memory: {name}", file=sys.stderr, flush=True)
+        try:
+            rows[name] = memory_row(name, cache)
+        except Exception as e:  # noqa: BLE001
+            rows[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
+    print(render_memory(rows))
     return 0
 
 

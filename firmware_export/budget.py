@@ -33,6 +33,7 @@ _OPTIONAL = {
     "runtime_flash_bytes": int,
     "latency_ms": (int, float),
     "description": str,
+    "cmsis_nn_isa": str,
 }
 
 
@@ -50,6 +51,7 @@ class DeviceProfile:
     runtime_flash_bytes: int = 0
     latency_ms: float | None = None
     description: str = ""
+    cmsis_nn_isa: str = ""  # CMSIS-NN code path: none (M0/M3), dsp (M4/M7), mve (M55/M85)
     source: str = ""  # file the profile was read from
 
 
@@ -189,6 +191,9 @@ def _check_values(path: Path, p: DeviceProfile) -> None:
             raise ConfigError(msg)
     if p.runtime_flash_bytes < 0:
         msg = f"{where}: key 'runtime_flash_bytes' must be >= 0, got {p.runtime_flash_bytes}"
+        raise ConfigError(msg)
+    if p.cmsis_nn_isa not in ("", "none", "dsp", "mve"):
+        msg = f"{where}: key 'cmsis_nn_isa' must be none, dsp or mve, got {p.cmsis_nn_isa!r}"
         raise ConfigError(msg)
     if p.latency_ms is not None and p.cycles_per_mac is None:
         msg = f"{where}: key 'latency_ms' needs 'cycles_per_mac' to estimate the latency"

@@ -23,8 +23,10 @@ class ExportOptions:
     tflm_tolerance_lsb: int = 0  # LiteRT reference kernels vs TFLM: bit-exact by default
     float_tolerance: float = 1e-3  # relative max-abs error torch vs ONNX vs TFLite float
     min_cosine: float = 0.90  # int8 vs float output cosine similarity floor
-    arena_margin_fraction: float = 0.10  # added to the measured arena for 32-bit targets + CMSIS-NN
-    arena_margin_min_bytes: int = 1024
+    # explicit extra on top of the computed arena (32-bit head + tail + CMSIS-NN scratch)
+    arena_margin_fraction: float = 0.0
+    arena_margin_min_bytes: int = 0
+    memory_plan: str = "auto"  # auto | offline | online (firmware_export.arena_plan)
     name: str | None = None  # C identifier stem; default: the model's name
     trust_model_code: bool = False  # load Keras models whose layers carry code (Lambda...)
     output: int | None = None  # export only this output of a multi-output model (--output)
@@ -55,6 +57,12 @@ class ExportOptions:
                 f"min cosine {self.min_cosine}, TFLM tolerance {self.tflm_tolerance_lsb}, "
                 f"arena margin {self.arena_margin_fraction}"
             )
+            raise ConfigError(msg)
+        if self.memory_plan not in ("auto", "offline", "online"):
+            msg = f"memory_plan must be auto, offline or online, got {self.memory_plan!r}"
+            raise ConfigError(msg)
+        if self.arena_margin_min_bytes < 0:
+            msg = "the arena margin must be >= 0 (it is an extra on top of the computed arena)"
             raise ConfigError(msg)
         if self.min_centred_cosine is not None and not -1 <= self.min_centred_cosine <= 1:
             msg = f"min centred cosine must be in [-1, 1], got {self.min_centred_cosine}"

@@ -137,6 +137,8 @@ def _run_stages(
     else:
         inputs, files = _convert_torch_or_onnx(loaded, samples, profile, opts, work, timer)
     done = analyze_and_report(inputs, opts, timer)
+    if done.model_bytes != inputs.model_bytes:  # the offline memory plan was embedded
+        (work / "model_int8.tflite").write_bytes(done.model_bytes)
     if done.sources is not None:
         (work / "model_data.h").write_text(done.sources.header)
         (work / "model_data.cc").write_text(done.sources.source)
@@ -197,6 +199,7 @@ def _convert_torch_or_onnx(
         profile=profile,
         rewrites=tuple(rewrites),
         calib_count=min(len(samples), opts.calib_cap),
+        can_embed_plan=True,
     )
     files = {
         "onnx": "model.onnx",
@@ -242,6 +245,7 @@ def _convert_keras(
         calib_count=min(len(samples), opts.calib_cap),
         float_reference=reference[:n],
         channels_last=True,
+        can_embed_plan=True,
     )
     return inputs, {"tflite": "model_int8.tflite"}
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from firmware_export.analyze import LayerRow, LintIssue, ModelAnalysis
 from firmware_export.budget import BudgetReport, DeviceProfile
+from firmware_export.report_memory import arena_rows, memory_svg, tail_table
 from firmware_export.tflite_model import TensorInfo
 from tinyprune.fileio import write_text_atomic
 
@@ -76,6 +77,7 @@ def build_report_dict(
     verify: Mapping[str, Any],
     lint: Iterable[LintIssue] = (),
     extra: Mapping[str, Any] | None = None,
+    arena_header_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Assemble ``report.json``'s content.
 
@@ -90,6 +92,8 @@ def build_report_dict(
         lint: quantization issues found by :func:`firmware_export.analyze.lint_int8`.
         extra: more metadata (tinyprune version, sha256, criterion, ...); merged first, so
             a key of the same name as a figure above never replaces that figure.
+        arena_header_bytes: the header's arena constant when it is computed for the target
+            (32-bit head + tail + scratch + margin); default ``arena_bytes + margin``.
 
     Returns:
         A JSON-serialisable dict with at least flash_bytes, arena_bytes, macs, params, ops,
@@ -108,7 +112,11 @@ def build_report_dict(
             "arena_bytes": arena_bytes,
             "arena_margin_bytes": arena_margin_bytes,
             "arena_margin_reason": arena_margin_reason,
-            "arena_header_bytes": arena_bytes + arena_margin_bytes,
+            "arena_header_bytes": (
+                arena_bytes + arena_margin_bytes
+                if arena_header_bytes is None
+                else arena_header_bytes
+            ),
             **_analysis_figures(analysis),
             "budget": budget.to_dict(),
             "budget_ok": budget.ok,
@@ -191,6 +199,7 @@ def _tables(report: Mapping[str, Any], analysis: ModelAnalysis) -> dict[str, Tab
             "arena margin bytes",
             f"{_fmt(report['arena_margin_bytes'])} ({report['arena_margin_reason']})",
         ],
+        *arena_rows(report),
         ["activation lower bound bytes", _fmt(report["activation_lower_bound_bytes"])],
         ["MACs (FLOPs = 2 x MACs)", _fmt(report["macs"])],
         ["non-zero MACs", _fmt(report["nonzero_macs"])],
@@ -230,6 +239,7 @@ def _tables(report: Mapping[str, Any], analysis: ModelAnalysis) -> dict[str, Tab
         "Summary": (["figure", "value"], summary),
         "Budget": (["resource", "used", "limit", "unit", "ok", "kind", "note"], budget),
         "Verification": verify,
+        "Arena tail and scratch": tail_table(report),
         "Quantization lint": (["severity", "tensor", "op", "message"], lint),
         "Layers": (
             [
@@ -354,6 +364,9 @@ def render_html(report: Mapping[str, Any], analysis: ModelAnalysis) -> str:
             )
             parts.append(f"<tr>{cells}</tr>")
         parts.append("</table>")
+    svg = memory_svg(report)
+    if svg:
+        parts += ["<h2>Arena per op step</h2>", svg]
     parts += [
         "<h2>Per-layer plot</h2>",
         f'<img alt="MACs and activation bytes per layer" src="data:image/png;base64,{png}">',

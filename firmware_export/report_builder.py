@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import math
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from torch import nn
 
 from firmware_export.analyze import ModelAnalysis, analyze_tflite, lint_int8
+from firmware_export.arena_plan import ArenaPlan, plan_arena
 from firmware_export.budget import BudgetReport, DeviceProfile, check_budget
 from firmware_export.c_array import CModelInfo, CSource, TensorSpec, to_c_source
 from firmware_export.checks import VerifyInputs, lint_gate, run_verification
 from firmware_export.tflite_model import TfliteModel, parse_tflite
-from firmware_export.tflm import check_ops, measure_arena, tflm_builtin_ops
+from firmware_export.tflm import check_ops, tflm_builtin_ops
 
 if TYPE_CHECKING:
     from firmware_export.pipeline import ExportOptions
@@ -49,17 +50,20 @@ class ReportInputs:
     channels_last: bool = False  # samples are already NHWC (Keras sources)
     select: int | None = None  # --output: the module's output that was exported
     output_info: tuple[dict[str, Any], ...] = ()  # per exported output: label, origin, ...
+    can_embed_plan: bool = False  # the caller ships the returned bytes (export, not report)
 
 
 @dataclass(frozen=True)
 class ArenaFigures:
-    """Measured arena, the margin added for the device, and the analytical lower bound."""
+    """Measured arena, the header's arena for the device, and the analytical lower bound."""
 
     measured: int | None  # TFLM recording allocator on this host (None: TFLM can't run it)
-    smallest: int | None  # bisection: smallest arena TFLM runs in
+    smallest: int | None  # bisection: smallest arena TFLM runs the shipped model in
     lower_bound: int  # peak of live activation bytes in execution order
-    margin: int
+    margin: int  # the explicit --arena-margin extra
     margin_reason: str
+    plan: ArenaPlan | None = None  # None when TFLM cannot run the model
+    device_bytes: int | None = None  # computed arena for the target (before the margin)
 
     @property
     def base(self) -> int:
@@ -67,9 +71,14 @@ class ArenaFigures:
         return self.smallest if self.smallest is not None else self.lower_bound
 
     @property
+    def device(self) -> int:
+        """The computed arena for the 32-bit target (head + tail + scratch), before the margin."""
+        return self.device_bytes if self.device_bytes is not None else self.lower_bound
+
+    @property
     def for_device(self) -> int:
-        """What the header tells firmware to allocate: the base plus the margin."""
-        return self.base + self.margin
+        """What the header tells firmware to allocate: the device figure plus the margin."""
+        return self.device + self.margin
 
 
 def tinyprune_version() -> str:
@@ -83,27 +92,56 @@ def tinyprune_version() -> str:
 
 
 def arena_figures(
-    model_bytes: bytes, analysis: ModelAnalysis, runnable: bool, fraction: float, minimum: int
+    model_bytes: bytes,
+    analysis: ModelAnalysis,
+    runnable: bool,
+    fraction: float,
+    minimum: int,
+    *,
+    mode: str = "auto",
+    profile: DeviceProfile | None = None,
+    can_embed: bool = True,
 ) -> ArenaFigures:
-    """Measure the arena on TFLM (when it can run the model) and add the device margin."""
-    measured = smallest = None
+    """Plan and measure the arena on TFLM (when it can run the model), add the explicit margin.
+
+    The device figure is head + 32-bit tail + CMSIS-NN scratch
+    (:mod:`firmware_export.arena_plan`); the margin is ``max(minimum, fraction x device)``
+    rounded to 16 B, 0 by default.
+    """
+    plan = None
+    tflm_target = profile is None or profile.runtime == "tflm"
     if runnable:
-        m = measure_arena(model_bytes)
-        measured, smallest = m.recorded_bytes, m.smallest_bytes
-    base = smallest if smallest is not None else analysis.activation_lower_bound_bytes
-    margin = max(minimum, math.ceil(base * fraction))
-    margin = (margin + 15) // 16 * 16
-    reason = (
-        f"max({minimum} B, {fraction:.0%} of the measured arena), rounded to 16 B: the host "
-        "measurement uses 64-bit pointers and TFLM's reference kernels; a 32-bit Cortex-M with "
-        "optimized kernels (CMSIS-NN) needs scratch buffers the host does not"
-    )
-    if measured is None:
-        reason = (
-            "TFLM cannot run this model; the base is the analytical lower bound, an estimate. "
-            + reason
+        name = profile.name if profile is not None else "cortex-m4"
+        isa = profile.cmsis_nn_isa if profile is not None else ""
+        plan = plan_arena(
+            model_bytes,
+            mode if tflm_target else "online",
+            name,
+            isa,
+            can_embed=can_embed and tflm_target,
         )
-    return ArenaFigures(measured, smallest, analysis.activation_lower_bound_bytes, margin, reason)
+    device = plan.device_bytes if plan is not None else analysis.activation_lower_bound_bytes
+    if plan is not None and not tflm_target:  # a 64-bit LiteRT board: the host figure holds
+        device = plan.shipped.smallest_bytes
+    margin = max(minimum, math.ceil(device * fraction)) if fraction or minimum else 0
+    margin = (margin + 15) // 16 * 16
+    reason = f"explicit --arena-margin: max({minimum} B, {fraction:.0%}), rounded to 16 B"
+    if plan is None:
+        reason = (
+            "TFLM cannot run this model; the base is the analytical lower bound, an estimate "
+            "(no tail, no scratch). " + reason
+        )
+        return ArenaFigures(None, None, analysis.activation_lower_bound_bytes, margin, reason)
+    shipped = plan.shipped
+    return ArenaFigures(
+        shipped.recorded_bytes,
+        shipped.smallest_bytes,
+        analysis.activation_lower_bound_bytes,
+        margin,
+        reason,
+        plan,
+        device,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,6 +152,7 @@ class Analysed:
     analysis: ModelAnalysis
     budget: BudgetReport
     sources: CSource | None
+    model_bytes: bytes  # the model as shipped (with the offline memory plan when embedded)
 
 
 def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) -> Analysed:
@@ -153,7 +192,13 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
             runnable,
             opts.arena_margin_fraction,
             opts.arena_margin_min_bytes,
+            mode=opts.memory_plan,
+            profile=inp.profile,
+            can_embed=inp.can_embed_plan,
         )
+    if arena.plan is not None and arena.plan.embedded:
+        inp = replace(inp, model_bytes=arena.plan.model_bytes)
+        analysis = analyze_tflite(inp.model_bytes)  # flash: the planned file is a little larger
     sources = c_sources(inp, analysis, arena, ops) if runnable else None
     io_bytes = sum(t.nbytes for t in (*analysis.inputs, *analysis.outputs))
     budget = check_budget(
@@ -173,9 +218,10 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
         verify=verify,
         lint=lint,
         extra=_extra(inp, arena, ops, runnable, analysis, parsed),
+        arena_header_bytes=arena.for_device,
     )
     _label_outputs(report, inp)
-    return Analysed(report, analysis, budget, sources)
+    return Analysed(report, analysis, budget, sources, inp.model_bytes)
 
 
 def _extra(
@@ -213,6 +259,7 @@ def _extra(
             "margin_bytes": arena.margin,
             "header_bytes": arena.for_device,
             "measured": arena.measured is not None,
+            "plan": arena.plan.to_report() if arena.plan is not None else None,
         },
         "float_ops": float_ops(parsed),
         "sparsity_note": _sparsity_note(analysis, p.runtime),
@@ -282,11 +329,31 @@ def c_sources(
         arena_bytes=arena.base,
         arena_margin_bytes=arena.margin,
         arena_margin_reason=arena.margin_reason,
+        arena_parts=header_arena_parts(arena),
         tflm_ops=tuple(ops),
         tinyprune_version=tinyprune_version(),
         sha256=_sha(inp.model_bytes),
     )
     return to_c_source(inp.model_bytes, info)
+
+
+def header_arena_parts(arena: ArenaFigures) -> tuple[tuple[str, int, str], ...]:
+    """The header's arena constant as (name, bytes, what) parts that sum to it."""
+    p = arena.plan
+    if p is None or arena.device != p.device_bytes:  # LiteRT targets: the host figure holds
+        return ()
+    which = "offline plan embedded in the model" if p.embedded else "TFLM's online greedy plan"
+    return (
+        ("Head", p.plan.head, f"tensor head, {which}"),
+        (
+            "Scratch",
+            p.device_head - p.plan.head,
+            f"CMSIS-NN ({p.isa}) scratch above the head, largest per op {p.scratch_peak} B, "
+            "placed beside the tensors by TFLM's planner",
+        ),
+        ("Tail", p.tail_32bit, "persistent tail computed for 32-bit pointers"),
+        ("Margin", arena.margin, "explicit --arena-margin"),
+    )
 
 
 def _sha(data: bytes) -> str:

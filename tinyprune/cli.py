@@ -92,7 +92,15 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=d.arena_margin_fraction,
         metavar="FRACTION",
-        help="margin added to the measured TFLM arena in the header (32-bit targets, CMSIS-NN)",
+        help="explicit extra fraction on top of the header's computed arena (32-bit head + "
+        "tail + CMSIS-NN scratch)",
+    )
+    p.add_argument(
+        "--memory-plan",
+        choices=("auto", "offline", "online"),
+        default=d.memory_plan,
+        help="embed an optimal offline arena plan in the model: auto = when it beats TFLM's "
+        "online planner, offline = always, online = never",
     )
     p.add_argument("--name", default=d.name, help="C identifier stem (default: the model's name)")
     p.add_argument(
@@ -112,6 +120,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
         min_cosine=args.min_cosine,
         min_centred_cosine=args.min_centred_cosine,
         arena_margin_fraction=args.arena_margin,
+        memory_plan=args.memory_plan,
         name=args.name,
         trust_model_code=args.trust_model_code,
         **extra,

@@ -100,12 +100,19 @@ def test_c_array_round_trips_and_compiles(cnn_run: Path, tmp_path: Path) -> None
     )
 
 
-def test_header_arena_is_measured_plus_margin_and_tflm_runs_in_it(cnn_run: Path) -> None:
+def test_header_arena_is_the_computed_device_arena_and_tflm_runs_in_the_host_one(
+    cnn_run: Path,
+) -> None:
     report = json.loads((cnn_run / "report.json").read_text())
     arena = report["arena"]
     model = (cnn_run / "model_int8.tflite").read_bytes()
-    assert arena["header_bytes"] == report["arena_bytes"] + report["arena_margin_bytes"]
-    assert f"{arena['header_bytes']}" in (cnn_run / "model_data.h").read_text()
+    plan = arena["plan"]
+    assert arena["header_bytes"] == plan["device_bytes"] + report["arena_margin_bytes"]
+    assert plan["device_bytes"] == plan["device_head_bytes"] + plan["tail_32bit_bytes"]
+    assert report["arena_margin_bytes"] == 0  # --arena-margin is an explicit extra, default 0
+    header = (cnn_run / "model_data.h").read_text()
+    assert f"ArenaSize = {arena['header_bytes']};" in header
+    assert f"ArenaHostSize = {report['arena_bytes']};" in header
     assert tflm_runs_in(model, report["arena_bytes"])
     assert not tflm_runs_in(model, report["arena_bytes"] - 256)
     assert arena["lower_bound_bytes"] <= report["arena_bytes"]
