@@ -174,9 +174,12 @@ def _weights_only_torch_load() -> Iterator[None]:
 
 def load_exported_program(path: Path) -> nn.Module:
     """Load a ``.pt2`` written by ``torch.export.save`` as a runnable module (safely)."""
+    from tinyprune.safe_load import load_pt2
+
     try:
-        with _weights_only_torch_load():
-            program = torch.export.load(str(path))
+        program = load_pt2(path)  # inspects the archive first: no pickles, no code
+    except ConfigError:
+        raise
     except Exception as e:
         msg = (
             f"cannot load exported program {str(path)!r}: {type(e).__name__}: {e}. "
