@@ -73,7 +73,13 @@ def export_onnx(module: nn.Module, sample: np.ndarray, path: Path) -> list[str]:
             do_constant_folding=True,
         )
     except Exception as e:
-        msg = f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+        from firmware_export.model_checks import clean_message, onnx_export_unsupported
+
+        unsupported = onnx_export_unsupported(model, sample, e)
+        if unsupported is not None:
+            raise unsupported from e
+        first = clean_message((str(e).strip().splitlines() or [""])[0])
+        msg = f"torch.onnx.export failed: {type(e).__name__}: {first}"
         raise ExportError(msg, stage="onnx") from e
     proto = simplify(onnx.load_from_string(buf.getvalue()))
     rewrites += rewrite_onnx(proto)
@@ -91,8 +97,10 @@ def load_onnx(path: Path) -> tuple[object, tuple[int, ...]]:
     """Read a user's ``.onnx`` file; return the proto with batch fixed to 1 and the sample shape."""
     import onnx
 
+    from tinyprune.safe_load import load_onnx_file
+
+    proto = load_onnx_file(path)  # external data only from inside the model's folder
     try:
-        proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
     except Exception as e:
         msg = f"cannot read ONNX model {str(path)!r}: {type(e).__name__}: {str(e).splitlines()[0]}"
