@@ -84,7 +84,7 @@ def test_non_finite_float_tolerance_is_refused(
 ) -> None:
     calib = _calib(tmp_path, (1, 16))
     out = tmp_path / "run"
-    assert _export(f"{MODELS}:fft", calib, out, "--float-tolerance", value) == 2
+    assert _export(f"{MODELS}:fft", calib, out, f"--float-tolerance={value}") == 2
     assert "finite" in _error(capsys) and not out.exists()
 
 
