@@ -103,14 +103,28 @@ def load_onnx(path: Path) -> tuple[object, tuple[int, ...]]:
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
-        msg = f"cannot read ONNX model {str(path)!r}: {type(e).__name__}: {str(e).splitlines()[0]}"
+        first = (str(e).strip().splitlines() or [""])[0]
+        msg = f"cannot read ONNX model {str(path)!r}: {type(e).__name__}: {first}"
         raise ConfigError(msg) from e
+    try:
+        return _static_single_input(proto, path)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a checked but inconsistent graph (bad initializers)
+        msg = f"cannot use ONNX model {str(path)!r}: {type(e).__name__}: {e}"[:500]
+        raise ConfigError(msg) from e
+
+
+def _static_single_input(proto: Any, path: Path) -> tuple[object, tuple[int, ...]]:
     init_names = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init_names]
     if len(inputs) != 1:
         msg = f"{str(path)!r} has {len(inputs)} inputs; tinyprune exports single-input models"
         raise ConfigError(msg)
     dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) < 2:
+        msg = f"{str(path)!r}: input {inputs[0].name!r} has rank {len(dims)}; expected (N, C, ...)"
+        raise ConfigError(msg)
     dims[0].ClearField("dim_param")
     dims[0].dim_value = 1
     shape = tuple(int(d.dim_value) for d in dims[1:])

@@ -152,7 +152,7 @@ def load_npy(path: str | os.PathLike[str], *, what: str = "array") -> Any:
         raise ConfigError(msg)
     try:
         data = np.load(src, allow_pickle=False)
-    except (ValueError, OSError, EOFError, TypeError, SyntaxError, MemoryError, OverflowError) as e:
+    except Exception as e:  # noqa: BLE001 - numpy raises many types on corrupt headers
         msg = f"cannot read {what} file {str(src)!r} as a .npy array ({e}); save it with numpy.save"
         raise ConfigError(msg) from e
     if not isinstance(data, np.ndarray):  # .npz archives
