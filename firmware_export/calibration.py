@@ -7,11 +7,17 @@ channels-last, so the samples are transposed to NHWC / NDHWC for TensorFlow and 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from tinyprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Fewer calibration samples than this get a warning (int8 ranges from too little data).
+MIN_CALIB_SAMPLES = 16
 
 
 def load_calibration(path: str | Path) -> np.ndarray:
@@ -19,19 +25,10 @@ def load_calibration(path: str | Path) -> np.ndarray:
 
     See :func:`check_calibration`.
     """
+    from tinyprune.safe_load import load_npy
+
     p = Path(path)
-    if not p.is_file():
-        msg = f"calibration file {str(p)!r} does not exist"
-        raise ConfigError(msg)
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        msg = (
-            f"cannot read calibration file {str(p)!r} as a .npy array ({e}); "
-            "save it with numpy.save"
-        )
-        raise ConfigError(msg) from e
-    return check_calibration(data, source=str(p))
+    return check_calibration(load_npy(p, what="calibration"), source=str(p))
 
 
 def check_calibration(data: np.ndarray, *, source: str = "calibration data") -> np.ndarray:
@@ -50,6 +47,7 @@ def check_calibration(data: np.ndarray, *, source: str = "calibration data") -> 
             f"{source}: the calibration set is empty (shape {data.shape}); give at least one sample"
         )
         raise ConfigError(msg)
+    _warn_dtype_and_count(data, source)
     data = np.ascontiguousarray(data, dtype=np.float32)
     bad = ~np.isfinite(data)
     if bad.any():
@@ -60,6 +58,25 @@ def check_calibration(data: np.ndarray, *, source: str = "calibration data") -> 
         )
         raise ConfigError(msg)
     return data
+
+
+def _warn_dtype_and_count(data: np.ndarray, source: str) -> None:
+    """Warn on integer samples (cast to float32 as they are) and on tiny calibration sets."""
+    if data.dtype.kind in "iu":
+        log.warning(
+            "%s: calibration samples are %s, not float; they are cast to float32 unscaled "
+            "(divide by 255 or normalise them first if the model was trained on scaled inputs)",
+            source,
+            data.dtype,
+        )
+    if len(data) < MIN_CALIB_SAMPLES:
+        log.warning(
+            "%s: only %d calibration sample(s); int8 ranges calibrated on fewer than %d samples "
+            "are often too narrow for real inputs (give a few hundred representative samples)",
+            source,
+            len(data),
+            MIN_CALIB_SAMPLES,
+        )
 
 
 def check_against_model(

@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -50,6 +51,25 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # deterministic float kernels
 
 
+def _raise_convert_error(e: BaseException, log_text: str, onnx_path: Path) -> NoReturn:
+    """Exit 2 for a full disk, 4 for a node onnx2tf cannot convert, else a clean ExportError."""
+    from firmware_export.model_checks import clean_message, onnx2tf_unsupported
+    from firmware_export.publish import disk_error
+
+    disk = disk_error(e, onnx_path.parent.parent)
+    if disk is not None:
+        raise disk from e
+    unsupported = onnx2tf_unsupported(log_text, e, onnx_path)
+    if unsupported is not None:
+        raise unsupported from e
+    tail = " | ".join(line.strip() for line in log_text.splitlines()[-6:] if line.strip())
+    msg = clean_message(
+        f"onnx2tf could not convert the ONNX model ({type(e).__name__}: {e}). onnx2tf said: {tail}",
+        onnx_path.parent,
+    )
+    raise ExportError(msg, stage="convert") from e
+
+
 def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: np.ndarray) -> Path:
     """Convert ``onnx_path`` into a SavedModel at ``out_dir``.
 
@@ -81,14 +101,7 @@ def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: 
     except BaseException as e:  # onnx2tf calls sys.exit(1) on failure
         if isinstance(e, KeyboardInterrupt):
             raise
-        tail = " | ".join(
-            line.strip() for line in captured.getvalue().splitlines()[-6:] if line.strip()
-        )
-        msg = (
-            f"onnx2tf could not convert the ONNX model ({type(e).__name__}: {e}). "
-            f"onnx2tf said: {tail}"
-        )
-        raise ExportError(msg, stage="convert") from e
+        _raise_convert_error(e, captured.getvalue(), onnx_path)
     log.debug("onnx2tf output:\n%s", captured.getvalue())
     float_tflite = out_dir / f"{onnx_path.stem}_float32.tflite"
     if not (out_dir / "saved_model.pb").is_file() or not float_tflite.is_file():

@@ -98,7 +98,13 @@ def export_onnx(
             do_constant_folding=True,
         )
     except Exception as e:
-        msg = f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+        from firmware_export.model_checks import clean_message, onnx_export_unsupported
+
+        unsupported = onnx_export_unsupported(model, sample, e)
+        if unsupported is not None:
+            raise unsupported from e
+        first = clean_message((str(e).strip().splitlines() or [""])[0])
+        msg = f"torch.onnx.export failed: {type(e).__name__}: {first}"
         raise ExportError(msg, stage="onnx") from e
     proto = simplify(onnx.load_from_string(buf.getvalue()))
     rewrites += rewrite_onnx(proto)
@@ -117,18 +123,34 @@ def load_onnx(path: Path, select: int | None = None) -> tuple[object, tuple[int,
     """
     import onnx
 
+    from tinyprune.safe_load import load_onnx_file
+
+    proto = load_onnx_file(path)  # external data only from inside the model's folder
     try:
-        proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
     except Exception as e:
-        msg = f"cannot read ONNX model {str(path)!r}: {type(e).__name__}: {str(e).splitlines()[0]}"
+        first = (str(e).strip().splitlines() or [""])[0]
+        msg = f"cannot read ONNX model {str(path)!r}: {type(e).__name__}: {first}"
         raise ConfigError(msg) from e
+    try:
+        return _static_single_input(proto, path)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a checked but inconsistent graph (bad initializers)
+        msg = f"cannot use ONNX model {str(path)!r}: {type(e).__name__}: {e}"[:500]
+        raise ConfigError(msg) from e
+
+
+def _static_single_input(proto: Any, path: Path) -> tuple[object, tuple[int, ...]]:
     init_names = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init_names]
     if len(inputs) != 1:
         msg = f"{str(path)!r} has {len(inputs)} inputs; tinyprune exports single-input models"
         raise ConfigError(msg)
     dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) < 2:
+        msg = f"{str(path)!r}: input {inputs[0].name!r} has rank {len(dims)}; expected (N, C, ...)"
+        raise ConfigError(msg)
     dims[0].ClearField("dim_param")
     dims[0].dim_value = 1
     shape = tuple(int(d.dim_value) for d in dims[1:])

@@ -129,6 +129,10 @@ def _spawn(
                 f"process and was killed; raise the timeout or use a smaller model/input"
             )
             raise ExportError(msg, stage=stage) from e
+        except BaseException:  # interrupted (SIGINT/SIGTERM): the child must not outlive us
+            proc.kill()
+            proc.wait()
+            raise
     logger.debug("isolated %s exited with %d", fn.__qualname__, proc.returncode)
     return proc.returncode
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,9 +23,11 @@ import numpy as np
 from torch import nn
 
 from firmware_export import calibration as calib_io
+from firmware_export import publish as publishing
 from firmware_export.budget import DeviceProfile, load_profile
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
+from firmware_export.model_checks import check_finite_module, check_finite_onnx
 from firmware_export.options import ExportOptions
 from firmware_export.outputs import check_output_shapes, onnx_outputs, outputs_of
 from firmware_export.report_builder import ReportInputs, analyze_and_report
@@ -37,6 +38,24 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[str], None]
 
+
+#: Every artifact name an export may publish -> whether it is a folder (collision check).
+ARTIFACT_KINDS = {
+    name: name == "saved_model"
+    for name in (
+        "model.onnx",
+        "saved_model",
+        "model_int8.tflite",
+        "model_float32.tflite",
+        "model_int8_sparse.tflite",
+        "model_data.h",
+        "model_data.cc",
+        "verify.json",
+        "report.json",
+        "report.md",
+        "report.html",
+    )
+}
 
 #: Below this share of non-zero weights, LiteRT exports also try the sparse TFLite encoding.
 SPARSE_DENSITY_MAX = 0.7
@@ -89,14 +108,19 @@ def export(
     samples = _calibration(calibration, loaded)
     created = not Path(out_dir).exists()
     out = _prepare_out_dir(Path(out_dir))
+    publishing.remove_stale_staging(out)
     timer = StageTimer(on_stage)
     try:
-        with _staging(out) as work:
+        publishing.check_collisions(out, ARTIFACT_KINDS)  # before any slow stage
+        with publishing.staging(out) as work:
             result = _run_stages(loaded, samples, profile, opts, work, timer)
             paths = _publish(work, out, result)
-    except BaseException:
-        if created and not any(out.iterdir()):
+    except BaseException as e:
+        if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no trace of a failed export
+        disk = publishing.disk_error(e, out) if isinstance(e, Exception) else None
+        if disk is not None:
+            raise disk from e
         raise
     log.info("export finished in %.1f s", sum(timer.times.values()))
     res = ExportResult(out, paths, result.report, dict(timer.times))
@@ -169,11 +193,13 @@ def _convert_torch_or_onnx(
     rewrites: list[str] = []
     with timer("onnx"):
         if loaded.module is not None:
+            check_finite_module(loaded.module, loaded.source)
             precheck_module(loaded.module, profile)
             info = [o.to_dict() for o in outputs_of(loaded.module, samples[0], opts.output)]
             rewrites = export_onnx(loaded.module, samples[0], onnx_path, select=opts.output)
         else:
             proto, _ = load_onnx(loaded.onnx_path, select=opts.output)  # type: ignore[arg-type]
+            check_finite_onnx(proto, loaded.source)
             onnx_path.write_bytes(proto.SerializeToString())  # type: ignore[attr-defined]
             info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
     cl = calib_io.to_channels_last(samples)
@@ -343,29 +369,12 @@ def _prepare_out_dir(out: Path) -> Path:
     return out
 
 
-@contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A private folder inside ``out`` (same file system, so the final moves are atomic)."""
-    work = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def _publish(work: Path, out: Path, result: _StageOutput) -> dict[str, Path]:
-    """Move the staged artifacts into ``out``: stale C sources of an earlier run go too."""
-    if "header" not in result.files:
-        for stale in ("model_data.h", "model_data.cc"):
-            (out / stale).unlink(missing_ok=True)
-    paths = {}
-    for key, name in result.files.items():
-        dest = out / name
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        os.replace(work / name, dest)
-        paths[key] = dest
-    return paths
+    """Move the staged artifacts into ``out``, all or nothing; stale C sources of an earlier
+    run go too."""
+    stale = () if "header" in result.files else ("model_data.h", "model_data.cc")
+    publishing.publish(work, out, result.files, remove=stale)
+    return {key: out / name for key, name in result.files.items()}
 
 
 def _write_json(path: Path, data: Any) -> None:

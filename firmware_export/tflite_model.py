@@ -29,6 +29,22 @@ _NUMPY_TYPES = {
 }
 
 
+#: Schema type names whose element size is known (constants of these are size-checked).
+_TYPE_SIZES = {
+    "FLOAT32",
+    "FLOAT16",
+    "INT32",
+    "UINT8",
+    "INT64",
+    "BOOL",
+    "INT16",
+    "INT8",
+    "FLOAT64",
+    "UINT32",
+    "UINT16",
+}
+
+
 @cache
 def _schema():  # imported lazily: the bindings are a 1 MB module
     from ai_edge_litert import schema_py_generated
@@ -125,7 +141,37 @@ def parse_tflite(data: bytes) -> TfliteModel:
     if not model.subgraphs:
         msg = "the .tflite model has no subgraph"
         raise ConfigError(msg)
-    return _main_subgraph(model, data)
+    try:
+        parsed = _main_subgraph(model, data)
+    except Exception as e:  # noqa: BLE001 - indices and strings of a corrupt model
+        msg = f"corrupt .tflite flatbuffer ({type(e).__name__}: {e}); re-export the model"
+        raise ConfigError(msg) from e
+    _check_consistent(parsed)
+    return parsed
+
+
+def _check_consistent(model: TfliteModel) -> None:
+    """Refuse tensor indices out of range and constants whose data does not fit their shape."""
+    n = len(model.tensors)
+    refs = [*model.inputs, *model.outputs]
+    for op in model.ops:
+        refs += [i for i in (*op.inputs, *op.outputs) if i != -1]
+    bad = [i for i in refs if not 0 <= i < n]
+    if bad:
+        msg = f"corrupt .tflite flatbuffer: tensor index {bad[0]} out of range (0..{n - 1})"
+        raise ConfigError(msg)
+    for t in model.tensors:
+        if t.is_constant and any(d < 0 for d in t.shape):
+            msg = f"corrupt .tflite flatbuffer: constant tensor {t.name!r} has shape {t.shape}"
+            raise ConfigError(msg)
+        if t.is_constant and t.dtype in _TYPE_SIZES:
+            raw = model._buffers[t.buffer]
+            if len(raw) != t.nbytes:
+                msg = (
+                    f"corrupt .tflite flatbuffer: constant tensor {t.name!r} holds {len(raw)} "
+                    f"bytes, its shape {t.shape} ({t.dtype}) needs {t.nbytes}"
+                )
+                raise ConfigError(msg)
 
 
 def _main_subgraph(model, data: bytes) -> TfliteModel:

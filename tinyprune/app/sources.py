@@ -7,17 +7,13 @@ archives are read with ``torch.load`` forced to ``weights_only=True``.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from firmware_export.source import LoadedModel
@@ -151,32 +147,14 @@ class ExportedModule(nn.Module):
         return self.graph_module(*args)
 
 
-@contextlib.contextmanager
-def _weights_only_torch_load() -> Iterator[None]:
-    """Force every ``torch.load`` inside the block to ``weights_only=True``.
-
-    ``torch.export.load`` falls back to a full unpickle for some archives; an untrusted
-    ``.pt2`` must never get that far.
-    """
-    original = torch.load
-
-    @functools.wraps(original)
-    def safe_load(*args: Any, **kwargs: Any) -> Any:
-        kwargs["weights_only"] = True
-        return original(*args, **kwargs)
-
-    torch.load = safe_load  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        torch.load = original  # type: ignore[assignment]
-
-
 def load_exported_program(path: Path) -> nn.Module:
     """Load a ``.pt2`` written by ``torch.export.save`` as a runnable module (safely)."""
+    from tinyprune.safe_load import load_pt2
+
     try:
-        with _weights_only_torch_load():
-            program = torch.export.load(str(path))
+        program = load_pt2(path)  # inspects the archive first: no pickles, no code
+    except ConfigError:
+        raise
     except Exception as e:
         msg = (
             f"cannot load exported program {str(path)!r}: {type(e).__name__}: {e}. "

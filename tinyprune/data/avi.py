@@ -15,6 +15,7 @@ Other codecs (MJPG, FFV1, H.264, ...) raise :class:`ConfigError` naming the Four
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ import numpy as np
 
 from tinyprune.errors import ConfigError
 from tinyprune.fileio import write_bytes_atomic
+
+#: Frames larger than this (width x height) are refused as corrupt headers.
+MAX_FRAME_PIXELS = 64 * 1024 * 1024
 
 _RIFF_LIMIT = 1 << 30
 _AVIF_HASINDEX = 0x10
@@ -193,6 +197,18 @@ def _scan(
     f: BinaryIO, path: Path, *, want_frames: bool, max_frames: int | None = None
 ) -> tuple[AviInfo, list[tuple[int, int]]]:
     """Walk the RIFF tree; return stream info and (offset, size) of each video frame chunk."""
+    try:
+        return _scan_riff(f, path, want_frames, max_frames)
+    except (struct.error, RecursionError, ValueError, OverflowError, MemoryError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        msg = f"{path}: corrupt AVI structure ({type(e).__name__}: {e})"
+        raise ConfigError(msg) from e
+
+
+def _scan_riff(
+    f: BinaryIO, path: Path, want_frames: bool, max_frames: int | None
+) -> tuple[AviInfo, list[tuple[int, int]]]:
     size = os.fstat(f.fileno()).st_size
     info: AviInfo | None = None
     offsets: list[tuple[int, int]] = []
@@ -234,7 +250,7 @@ def _walk(
         if tag == b"LIST":
             kind = f.read(4)
             if kind == b"hdrl":
-                info = _parse_hdrl(f.read(length - 4), path)
+                info = _parse_hdrl(f.read(max(length - 4, 0)), path)
             elif kind == b"movi":
                 if not want_frames:
                     return info, True
@@ -294,10 +310,21 @@ def _parse_strl(data: bytes, path: Path, fps: float, declared: int) -> AviInfo |
         pos += 8 + length + (length & 1)
     if strh[:4] != b"vids" or len(strf) < 40:
         return None
-    scale, rate = struct.unpack_from("<II", strh, 20)
-    if scale and rate:
-        fps = rate / scale
+    if len(strh) >= 28:
+        scale, rate = struct.unpack_from("<II", strh, 20)
+        if scale and rate:
+            fps = rate / scale
+    if not (math.isfinite(fps) and fps > 0):
+        msg = (
+            f"{path}: the AVI headers give no frame rate (avih dwMicroSecPerFrame and strh "
+            "dwRate/dwScale are 0); the file is corrupt or was not written by a video tool. "
+            "Re-mux it, e.g. `ffmpeg -i vid.avi -c copy -r 30 fixed.avi`"
+        )
+        raise ConfigError(msg)
     _, w, h, _, bits, comp = struct.unpack_from("<IiiHHI", strf, 0)
+    if w <= 0 or h == 0 or w * abs(h) > MAX_FRAME_PIXELS:
+        msg = f"{path}: the AVI headers give an invalid frame size {w} x {h}"
+        raise ConfigError(msg)
     fourcc = struct.pack("<I", comp).decode("latin-1") if comp > 3 else f"BI_{comp}"
     if comp not in (0, 3) or bits not in (24, 32):
         msg = (
