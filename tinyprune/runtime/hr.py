@@ -232,7 +232,9 @@ def estimate_hr(
     if method not in METHODS:
         msg = f"HR method {method!r} is not one of: {', '.join(METHODS)}"
         raise ConfigError(msg)
-    x = preprocess(bvp, fs, low_hz=low_hz, high_hz=high_hz, diff=diff, detrend_lambda=detrend_lambda)
+    x = preprocess(
+        bvp, fs, low_hz=low_hz, high_hz=high_hz, diff=diff, detrend_lambda=detrend_lambda
+    )
     f, p = spectrum(x, fs)
     f0, moved = fundamental_hz(f, p, low_hz, high_hz)
     fft_bpm = 60.0 * f0

@@ -8,7 +8,7 @@ re-implemented from the papers, with the window lengths rPPG-Toolbox uses:
   Optics Express 2008: the green channel, mean removed.
 * CHROM: de Haan & Jeanne, "Robust pulse rate from chrominance-based rPPG", IEEE TBME 2013:
   per 1.6 s window, the normalised channels give ``X = 3R - 2G`` and ``Y = 1.5R + G - 1.5B``,
-  both band-passed; ``S = X - (std X / std Y) Y``, Hann-windowed and overlap-added (half-window hop).
+  both band-passed; ``S = X - (std X / std Y) Y``, Hann-windowed, overlap-added (half-window hop).
 * POS: Wang, den Brinker, Stuijk & de Haan, "Algorithmic principles of remote PPG", IEEE TBME 2017:
   per 1.6 s window (sliding by one frame), temporal normalisation ``C / mean(C)``, projection onto
   the plane orthogonal to the skin tone ``S = [[0, 1, -1], [-2, 1, 1]] C_n``,
@@ -43,7 +43,9 @@ def as_rgb_trace(rgb: ArrayLike, fs: float, min_s: float = WINDOW_S) -> Array:
         raise ConfigError(msg)
     need = int(np.ceil(min_s * fs)) + 1
     if x.shape[0] < need or not np.all(np.isfinite(x)):
-        msg = f"an RGB trace needs >= {need} finite frames ({min_s} s at {fs} fps); got {x.shape[0]}"
+        msg = (
+            f"an RGB trace needs >= {need} finite frames ({min_s} s at {fs} fps); got {x.shape[0]}"
+        )
         raise ConfigError(msg)
     if np.any(x.mean(axis=0) <= 0):
         msg = "the RGB trace has a channel with a non-positive mean; pass raw pixel means"
