@@ -43,6 +43,8 @@ class PreprocessingContract:
         enlarge: Face box enlargement around its centre (rPPG-Toolbox ``LARGE_BOX_COEF``).
         detect: Crop the detected face (``False``: the centred square of the frame).
         labels: Class names (classification), index order.
+        mean: Per-channel mean subtracted from ``pixel / 255`` (classification; empty: none).
+        std: Per-channel std dividing it (classification; empty: none).
     """
 
     task: str = "rppg"
@@ -57,6 +59,8 @@ class PreprocessingContract:
     enlarge: float = 1.5
     detect: bool = True
     labels: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
