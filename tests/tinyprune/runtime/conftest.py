@@ -51,3 +51,12 @@ def recordings(tmp_path_factory) -> Recordings:
         float(video.hr_mean),
         video.face_box,
     )
+
+
+@pytest.fixture(scope="session")
+def int8_net(tmp_path_factory) -> Path:
+    """A small TS-CAN (18x18, 10 frames) trained on synthetic clips, exported to int8 (slow)."""
+    pytest.importorskip("tensorflow")
+    from runtime_netbuild import build_net
+
+    return build_net(tmp_path_factory.mktemp("net"))

@@ -1,4 +1,4 @@
-"""``tinyprune infer`` on synthetic recordings: POS/CHROM/GREEN, PURE/UBFC folders, outputs, errors."""
+"""``tinyprune infer`` on synthetic recordings: baselines, PURE/UBFC folders, outputs, errors."""
 
 from __future__ import annotations
 
@@ -43,8 +43,19 @@ def test_other_baselines_run_in_the_same_pipeline(recordings, method):
 
 def test_outputs_are_written(recordings, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["infer", "--method", "pos", "--video", str(recordings.mjpg), "--out", str(out),
-                 "--format", "csv"])
+    code = main(
+        [
+            "infer",
+            "--method",
+            "pos",
+            "--video",
+            str(recordings.mjpg),
+            "--out",
+            str(out),
+            "--format",
+            "csv",
+        ]
+    )
     assert code == 0
     csv_text = capsys.readouterr().out
     assert csv_text.startswith("t,hr,sqi,hr_method\n") and len(csv_text.splitlines()) == 10

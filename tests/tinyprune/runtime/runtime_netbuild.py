@@ -1,16 +1,13 @@
 """Train a small TS-CAN on synthetic rPPG clips and export it to int8 (torch + TF side).
 
-Used by the runtime tests (through conftest fixtures) and runnable alone:
-``python -m tests.tinyprune.runtime.netbuild OUT`` is not needed; the fixture calls
-:func:`build_net`.
+Used by the runtime tests (the ``int8_net`` fixture) and runnable alone:
+``python tests/tinyprune/runtime/runtime_netbuild.py OUT [epochs=30 ...]``. About 5 CPU-minutes.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
 
 DATA_TYPES = ("DiffNormalized", "Standardized")
 
@@ -33,10 +30,16 @@ def contract(frames: int, size: int) -> dict:
 
 
 def build_net(
-    out: Path, *, frames: int = 10, size: int = 18, width: int = 8, epochs: int = 30,
-    n_train: int = 16, seed: int = 0,
+    out: Path,
+    *,
+    frames: int = 10,
+    size: int = 18,
+    width: int = 8,
+    epochs: int = 30,
+    n_train: int = 16,
+    seed: int = 0,
 ) -> Path:
-    """Train tscan(frames, size) briefly on synthetic-rppg, export to int8 for rpi4; return ``out``."""
+    """Train tscan(frames, size) briefly on synthetic-rppg; export int8 for rpi4 into ``out``."""
     import torch
 
     from firmware_export import ExportOptions, export
@@ -45,8 +48,16 @@ def build_net(
 
     torch.manual_seed(seed)
     bundle = build_dataset(
-        "synthetic-rppg", n_train=n_train, n_val=1, n_test=1, clips_per_video=24, size=size,
-        chunk=frames, data_types=DATA_TYPES, seed=seed, real_ppg=False,
+        "synthetic-rppg",
+        n_train=n_train,
+        n_val=1,
+        n_test=1,
+        clips_per_video=24,
+        size=size,
+        chunk=frames,
+        data_types=DATA_TYPES,
+        seed=seed,
+        real_ppg=False,
     )
     x = torch.from_numpy(bundle.train.x.reshape(len(bundle.train.x), 6, frames * size, size))
     y = torch.from_numpy(bundle.train.y)
@@ -63,7 +74,10 @@ def build_net(
     model.eval()
     calib = x[:64].numpy()
     export(
-        model, calib, target="rpi4", out_dir=out,
+        model,
+        calib,
+        target="rpi4",
+        out_dir=out,
         options=ExportOptions(calib_cap=64, verify_samples=8, min_cosine=0.5),
     )
     report = json.loads((out / "report.json").read_text())
