@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_export, _add_report, _add_listings, _add_train, _add_eval, _add_prune):
         add(sub)
     _add_fit(sub)
+    _add_runtime_commands(sub, FMT)
     _add_demo(sub)
     return parser
 
@@ -437,6 +438,87 @@ def _add_de_options(p: argparse.ArgumentParser) -> None:
         default=DE.workers,
         help="processes evaluating each DE generation (one torch thread each)",
     )
+
+
+def _add_runtime_commands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``infer`` and ``bench-runtime``: the torch-free Raspberry Pi side (tinyprune.runtime)."""
+    p = sub.add_parser(
+        "infer",
+        formatter_class=fmt,
+        help="heart rate from a video/camera/frames/PURE/UBFC with an int8 model, or image labels",
+    )
+    p.add_argument("model", nargs="?", help="run/export folder or .tflite (not needed for pos/...)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--video", help="video file (MJPG/mp4/uncompressed AVI)")
+    src.add_argument("--camera", type=int, metavar="N", help="camera index (live terminal line)")
+    src.add_argument("--frames", metavar="DIR", help="folder of PNG/JPEG frames (see --fps)")
+    src.add_argument("--data", metavar="pure:DIR|ubfc:DIR", help="a PURE or UBFC recording")
+    src.add_argument("--images", nargs="+", metavar="IMG", help="image files (vision models)")
+    p.add_argument("--method", default="net", choices=("net", "pos", "chrom", "green"))
+    p.add_argument("--threads", type=int, default=1, help="LiteRT XNNPACK threads")
+    p.add_argument("--fps", type=float, default=None, help="override the source's frame rate")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--top-k", type=int, default=5, help="labels per image (vision models)")
+    p.add_argument(
+        "--out", default=None, help="folder for readings.jsonl/.csv, plot.png, infer.html"
+    )
+    p.add_argument(
+        "--format", default="jsonl", choices=("jsonl", "csv", "json"), help="what stdout carries"
+    )
+    p.set_defaults(func=cmd_infer)
+    p = sub.add_parser(
+        "bench-runtime",
+        formatter_class=fmt,
+        help="latency/throughput of LiteRT int8 (XNNPACK 1/2/4 threads, reference), ONNX Runtime, "
+        "PyTorch, end to end",
+    )
+    p.add_argument("model", help="run/export folder or .tflite")
+    p.add_argument("--video", default=None, help="video for the end-to-end frames/s")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per runtime")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_bench_runtime)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    """``tinyprune infer``."""
+    from tinyprune.runtime.infer import InferRequest, run_infer
+    from tinyprune.runtime.output import readings_csv, readings_jsonl, write_outputs
+
+    req = InferRequest(
+        args.model,
+        video=args.video,
+        camera=args.camera,
+        frames=args.frames,
+        data=args.data,
+        images=tuple(args.images or ()),
+        method=args.method,
+        threads=args.threads,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        top_k=args.top_k,
+    )
+    result = run_infer(req)
+    if isinstance(result, list):
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.out:
+        write_outputs(result, args.out)
+    if args.format == "csv":
+        print(readings_csv(result), end="")
+    elif args.format == "json":
+        print(json.dumps(result))
+    else:
+        print(readings_jsonl(result), end="")
+    return 0
+
+
+def cmd_bench_runtime(args: argparse.Namespace) -> int:
+    """``tinyprune bench-runtime``."""
+    from tinyprune.runtime.bench import bench_runtime, format_table
+
+    result = bench_runtime(args.model, video=args.video, min_s=args.seconds)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
 
 
 def _progress(args: argparse.Namespace) -> Any:

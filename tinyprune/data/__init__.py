@@ -7,10 +7,31 @@ Specs: ``synthetic-rppg`` (seeded synthetic face videos, methods.md §10), ``dig
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tinyprune.data.builders import DATASETS
-from tinyprune.data.bundle import ArrayDataset, ClipDataset, DataBundle, Loaders
+if TYPE_CHECKING:
+    from tinyprune.data.builders import DATASETS
+    from tinyprune.data.bundle import ArrayDataset, ClipDataset, DataBundle, Loaders
+
+# The builders and bundles need torch; the format readers (pure, ubfc, avi, preprocess) do not,
+# and the torch-free runtime (tinyprune.runtime) imports them. So the package loads the torch
+# side only when one of these names is first used (PEP 562).
+_LAZY = {
+    "DATASETS": "tinyprune.data.builders",
+    "ArrayDataset": "tinyprune.data.bundle",
+    "ClipDataset": "tinyprune.data.bundle",
+    "DataBundle": "tinyprune.data.bundle",
+    "Loaders": "tinyprune.data.bundle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module 'tinyprune.data' has no attribute {name!r}"
+    raise AttributeError(msg)
 
 __all__ = [
     "DATASETS",
@@ -37,6 +58,8 @@ def build_dataset(spec: str, **kw: Any) -> DataBundle:
         UnknownNameError: the name part is not a registered data set.
         ConfigError: a missing/malformed folder or a bad option.
     """
+    from tinyprune.data.builders import DATASETS
+
     name, sep, path = spec.partition(":")
     builder = DATASETS.get(name)
     return builder(path if sep else None, **kw)
@@ -44,4 +67,6 @@ def build_dataset(spec: str, **kw: Any) -> DataBundle:
 
 def dataset_names() -> list[str]:
     """Registered data-set names."""
+    from tinyprune.data.builders import DATASETS
+
     return DATASETS.names()

@@ -69,11 +69,30 @@ def detect_face_box(frame: np.ndarray, enlarge: float = 1.5) -> tuple[int, int, 
     found = _detect(frame) if min(h, w) >= 48 else []
     if found:
         best = max(found, key=lambda d: d["width"] * d["height"])
-        cy, cx = best["r"] + best["height"] / 2, best["c"] + best["width"] / 2
-        side = max(best["width"], best["height"]) * enlarge
-    else:
-        log.warning("no face found in a %dx%d frame; using a centre crop", w, h)
-        cy, cx, side = h / 2, w / 2, 0.6 * min(h, w) * enlarge / 1.5
+        return enlarged_box((best["r"], best["c"], best["height"], best["width"]), (h, w), enlarge)
+    log.warning("no face found in a %dx%d frame; using a centre crop", w, h)
+    return fallback_box((h, w), enlarge)
+
+
+def fallback_box(shape: tuple[int, int], enlarge: float = 1.5) -> tuple[int, int, int, int]:
+    """The box used when no face is found: a centred square of 60 % of the short side."""
+    h, w = shape
+    return _square(h / 2, w / 2, 0.6 * min(h, w) * enlarge / 1.5, h, w)
+
+
+def enlarged_box(
+    det: tuple[int, int, int, int], shape: tuple[int, int], enlarge: float = 1.5
+) -> tuple[int, int, int, int]:
+    """The training crop rule: a detection ``(row, col, h, w)`` -> an enlarged square box.
+
+    The square has side ``enlarge * max(h, w)`` on the detection's centre, shrunk and shifted
+    to fit the ``(H, W)`` frame.
+    """
+    r, c, dh, dw = det
+    return _square(r + dh / 2, c + dw / 2, max(dw, dh) * enlarge, *shape)
+
+
+def _square(cy: float, cx: float, side: float, h: int, w: int) -> tuple[int, int, int, int]:
     side = min(side, h, w)
     r = int(round(min(max(cy - side / 2, 0), h - side)))
     c = int(round(min(max(cx - side / 2, 0), w - side)))

@@ -1,0 +1,194 @@
+"""``tinyprune bench-runtime``: the same model on every runtime at hand, side by side, in one run.
+
+Why: the Pi question is "which runtime, how many threads, and is it real time?". This measures
+per-inference latency (median) and throughput of LiteRT int8 with XNNPACK (1, 2, 4 threads) and
+with the reference kernels, ONNX Runtime fp32 (``model.onnx`` of the run, when onnxruntime is
+installed), PyTorch fp32 (a ``.pt2`` of the run, when torch is installed), the end-to-end frame
+rate of the rPPG pipeline (decode, face box, preprocessing, inference, HR) and the peak RSS.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyprune.runtime.model import TfliteModel, resolve_tflite
+
+PT2_NAMES = ("pruned.pt2", "model.pt2")
+
+
+def time_calls(
+    fn: Callable[[], object], min_s: float = 1.0, min_calls: int = 20
+) -> dict[str, float]:
+    """Median latency (ms) and throughput (calls/s) of ``fn`` after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_s:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {
+        "latency_ms": 1000 * statistics.median(times),
+        "per_s": len(times) / sum(times),
+        "calls": len(times),
+    }
+
+
+def _litert_rows(
+    path: Path, x: np.ndarray, threads: tuple[int, ...], min_s: float, contract: Any
+) -> list[dict[str, Any]]:
+    rows = []
+    for kernels, counts in (("xnnpack", threads), ("reference", (1,))):
+        for n in counts:
+            m = TfliteModel(path, threads=n, kernels=kernels, contract=contract)
+            xq = m.quantize(x.reshape(m.input_shape))
+            rows.append(
+                {
+                    "runtime": f"LiteRT int8 {kernels}",
+                    "threads": n,
+                    **time_calls(lambda m=m, xq=xq: m.invoke_raw(xq), min_s),
+                }
+            )
+    return rows
+
+
+def _any_contract(path: Path) -> Any:
+    """The recorded contract, or the inferred one (speed does not depend on it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from tinyprune.runtime.contract import load_contract
+
+        return load_contract(path, _input_shape(path))
+
+
+def _input_shape(path: Path) -> tuple[int, ...]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    return tuple(int(s) for s in interp.get_input_details()[0]["shape"])
+
+
+def _onnx_row(folder: Path, min_s: float, threads: int) -> dict[str, Any] | None:
+    onnx = folder / "model.onnx"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    if not onnx.is_file():
+        return None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return {
+        "runtime": "ONNX Runtime fp32",
+        "threads": threads,
+        **time_calls(lambda: sess.run(None, {inp.name: x}), min_s),
+    }
+
+
+def _torch_row(folder: Path, min_s: float, threads: int) -> dict[str, Any] | None:
+    pt2 = next((folder / n for n in PT2_NAMES if (folder / n).is_file()), None)
+    if pt2 is None:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    try:
+        from tinyprune.app.sources import load_model  # type: ignore[import-not-found]
+    except ImportError:
+        from tinyprune.model_source import load_model
+    module = load_model(str(pt2)).module
+    torch.set_num_threads(threads)
+    x = torch.randn(1, *module.input_shape) if hasattr(module, "input_shape") else None
+    if x is None:
+        return None
+    with torch.no_grad():
+        timing = time_calls(lambda: module(x), min_s)
+    return {"runtime": "PyTorch fp32", "threads": threads, **timing}
+
+
+def _end_to_end(path: Path, video: str | None, threads: int) -> dict[str, Any] | None:
+    from tinyprune.runtime.pipeline import RppgPipeline
+
+    model = TfliteModel(path, threads=threads)
+    if model.contract.task != "rppg":
+        return None
+    if video is None:
+        return None
+    result = RppgPipeline(model).process_video(video)
+    return {
+        "runtime": "end to end (decode, face, preprocess, LiteRT, HR)",
+        "threads": threads,
+        "frames_per_s": result["frames_per_s"],
+        "frames": result["frames"],
+    }
+
+
+def bench_runtime(
+    model: str | Path,
+    *,
+    video: str | None = None,
+    threads: tuple[int, ...] = (1, 2, 4),
+    min_s: float = 1.0,
+) -> dict[str, Any]:
+    """Benchmark ``model`` (run folder or ``.tflite``); returns rows and the peak RSS.
+
+    Args:
+        model: Run/export folder (for ``model.onnx`` and ``.pt2`` beside the ``.tflite``) or a
+            ``.tflite``.
+        video: Video for the end-to-end figure (skipped without one).
+        threads: XNNPACK thread counts.
+        min_s: Seconds each runtime is timed for (at least 20 calls).
+    """
+    path = resolve_tflite(model)
+    folder = path.parent
+    probe = TfliteModel(path, contract=_any_contract(path))
+    x = np.random.default_rng(0).standard_normal(probe.input_shape).astype(np.float32)
+    rows = _litert_rows(path, x, threads, min_s, probe.contract)
+    rows += [r for r in (_onnx_row(folder, min_s, 1), _torch_row(folder, min_s, 1)) if r]
+    e2e = _end_to_end(path, video, 1)
+    return {
+        "model": str(path),
+        "input_shape": list(probe.input_shape),
+        "rows": rows,
+        "end_to_end": e2e,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The benchmark as a Markdown table."""
+    lines = [
+        f"model {result['model']}  input {tuple(result['input_shape'])}",
+        "",
+        "| runtime | threads | latency (ms, median) | inferences/s |",
+        "|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['runtime']} | {r['threads']} | {r['latency_ms']:.3f} | {r['per_s']:.0f} |"
+        )
+    e2e = result["end_to_end"]
+    if e2e:
+        lines.append(
+            f"\nend to end, 1 thread: {e2e['frames_per_s']:.0f} frames/s "
+            f"over {e2e['frames']} frames"
+        )
+    else:
+        lines.append("\nend to end: skipped (give --video FILE with an rPPG model)")
+    lines.append(f"peak RSS: {result['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
