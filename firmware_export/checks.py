@@ -90,26 +90,10 @@ class VerifyInputs:
     select: int | None = None  # --output: the module's output leaf that was exported
 
 
-def run_verification(
-    inp: VerifyInputs,
-    *,
-    float_tolerance: float,
-    min_cosine: float,
-    tflm_tolerance_lsb: int,
-    min_centred_cosine: float | None = None,
-) -> dict[str, Any]:
-    """Run every comparison that applies, per output; raise VerificationError (exit 5) when a
-    gating one fails. The plan (what gates on which target) is
-    :func:`firmware_export.verification.run_verification`'s."""
-    from firmware_export.verification import run_verification as plan
+def _parity() -> Any:
+    from firmware_export import parity
 
-    return plan(
-        inp,
-        float_tolerance=float_tolerance,
-        min_cosine=min_cosine,
-        tflm_tolerance_lsb=tflm_tolerance_lsb,
-        min_centred_cosine=min_centred_cosine,
-    )
+    return parity
 
 
 #: Output LSB accepted between TFLM and LiteRT's optimized (builtin) kernels.
@@ -124,11 +108,11 @@ def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int
     from tinyprune.errors import ExportError
 
     try:
-        return v.check_runtime_parity(model_bytes, int8_in, tolerance).to_dict()  # type: ignore[no-any-return]
+        return _parity().check_runtime_parity(model_bytes, int8_in, tolerance).to_dict()  # type: ignore[no-any-return]
     except ExportError as e:
         if "Didn't find op" not in str(e):
             raise
-    result = v.check_runtime_parity(
+    result = _parity().check_runtime_parity(
         model_bytes, int8_in, max(tolerance, BUILTIN_TOLERANCE_LSB), reference="builtin"
     ).to_dict()
     result["reference"] = (
@@ -143,7 +127,7 @@ def _xnnpack_vs_ref(v: Any, model_bytes: bytes, int8_in: np.ndarray) -> dict[str
     from tinyprune.errors import ExportError
 
     try:
-        return v.xnnpack_vs_ref(model_bytes, int8_in).to_dict()  # type: ignore[no-any-return]
+        return _parity().xnnpack_vs_ref(model_bytes, int8_in).to_dict()  # type: ignore[no-any-return]
     except ExportError as e:
         if "Didn't find op" not in str(e):
             raise

@@ -133,7 +133,7 @@ def load_onnx(path: Path, select: int | None = None) -> tuple[object, tuple[int,
         msg = f"cannot read ONNX model {str(path)!r}: {type(e).__name__}: {first}"
         raise ConfigError(msg) from e
     try:
-        return _static_single_input(proto, path)
+        return _static_single_input(proto, path, select)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - a checked but inconsistent graph (bad initializers)
@@ -141,7 +141,9 @@ def load_onnx(path: Path, select: int | None = None) -> tuple[object, tuple[int,
         raise ConfigError(msg) from e
 
 
-def _static_single_input(proto: Any, path: Path) -> tuple[object, tuple[int, ...]]:
+def _static_single_input(
+    proto: Any, path: Path, select: int | None
+) -> tuple[object, tuple[int, ...]]:
     init_names = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init_names]
     if len(inputs) != 1:

@@ -20,9 +20,10 @@ from firmware_export.analyze import ModelAnalysis, analyze_tflite, lint_int8
 from firmware_export.arena_plan import ArenaPlan, plan_arena
 from firmware_export.budget import BudgetReport, DeviceProfile, check_budget
 from firmware_export.c_array import CModelInfo, CSource, TensorSpec, to_c_source
-from firmware_export.checks import VerifyInputs, lint_gate, run_verification
+from firmware_export.checks import VerifyInputs, lint_gate
 from firmware_export.tflite_model import TfliteModel, parse_tflite
 from firmware_export.tflm import check_ops, tflm_builtin_ops
+from firmware_export.verification import run_verification
 
 if TYPE_CHECKING:
     from firmware_export.pipeline import ExportOptions

@@ -146,11 +146,19 @@ def parse_tflite(data: bytes) -> TfliteModel:
     except Exception as e:  # noqa: BLE001 - indices and strings of a corrupt model
         msg = f"corrupt .tflite flatbuffer ({type(e).__name__}: {e}); re-export the model"
         raise ConfigError(msg) from e
-    _check_consistent(parsed)
+    _check_consistent(parsed, _sparse_tensors(model))
     return parsed
 
 
-def _check_consistent(model: TfliteModel) -> None:
+def _sparse_tensors(model: object) -> set[int]:
+    """Tensors stored in TFLite's sparse encoding (their data is shorter than their shape)."""
+    subgraphs = getattr(model, "subgraphs", None)
+    sg = subgraphs[0] if subgraphs else None
+    tensors = (sg.tensors or []) if sg is not None else []
+    return {i for i, t in enumerate(tensors) if getattr(t, "sparsity", None) is not None}
+
+
+def _check_consistent(model: TfliteModel, sparse: frozenset[int] | set[int] = frozenset()) -> None:
     """Refuse tensor indices out of range and constants whose data does not fit their shape."""
     n = len(model.tensors)
     refs = [*model.inputs, *model.outputs]
@@ -164,7 +172,7 @@ def _check_consistent(model: TfliteModel) -> None:
         if t.is_constant and any(d < 0 for d in t.shape):
             msg = f"corrupt .tflite flatbuffer: constant tensor {t.name!r} has shape {t.shape}"
             raise ConfigError(msg)
-        if t.is_constant and t.dtype in _TYPE_SIZES:
+        if t.is_constant and t.dtype in _TYPE_SIZES and t.index not in sparse:
             raw = model._buffers[t.buffer]
             if len(raw) != t.nbytes:
                 msg = (

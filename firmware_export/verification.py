@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from firmware_export import parity as par
 from firmware_export import verify as v
 from firmware_export.checks import VerifyInputs, _int8_inputs, _match_layout
 from firmware_export.fidelity import merge_outputs
@@ -53,7 +54,7 @@ class _Runs:
     tflm: list[np.ndarray] | None = None
     xnnpack: list[np.ndarray] | None = None
     ref_missing: str | None = None  # why LiteRT's reference kernels cannot run the model
-    parity: v.ParityRun | None = None
+    parity: par.ParityRun | None = None
     parity_reference: str = "ref"
 
 
@@ -95,7 +96,7 @@ def run_verification(
         )
     if runs.xnnpack is not None and runs.ref is not None:
         results["litert_xnnpack_vs_ref"] = {
-            **v.lsb_comparison("litert_xnnpack_vs_ref", runs.ref, runs.xnnpack, 1).to_dict(),
+            **par.lsb_comparison("litert_xnnpack_vs_ref", runs.ref, runs.xnnpack, 1).to_dict(),
             "gate": False,
         }
     else:
@@ -130,14 +131,14 @@ def _run_runtimes(inp: VerifyInputs, int8_in: np.ndarray, tolerance: int) -> _Ru
     runs = _Runs()
     if inp.tflm_runnable:
         try:
-            runs.parity = v.runtime_parity(inp.model_bytes, int8_in, tolerance)
+            runs.parity = par.runtime_parity(inp.model_bytes, int8_in, tolerance)
             runs.ref = runs.parity.reference
         except ExportError as e:
             if "Didn't find op" not in str(e):
                 raise
             runs.ref_missing = _missing_op(e)
             runs.parity_reference = "builtin"
-            runs.parity = v.runtime_parity(
+            runs.parity = par.runtime_parity(
                 inp.model_bytes, int8_in, max(tolerance, BUILTIN_TOLERANCE_LSB), reference="builtin"
             )
         runs.tflm = runs.parity.tflm
@@ -292,7 +293,7 @@ def _verdict(c: v.Comparison) -> str:
 
 
 def _closer(
-    run: v.ParityRun, reference: list[np.ndarray], outs: list[TensorInfo], inp: VerifyInputs
+    run: par.ParityRun, reference: list[np.ndarray], outs: list[TensorInfo], inp: VerifyInputs
 ) -> list[dict[str, Any]]:
     """Per output: TFLM's and LiteRT REF's error against float, and which is closer."""
     n = min(len(reference), len(outs))

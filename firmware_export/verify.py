@@ -332,31 +332,12 @@ def _litert_tensors_child(
     return values
 
 
-# re-exported: the parity checks live in firmware_export.parity (imported last: it uses the
-# names above)
-from firmware_export.parity import (  # noqa: E402
-    ParityRun,
-    _parity_failure,
-    check_runtime_parity,
-    first_divergent_op,
-    lsb_comparison,
-    runtime_parity,
-    xnnpack_vs_ref,
-)
-
 __all__ = [
     "Comparison",
-    "ParityRun",
-    "_parity_failure",
-    "check_runtime_parity",
     "compare_float",
     "compare_quantized",
     "dequantize",
-    "first_divergent_op",
-    "lsb_comparison",
     "quantize_input",
     "run_litert",
     "run_litert_outputs",
-    "runtime_parity",
-    "xnnpack_vs_ref",
 ]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from firmware_export import verify
+from firmware_export import parity, verify
 from tinyprune.errors import ConfigError, ExportError, VerificationError
 
 # --- figures on synthetic arrays (no runtime needed) -----------------------------------------
@@ -117,7 +117,7 @@ _CONV1_W, _CONV2_W, _FC_W = "conv1", "conv2", "fc"
 
 @pytest.mark.tf
 def test_parity_holds_bit_exactly(int8_model: bytes) -> None:
-    c = verify.check_runtime_parity(int8_model, _inputs())
+    c = parity.check_runtime_parity(int8_model, _inputs())
     assert c.passed and c.max_abs == 0.0 and c.units == "LSB" and c.samples == 8
     assert c.first_divergent_op is None
 
@@ -126,7 +126,7 @@ def test_parity_holds_bit_exactly(int8_model: bytes) -> None:
 def test_parity_failure_names_first_divergent_op(int8_model: bytes) -> None:
     tampered = _negate_weights(int8_model, _CONV1_W)
     with pytest.raises(VerificationError, match="--tflm-tolerance") as info:
-        verify.check_runtime_parity(int8_model, _inputs(), candidate_model=tampered)
+        parity.check_runtime_parity(int8_model, _inputs(), candidate_model=tampered)
     assert info.value.exit_code == 5
     assert "first divergent op on sample" in str(info.value)
     first = f"op {_weighted_op(int8_model, _CONV1_W)} CONV_2D"
@@ -139,7 +139,7 @@ def test_parity_failure_names_first_divergent_op(int8_model: bytes) -> None:
 @pytest.mark.tf
 def test_parity_tolerance_is_respected(int8_model: bytes) -> None:
     tampered = _negate_weights(int8_model, _FC_W)
-    c = verify.check_runtime_parity(int8_model, _inputs(), 255, candidate_model=tampered)
+    c = parity.check_runtime_parity(int8_model, _inputs(), 255, candidate_model=tampered)
     assert c.passed and c.max_abs > 0 and c.tolerance == {"max_abs_max": 255.0}
 
 
@@ -154,19 +154,19 @@ def test_first_divergent_op_finds_planted_layer(
 ) -> None:
     expected = f"op {_weighted_op(int8_model, weights)} {expected}"
     tampered = _negate_weights(int8_model, weights)
-    found = verify.first_divergent_op(int8_model, _inputs(1)[0], candidate_model=tampered)
+    found = parity.first_divergent_op(int8_model, _inputs(1)[0], candidate_model=tampered)
     assert found is not None and found.startswith(expected)
     assert "(output '" in found
 
 
 @pytest.mark.tf
 def test_first_divergent_op_none_for_same_model(int8_model: bytes) -> None:
-    assert verify.first_divergent_op(int8_model, _inputs(1)) is None
+    assert parity.first_divergent_op(int8_model, _inputs(1)) is None
 
 
 @pytest.mark.tf
 def test_xnnpack_vs_ref_is_reported_not_raised(int8_model: bytes) -> None:
-    c = verify.xnnpack_vs_ref(int8_model, _inputs())
+    c = parity.xnnpack_vs_ref(int8_model, _inputs())
     assert c.name == "litert_xnnpack_vs_ref" and c.units == "LSB"
     assert c.max_abs <= 1.0  # XNNPACK rounds requantization at most 1 LSB apart
     assert c.cos > 0.99
@@ -186,7 +186,7 @@ def test_first_divergent_op_refuses_other_graph(int8_model: bytes) -> None:
     tiny = tf.keras.Sequential([tf.keras.Input((12, 12, 2)), tf.keras.layers.Flatten()])
     other = tf.lite.TFLiteConverter.from_keras_model(tiny).convert()
     with pytest.raises(ConfigError, match="same graph"):
-        verify.first_divergent_op(int8_model, _inputs(1)[0], candidate_model=other)
+        parity.first_divergent_op(int8_model, _inputs(1)[0], candidate_model=other)
 
 
 def test_models_without_reference_kernels_are_checked_against_builtin(
@@ -198,7 +198,7 @@ def test_models_without_reference_kernels_are_checked_against_builtin(
     with pytest.raises(ExportError, match="ELU"):
         verify.run_litert(wide_elu_model, sample, "ref")
     # localisation runs on the same resolver as the comparison (it used REF and crashed)
-    found = verify.first_divergent_op(wide_elu_model, sample[0], reference="builtin")
+    found = parity.first_divergent_op(wide_elu_model, sample[0], reference="builtin")
     assert found is None or " " in found
     result = _tflm_parity(verify, wide_elu_model, sample, 0)
     assert result["passed"] and result["max_abs"] <= BUILTIN_TOLERANCE_LSB

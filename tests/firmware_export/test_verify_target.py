@@ -13,8 +13,8 @@ import pytest
 from field_nets import IgnoresInput, deepphys_style, digits, rppg_frames
 
 from firmware_export import ExportOptions, export
+from firmware_export import parity as par
 from firmware_export import verification as plan
-from firmware_export import verify as v
 from firmware_export.checks import VerifyInputs
 from firmware_export.tflite_model import TensorInfo
 from tinyprune.cli import main
@@ -97,8 +97,8 @@ def _parity_case(tflm_fidelity_passed: bool, gates: bool):
     rng = np.random.default_rng(0)
     ref_q = [rng.integers(-100, 100, (8, 4)).astype(np.int8)]
     tflm_q = [(ref_q[0].astype(np.int16) + 12).clip(-128, 127).astype(np.int8)]
-    c = v.lsb_comparison("tflm_vs_litert_ref", ref_q, tflm_q, 0)
-    runs = plan._Runs(parity=v.ParityRun(c, ref_q, tflm_q, "they disagree by 12 LSB"))
+    c = par.lsb_comparison("tflm_vs_litert_ref", ref_q, tflm_q, 0)
+    runs = plan._Runs(parity=par.ParityRun(c, ref_q, tflm_q, "they disagree by 12 LSB"))
     reference = [ref_q[0].astype(np.float32) * 0.1]
     inp = VerifyInputs(b"", None, None, None, None, True)
     fidelity = {"passed": tflm_fidelity_passed}

@@ -186,6 +186,8 @@ OVER_THE_LIMIT = (
     "build_synthetic_rppg",
     "prune_structured",
     "build_report_dict",
+    "_fidelity",
+    "compare_quantized",
 )
 
 

@@ -78,7 +78,7 @@ def check_pt2(path: Path) -> object:
 
 
 def load_pt2(path: Path) -> object:
-    from tinyprune.model_source import load_exported_program
+    from tinyprune.app.sources import load_exported_program
 
     return load_exported_program(path)
 

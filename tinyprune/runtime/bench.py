@@ -107,10 +107,7 @@ def _torch_row(folder: Path, min_s: float, threads: int) -> dict[str, Any] | Non
         import torch
     except ImportError:
         return None
-    try:
-        from tinyprune.app.sources import load_model  # type: ignore[import-not-found]
-    except ImportError:
-        from tinyprune.model_source import load_model
+    from tinyprune.app.sources import load_model
     module = load_model(str(pt2)).module
     torch.set_num_threads(threads)
     x = torch.randn(1, *module.input_shape) if hasattr(module, "input_shape") else None
