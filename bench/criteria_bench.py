@@ -25,7 +25,7 @@ pruning hook (then ``freeze_``), so its training is per budget. Each pruned mode
 exported to int8 for a Cortex-M7 (flash and arena are printed).
 
 Modes: default (~13 min on 2 cores), ``--quick`` (1-minute smoke), ``--full`` (larger grid and
-the DE settings of methods.md §4.6), ``--de-timing`` (DE search time on resnet20/vgg16_cifar
+the DE settings of docs/methods.md §4.6), ``--de-timing`` (DE search time on resnet20/vgg16_cifar
 with CIFAR-shaped random data), ``--vgg`` (VGG-16 pcc_ci operating point, int8, TFLM).
 
     python bench/criteria_bench.py [--quick | --full] [--de-timing] [--vgg] [--no-export]
@@ -480,7 +480,7 @@ def bench(
 
 
 def de_timing(mode: str, names: Sequence[str] = ("resnet20", "vgg16_cifar")) -> None:
-    """DE search time with the default settings (methods.md §4.6) on CIFAR-shaped random data."""
+    """DE search time, default settings (docs/methods.md §4.6), CIFAR-shaped random data."""
     from tinyprune.config import DESearchConfig
 
     ds = DESearchConfig()
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="2-minute smoke run")
-    g.add_argument("--full", action="store_true", help="larger grid, methods.md DE settings")
+    g.add_argument("--full", action="store_true", help="larger grid, docs/methods.md DE settings")
     p.add_argument("--de-timing", action="store_true", help="only time the DE search")
     p.add_argument(
         "--de-models",

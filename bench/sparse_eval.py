@@ -1,7 +1,8 @@
 """Shared pieces of the unstructured-pruning evaluations on synthetic rPPG data.
 
 Why it exists: the wgj bench (``bench/wgj_bench.py``) and the end-to-end faithfulness test T8
-(methods.md §2.10, ``tests/tinyprune/pruning/test_wgj_end_to_end.py``) must measure networks the
+(docs/methods.md §2.10, ``tests/tinyprune/criteria/test_wgj_end_to_end.py``) must measure
+networks the
 same way (HR per test video from concatenated clips) and compare against the same one-shot
 magnitude baseline (the engine's global magnitude ranking with the same layers and floors as the
 dynamic criteria). Keeping both here stops the bench and the test from drifting apart.
@@ -132,7 +133,7 @@ def one_shot_magnitude_(model: nn.Module, density: float, **floors: Any) -> Dyna
 
 @dataclass(frozen=True)
 class T8Setup:
-    """Sizes of the end-to-end check T8 (methods.md §2.10): small, seeded, static synthetic data.
+    """Sizes of the end-to-end check T8 (docs/methods.md §2.10): small, seeded, static data.
 
     Attributes:
         model: Zoo name of the PhysNet variant.
@@ -202,7 +203,7 @@ def _density(hook: DynamicSparseHook) -> float:
 
 
 def run_t8(s: T8Setup = T8Setup()) -> T8Result:  # noqa: B008 - frozen default
-    """Dense, wgj and one-shot magnitude PhysNets on static synthetic data (methods.md T8).
+    """Dense, wgj and one-shot magnitude PhysNets on static synthetic data (docs/methods.md T8).
 
     Protocol: the dense net and the wgj net train ``epochs`` from the same seeded
     initialisation (wgj dense-to-sparse to ``density`` on its default schedule: cubic to

@@ -20,9 +20,9 @@ say how the criteria compare at equal budget, not what MAE a real camera gives.
     /work/venv/bin/python bench/wgj_bench.py            # ~25 min on 2 cores
     /work/venv/bin/python bench/wgj_bench.py --quick    # ~2 min smoke run
     /work/venv/bin/python bench/wgj_bench.py --full     # larger data, longer training, all exports
-    /work/venv/bin/python bench/wgj_bench.py --t8       # methods.md T8 check only (~30 s)
+    /work/venv/bin/python bench/wgj_bench.py --t8       # docs/methods.md T8 check only (~30 s)
 
-``--t8`` runs the end-to-end faithfulness check T8 of methods.md §2.10 (the same code as
+``--t8`` runs the end-to-end faithfulness check T8 of docs/methods.md §2.10 (the same code as
 ``tests/tinyprune/pruning/test_wgj_end_to_end.py``, ``bench/sparse_eval.py run_t8``) and
 prints dense / wgj@0.1 / one-shot magnitude@0.1 HR MAE; ``--seeds`` repeats it over seeds.
 """
@@ -331,7 +331,7 @@ def parse(argv: list[str] | None) -> Setup:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="one model, one density, one seed")
     mode.add_argument("--full", action="store_true", help="more data, 40 epochs, all exports")
-    mode.add_argument("--t8", action="store_true", help="only the methods.md T8 end-to-end check")
+    mode.add_argument("--t8", action="store_true", help="only the T8 end-to-end check")
     p.add_argument(
         "--models",
         nargs="+",

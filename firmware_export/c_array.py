@@ -361,7 +361,8 @@ def _tensor_constants(prefix: str, spec: TensorSpec, index: int) -> list[str]:
 
 def _io_constants(camel: str, kind: str, specs: Sequence[TensorSpec]) -> list[str]:
     """Constants per input/output: index 0 is ``k<Name><Kind>...``, index i ``...<Kind>i...``;
-    ``...Index`` is the position to pass to the interpreter's ``input(i)`` / ``output(i)``."""
+    ``...Index`` is the position to pass to the interpreter's ``input(i)`` / ``output(i)``.
+    """
     lines = [f"constexpr int k{camel}{kind}Count = {len(specs)};"]
     for i, spec in enumerate(specs):
         lines += _tensor_constants(f"k{camel}{kind}{i if i else ''}", spec, i)

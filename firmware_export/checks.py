@@ -143,7 +143,7 @@ def _xnnpack_vs_ref(v: Any, model_bytes: bytes, int8_in: np.ndarray) -> dict[str
 def _float_chain_outputs(
     inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float
 ) -> list[np.ndarray]:
-    """torch -> ONNX Runtime -> float TFLite on every output; returns the float references."""
+    """Torch -> ONNX Runtime -> float TFLite on every output; returns the float references."""
     from firmware_export.export_onnx import onnxruntime_outputs, torch_outputs
     from firmware_export.fidelity import merge_outputs
 

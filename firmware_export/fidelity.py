@@ -96,7 +96,8 @@ def centred_figures(
 
 def merge_outputs(name: str, per_output: Sequence[Comparison]) -> Comparison:
     """One comparison over all outputs: the worst figure of each kind, passed if all passed,
-    and ``outputs`` holding every output's own figures (``index``, ``label``)."""
+    and ``outputs`` holding every output's own figures (``index``, ``label``).
+    """
     if not per_output:
         msg = f"{name}: no outputs to merge"
         raise ValueError(msg)

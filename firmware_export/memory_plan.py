@@ -318,7 +318,8 @@ def variable_tensors(model_bytes: bytes) -> frozenset[int]:
 
 def scratch_buffers(model: TfliteModel, scratch: dict[int, int]) -> list[Buffer]:
     """Kernel scratch (op index -> bytes) as one-step buffers after the tensors, as TFLM adds
-    them to its planner; their keys are ``len(model.tensors) + k``."""
+    them to its planner; their keys are ``len(model.tensors) + k``.
+    """
     base = len(model.tensors)
     return [
         Buffer(base + k, align_up(size), op, op)

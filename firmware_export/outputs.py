@@ -186,7 +186,8 @@ def order_outputs_by_signature(model_bytes: bytes) -> bytes:
 
 def reorder_outputs(model_bytes: bytes, order: Sequence[int]) -> bytes:
     """Copy of the model whose main subgraph lists the output tensors ``order`` (a permutation
-    of its current outputs), written over the same bytes."""
+    of its current outputs), written over the same bytes.
+    """
     from firmware_export.tflite_model import _schema
 
     data = bytearray(model_bytes)

@@ -370,7 +370,8 @@ def _prepare_out_dir(out: Path) -> Path:
 
 def _publish(work: Path, out: Path, result: _StageOutput) -> dict[str, Path]:
     """Move the staged artifacts into ``out``, all or nothing; stale C sources of an earlier
-    run go too."""
+    run go too.
+    """
     stale = () if "header" in result.files else ("model_data.h", "model_data.cc")
     publishing.publish(work, out, result.files, remove=stale)
     return {key: out / name for key, name in result.files.items()}

@@ -261,7 +261,8 @@ def _tables(report: Mapping[str, Any], analysis: ModelAnalysis) -> dict[str, Tab
 
 def _verify_rows(verify: Mapping[str, Any]) -> Table:
     """One row per comparison (worst over the outputs), plus one per output when there are
-    several (``int8_vs_float [out1]``)."""
+    several (``int8_vs_float [out1]``).
+    """
     entries: list[tuple[str, Mapping[str, Any]]] = []
     for name, value in verify.items():
         value = value if isinstance(value, Mapping) else {"value": value}

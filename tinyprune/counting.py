@@ -1,6 +1,6 @@
 """Count a model's MACs and parameters the way the pruning papers do.
 
-Convention (methods.md §0): MACs are the multiply-accumulates of convolutions (incl.
+Convention (docs/methods.md §0): MACs are the multiply-accumulates of convolutions (incl.
 transposed ones) and matrix products (linear layers); FLOPs = 2 x MACs. BatchNorm,
 pooling, activations and element-wise ops count 0 MACs. Params count every parameter,
 BatchNorm affine included. The counter is PyTorch's own ``FlopCounterMode`` (it counts

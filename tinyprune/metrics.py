@@ -1,6 +1,6 @@
 """Evaluation metrics: top-1 accuracy, heart rate from a BVP waveform, HR errors, SNR.
 
-The rPPG part follows rPPG-Toolbox's evaluation (methods.md §9) so that numbers compare with
+The rPPG part follows rPPG-Toolbox's evaluation (docs/methods.md §9) so that numbers compare with
 the published tables: integrate a first-difference signal (optional), detrend with the
 smoothness-priors method (lambda 100), 1st-order Butterworth band-pass with ``filtfilt``,
 then the HR is the periodogram peak in the band (nfft = next power of two) or 60 / the mean
@@ -121,7 +121,7 @@ def hr_from_bvp(
     band: tuple[float, float] = DEFAULT_BAND_HZ,
     detrend_lambda: float = 100.0,
 ) -> float:
-    """Heart rate (bpm) of a BVP waveform, rPPG-Toolbox style (methods.md §9.1).
+    """Heart rate (bpm) of a BVP waveform, rPPG-Toolbox style (docs/methods.md §9.1).
 
     Args:
         bvp: Predicted or label waveform, 1-D.
@@ -263,7 +263,7 @@ def snr_db(
     band: tuple[float, float] = DEFAULT_BAND_HZ,
     tol_hz: float = 0.1,
 ) -> float:
-    """SNR (dB) of a waveform around the true HR (methods.md §9.3).
+    """SNR (dB) of a waveform around the true HR (docs/methods.md §9.3).
 
     Signal = periodogram power within ``f0 +- tol_hz`` and ``2 f0 +- tol_hz`` (f0 = HR/60);
     noise = the remaining power inside ``band``.
@@ -332,7 +332,7 @@ class HRErrors:
 
 
 def hr_errors(pred: ArrayLike, gt: ArrayLike) -> HRErrors:
-    """MAE, RMSE, MAPE, Pearson and their standard errors (methods.md §9.2).
+    """MAE, RMSE, MAPE, Pearson and their standard errors (docs/methods.md §9.2).
 
     SEs: ``std(|e|)/sqrt(n)`` (MAE), ``std(100|e|/gt)/sqrt(n)`` (MAPE),
     ``sqrt((1-r^2)/(n-2))`` (Pearson, nan for n < 3), and for RMSE the delta method

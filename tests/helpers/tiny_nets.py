@@ -1,4 +1,4 @@
-"""Tiny hand-written models and the masked-vs-pruned equivalence helper (methods.md §1.4).
+"""Tiny hand-written models and the masked-vs-pruned equivalence helper (docs/methods.md §1.4).
 
 Each model names, in ``ZERO_POINTS``, the activation modules whose outputs carry each prunable
 group's channels, so the masked original can zero exactly the removed channels.

@@ -1,6 +1,6 @@
 """Clustering pruning from multidimensional channel information (Sun et al., NPL 2024).
 
-Only the abstract was available; this is the reconstruction of methods.md §4 [R]. Each filter
+Only the abstract was available; this is the reconstruction of docs/methods.md §4 [R]. Each filter
 is described by (mean, variance, cosine distance from the all-ones direction); k-means groups
 the filters of a layer; inside a cluster the NSGA-II crowding distance ranks members (diverse
 first); a SHADE-style differential evolution picks the number of clusters per layer with a

@@ -1,4 +1,4 @@
-"""The DE search of ``cluster_de``: how many k-means clusters each layer gets (methods.md §4.6).
+"""The DE search of ``cluster_de``: k-means clusters per layer (docs/methods.md §4.6).
 
 The fitness of a clusters-per-layer vector is the network pruned with those clusterings
 (torch-pruning surgery on a copy, the same code path as the final prune), its BatchNorm

@@ -1,6 +1,6 @@
 """PCC loss in pre-training + Channel Independence screening (Li et al., EAAI 154:110920, 2025).
 
-Only the abstract of the paper was available (methods.md §3). Channel Independence (CI) is
+Only the abstract of the paper was available (docs/methods.md §3). Channel Independence (CI) is
 taken exactly from CHIP (Sui et al., NeurIPS 2021, arXiv:2110.13981): the drop of the nuclear
 norm of a layer's post-ReLU feature map when one channel is zeroed. It is computed exactly and
 fast here through the Gram matrix or a rank-one downdate in float64 (§3.4). The PCC loss
@@ -44,7 +44,7 @@ def channel_independence(a: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(N, C)`` float64 CI values. Uses ``G = A A^T`` minus row/column ``c`` when ``C <= P``
-        and ``K = A^T A - a_c a_c^T`` otherwise (both exact, methods.md §3.4).
+        and ``K = A^T A - a_c a_c^T`` otherwise (both exact, docs/methods.md §3.4).
     """
     if a.dim() != 3:
         msg = f"expected feature maps of shape (N, C, P), got {tuple(a.shape)}"
@@ -96,7 +96,7 @@ def pcc_layer_loss(
     max_pixels: int = 1024,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The layer term ``L_l`` of methods.md §3.3 for one feature map ``(B, C, *spatial)``.
+    """The layer term ``L_l`` of docs/methods.md §3.3 for one feature map ``(B, C, *spatial)``.
 
     Off-diagonal ``phi(R_b[i, j])`` averaged over channel pairs whose channels are both alive
     (pixel std >= 1e-6), then over samples.
@@ -118,7 +118,7 @@ def pcc_layer_loss(
 
 
 class PCCHook(TrainHook):
-    """Adds ``lambda_pcc * mean_l L_l`` to the task loss during training (methods.md §3.3).
+    """Adds ``lambda_pcc * mean_l L_l`` to the task loss during training (docs/methods.md §3.3).
 
     Feature maps are taken from the outputs of the named modules (default: every ReLU-family
     module, i.e. the post-BN-ReLU outputs of the conv layers) during training-mode forwards.

@@ -1,4 +1,4 @@
-"""SHADE differential evolution over bounded integer vectors (methods.md §4.6).
+"""SHADE differential evolution over bounded integer vectors (docs/methods.md §4.6).
 
 Tanabe & Fukunaga's success-history adaptation of JADE (CEC 2013): current-to-pbest/1 mutation
 with an archive, per-individual F ~ Cauchy and CR ~ Normal drawn from success memories, binomial

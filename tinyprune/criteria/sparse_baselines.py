@@ -1,7 +1,8 @@
 """Unstructured baselines run by the same mask engine and schedule as ``wgj``: gmp, set, rigl.
 
 They exist so that the weight-gradient joint criterion is compared at equal training budgets
-(same ``delta_t``, ``t_start``, ``t_f``, ``t_end``, floors and cubic density schedule; methods.md
+(same ``delta_t``, ``t_start``, ``t_f``, ``t_end``, floors and cubic density schedule;
+docs/methods.md
 §2.9). Each one only says how it ranks weights for the trim, drop and regrowth steps.
 """
 

@@ -1,6 +1,6 @@
 """Tailored Channel Pruning with adaptive sparsity regularisation (Lee et al., IEEE Access 2025).
 
-Only the abstract was available; this is the TCP-R reconstruction of methods.md §5 [R]: BN
+Only the abstract was available; this is the TCP-R reconstruction of docs/methods.md §5 [R]: BN
 scales are channel gates; every ``select_every`` steps a budget-exact greedy SELECT (plus a
 fill pass) splits channels into keep set ``S`` and prune set ``Pset``; a cost-aware proximal L1
 step after each optimizer step pushes ``Pset``'s gammas to exact zeros with a strength
@@ -131,7 +131,8 @@ def _gate_param(bn: nn.Module | None, module: nn.Module | None) -> nn.Parameter 
 class LambdaController:
     """``lambda <- clip(lambda exp(kappa e_t + kappa_d (e_t - e_{t-1})))``, ``e = log(rho/rho*)``.
 
-    With ``kappa_d = 0`` this is the bare law of methods.md §5.3. Because the leakage integrates
+    With ``kappa_d = 0`` this is the bare law of docs/methods.md §5.3. Because the leakage
+    integrates
     lambda, that law alone oscillates around the target (factor ~3-5 in simulation); the
     damping term [R] keeps it within a factor 2.
     """
@@ -207,7 +208,7 @@ def fold_beta_(graph: Any, keep: Sequence[Sequence[int]], activation: str = "rel
     """Fold the constant ``act(beta_c)`` of removed zero-gamma channels into consumers' biases.
 
     A channel whose gamma is 0 outputs ``act(beta_c)`` everywhere, which its consumers see as a
-    constant input (methods.md §5.6). Exact for Linear consumers and unpadded convs; with zero
+    constant input (docs/methods.md §5.6). Exact for Linear consumers and unpadded convs; with zero
     padding the border pixels differ. Only single-producer groups are folded.
 
     Returns:
@@ -249,7 +250,8 @@ def _fold_into(consumer: nn.Module, slot: Any, removed: set[int], const: torch.T
 
 def _add_to_optimizer(optimizer: torch.optim.Optimizer, gates: list[nn.Parameter]) -> None:
     """Train gates inserted after the optimizer was built (same settings as its first group,
-    no weight decay: the proximal step is their only regulariser)."""
+    no weight decay: the proximal step is their only regulariser).
+    """
     if not gates:
         return
     first = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
@@ -257,7 +259,7 @@ def _add_to_optimizer(optimizer: torch.optim.Optimizer, gates: list[nn.Parameter
 
 
 class TailoredHook(TrainHook):
-    """Integrated training + pruning of methods.md §5.3 as a training-loop hook.
+    """Integrated training + pruning of docs/methods.md §5.3 as a training-loop hook.
 
     Args:
         example_input: A batch for tracing the model's channel groups.

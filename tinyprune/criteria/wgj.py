@@ -2,7 +2,7 @@
 
 Zhao et al., "Pruning rPPG networks using weight-gradient joint criterion", ESWA 282:127623
 (2025). Only the abstract was available, so the algorithm follows the reconstruction of
-methods.md §2 (tags: [S] stated in the abstract, [P] prior work, [R] reconstruction; every [R]
+docs/methods.md §2 (tags: [S] stated in the abstract, [P] prior work, [R] reconstruction; every [R]
 choice is a field). Importance uses the weight *and* a gradient-magnitude EMA of every connection:
 ``I_keep = wn/(1+gn)`` ranks the drop step, ``I_regen = gn/(1+wn)`` the regeneration among inactive
 connections and ``I_trim = wn+gn`` the permanent density reduction along a cubic schedule.
@@ -34,7 +34,7 @@ class WGJCriterion(DynamicSparsityConfig):
 
     Importance: large |w| with small gradient EMA is stable and kept (``I_keep``); small |w|
     with large gradient EMA is dropped first but may regenerate (``I_regen``); small |w| and small
-    gradient is trimmed permanently (``I_trim``). See methods.md §2.5.
+    gradient is trimmed permanently (``I_trim``). See docs/methods.md §2.5.
 
     Attributes:
         beta_g: EMA factor of |dL/dW| per iteration [R].

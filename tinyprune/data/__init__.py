@@ -1,6 +1,7 @@
 """Data sets for tinyprune: one entry point, :func:`build_dataset`, returning a :class:`DataBundle`.
 
-Specs: ``synthetic-rppg`` (seeded synthetic face videos, methods.md §10), ``digits`` (scikit-learn),
+Specs: ``synthetic-rppg`` (seeded synthetic face videos, docs/methods.md §10), ``digits``
+(scikit-learn),
 ``pure:/path`` and ``ubfc:/path`` (rPPG data sets in their real on-disk formats, §8),
 ``cifar10:/path`` (local ``cifar-10-batches-py``). Nothing is downloaded.
 """

@@ -1,4 +1,4 @@
-"""Real face templates for the synthetic rPPG generator (methods.md §10.2).
+"""Real face templates for the synthetic rPPG generator (docs/methods.md §10.2).
 
 Why: a drawn ellipse face is too easy; the generator modulates a *real* face photo that ships inside
 scikit-image, so detectors, crops and networks see real skin texture, eyes, hair and shading.
@@ -6,7 +6,7 @@ scikit-image, so detectors, crops and networks see real skin texture, eyes, hair
 * ``astronaut``: ``skimage.data.astronaut()``; its face box (row 69, col 177, 90x90, found by the
   bundled LBP cascade) is the reference; the template is the 180x180 region around it.
 * ``lfw:<k>``: face ``k`` (0-99) of ``skimage.data.lfw_subset()`` (25x25 greyscale crops), tinted
-  with a skin tone between methods.md's light ``(0.75, 0.55, 0.45)`` and dark
+  with a skin tone between docs/methods.md's light ``(0.75, 0.55, 0.45)`` and dark
   ``(0.35, 0.22, 0.16)``.
 
 Region maps are drawn in face-box coordinates (v down, u across, both 0..1 over the box) [R]:

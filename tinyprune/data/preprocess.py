@@ -1,4 +1,4 @@
-"""rPPG-Toolbox style preprocessing (methods.md §8.3): face box, resize, normalise, chunk.
+"""rPPG-Toolbox style preprocessing (docs/methods.md §8.3): face box, resize, normalise, chunk.
 
 Why: every rPPG network here is trained on the toolbox's conventions (face box from the first frame
 enlarged 1.5x, area resize to 72x72 or 36x36, ``DiffNormalized`` / ``Standardized`` / ``Raw``

@@ -1,4 +1,4 @@
-"""Pulse (blood-volume) waveforms for the synthetic rPPG generator (methods.md §10.1).
+"""Pulse (blood-volume) waveforms for the synthetic rPPG generator (docs/methods.md §10.1).
 
 Two sources, one output type (:class:`Pulse`):
 
@@ -72,7 +72,7 @@ def synthesize_pulse(
     rsa: bool = True,
     respiration: bool = True,
 ) -> Pulse:
-    """Draw a model pulse waveform (methods.md §10.1, all distributions as specified there).
+    """Draw a model pulse waveform (docs/methods.md §10.1, all distributions as specified there).
 
     Args:
         rng: Source of randomness (the caller seeds it).

@@ -1,4 +1,4 @@
-"""PURE (Stricker et al., RO-MAN 2014) on-disk format: reader and writer (methods.md §8.1).
+"""PURE (Stricker et al., RO-MAN 2014) on-disk format: reader and writer (docs/methods.md §8.1).
 
 Layout::
 

@@ -1,4 +1,4 @@
-"""Seeded synthetic rPPG videos with exact ground truth (methods.md §10) [R].
+"""Seeded synthetic rPPG videos with exact ground truth (docs/methods.md §10) [R].
 
 Why: PURE and UBFC-rPPG cannot be downloaded here, yet the pipeline (loaders, preprocessing, rPPG
 networks, HR metrics) needs videos whose pulse is known exactly. A real face photo
@@ -9,7 +9,7 @@ networks, HR metrics) needs videos whose pulse is known exactly. A real face pho
 
 with the PBV signature ``s = (0.33, 0.77, 0.53) / 0.77``, depth ``a`` on green, pulsatility map
 ``m``, spatial delay ``tau``. Sign [R]: more blood absorbs more light, so skin gets *darker* when
-the label (a pleth, positive = more blood volume) rises, as in real cameras; methods.md
+the label (a pleth, positive = more blood volume) rises, as in real cameras; docs/methods.md
 writes ``+``.
 Specular highlights and the ``talking`` preset are not modelled.
 

@@ -1,4 +1,4 @@
-"""UBFC-rPPG DATASET_2 on-disk format: reader and writer (methods.md §8.2).
+"""UBFC-rPPG DATASET_2 on-disk format: reader and writer (docs/methods.md §8.2).
 
 Layout::
 

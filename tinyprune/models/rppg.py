@@ -1,6 +1,6 @@
 """3-D rPPG networks (PhysNet, DeeprPPG-R) and PhysNet's TFLM-friendly (2+1)-D variant.
 
-Each maps a face clip to a BVP waveform ``(B, T)``, one sample per frame (methods.md §6).
+Each maps a face clip to a BVP waveform ``(B, T)``, one sample per frame (docs/methods.md §6).
 PhysNet and DeeprPPG-R use Conv3d / 3-D pooling, which TFLite Micro lacks (§7.1): they
 export to LiteRT (Raspberry Pi) as is, and to TFLM only after a rewrite. ``physnet_2p1d``
 (§7.3) replaces every 3x3x3 Conv3d by a per-frame 3x3 Conv2d and a temporal (3,1) Conv2d
@@ -84,7 +84,7 @@ class PhysNet(nn.Module):
 
 
 class DeeprPPG(nn.Module):
-    """DeeprPPG-R: a reconstruction [R] of Liu & Yuen (FG 2020), methods.md §6.5.
+    """DeeprPPG-R: a reconstruction [R] of Liu & Yuen (FG 2020), docs/methods.md §6.5.
 
     Four Conv3d-BN-ReLU blocks (spatial max-pooling after the first three), a spatial mean,
     and a 1-D temporal head. Input ``(B, C, T, H, W)``; output ``(B, T)``.
@@ -218,7 +218,7 @@ def _check_frames(frames: int, multiple: int) -> None:
 def physnet(
     frames: int = 128, img_size: int = 72, width: int = 16, in_channels: int = 3
 ) -> nn.Module:
-    """PhysNet 3-D encoder-decoder (Yu et al., BMVC 2019), exactly methods.md §6.1.
+    """PhysNet 3-D encoder-decoder (Yu et al., BMVC 2019), exactly docs/methods.md §6.1.
 
     At defaults (T=128, 72x72, width 16): 768,577 params incl. BN, 17.56 G MACs per clip
     (4.36 G at 36x36, 55.6 G at 128x128).
@@ -252,7 +252,7 @@ def deeprppg(
 def physnet_2p1d(
     frames: int = 32, img_size: int = 36, width: int = 8, in_channels: int = 3, mid: str = "cout"
 ) -> nn.Module:
-    """PhysNet (2+1)-D variant for TFLM (methods.md §7.3); frame-stacked input (C, T*H, W).
+    """PhysNet (2+1)-D variant for TFLM (docs/methods.md §7.3); frame-stacked input (C, T*H, W).
 
     At defaults (T=32, 36x36, width 8, mid=cout): 93,809 params, 160.6 M MACs per clip.
     ``width=16, mid="r2plus1d"`` gives PhysNet's widths with R(2+1)D-matched bottlenecks.

@@ -1,6 +1,6 @@
 """Per-frame 2-D rPPG networks (DeepPhys, TS-CAN, EfficientPhys-C), TFLM-native.
 
-These nets are Conv2d-only (methods.md §6.2-§6.4), so they map to TFLite Micro builtins.
+These nets are Conv2d-only (docs/methods.md §6.2-§6.4), so they map to TFLite Micro builtins.
 To export as one single-input model, a clip is fed *frame-stacked*: a 4-D tensor
 ``(B, C, T*H, W)`` whose frames are stacked along the height axis. In NHWC (what TFLM sees)
 that is ``[1, T*H, W, C]``, byte-for-byte the same as ``[T, H, W, C]``: on the device one
@@ -116,7 +116,8 @@ def shift_folds(
 ) -> torch.Tensor:
     """TSM with explicit fold sizes: channels ``[0, n_next)`` take the next frame, the following
     ``n_prev`` the previous frame, the rest stay (empty folds are left out of the concat).
-    ``channels`` (default ``x.shape[1]``) lets a traced export see plain integers."""
+    ``channels`` (default ``x.shape[1]``) lets a traced export see plain integers.
+    """
     h, w = x.shape[-2:]
     y = frames_to_time(x, frames)
     end, total = n_next + n_prev, x.shape[1] if channels is None else channels

@@ -1,7 +1,7 @@
 """Image classifiers: the pruning papers' VGG-16, MobileNetV2, and Cortex-M-sized CNNs.
 
 ``vgg16_cifar`` follows the HRank/CHIP layout the channel-pruning literature reports on
-(methods.md §3.5). ``mobilenetv2`` is Sandler et al. (2018) with a width multiplier.
+(docs/methods.md §3.5). ``mobilenetv2`` is Sandler et al. (2018) with a width multiplier.
 ``ds_cnn`` (depthwise-separable, after Zhang et al.'s "Hello Edge" DS-CNN) and ``micro_cnn``
 are sized for Cortex-M4 class boards. ResNets live in :mod:`tinyprune.models.resnet`.
 """
@@ -208,7 +208,7 @@ def _check_size(input_size: int, minimum: int) -> None:
 
 @register_model("vgg16_cifar", task="classification", input_shape=(3, 32, 32), tflm_native=True)
 def vgg16_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """VGG-16-BN for CIFAR-10 in the HRank/CHIP layout (methods.md §3.5); 32x32 input only.
+    """VGG-16-BN for CIFAR-10 in the HRank/CHIP layout (docs/methods.md §3.5); 32x32 input only.
 
     At defaults: 14,987,722 params incl. BN (14,710,464 conv weights, bias-free convs),
     313.47 M MACs (313.20 M conv + 0.27 M linear).

@@ -1,6 +1,6 @@
 """Coupled channel groups of a model, traced once with torch-pruning's dependency graph.
 
-Physically removing channels is only correct if every coupled slot goes together (methods.md
+Physically removing channels is only correct if every coupled slot goes together (docs/methods.md
 §1.2): BN after a conv, consumer convs' input channels, Linear columns after ``flatten``, both
 sides of a residual add, depthwise convs and concatenation offsets. ``torch_pruning.
 DependencyGraph`` traces those couplings; :class:`ChannelGraph` names the groups, builds the
@@ -48,7 +48,7 @@ class Slot:
 
 @dataclass
 class ChannelGroup:
-    """Output channels that must be removed together (methods.md §1.2)."""
+    """Output channels that must be removed together (docs/methods.md §1.2)."""
 
     name: str  # the first producing layer in ``named_modules`` order
     size: int

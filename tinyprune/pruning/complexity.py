@@ -1,7 +1,7 @@
 """Per-layer cost of a network: MACs, parameters and activation bytes, dense and non-zero.
 
 Pruning is judged by what it saves, so the numbers must be counted one way everywhere
-(methods.md §0 and §1.3): ``MACs`` are multiply-accumulates of conv / conv-transpose /
+(docs/methods.md §0 and §1.3): ``MACs`` are multiply-accumulates of conv / conv-transpose /
 linear layers (``FLOPs = 2 x MACs``), parameters are weights + biases (+ BN affine when
 ``count_bn``), all per sample. The counts come from one forward pass with hooks, so they
 see the real output sizes; :func:`flop_counter_macs` cross-checks them with
@@ -63,7 +63,7 @@ class ModelComplexity:
 
     @property
     def flops(self) -> int:
-        """``2 x macs`` (the convention of methods.md §0)."""
+        """``2 x macs`` (the convention of docs/methods.md §0)."""
         return 2 * self.macs
 
     @property
@@ -152,7 +152,7 @@ def measure_complexity(
         model: The network (left unchanged; run under ``torch.no_grad`` in its current mode).
         example_input: A batch (tensor, tuple of positional inputs or dict of keyword inputs).
         bytes_per_element: Size of one activation element (4 for float32, 1 for int8).
-        count_bn: Count BN affine parameters (methods.md §0 asks for both conventions).
+        count_bn: Count BN affine parameters (docs/methods.md §0 asks for both conventions).
 
     Returns:
         Per-sample counts per layer, in execution order.

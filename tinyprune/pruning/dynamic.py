@@ -2,7 +2,7 @@
 
 Why it exists: the criteria differ only in how they rank weights (trim / drop / regrow scores,
 drop fraction, gradient EMA); everything else is the same for all of them so that they compare
-at equal training budgets (methods.md §2.6, §2.9): the layer statistics, the schedule placed
+at equal training budgets (docs/methods.md §2.6, §2.9): the layer statistics, the schedule placed
 from the loop's step counts, and :class:`DynamicSparseHook`, the training hook that owns the
 masks (gradient EMA after backward; re-mask, trim, drop and regrow after optimizer steps).
 A criterion config (:class:`tinyprune.criteria.wgj.DynamicSparsityConfig`) supplies the scores.
@@ -35,7 +35,7 @@ __all__ = ["DynamicSparseHook", "LayerStats", "ResolvedSchedule", "layer_stats",
 
 @dataclass(frozen=True)
 class LayerStats:
-    """Flat per-connection statistics of one prunable tensor at an update (methods.md §2.4)."""
+    """Flat per-connection statistics of one prunable tensor at an update (docs/methods.md §2.4)."""
 
     weight: torch.Tensor  # |W|
     active: torch.Tensor  # bool
@@ -226,7 +226,7 @@ class DynamicSparseHook(TrainHook):
     # --- the update ----------------------------------------------------------------------
     @torch.no_grad()
     def update(self, ctx: TrainContext) -> dict[str, Any]:
-        """One mask update at ``ctx.step`` (methods.md §2.6); returns and records its counters."""
+        """One mask update at ``ctx.step`` (docs/methods.md §2.6); returns and records counters."""
         masks, sched = self._ready()
         t, u = int(ctx.step), self._n_updates
         stats = self._stats()

@@ -1,4 +1,4 @@
-"""The equivalence reference of methods.md §1.4: the original net with removed channels zeroed.
+"""The equivalence reference of docs/methods.md §1.4: the original net with removed channels zeroed.
 
 Removing a channel is the same as every consumer seeing 0 on it. :func:`zeroed_forward` runs
 the *original* network with forward pre-hooks that zero, at every consumer of a group (its

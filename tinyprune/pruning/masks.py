@@ -1,6 +1,7 @@
 """Unstructured mask engine: binary masks per weight tensor, kept exactly zero in storage.
 
-Why it exists (methods.md §1.1): dynamic sparse training (wgj, gmp, set, rigl) needs the *dense*
+Why it exists (docs/methods.md §1.1): dynamic sparse training (wgj, gmp, set, rigl) needs the
+*dense*
 gradient at pruned positions to decide what to regenerate. The mask is therefore never applied in
 ``forward``; instead pruned weights are held at exactly 0 in storage and in the optimizer state
 (SGD momentum, Adam moments) by re-applying the mask after every optimizer step, which also stops
@@ -102,7 +103,7 @@ def layer_floor(shape: torch.Size, out_dim: int, min_density: float, min_per_cha
 
     Args:
         shape: Weight shape.
-        out_dim: Output-channel dimension (1 for ConvTranspose, see methods.md §2.9).
+        out_dim: Output-channel dimension (1 for ConvTranspose, see docs/methods.md §2.9).
         min_density: Fraction of the layer that always stays active.
         min_per_channel: Active weights kept in every output channel (capped at its size).
 
@@ -315,7 +316,7 @@ class LayerSparsity:
     bias_params: int
     positions: int  # output positions (input positions for ConvTranspose) per sample
     dense_macs: int
-    effective_macs: int  # nnz(W) x positions (methods.md §0)
+    effective_macs: int  # nnz(W) x positions (docs/methods.md §0)
 
     @property
     def density(self) -> float:

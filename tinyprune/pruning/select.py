@@ -2,7 +2,7 @@
 
 Scoring (``criteria/``) and surgery (``channel_graph.py``) stay apart from this module: here only
 numbers move. A :class:`CostModel` gives the exact MACs and parameters of any choice of
-per-group widths (bilinear in consecutive widths, methods.md §1.3); :class:`Budget` turns
+per-group widths (bilinear in consecutive widths, docs/methods.md §1.3); :class:`Budget` turns
 user targets into limits; the ``select_*`` functions choose widths that are multiples of
 ``round_to`` (CMSIS-NN kernels like multiples of 4 or 8) and meet the limits maximally.
 """
@@ -145,7 +145,8 @@ def make_selection(scores: list[np.ndarray], counts: np.ndarray, cost: CostModel
 
 def check_reachable(cost: CostModel, widths: list[np.ndarray], limits: Limits) -> None:
     """Raise :class:`UnreachableBudgetError` (a ConfigError and a PruningError, exit 2) naming
-    the smallest reachable cost if ``limits`` is unmet."""
+    the smallest reachable cost if ``limits`` is unmet.
+    """
     k_min = np.array([w[0] for w in widths], dtype=np.float64)
     if _fits(cost, k_min, limits):
         return
@@ -219,7 +220,7 @@ def select_global(
     *,
     normalize: str = "max",
 ) -> Selection:
-    """One global threshold on layer-normalised scores, then a fill pass (methods.md §3.5).
+    """One global threshold on layer-normalised scores, then a fill pass (docs/methods.md §3.5).
 
     The threshold is the smallest one whose kept set meets the limits (found by bisection over
     the distinct score values); rounding to allowed widths always rounds the kept count up.
@@ -315,7 +316,7 @@ def step_cost(cost: CostModel, k: np.ndarray, g: int, width: int, limits: Limits
 def select_greedy(
     scores: list[np.ndarray], cost: CostModel, limits: Limits, widths: list[np.ndarray]
 ) -> Selection:
-    """Budget-exact greedy SELECT of methods.md §5.3: drop least importance per cost, then fill.
+    """Budget-exact greedy SELECT (docs/methods.md §5.3): drop least importance per cost, fill.
 
     Starting from the dense model, repeatedly remove the lowest-ranked step of the group with
     the smallest ``(score mass of the step) / (normalised cost saved)`` until the limits hold,

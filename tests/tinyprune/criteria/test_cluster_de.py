@@ -1,4 +1,4 @@
-"""Clustering + DE pruning: faithfulness tests of methods.md §4.10."""
+"""Clustering + DE pruning: faithfulness tests of docs/methods.md §4.10."""
 
 from __future__ import annotations
 

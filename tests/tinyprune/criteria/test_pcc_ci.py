@@ -1,4 +1,4 @@
-"""PCC + Channel Independence: faithfulness tests of methods.md §3.9."""
+"""PCC + Channel Independence: faithfulness tests of docs/methods.md §3.9."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tailored channel pruning (TCP-R): faithfulness tests of methods.md §5.7."""
+"""Tailored channel pruning (TCP-R): faithfulness tests of docs/methods.md §5.7."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tinyprune.training.hooks import TrainContext
 
 
 class ValidNet(nn.Module):
-    """Unpadded convs + flatten + linear, so beta folding is exact (methods.md §5.6)."""
+    """Unpadded convs + flatten + linear, so beta folding is exact (docs/methods.md §5.6)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """VGG-16 pruned by pcc_ci to the paper's operating point exports to int8 and runs in TFLM.
 
 Li et al. (EAAI 2025) report VGG-16/CIFAR-10 with 92.75 % fewer params and 84.61 % fewer
-FLOPs; with methods.md §3.5 counting (BN and classifier included) that is <= 7.3 % of the
+FLOPs; with docs/methods.md §3.5 counting (BN and classifier included) that is <= 7.3 % of the
 params and <= 15.4 % of the MACs kept. No CIFAR-10 here: random init and random
 CIFAR-shaped calibration images (the sizes, not the accuracy, are under test).
 """

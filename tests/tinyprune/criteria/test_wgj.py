@@ -1,4 +1,4 @@
-"""Faithfulness tests T1-T5 and T7 of methods.md §2.10 for the weight-gradient joint criterion."""
+"""Faithfulness tests T1-T5 and T7 of docs/methods.md §2.10 for the weight-gradient criterion."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PURE format: synthetic writer -> reader round trip and clear errors (methods.md §8.1)."""
+"""PURE format: synthetic writer -> reader round trip and clear errors (docs/methods.md §8.1)."""
 
 from __future__ import annotations
 

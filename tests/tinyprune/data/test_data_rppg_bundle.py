@@ -1,4 +1,4 @@
-"""Preprocessing (methods.md §8.3) and the synthetic-rppg bundle."""
+"""Preprocessing (docs/methods.md §8.3) and the synthetic-rppg bundle."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ground truth of the synthetic rPPG generator (methods.md §10.5)."""
+"""Ground truth of the synthetic rPPG generator (docs/methods.md §10.5)."""
 
 from __future__ import annotations
 

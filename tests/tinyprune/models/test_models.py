@@ -123,7 +123,7 @@ def _conv_params(cin: int, cout: int, k: int, bn: bool = True, bias: bool = True
 
 
 def test_physnet_matches_methods_table():
-    """Hand count from methods.md §6.1: 768,577 params; MACs layer by layer at T=128, 72x72."""
+    """Hand count from docs/methods.md §6.1: 768,577 params; MACs layer by layer at T=128, 72x72."""
     params = (
         _conv_params(3, 16, 25)
         + _conv_params(16, 32, 27)
@@ -181,7 +181,7 @@ def test_vgg16_resnet_mobilenet_counts():
 
 
 def test_2d_rppg_paper_widths():
-    """methods.md §6.2/§6.4: DeepPhys 533 K params, 51.2 M MACs/frame; EfficientPhys 467 K."""
+    """docs/methods.md §6.2/§6.4: DeepPhys 533 K params, 51.2 M MACs/frame; EfficientPhys 467 K."""
     dp = count_macs_params(create_model("deepphys", width=32, frames=2))
     branch = 3 * 32 * 9 + 32 + 32 * 32 * 9 + 32 + 32 * 64 * 9 + 64 + 64 * 64 * 9 + 64
     assert dp.params == 2 * branch + 33 + 65 + (3136 * 128 + 128) + 129 == 532_899

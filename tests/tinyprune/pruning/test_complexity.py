@@ -30,7 +30,7 @@ def test_hand_counted_conv_bn_linear() -> None:
 def test_conv_transpose_counts_input_positions() -> None:
     model = nn.ConvTranspose3d(3, 2, (4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))
     comp = measure_complexity(model, torch.randn(1, 3, 5, 2, 2))
-    assert comp.macs == 3 * 2 * 4 * (5 * 2 * 2)  # methods.md §1.3
+    assert comp.macs == 3 * 2 * 4 * (5 * 2 * 2)  # docs/methods.md §1.3
 
 
 def test_nonzero_counts_follow_sparsity() -> None:

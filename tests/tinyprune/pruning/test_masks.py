@@ -1,4 +1,4 @@
-"""Tests of the unstructured mask engine (methods.md §1.1) and of sparsity_report (T6)."""
+"""Tests of the unstructured mask engine (docs/methods.md §1.1) and of sparsity_report (T6)."""
 
 from __future__ import annotations
 

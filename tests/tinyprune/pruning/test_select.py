@@ -1,4 +1,4 @@
-"""Selection: budgets, round_to, global threshold, greedy SELECT (methods.md §3.5, §5.3, §5.7)."""
+"""Selection: budgets, round_to, global threshold, greedy SELECT (docs/methods.md §3.5, §5.3)."""
 
 from __future__ import annotations
 

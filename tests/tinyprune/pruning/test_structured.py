@@ -1,4 +1,4 @@
-"""Surgery: the equivalence test of methods.md §1.4 for every criterion, errors, round_to."""
+"""Surgery: the equivalence test of docs/methods.md §1.4 for every criterion, errors, round_to."""
 
 from __future__ import annotations
 
