@@ -54,6 +54,7 @@ class Pool3dAs2d(nn.Module):
         return F.avg_pool2d(x, k, s, p, count_include_pad=self.count_include_pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same result as the 3-D layer it replaces, with 2-D ops only."""
         b, c, t, h, w = x.shape
         (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = self.kernel, self.stride, self.padding
         y = x.reshape(b, c * t, h, w)
@@ -79,6 +80,7 @@ class Pool3dAsSlices(nn.Module):
         self.kernel, self.stride = _triple(kernel), _triple(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same result as the 3-D layer it replaces, with 2-D ops only."""
         sizes = x.shape[-3:]
         outs = [(n - k) // s + 1 for n, k, s in zip(sizes, self.kernel, self.stride, strict=True)]
         (kt, kh, kw), (st, sh, sw), (ot, oh, ow) = self.kernel, self.stride, outs
@@ -143,6 +145,7 @@ class AdaptiveAvgPool3dAs2d(nn.Module):
         self.output_size = output_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same result as the 3-D layer it replaces, with 2-D ops only."""
         t, h, w = x.shape[-3:]
         out = [
             o if o is not None else i

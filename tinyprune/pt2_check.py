@@ -1,4 +1,4 @@
-"""Static inspection of a ``.pt2`` archive before ``torch.export.load`` may see it.
+r"""Static inspection of a ``.pt2`` archive before ``torch.export.load`` may see it.
 
 torch 2.13's loader (``torch/export/pt2_archive/_package.py`` and ``_export/serde``) runs
 code from the file on several paths besides ``torch.load``:

@@ -226,7 +226,8 @@ def write_sequence(
 
     Args:
         root: Dataset folder (created if needed).
-        ss, tt: Subject (1-99) and setup (1-99) numbers.
+        ss: Subject number (1-99).
+        tt: Setup number (1-99).
         frames: ``uint8 [T, H, W, 3]`` RGB.
         fs: Frame rate.
         wave60: Normalised pulse at 60 Hz (encoded with :func:`encode_waveform`).

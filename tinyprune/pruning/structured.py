@@ -93,8 +93,9 @@ def prune_structured(
         selection: ``global`` (threshold on normalised scores), ``greedy``, ``uniform`` or
             ``local``; default the criterion's ``selection`` or ``"global"``.
         normalize: Per-group normalisation for ``global`` (``max`` or ``none``).
-        min_channels, min_fraction: Minimum width per group, ``max(min_channels,
-            ceil(min_fraction * C))``; defaults from the criterion or 1 / 0.
+        min_channels: Minimum width per group (with ``min_fraction``: ``max(min_channels,
+            ceil(min_fraction * C))``); default from the criterion, else 1.
+        min_fraction: Minimum kept fraction per group; default from the criterion, else 0.
         sparsity: Per-group sparsity for ``local`` selection.
         ignored_layers: Layers whose output channels must stay.
         max_batches: Calibration batches used by data-driven criteria.
