@@ -1,4 +1,4 @@
-"""ruff (lint rules and Google docstrings, configured in pyproject.toml) is clean on the repository."""
+"""ruff (lint and Google docstring rules, configured in pyproject.toml) is clean on the repo."""
 
 from __future__ import annotations
 
