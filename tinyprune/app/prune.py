@@ -13,7 +13,14 @@ import torch
 
 from tinyprune import criteria
 from tinyprune.app.jobs import PruneJob, prune_structured_job, unstructured_job
-from tinyprune.app.runs import RunFiles, check_compatible, check_out_dir, save_run, to_model_layout
+from tinyprune.app.runs import (
+    RunFiles,
+    check_compatible,
+    check_finite_data,
+    check_out_dir,
+    save_run,
+    to_model_layout,
+)
 from tinyprune.app.sources import load_model
 from tinyprune.app.summary import PruneSummary
 from tinyprune.config import DataSpec, ModelSpec, PruneConfig
@@ -49,6 +56,7 @@ def prune_run(
         raise ConfigError(msg)
     net, bundle = loaded.module, build_dataset(data.name, **data.options)
     check_compatible(net, bundle, spec.source, data.name)
+    check_finite_data(bundle, data.name)
     crit = criteria.get(criterion, **dict(cfg.criterion_options))  # fails before any training
     summary: dict[str, Any] = {"model": spec.source, "data": data.name, "criterion": criterion}
     calib = to_model_layout(

@@ -147,3 +147,28 @@ def check_out_dir(out: Path) -> None:
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         msg = f"--out {str(out)!r}: {str(probe)!r} is not a writable folder; pick another --out"
         raise ConfigError(msg)
+
+
+def check_finite_data(bundle: Any, data_name: str) -> None:
+    """Refuse NaN/Inf in the inputs or labels of any split (they train to nonsense silently).
+
+    Raises:
+        ConfigError: Naming the split, inputs or labels, and how many values are not finite.
+    """
+    for split in ("train", "val", "test"):
+        ds = getattr(bundle, split, None)
+        if ds is None:
+            continue
+        for what in ("x", "y"):
+            values = getattr(ds, what, None)
+            if values is None:
+                continue
+            arr = np.asarray(values)
+            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                bad = int(arr.size - np.isfinite(arr).sum())
+                kind = "inputs" if what == "x" else "labels"
+                msg = (
+                    f"data {data_name}: {bad} {kind} of the {split} split are NaN or Inf; "
+                    "fix or drop those samples (e.g. gaps in the ground-truth PPG)"
+                )
+                raise ConfigError(msg)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 
-from tinyprune.app.runs import RunFiles, check_compatible, check_out_dir, save_run, to_model_layout
+from tinyprune.app.runs import (
+    RunFiles,
+    check_compatible,
+    check_finite_data,
+    check_out_dir,
+    save_run,
+    to_model_layout,
+)
 from tinyprune.app.sources import load_model
 from tinyprune.app.tasks import task_loss, task_metric
 from tinyprune.config import DataSpec, ModelSpec, TrainRunConfig
@@ -40,6 +47,7 @@ def train_run(
         raise ConfigError(msg)
     bundle = build_dataset(data.name, **data.options)
     check_compatible(net, bundle, spec.source, data.name)
+    check_finite_data(bundle, data.name)
     loaders = bundle.loaders(batch_size=cfg.batch_size, seed=cfg.seed)
     train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
     result = fit(

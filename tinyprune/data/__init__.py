@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tinyprune.errors import ConfigError
+
 if TYPE_CHECKING:
     from tinyprune.data.builders import DATASETS
     from tinyprune.data.bundle import ArrayDataset, ClipDataset, DataBundle, Loaders
@@ -63,7 +65,28 @@ def build_dataset(spec: str, **kw: Any) -> DataBundle:
 
     name, sep, path = spec.partition(":")
     builder = DATASETS.get(name)
+    _check_options(name, builder, kw)
     return builder(path if sep else None, **kw)
+
+
+def _check_options(name: str, builder: Any, kw: dict[str, Any]) -> None:
+    """An option the data set's builder does not take is a usage error listing those it takes."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n in params if n != next(iter(params))]
+    unknown = sorted(set(kw) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        msg = (
+            f"data set {name!r} has no option {', '.join(map(repr, unknown))}{hint}; "
+            f"its options: {', '.join(known) or '(none)'}"
+        )
+        raise ConfigError(msg)
 
 
 def dataset_names() -> list[str]:

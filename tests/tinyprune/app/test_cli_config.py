@@ -107,3 +107,30 @@ def test_a_model_file_that_exits_at_import_is_bad_input(code: str, tmp_path: Pat
 def test_eval_data_options_need_data(tmp_path: Path, capsys) -> None:
     assert main(["eval", str(tmp_path), "--data-kw", "size=8"]) == 2
     assert "--data-kw needs --data" in capsys.readouterr().err
+
+
+def test_an_unknown_data_option_lists_the_known_ones(tmp_path: Path, capsys) -> None:
+    argv = ["train", "zoo:micro_cnn", "--data", "digits", "--data-kw", "sise=16"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no option 'sise'" in err and "did you mean 'size'" in err
+
+
+def test_nan_labels_are_refused_before_training() -> None:
+    import numpy as np
+
+    from tinyprune.app.runs import check_finite_data
+    from tinyprune.errors import ConfigError
+
+    class Split:
+        def __init__(self, y: np.ndarray) -> None:
+            self.x, self.y = np.zeros((3, 2), np.float32), y
+
+    class Bundle:
+        train = Split(np.array([0.1, np.nan, 0.3], np.float32))
+        val = test = None
+
+    with pytest.raises(ConfigError, match="1 labels of the train split are NaN"):
+        check_finite_data(Bundle(), "pure:/data")
+    Bundle.train = Split(np.array([0.1, 0.2, 0.3], np.float32))
+    check_finite_data(Bundle(), "pure:/data")
