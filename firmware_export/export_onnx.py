@@ -21,6 +21,7 @@ from firmware_export.outputs import (
 )
 from firmware_export.rewrite import rewrite_adaptive_pool3d_, rewrite_pool3d_
 from firmware_export.rewrite_onnx import rewrite_onnx
+from firmware_export.rewrite_ops import export_symbolics, functionalize_programs_
 from tinyprune.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def prepare_module(module: nn.Module, sample: np.ndarray) -> tuple[nn.Module, li
             f"(PyTorch layout, batch 1): {type(e).__name__}: {str(e).splitlines()[0]}"
         )
         raise ConfigError(msg) from e
-    done = rewrite_pool3d_(model) + rewrite_adaptive_pool3d_(model, x)
+    done = functionalize_programs_(model, x)
+    done += rewrite_pool3d_(model) + rewrite_adaptive_pool3d_(model, x)
     return model, done
 
 
@@ -87,16 +89,17 @@ def export_onnx(
     names = [output_label(i) for i in range(n_out)]
     buf = io.BytesIO()
     try:
-        torch.onnx.export(
-            model,
-            (x,),
-            buf,
-            opset_version=OPSET,
-            dynamo=False,
-            input_names=["input"],
-            output_names=names,
-            do_constant_folding=True,
-        )
+        with export_symbolics(OPSET) as symbolic_rewrites:
+            torch.onnx.export(
+                model,
+                (x,),
+                buf,
+                opset_version=OPSET,
+                dynamo=False,
+                input_names=["input"],
+                output_names=names,
+                do_constant_folding=True,
+            )
     except Exception as e:
         from firmware_export.model_checks import clean_message, onnx_export_unsupported
 
@@ -106,6 +109,7 @@ def export_onnx(
         first = clean_message((str(e).strip().splitlines() or [""])[0])
         msg = f"torch.onnx.export failed: {type(e).__name__}: {first}"
         raise ExportError(msg, stage="onnx") from e
+    rewrites += sorted(set(symbolic_rewrites))
     proto = simplify(onnx.load_from_string(buf.getvalue()))
     rewrites += rewrite_onnx(proto)
     if len(proto.graph.output) != n_out:

@@ -12,6 +12,9 @@ Each keeps what the graph computes (tests prove equality in float) and changes o
 * a 3-D ``ConvTranspose`` with a bias -> the same ``ConvTranspose`` without bias + an ``Add`` of
   the bias per channel (onnx2tf 1.28 adds the bias of a 3-D transposed convolution only when
   ``group > 1`` and silently drops it otherwise; PhysNet's upsampling, BN folded in, hits this).
+
+The rewrites for the field's rPPG nets (ScatterND slice assignment, Erf, Constant nodes) are in
+:mod:`firmware_export.rewrite_onnx_ops`, run first.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ _NON_NEGATIVE_ONNX_OPS = {"Relu", "Sigmoid", "Softmax", "HardSigmoid", "Abs", "E
 
 def rewrite_onnx(model: Any) -> list[str]:
     """Apply every ONNX rewrite in place; return a description of each change."""
-    done = [f"maxpool-zero-pad:{n}" for n in rewrite_maxpool_padding(model)]
+    from firmware_export.rewrite_onnx_ops import rewrite_onnx_ops
+
+    done = rewrite_onnx_ops(model)
+    done += [f"maxpool-zero-pad:{n}" for n in rewrite_maxpool_padding(model)]
     done += [f"channel-shuffle-gather:{n}" for n in rewrite_channel_shuffle(model)]
     done += [f"hardsigmoid-relu6:{n}" for n in rewrite_hardsigmoid(model)]
     done += [f"convtranspose3d-bias-add:{n}" for n in rewrite_conv_transpose3d_bias(model)]
