@@ -52,7 +52,7 @@ def _diff_symbolic(applied: list[str]) -> Any:
 
 
 def _slice_scatter_symbolic(applied: list[str]) -> Any:
-    """``aten::slice_scatter(base, src, dim, start, end, step)`` -> Concat of base slices and src."""
+    """``aten::slice_scatter(base, src, dim, start, end, step)`` -> Concat(base slices, src)."""
     import torch
     from torch.onnx import symbolic_helper as sh
 
@@ -62,7 +62,8 @@ def _slice_scatter_symbolic(applied: list[str]) -> Any:
         sizes = sh._get_tensor_sizes(base)
         axis = sh._get_const(dim, "i", "dim")
         if sizes is None or any(s is None for s in sizes) or sh._get_const(step, "i", "step") != 1:
-            return sh._unimplemented("slice_scatter", "a dynamic shape or a step other than 1", base)
+            why = "a dynamic shape or a step other than 1"
+            return sh._unimplemented("slice_scatter", why, base)
         axis %= len(sizes)
         n = sizes[axis]
         lo = 0 if sh._is_none(start) else sh._get_const(start, "i", "start")
