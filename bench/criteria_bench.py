@@ -484,7 +484,7 @@ def de_timing(mode: str, names: Sequence[str] = ("resnet20", "vgg16_cifar")) -> 
     from tinyprune.config import DESearchConfig
 
     ds = DESearchConfig()
-    from tinyprune.criteria.cluster_search import search_clusters_report
+    from tinyprune.criteria.cluster_search import SearchOptions, search_clusters_report
     from tinyprune.models import create_model
     from tinyprune.pruning.select import Budget
 
@@ -510,9 +510,7 @@ def de_timing(mode: str, names: Sequence[str] = ("resnet20", "vgg16_cifar")) -> 
             Budget(target_flops=0.5),
             calib,
             held,
-            pop=pop,
-            gens=gens,
-            metric="neg_ce",
+            SearchOptions(pop=pop, gens=gens, metric="neg_ce"),
         )
         limit = limits.get(name, float("inf"))
         verdict = "ok" if rep.seconds <= limit else "OVER"

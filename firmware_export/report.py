@@ -14,6 +14,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +67,33 @@ def _analysis_figures(analysis: ModelAnalysis) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ReportArena:
+    """The arena figures of a report.
+
+    Attributes:
+        bytes: Smallest arena in which TFLM ran the model on this host (measured).
+        margin_bytes: Margin added in the header's arena constant.
+        margin_reason: Why that margin (32-bit pointers, optimized kernels' scratch).
+        header_bytes: The header's arena constant when it is computed for the target
+            (32-bit head + tail + scratch + margin); default ``bytes + margin_bytes``.
+    """
+
+    bytes: int
+    margin_bytes: int
+    margin_reason: str
+    header_bytes: int | None = None
+
+
 def build_report_dict(
     *,
     analysis: ModelAnalysis,
     budget: BudgetReport,
     profile: DeviceProfile,
-    arena_bytes: int,
-    arena_margin_bytes: int,
-    arena_margin_reason: str,
+    arena: ReportArena,
     verify: Mapping[str, Any],
     lint: Iterable[LintIssue] = (),
     extra: Mapping[str, Any] | None = None,
-    arena_header_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Assemble ``report.json``'s content.
 
@@ -85,15 +101,11 @@ def build_report_dict(
         analysis: the static analysis of the int8 model.
         budget: the budget check against ``profile``.
         profile: the target.
-        arena_bytes: smallest arena in which TFLM ran the model on this host (measured).
-        arena_margin_bytes: margin added in the header's arena constant.
-        arena_margin_reason: why that margin (32-bit pointers, optimized kernels' scratch).
+        arena: the measured arena, its margin and the header's constant.
         verify: per comparison, its figure and tolerance (from firmware_export.verify).
         lint: quantization issues found by :func:`firmware_export.analyze.lint_int8`.
         extra: more metadata (tinyprune version, sha256, criterion, ...); merged first, so
             a key of the same name as a figure above never replaces that figure.
-        arena_header_bytes: the header's arena constant when it is computed for the target
-            (32-bit head + tail + scratch + margin); default ``arena_bytes + margin``.
 
     Returns:
         A JSON-serialisable dict with at least flash_bytes, arena_bytes, macs, params, ops,
@@ -109,13 +121,13 @@ def build_report_dict(
                 "source": profile.source,
             },
             "flash_bytes": analysis.model_bytes,
-            "arena_bytes": arena_bytes,
-            "arena_margin_bytes": arena_margin_bytes,
-            "arena_margin_reason": arena_margin_reason,
+            "arena_bytes": arena.bytes,
+            "arena_margin_bytes": arena.margin_bytes,
+            "arena_margin_reason": arena.margin_reason,
             "arena_header_bytes": (
-                arena_bytes + arena_margin_bytes
-                if arena_header_bytes is None
-                else arena_header_bytes
+                arena.bytes + arena.margin_bytes
+                if arena.header_bytes is None
+                else arena.header_bytes
             ),
             **_analysis_figures(analysis),
             "budget": budget.to_dict(),

@@ -158,7 +158,7 @@ class Analysed:
 
 def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) -> Analysed:
     """Run every post-conversion check; C sources only when TFLM can run the model."""
-    from firmware_export.report import build_report_dict
+    from firmware_export.report import ReportArena, build_report_dict
 
     with timer("check"):
         analysis = analyze_tflite(inp.model_bytes)
@@ -213,13 +213,10 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
         analysis=analysis,
         budget=budget,
         profile=inp.profile,
-        arena_bytes=arena.base,
-        arena_margin_bytes=arena.margin,
-        arena_margin_reason=arena.margin_reason,
+        arena=ReportArena(arena.base, arena.margin, arena.margin_reason, arena.for_device),
         verify=verify,
         lint=lint,
         extra=_extra(inp, arena, ops, runnable, analysis, parsed),
-        arena_header_bytes=arena.for_device,
     )
     _label_outputs(report, inp)
     return Analysed(report, analysis, budget, sources, inp.model_bytes)

@@ -80,14 +80,14 @@ def run_verification(
     centred_min = min_cosine if min_centred_cosine is None else min_centred_cosine
     gate_runtime = "xnnpack" if inp.runtime == "litert" else "tflm"
     if reference is not None:
-        for key, runtime, gate in _fidelity_plan(inp, gate_runtime):
+        limits = v.QuantLimits(min_cos=min_cosine, min_centred_cos=centred_min)
+        for step in _fidelity_plan(inp, gate_runtime):
+            key, runtime, _ = step
             got = getattr(runs, runtime)
             if got is None:
                 results[key] = _skipped(key, runs.ref_missing or f"{runtime} cannot run the model")
                 continue
-            results[key] = _fidelity(
-                key, runtime, gate, reference, got, outs, inp, min_cosine, centred_min
-            )
+            results[key] = _fidelity(step, reference, got, outs, inp, limits)
         _raise_if_int8_failed(results["int8_vs_float"])
     if runs.parity is not None:
         fidelity = results.get("tflm_vs_float") or results.get("int8_vs_float")
@@ -172,17 +172,18 @@ def _dequantized(
 
 
 def _fidelity(
-    key: str,
-    runtime: str,
-    gate: bool,
+    step: tuple[str, str, bool],
     reference: list[np.ndarray],
     q: list[np.ndarray],
     outs: list[TensorInfo],
     inp: VerifyInputs,
-    min_cosine: float,
-    min_centred: float,
+    limits: v.QuantLimits,
 ) -> dict[str, Any]:
-    """One int8-vs-float comparison over the outputs that have a float reference."""
+    """One int8-vs-float comparison over the outputs that have a float reference.
+
+    ``step`` is ``(key, runtime, gate)`` from :func:`_fidelity_plan`.
+    """
+    key, runtime, gate = step
     n = min(len(reference), len(outs))
     deq = _dequantized(q, outs, reference[:n], inp.channels_last)
     per_output = [
@@ -190,9 +191,8 @@ def _fidelity(
             reference[k],
             deq[k],
             key,
-            min_cos=min_cosine,
+            limits,
             output_scale=outs[k].scale[0] if outs[k].scale else None,
-            min_centred_cos=min_centred,
         )
         for k in range(n)
     ]

@@ -159,38 +159,53 @@ def compare_float(
     )
 
 
+@dataclass(frozen=True)
+class QuantLimits:
+    """What an int8-vs-float comparison accepts.
+
+    Attributes:
+        min_cos: Lowest acceptable cosine similarity (int8 rounding keeps it near 1).
+        min_top1: Lowest acceptable top-1 agreement, checked for class vectors only.
+        max_abs: Highest acceptable max abs error in output units, if given.
+        min_centred_cos: Lowest acceptable centred cosine, where it is gated.
+    """
+
+    min_cos: float = 0.99
+    min_top1: float | None = None
+    max_abs: float | None = None
+    min_centred_cos: float | None = None
+
+
 def compare_quantized(
     float_out: np.ndarray,
     int8_out_dequantized: np.ndarray,
     name: str,
+    limits: QuantLimits | None = None,
     *,
-    min_cos: float = 0.99,
-    min_top1: float | None = None,
-    max_abs: float | None = None,
     labels: np.ndarray | None = None,
     output_scale: float | None = None,
-    min_centred_cos: float | None = None,
 ) -> Comparison:
     """Compare the float model's outputs with the dequantized int8 model's outputs.
 
     Besides the plain figures it measures fidelity on the input-dependent part (centred
     cosine and SQNR, :func:`firmware_export.fidelity.centred_figures`); with
-    ``min_centred_cos`` the centred cosine is gated where the output varies across samples.
+    ``limits.min_centred_cos`` the centred cosine is gated where the output varies across
+    samples.
 
     Args:
         float_out: Float reference outputs, samples on axis 0.
         int8_out_dequantized: The int8 model's outputs mapped back with :func:`dequantize`.
         name: Name of the comparison.
-        min_cos: Lowest acceptable cosine similarity (int8 rounding keeps it near 1).
-        min_top1: Lowest acceptable top-1 agreement, checked for class vectors only.
-        max_abs: Highest acceptable max abs error in output units, if given.
+        limits: What passes (default :class:`QuantLimits`: cosine >= 0.99).
         labels: Class labels; adds top-1 accuracy of both models (ST Edge AI's ``acc``).
         output_scale: Quantization scale of the int8 output (for ``variation_lsb``).
-        min_centred_cos: Lowest acceptable centred cosine, where it is gated.
 
     Raises:
         ConfigError: Shapes differ or the outputs are empty.
     """
+    lim = limits or QuantLimits()
+    min_cos, min_top1, max_abs = lim.min_cos, lim.min_top1, lim.max_abs
+    min_centred_cos = lim.min_centred_cos
     from firmware_export.fidelity import centred_figures
 
     ref, cand = np.asarray(float_out), np.asarray(int8_out_dequantized)

@@ -20,10 +20,14 @@ def _ignoring_pair(n: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
 def test_plain_cosine_passes_an_output_that_ignores_the_input_but_centred_fails() -> None:
     ref, cand = _ignoring_pair()
-    plain = verify.compare_quantized(ref, cand, "x", min_cos=0.99)
+    plain = verify.compare_quantized(ref, cand, "x", verify.QuantLimits(min_cos=0.99))
     assert plain.passed and plain.cos > 0.998
     gated = verify.compare_quantized(
-        ref, cand, "x", min_cos=0.99, output_scale=0.3 / 255, min_centred_cos=0.9
+        ref,
+        cand,
+        "x",
+        verify.QuantLimits(min_cos=0.99, min_centred_cos=0.9),
+        output_scale=0.3 / 255,
     )
     assert not gated.passed and gated.centred_gated
     assert gated.centred_cos == 0.0 and gated.variation_lsb > 30
@@ -34,7 +38,9 @@ def test_a_faithful_int8_output_passes_the_centred_check() -> None:
     ref, _ = _ignoring_pair()
     scale = 0.3 / 255
     cand = np.round(ref / scale) * scale  # int8 rounding only
-    c = verify.compare_quantized(ref, cand, "x", output_scale=scale, min_centred_cos=0.95)
+    c = verify.compare_quantized(
+        ref, cand, "x", verify.QuantLimits(min_centred_cos=0.95), output_scale=scale
+    )
     assert c.passed and c.centred_gated and c.centred_cos > 0.999
     assert c.centred_sqnr_db > 30 and c.sqnr_db > c.centred_sqnr_db
 
@@ -65,8 +71,9 @@ def test_sqnr_by_hand() -> None:
 
 def test_merge_outputs_keeps_every_output_and_reports_the_worst() -> None:
     ref, cand = _ignoring_pair()
-    good = verify.compare_quantized(ref, ref, "x", output_scale=1e-3, min_centred_cos=0.9)
-    bad = verify.compare_quantized(ref, cand, "x", output_scale=1e-3, min_centred_cos=0.9)
+    gate = verify.QuantLimits(min_centred_cos=0.9)
+    good = verify.compare_quantized(ref, ref, "x", gate, output_scale=1e-3)
+    bad = verify.compare_quantized(ref, cand, "x", gate, output_scale=1e-3)
     merged = fidelity.merge_outputs("int8_vs_float", [good, bad])
     assert not merged.passed and merged.name == "int8_vs_float"
     assert merged.centred_cos == bad.centred_cos and merged.max_abs == bad.max_abs

@@ -15,7 +15,7 @@ pytest.importorskip("ai_edge_litert")
 
 from firmware_export.analyze import analyze_tflite  # noqa: E402
 from firmware_export.budget import check_budget, load_profile  # noqa: E402
-from firmware_export.report import build_report_dict, summary_lines, write_reports  # noqa: E402
+from firmware_export.report import ReportArena, build_report_dict, summary_lines, write_reports  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -44,9 +44,7 @@ def make(arena: int = 2000):
         analysis=analysis,
         budget=budget,
         profile=profile,
-        arena_bytes=arena,
-        arena_margin_bytes=512,
-        arena_margin_reason="32-bit target",
+        arena=ReportArena(arena, 512, "32-bit target"),
         verify=VERIFY,
         extra={"tinyprune_version": "0.1.0", "macs": -1},
     )

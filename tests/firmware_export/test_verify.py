@@ -47,13 +47,15 @@ def test_compare_quantized_top1_and_accuracy() -> None:
     cand[3] = [0.4, 0.6, 0.0]  # one flipped decision
     labels = np.array([0, 1, 2, 1])
     c = verify.compare_quantized(
-        ref, cand, "float_vs_int8", min_cos=0.9, min_top1=0.7, labels=labels
+        ref, cand, "float_vs_int8", verify.QuantLimits(min_cos=0.9, min_top1=0.7), labels=labels
     )
     assert c.top1_agreement == pytest.approx(0.75)
     assert c.accuracy_reference == pytest.approx(0.75)
     assert c.accuracy_candidate == pytest.approx(1.0)
     assert c.passed
-    assert not verify.compare_quantized(ref, cand, "x", min_cos=0.9, min_top1=0.8).passed
+    assert not verify.compare_quantized(
+        ref, cand, "x", verify.QuantLimits(min_cos=0.9, min_top1=0.8)
+    ).passed
 
 
 def test_compare_quantized_fails_on_wrong_direction() -> None:
@@ -66,7 +68,7 @@ def test_compare_quantized_fails_on_wrong_direction() -> None:
 
 def test_compare_quantized_without_classes_has_no_top1() -> None:
     ref = np.linspace(0, 1, 10).reshape(10, 1)
-    c = verify.compare_quantized(ref, ref, "hr", max_abs=0.0)
+    c = verify.compare_quantized(ref, ref, "hr", verify.QuantLimits(max_abs=0.0))
     assert c.top1_agreement is None and c.passed and c.cos == 1.0
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tinyprune.config import TrainConfig
 from tinyprune.criteria import get as get_criterion
-from tinyprune.criteria.cluster_search import search_clusters_report
+from tinyprune.criteria.cluster_search import SearchOptions, search_clusters_report
 from tinyprune.pruning.select import Budget
 from tinyprune.pruning.structured import prune_structured
 from tinyprune.training import distributed
@@ -110,8 +110,9 @@ def _prune_cluster_de(trained: nn.Module, rank: int, out: Path, report: dict[str
     example = torch.zeros(1, *IMAGE)
     batches = calib_batches(rank)
     budget = Budget(target_flops=0.5)
+    options = SearchOptions(k_max=4, pop=4, gens=2, metric="neg_ce")
     crit, search = search_clusters_report(
-        trained, example, budget, batches[:1], batches[1:], k_max=4, pop=4, gens=2, metric="neg_ce"
+        trained, example, budget, batches[:1], batches[1:], options
     )
     report["cluster_de_k"] = [list(kv) for kv in crit.k_per_layer]
     report["cluster_de_fitness"] = search.best_fitness

@@ -171,15 +171,10 @@ class ClusterDECriterion:
         ``data`` is a :class:`~tinyprune.criteria.base.SearchData`; ``settings`` carries ``de``
         (population, generations, workers), ``round_to``, ``seed`` and ``progress``.
         """
-        from tinyprune.criteria.cluster_search import search_clusters_report
+        from tinyprune.criteria.cluster_search import SearchOptions, search_clusters_report
 
         de = settings.de
-        return search_clusters_report(
-            model,
-            data.example_input,
-            budget,
-            data.calib,
-            data.heldout,
+        options = SearchOptions(
             pop=de.pop,
             gens=de.gens,
             round_to=settings.round_to,
@@ -188,6 +183,9 @@ class ClusterDECriterion:
             metric=data.metric,
             workers=de.workers,
             progress=settings.progress,
+        )
+        return search_clusters_report(
+            model, data.example_input, budget, data.calib, data.heldout, options
         )
 
     def score(self, inp: ScoreInput) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch import nn
 
 from tinyprune.config import DESearchConfig
 from tinyprune.criteria.base import CRITERIA
-from tinyprune.criteria.shade import shade_de
+from tinyprune.criteria.shade import SHADEConfig, shade_de
 from tinyprune.errors import ConfigError, PruningError
 from tinyprune.pruning.bn_recal import recalibrate_bn_
 
@@ -293,29 +293,11 @@ def default_criterion(seed: int = 0) -> ClusterDECriterion:
     return crit
 
 
-def cluster_fitness(
-    model: nn.Module,
-    example_input: Any,
-    budget: Any,
-    layers: Sequence[str],
-    calib: Sequence[Any],
-    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    round_to: int = 4,
-    base: ClusterDECriterion | None = None,
-    metric: str | Callable[..., float] = "accuracy",
-    sync_ranks: bool = True,
-    workers: int = 1,
-) -> ClusterFitness:
-    """The :class:`ClusterFitness` of ``model`` at ``budget`` (§4.6).
+@dataclass(frozen=True)
+class FitnessOptions:
+    """How :func:`cluster_fitness` scores a clusters-per-layer vector.
 
-    Args:
-        model: The trained network (not changed; each evaluation prunes a copy).
-        example_input: A batch for tracing.
-        budget: The :class:`~tinyprune.pruning.select.Budget` every candidate meets.
-        layers: The prunable layers, in the order of the DE vector.
-        calib: Batches that recalibrate BatchNorm in each evaluation.
-        heldout: ``(x, y)`` batches that score each evaluation.
+    Attributes:
         round_to: Kept widths are multiples of this.
         base: The criterion whose ``k_per_layer`` the vector sets (descriptor source, k-means
             seed); default ``ClusterDECriterion()``.
@@ -327,21 +309,59 @@ def cluster_fitness(
             Every replica must then evaluate the same vectors in the same order.
         workers: Processes that evaluate a batch inside ``with fitness:``.
     """
+
+    round_to: int = 4
+    base: ClusterDECriterion | None = None
+    metric: str | Callable[..., float] = "accuracy"
+    sync_ranks: bool = True
+    workers: int = 1
+
+
+def cluster_fitness(
+    model: nn.Module,
+    example_input: Any,
+    budget: Any,
+    layers: Sequence[str],
+    calib: Sequence[Any],
+    heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    options: FitnessOptions | None = None,
+) -> ClusterFitness:
+    """The :class:`ClusterFitness` of ``model`` at ``budget`` (§4.6).
+
+    Args:
+        model: The trained network (not changed; each evaluation prunes a copy).
+        example_input: A batch for tracing.
+        budget: The :class:`~tinyprune.pruning.select.Budget` every candidate meets.
+        layers: The prunable layers, in the order of the DE vector.
+        calib: Batches that recalibrate BatchNorm in each evaluation.
+        heldout: ``(x, y)`` batches that score each evaluation.
+        options: Widths rounding, base criterion, metric, DDP and worker settings
+            (default :class:`FitnessOptions`).
+    """
+    opts = options or FitnessOptions()
+    metric = opts.metric
     if not callable(metric) and metric not in METRICS:
         msg = f"fitness metric {metric!r} is unknown; expected one of: {', '.join(METRICS)}"
         raise ConfigError(msg)
-    base = base or default_criterion()
+    base = opts.base or default_criterion()
     evaluator = PrunedEvaluator(
         model,
         example_input,
         budget,
-        round_to,
+        opts.round_to,
         features_data=calib if base.needs_data else (),
-        sync_ranks=sync_ranks,
+        sync_ranks=opts.sync_ranks,
     )
     score = metric if callable(metric) else METRICS[metric]
     return ClusterFitness(
-        evaluator, layers, calib, heldout, score, base, sync_ranks=sync_ranks, workers=workers
+        evaluator,
+        layers,
+        calib,
+        heldout,
+        score,
+        base,
+        sync_ranks=opts.sync_ranks,
+        workers=opts.workers,
     )
 
 
@@ -360,58 +380,77 @@ class SearchReport:
     metric: str
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """Settings of :func:`search_clusters_report` (defaults: :class:`DESearchConfig`'s).
+
+    Attributes:
+        k_max: Largest number of clusters per layer the DE may choose.
+        pop: DE population.
+        gens: DE generations.
+        round_to: Kept widths are multiples of this.
+        seed: Seeds the DE (and the default base criterion's k-means).
+        base: The criterion carrying the descriptor options; default
+            ``ClusterDECriterion(seed=seed)``.
+        metric: The fitness metric (see :class:`FitnessOptions`).
+        sync_ranks: Average fitness values over DDP replicas (see :class:`FitnessOptions`).
+        workers: Processes evaluating each generation.
+        progress: Show a bar of fitness evaluations (rank 0, on a terminal).
+    """
+
+    k_max: int = 16
+    pop: int = DESearchConfig.pop
+    gens: int = DESearchConfig.gens
+    round_to: int = 4
+    seed: int = 0
+    base: ClusterDECriterion | None = None
+    metric: str | Callable[..., float] = "accuracy"
+    sync_ranks: bool = True
+    workers: int = DESearchConfig.workers
+    progress: bool = False
+
+    def base_criterion(self) -> ClusterDECriterion:
+        """The criterion the search configures (``base`` or the default one for ``seed``)."""
+        return self.base or default_criterion(self.seed)
+
+    def fitness(self) -> FitnessOptions:
+        """The fitness settings these search settings imply."""
+        return FitnessOptions(
+            self.round_to, self.base_criterion(), self.metric, self.sync_ranks, self.workers
+        )
+
+
 def search_clusters_report(
     model: nn.Module,
     example_input: Any,
     budget: Any,
     calib: Sequence[Any],
     heldout: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    k_max: int = 16,
-    pop: int = DESearchConfig.pop,
-    gens: int = DESearchConfig.gens,
-    round_to: int = 4,
-    seed: int = 0,
-    base: ClusterDECriterion | None = None,
-    metric: str | Callable[..., float] = "accuracy",
-    sync_ranks: bool = True,
-    workers: int = DESearchConfig.workers,
-    progress: bool = False,
+    options: SearchOptions | None = None,
 ) -> tuple[ClusterDECriterion, SearchReport]:
     """Run the DE of §4.6; return the configured criterion and a :class:`SearchReport`.
 
     Under DDP with ``sync_ranks`` every replica must call this (fitness values are averaged
     over replicas, each on its own data shard); all replicas return rank 0's best vector.
-    With ``sync_ranks=False`` the search is local (e.g. run on rank 0 only). ``seed`` seeds the
-    DE; ``base`` (default ``ClusterDECriterion(seed=seed)``) carries the descriptor options.
-    ``progress`` shows a bar of fitness evaluations (rank 0, on a terminal).
+    With ``sync_ranks=False`` the search is local (e.g. run on rank 0 only). ``options``
+    default to :class:`SearchOptions`.
     """
     from tinyprune.pruning.channel_graph import ChannelGraph
     from tinyprune.training import distributed
 
+    opts = options or SearchOptions()
     start = time.perf_counter()
     graph = ChannelGraph(copy.deepcopy(model).eval(), example_input)
     layers = [s.name for g in graph.groups for s in g.members]
     sizes = [_filters(model, n) for n in layers]
     lo = [2] * len(layers)
-    hi = [max(2, min(k_max, c - 1)) for c in sizes]
-    fit = cluster_fitness(
-        model,
-        example_input,
-        budget,
-        layers,
-        calib,
-        heldout,
-        round_to=round_to,
-        base=base or default_criterion(seed),
-        metric=metric,
-        sync_ranks=sync_ranks,
-        workers=workers,
-    )
-    fit.evaluator.precompute(fit.base, k_max)  # before forking: workers inherit the clusterings
+    hi = [max(2, min(opts.k_max, c - 1)) for c in sizes]
+    fit = cluster_fitness(model, example_input, budget, layers, calib, heldout, opts.fitness())
+    fit.evaluator.precompute(fit.base, opts.k_max)  # before forking: workers inherit them
     from tinyprune.training.loop import progress_bar
 
-    bar = progress_bar(pop * (gens + 2), progress, desc="DE", unit="eval")  # repeats are cached
+    # repeats are cached
+    bar = progress_bar(opts.pop * (opts.gens + 2), opts.progress, desc="DE", unit="eval")
 
     best = [-np.inf]
 
@@ -422,15 +461,17 @@ def search_clusters_report(
         bar.set_postfix(best_fitness=f"{best[0]:.4g}", refresh=False)
         return values
 
+    shade = SHADEConfig(pop=opts.pop, gens=opts.gens, seed=opts.seed)
     with fit, bar:
-        result = shade_de(None, lo, hi, pop=pop, gens=gens, seed=seed, evaluate_many=evaluate_many)
-    best = result.best_x.tolist()
-    if sync_ranks:
-        best = distributed.broadcast_object(best, src=0)
-    ks = tuple(zip(layers, best, strict=True))
+        result = shade_de(None, lo, hi, shade, evaluate_many=evaluate_many)
+    best_k = result.best_x.tolist()
+    if opts.sync_ranks:
+        best_k = distributed.broadcast_object(best_k, src=0)
+    ks = tuple(zip(layers, best_k, strict=True))
+    metric = opts.metric
     report = SearchReport(
-        pop,
-        gens,
+        opts.pop,
+        opts.gens,
         result.evaluations,
         count_images(calib),
         count_images(heldout),
@@ -440,7 +481,7 @@ def search_clusters_report(
         metric if isinstance(metric, str) else getattr(metric, "__name__", "?"),
     )
     log.info("cluster DE search: %s", report)
-    return dataclasses.replace(base or default_criterion(seed), k_per_layer=ks), report
+    return dataclasses.replace(opts.base_criterion(), k_per_layer=ks), report
 
 
 def count_images(batches: Sequence[Any]) -> int:
@@ -458,7 +499,8 @@ def search_clusters(
 ) -> ClusterDECriterion:
     """Run the DE of §4.6 and return the criterion configured with the best ``k`` per layer.
 
-    ``options`` are those of :func:`search_clusters_report`.
+    ``options`` are the fields of :class:`SearchOptions`.
     """
-    crit, _ = search_clusters_report(model, example_input, budget, calib, heldout, **options)
+    opts = SearchOptions(**options)
+    crit, _ = search_clusters_report(model, example_input, budget, calib, heldout, opts)
     return crit

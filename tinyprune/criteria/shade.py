@@ -80,19 +80,49 @@ class _Memory:
         self.slot, self.updates = (self.slot + 1) % len(self.m_f), self.updates + 1
 
 
+@dataclass(frozen=True)
+class SHADEConfig:
+    """SHADE's settings (Tanabe & Fukunaga's defaults, except the population).
+
+    Attributes:
+        pop: Population size (>= 4: current-to-pbest/1 needs x_i, x_r1, x_r2 and a best).
+        gens: Generations.
+        memory: Slots of the F and CR success memories.
+        p_best: Share of the population the p-best member is drawn from.
+        seed: Seeds the DE's random generator.
+        opposition: Also evaluate the opposite of each initial vector, keep the best ``pop``.
+    """
+
+    pop: int = 20
+    gens: int = 30
+    memory: int = 5
+    p_best: float = 0.1
+    seed: int = 0
+    opposition: bool = True
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    lo: np.ndarray
+    hi: np.ndarray
+
+
 def _trial(
     rng: np.random.Generator,
     x: np.ndarray,
     i: int,
     order: np.ndarray,
     archive: list[np.ndarray],
-    lo: np.ndarray,
-    hi: np.ndarray,
-    fi: float,
-    cr: float,
+    bounds: _Bounds,
+    params: tuple[float, float],
     p_best: float,
 ) -> np.ndarray:
-    """current-to-pbest/1 with archive, midpoint repair, binomial crossover (one forced gene)."""
+    """current-to-pbest/1 with archive, midpoint repair, binomial crossover (one forced gene).
+
+    ``params`` is the individual's ``(F, CR)``.
+    """
+    lo, hi = bounds.lo, bounds.hi
+    fi, cr = params
     pop = len(x)
     pb = x[order[rng.integers(max(2, round(p_best * pop)))]]
     r1 = rng.choice([j for j in range(pop) if j != i])
@@ -113,13 +143,8 @@ def shade_de(
     fitness: Callable[[np.ndarray], float] | None,
     lo: Sequence[float],
     hi: Sequence[float],
+    config: SHADEConfig | None = None,
     *,
-    pop: int = 20,
-    gens: int = 30,
-    memory: int = 5,
-    p_best: float = 0.1,
-    seed: int = 0,
-    opposition: bool = True,
     evaluate_many: EvaluateMany | None = None,
 ) -> DEResult:
     """Maximise a fitness over integer vectors in ``[lo, hi]`` with SHADE (§4.6).
@@ -129,7 +154,11 @@ def shade_de(
     distinct decoded vector is evaluated once. Initialisation is uniform plus its opposition
     (``lo + hi - x``), keeping the best ``pop``. Success memories of F (weighted Lehmer mean)
     and CR (weighted mean) are updated only in generations with at least one improvement.
+    ``config`` holds population, generations, memory size, p-best share, seed and opposition
+    (default :class:`SHADEConfig`).
     """
+    cfg = config or SHADEConfig()
+    pop = cfg.pop
     if evaluate_many is None:
         if fitness is None:
             msg = "shade_de needs fitness or evaluate_many"
@@ -142,24 +171,24 @@ def shade_de(
     if pop < 4:  # current-to-pbest/1 needs x_i, x_r1 and x_r2 distinct (and a best)
         msg = f"SHADE needs a population of at least 4, got {pop}"
         raise ValueError(msg)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cfg.seed)
     lo_a, hi_a = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    bounds = _Bounds(lo_a, hi_a)
     fit = _Cache(evaluate_many, lo_a, hi_a)
     x = rng.uniform(lo_a, hi_a, size=(pop, len(lo_a)))
-    if opposition:
+    if cfg.opposition:
         x = np.concatenate([x, lo_a + hi_a - x])
     f = fit(x)
     keep = np.argsort(-f, kind="stable")[:pop]
     x, f = x[keep], f[keep]
-    mem = _Memory(memory)
+    mem = _Memory(cfg.memory)
     archive: list[np.ndarray] = []
     history = []
-    for _ in range(gens):
+    for _ in range(cfg.gens):
         order = np.argsort(-f, kind="stable")
         params = [mem.draw(rng) for _ in range(pop)]
         trials = [
-            _trial(rng, x, i, order, archive, lo_a, hi_a, fi, cr, p_best)
-            for i, (fi, cr) in enumerate(params)
+            _trial(rng, x, i, order, archive, bounds, fc, cfg.p_best) for i, fc in enumerate(params)
         ]
         fu = fit(np.array(trials))
         wins = [i for i in range(pop) if fu[i] > f[i]]

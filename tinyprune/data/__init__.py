@@ -36,6 +36,7 @@ def __getattr__(name: str) -> Any:
     msg = f"module 'tinyprune.data' has no attribute {name!r}"
     raise AttributeError(msg)
 
+
 __all__ = [
     "DATASETS",
     "ArrayDataset",
@@ -72,12 +73,12 @@ def build_dataset(spec: str, **kw: Any) -> DataBundle:
 def _check_options(name: str, builder: Any, kw: dict[str, Any]) -> None:
     """An option the data set's builder does not take is a usage error listing those it takes."""
     import difflib
-    import inspect
 
-    params = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    from tinyprune.data.builders import builder_options
+
+    known = builder_options(builder)
+    if known is None:
         return
-    known = [n for n in params if n != next(iter(params))]
     unknown = sorted(set(kw) - set(known))
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1)

@@ -7,8 +7,11 @@ names raise :class:`UnknownNameError` with the closest match instead of an if/el
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -252,44 +255,68 @@ def _synthetic_split(
     return _stack_clips(xs, ys, clip_hr, vids, float(base["fs"]), cfg)
 
 
+@dataclass(frozen=True)
+class SyntheticRPPGOptions:
+    """The options of the ``synthetic-rppg`` data set (``--data-kw name=value``).
+
+    Attributes:
+        n_train: Training videos (subjects), >= 1.
+        n_val: Validation videos, >= 1.
+        n_test: Test videos, >= 1.
+        clips_per_video: Clips of ``chunk`` frames per video, >= 1.
+        size: Side of the face-centred square crop, in pixels.
+        chunk: Frames per clip.
+        fs: Frame rate in Hz.
+        nuisances: Nuisances of the renderer (``"static"``, motion, lighting, ...).
+        amplitude: Pulse amplitude on the skin.
+        seed: Seeds the subjects of every split.
+        data_types: Input channels' preprocessing (``DiffNormalized``, ``Standardized``, ...).
+        label_type: The label's preprocessing.
+        real_ppg: Also build ``extras["real_ppg"]`` (videos driven by real PPG recordings).
+    """
+
+    n_train: int = 8
+    n_val: int = 2
+    n_test: int = 2
+    clips_per_video: int = 2
+    size: int = 36
+    chunk: int = 64
+    fs: float = 30.0
+    nuisances: tuple[str, ...] = ("static",)
+    amplitude: float = 0.003
+    seed: int = 0
+    data_types: tuple[str, ...] = ("DiffNormalized",)
+    label_type: str = "DiffNormalized"
+    real_ppg: bool = True
+
+
 @DATASETS.register("synthetic-rppg", help="seeded synthetic face videos with exact BVP/HR")
-def build_synthetic_rppg(
-    path: str | None = None,
-    n_train: int = 8,
-    n_val: int = 2,
-    n_test: int = 2,
-    clips_per_video: int = 2,
-    size: int = 36,
-    chunk: int = 64,
-    fs: float = 30.0,
-    nuisances: tuple[str, ...] = ("static",),
-    amplitude: float = 0.003,
-    seed: int = 0,
-    data_types: tuple[str, ...] = ("DiffNormalized",),
-    label_type: str = "DiffNormalized",
-    real_ppg: bool = True,
-) -> DataBundle:
+def build_synthetic_rppg(path: str | None = None, **options: Any) -> DataBundle:
     """Synthetic rPPG bundle of face-centred ``size x size`` clips (crop mode, no detection).
 
-    Train, validation and test subjects never share a seed; validation/test faces are lfw faces
-    50-99 (training uses the astronaut and lfw 0-49) and test HRs are spread over 55-130 bpm.
-    ``extras["real_ppg"]`` holds astronaut videos driven by heartpy's three real PPG recordings.
+    ``options`` are the fields of :class:`SyntheticRPPGOptions`. Train, validation and test
+    subjects never share a seed; validation/test faces are lfw faces 50-99 (training uses the
+    astronaut and lfw 0-49) and test HRs are spread over 55-130 bpm. ``extras["real_ppg"]``
+    holds astronaut videos driven by heartpy's three real PPG recordings.
     """
     _no_path("synthetic-rppg", path)
+    o = SyntheticRPPGOptions(**options)
+    n_train, n_val, n_test, chunk, size = o.n_train, o.n_val, o.n_test, o.chunk, o.size
+    clips_per_video, fs, nuisances = o.clips_per_video, o.fs, o.nuisances
     if min(n_train, n_val, n_test, clips_per_video) < 1:
         msg = "n_train, n_val, n_test and clips_per_video must all be >= 1"
         raise ConfigError(msg)
     cfg = PreprocessConfig(
-        size=size, chunk=chunk, data_types=data_types, label_type=label_type, detect=False
+        size=size, chunk=chunk, data_types=o.data_types, label_type=o.label_type, detect=False
     )
     base = {
         "duration_s": clips_per_video * chunk / fs,
         "fs": fs,
         "crop": size,
         "nuisances": tuple(nuisances),
-        "amplitude": amplitude,
+        "amplitude": o.amplitude,
     }
-    root = seed * 100_003
+    root = o.seed * 100_003
 
     def faces(n: int, train: bool) -> list[str]:
         return [
@@ -311,11 +338,11 @@ def build_synthetic_rppg(
         cfg,
     )
     extras: dict[str, ArrayDataset] = {}
-    if real_ppg:
+    if o.real_ppg:
         extras["real_ppg"] = _real_ppg_split(base, cfg, root)
     shape = (3 * len(cfg.data_types), chunk, size, size)
     info = {
-        "seed": seed,
+        "seed": o.seed,
         "n_train": n_train,
         "n_val": n_val,
         "n_test": n_test,
@@ -340,3 +367,17 @@ def _real_ppg_split(base: dict[str, Any], cfg: PreprocessConfig, root: int) -> C
         vids,
         float(base["fs"]),
     )
+
+
+#: Builders that take their options as ``**options`` of a dataclass name it here.
+_OPTION_TYPES: dict[Builder, type] = {build_synthetic_rppg: SyntheticRPPGOptions}
+
+
+def builder_options(builder: Builder) -> list[str] | None:
+    """The option names ``builder`` takes after its path (None: it takes any keyword)."""
+    if builder in _OPTION_TYPES:
+        return [f.name for f in dataclasses.fields(_OPTION_TYPES[builder])]
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n in params if n != next(iter(params))]

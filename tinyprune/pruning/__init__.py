@@ -9,13 +9,14 @@ from __future__ import annotations
 from tinyprune.pruning.channel_graph import ChannelGraph
 from tinyprune.pruning.complexity import ModelComplexity, flop_counter_macs, measure_complexity
 from tinyprune.pruning.select import Budget, CostModel, Selection
-from tinyprune.pruning.structured import PruneResult, prune_structured
+from tinyprune.pruning.structured import PruneOptions, PruneResult, prune_structured
 
 __all__ = [
     "Budget",
     "ChannelGraph",
     "CostModel",
     "ModelComplexity",
+    "PruneOptions",
     "PruneResult",
     "Selection",
     "flop_counter_macs",

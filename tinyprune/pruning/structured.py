@@ -61,33 +61,11 @@ def _select(
     return rule(sel.SelectionInput(scores, cost, limits, widths, normalize, given))
 
 
-def prune_structured(
-    model: nn.Module,
-    example_input: Any,
-    criterion: Any,
-    budget: Any = None,
-    *,
-    data: Iterable[Any] | None = None,
-    round_to: int = 4,
-    reduce: str | None = None,
-    selection: str | None = None,
-    normalize: str = "max",
-    min_channels: int | None = None,
-    min_fraction: float | None = None,
-    sparsity: Sequence[float] | None = None,
-    ignored_layers: Sequence[nn.Module] = (),
-    max_batches: int = 5,
-    sync_ranks: bool = True,
-) -> PruneResult:
-    """Score, select and remove output channels in place so that ``budget`` is met.
+@dataclass(frozen=True)
+class PruneOptions:
+    """How :func:`prune_structured` combines, selects and protects channels.
 
-    Args:
-        model: The network; pruned in place (its train/eval mode is restored).
-        example_input: A batch used for tracing and counting (per-sample counts).
-        criterion: A CHANNEL criterion (``tinyprune.criteria.get(name)``).
-        budget: A :class:`~tinyprune.pruning.select.Budget` (unused by ``selection='local'``).
-        data: Calibration batches for criteria with ``needs_data`` (at most ``max_batches``).
-        round_to: Kept widths are multiples of this (or the full width).
+    Attributes:
         reduce: How member scores of a coupled group combine; default the criterion's
             ``group_reduce`` or ``"mean"``.
         selection: ``global`` (threshold on normalised scores), ``greedy``, ``uniform`` or
@@ -99,11 +77,46 @@ def prune_structured(
         sparsity: Per-group sparsity for ``local`` selection.
         ignored_layers: Layers whose output channels must stay.
         max_batches: Calibration batches used by data-driven criteria.
+    """
+
+    reduce: str | None = None
+    selection: str | None = None
+    normalize: str = "max"
+    min_channels: int | None = None
+    min_fraction: float | None = None
+    sparsity: Sequence[float] | None = None
+    ignored_layers: Sequence[nn.Module] = ()
+    max_batches: int = 5
+
+
+def prune_structured(
+    model: nn.Module,
+    example_input: Any,
+    criterion: Any,
+    budget: Any = None,
+    *,
+    data: Iterable[Any] | None = None,
+    round_to: int = 4,
+    sync_ranks: bool = True,
+    options: PruneOptions | None = None,
+) -> PruneResult:
+    """Score, select and remove output channels in place so that ``budget`` is met.
+
+    Args:
+        model: The network; pruned in place (its train/eval mode is restored).
+        example_input: A batch used for tracing and counting (per-sample counts).
+        criterion: A CHANNEL criterion (``tinyprune.criteria.get(name)``).
+        budget: A :class:`~tinyprune.pruning.select.Budget` (unused by ``selection='local'``).
+        data: Calibration batches for criteria with ``needs_data`` (at most
+            ``options.max_batches``).
+        round_to: Kept widths are multiples of this (or the full width).
         sync_ranks: Under DDP (``torch.distributed`` initialised), average the group scores
             over replicas and adopt rank 0's selection, so every replica removes the same
             channels; BN running statistics are averaged first (:func:`sync_buffers_`).
             Every replica must then call this function (it is a collective). ``False``
             prunes each replica on its own scores (for diagnostics only).
+        options: Group reduction, selection rule, minimum widths, protected layers
+            (default :class:`PruneOptions`).
 
     Returns:
         A :class:`PruneResult`.
@@ -114,14 +127,16 @@ def prune_structured(
     """
     from tinyprune.pruning import select as sel
 
-    selection = selection or getattr(criterion, "selection", None) or "global"
-    reduce = reduce or getattr(criterion, "group_reduce", None) or "mean"
+    opts = options or PruneOptions()
+    selection = opts.selection or getattr(criterion, "selection", None) or "global"
+    reduce = opts.reduce or getattr(criterion, "group_reduce", None) or "mean"
+    mc, mf = opts.min_channels, opts.min_fraction
     was_training = model.training
     model.eval()
     try:
         if sync_ranks:
             distributed.sync_buffers_(model)
-        graph = ChannelGraph(model, example_input, ignored_layers)
+        graph = ChannelGraph(model, example_input, opts.ignored_layers)
         before = measure_complexity(model, example_input)
         cost = graph.cost_model(before)
         limits = (np.inf, np.inf)
@@ -138,17 +153,19 @@ def prune_structured(
                 msg = f"criterion {criterion.name!r} needs calibration data (data=loader)"
                 raise ConfigError(msg)
             layers = [s.name for g in graph.groups for s in g.members]
-            features = capture_features(model, layers, data, max_batches)
+            features = capture_features(model, layers, data, opts.max_batches)
         scores = score_groups(graph, criterion, reduce=reduce, features=features)
         if sync_ranks:
             scores = reduce_scores_across_ranks(scores)
-        mc = min_channels if min_channels is not None else getattr(criterion, "min_channels", 1)
-        mf = min_fraction if min_fraction is not None else getattr(criterion, "min_fraction", 0.0)
+        mc = mc if mc is not None else getattr(criterion, "min_channels", 1)
+        mf = mf if mf is not None else getattr(criterion, "min_fraction", 0.0)
         widths = [
             sel.allowed_widths(g.size, round_to, sel.min_keep_for(g.size, mc, mf))
             for g in graph.groups
         ]
-        chosen = _select(criterion, selection, scores, cost, limits, widths, normalize, sparsity)
+        chosen = _select(
+            criterion, selection, scores, cost, limits, widths, opts.normalize, opts.sparsity
+        )
         if sync_ranks:
             chosen = _adopt_rank0(chosen)
         graph.remove_channels_(chosen.keep)

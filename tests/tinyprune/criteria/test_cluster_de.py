@@ -17,13 +17,15 @@ from tinyprune.criteria.cluster_de import (
     select_in_clusters,
 )
 from tinyprune.criteria.cluster_search import (
+    FitnessOptions,
     PrunedEvaluator,
+    SearchOptions,
     cluster_fitness,
     neg_cross_entropy,
     search_clusters,
     search_clusters_report,
 )
-from tinyprune.criteria.shade import shade_de
+from tinyprune.criteria.shade import SHADEConfig, shade_de
 from tinyprune.errors import PruningError
 from tinyprune.pruning import Budget, prune_structured
 from tinyprune.pruning.bn_recal import recalibrate_bn_
@@ -67,21 +69,19 @@ def test_de_finds_optimum_of_integer_sphere(seed: int) -> None:
         lambda k: -float(np.sum((k - target) ** 2)),
         [2] * 20,
         [16] * 20,
-        pop=20,
-        gens=100,
-        seed=seed,
+        SHADEConfig(pop=20, gens=100, seed=seed),
     )
     assert result.best_f == 0.0 and np.array_equal(result.best_x, target)
     assert result.evaluations <= 20 * 2 + 20 * 100  # budget: opposition init + NP x G trials
 
 
 def test_shade_memory_updates_only_on_success() -> None:
-    flat = shade_de(lambda k: 0.0, [2] * 3, [9] * 3, pop=6, gens=5, seed=1)
+    flat = shade_de(lambda k: 0.0, [2] * 3, [9] * 3, SHADEConfig(pop=6, gens=5, seed=1))
     assert flat.memory_updates == 0 and all(
         np.array_equal(m, np.full(5, 0.5)) for m in flat.memory_f
     )
     sphere = shade_de(
-        lambda k: -float(np.sum((k - 5) ** 2)), [2] * 3, [9] * 3, pop=6, gens=5, seed=1
+        lambda k: -float(np.sum((k - 5) ** 2)), [2] * 3, [9] * 3, SHADEConfig(pop=6, gens=5, seed=1)
     )
     assert sphere.memory_updates > 0
 
@@ -116,7 +116,9 @@ def test_fitness_scores_the_network_the_final_prune_builds() -> None:
         k: v.shape for k, v in reference.state_dict().items()
     }
     recalibrate_bn_(reference, calib)
-    fit = cluster_fitness(model, x, budget, ["c1", "c2", "c3"], calib, held, metric="neg_ce")
+    fit = cluster_fitness(
+        model, x, budget, ["c1", "c2", "c3"], calib, held, FitnessOptions(metric="neg_ce")
+    )
     value = fit(np.array([k for _, k in ks]))
     assert value == pytest.approx(neg_cross_entropy(reference, held), abs=1e-5)
     other = fit(np.array([2, 2, 2]))
@@ -141,7 +143,7 @@ def test_shade_evaluates_a_generation_as_one_batch() -> None:
         sizes.append(len(xs))
         return [-float(np.sum((x - 5) ** 2)) for x in xs]
 
-    result = shade_de(None, [2] * 4, [9] * 4, pop=8, gens=6, seed=0, evaluate_many=many)
+    result = shade_de(None, [2] * 4, [9] * 4, SHADEConfig(pop=8, gens=6), evaluate_many=many)
     assert sizes[0] == 16  # uniform init + its opposition (duplicates evaluated once)
     assert all(1 <= n <= 8 for n in sizes[1:]) and len(sizes) == 7
     assert result.evaluations == sum(sizes)
@@ -153,8 +155,8 @@ def test_worker_processes_give_the_in_process_search() -> None:
     budget = Budget(target_flops=0.5)
     args = (model, x, budget, calib, held)
     kw = {"k_max": 6, "pop": 4, "gens": 2, "metric": "neg_ce", "sync_ranks": False}
-    one, rep1 = search_clusters_report(*args, workers=1, **kw)
-    two, rep2 = search_clusters_report(*args, workers=2, **kw)
+    one, rep1 = search_clusters_report(*args, SearchOptions(workers=1, **kw))
+    two, rep2 = search_clusters_report(*args, SearchOptions(workers=2, **kw))
     assert rep2.workers == 2 and rep1.workers == 1
     assert one.k_per_layer == two.k_per_layer
     assert rep1.best_fitness == pytest.approx(rep2.best_fitness, abs=1e-5)
@@ -168,10 +170,10 @@ def test_a_failing_worker_evaluation_names_the_error() -> None:
         msg = "metric exploded"
         raise ValueError(msg)
 
+    options = FitnessOptions(metric=broken, sync_ranks=False, workers=2)
     fit = cluster_fitness(
-        model, x, Budget(target_flops=0.5), ["c1", "c2", "c3"], calib, held, metric=broken,
-        sync_ranks=False, workers=2,
-    )  # fmt: skip
+        model, x, Budget(target_flops=0.5), ["c1", "c2", "c3"], calib, held, options
+    )
     with fit, pytest.raises(PruningError, match="metric exploded"):
         fit.many([np.array([2, 2, 2]), np.array([3, 3, 3])])
 
@@ -184,24 +186,23 @@ def test_mixed_descriptors_reach_the_search_fitness() -> None:
     k = np.array([3, 2, 4])
     layers = ["c1", "c2", "c3"]
     kw = {"metric": "neg_ce", "sync_ranks": False}
-    weights = cluster_fitness(model, x, budget, layers, calib, held, **kw)
+    weights = cluster_fitness(model, x, budget, layers, calib, held, FitnessOptions(**kw))
+    mixed_base = ClusterDECriterion(source="mixed")
     mixed = cluster_fitness(
-        model, x, budget, layers, calib, held, base=ClusterDECriterion(source="mixed"), **kw
+        model, x, budget, layers, calib, held, FitnessOptions(base=mixed_base, **kw)
     )
     assert mixed.evaluator.features is not None and weights.evaluator.features is None
     keep_w = weights.evaluator.keep(weights.criterion(k))
     keep_m = mixed.evaluator.keep(mixed.criterion(k))
     assert any(not np.array_equal(a, b) for a, b in zip(keep_w, keep_m, strict=True))
-    crit, _ = search_clusters_report(
-        model, x, budget, calib, held, base=ClusterDECriterion(source="mixed"), k_max=4, pop=4,
-        gens=1, workers=1, **kw,
-    )  # fmt: skip
+    options = SearchOptions(base=mixed_base, k_max=4, pop=4, gens=1, workers=1, **kw)
+    crit, _ = search_clusters_report(model, x, budget, calib, held, options)
     assert crit.source == "mixed" and len(crit.k_per_layer) == 3
 
 
 def test_shade_refuses_a_population_too_small_for_its_mutation() -> None:
     with pytest.raises(ValueError, match="at least 4"):
-        shade_de(lambda k: 0.0, [2] * 3, [9] * 3, pop=3, gens=1)
+        shade_de(lambda k: 0.0, [2] * 3, [9] * 3, SHADEConfig(pop=3, gens=1))
 
 
 def test_transposed_conv_clusters_are_counted_on_its_output_channels() -> None:

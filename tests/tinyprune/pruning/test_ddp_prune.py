@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tinyprune.criteria import get as get_criterion
-from tinyprune.criteria.cluster_search import cluster_fitness
+from tinyprune.criteria.cluster_search import FitnessOptions, cluster_fitness
 from tinyprune.pruning.scoring import reduce_scores_across_ranks
 from tinyprune.pruning.select import Budget
-from tinyprune.pruning.structured import prune_structured
+from tinyprune.pruning.structured import PruneOptions, prune_structured
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,7 +94,7 @@ def test_kept_sets_follow_rank_reduced_scores(run_dir: Path) -> None:
         get_criterion("pcc_ci"),
         Budget(target_flops=0.5),
         data=union,
-        max_batches=len(union),
+        options=PruneOptions(max_batches=len(union)),
     )
     assert {k: list(v) for k, v in res.keep.items()} == r0["pcc_ci"]
 
@@ -115,7 +115,7 @@ def test_de_fitness_is_the_mean_over_shards(run_dir: Path) -> None:
             layers,
             batches[:1],
             batches[1:],
-            metric="neg_ce",
+            FitnessOptions(metric="neg_ce"),
         )
         values.append(fit(k))
     assert abs(values[0] - values[1]) > 1e-4  # each shard alone would be far off

@@ -20,7 +20,7 @@ from torch import nn
 import tinyprune.criteria as C
 from tinyprune.criteria.base import Granularity
 from tinyprune.errors import ConfigError, PruningError
-from tinyprune.pruning import Budget, measure_complexity, prune_structured
+from tinyprune.pruning import Budget, PruneOptions, measure_complexity, prune_structured
 from tinyprune.pruning.channel_graph import ChannelGraph
 
 STRUCTURED = C.names(Granularity.CHANNEL)
@@ -37,7 +37,13 @@ def _prune(
     ]
     crit = C.get(name, **EXTRA.get(name, {}))
     result = prune_structured(
-        model, x, crit, Budget(target_flops=frac), data=data, round_to=round_to, min_channels=4
+        model,
+        x,
+        crit,
+        Budget(target_flops=frac),
+        data=data,
+        round_to=round_to,
+        options=PruneOptions(min_channels=4),
     )
     assert result.macs_after <= frac * result.macs_before
     assert measure_complexity(model, x).macs == result.macs_after
@@ -106,7 +112,9 @@ def test_noop_budget_warns_and_keeps_model() -> None:
 def test_unreachable_budget_is_a_pruning_error() -> None:
     model, x = make(PlainCNN)
     with pytest.raises(PruningError, match="smallest reachable"):
-        prune_structured(model, x, C.get("l1"), Budget(target_params=0.001), min_channels=8)
+        prune_structured(
+            model, x, C.get("l1"), Budget(target_params=0.001), options=PruneOptions(min_channels=8)
+        )
 
 
 class _NeedsNoGrad(nn.Module):
@@ -164,6 +172,10 @@ def test_element_criterion_is_rejected() -> None:
 def test_ignored_layers_stay_whole() -> None:
     model, x = make(PlainCNN)
     result = prune_structured(
-        model, x, C.get("l1"), Budget(target_flops=0.5), ignored_layers=[model.c2]
+        model,
+        x,
+        C.get("l1"),
+        Budget(target_flops=0.5),
+        options=PruneOptions(ignored_layers=[model.c2]),
     )
     assert "c2" not in result.keep and model.c2.out_channels == 16
