@@ -386,6 +386,105 @@ def _step_down(counts: np.ndarray, g: int, w: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Bins of the knapsack fill's cost axis (the DP's resolution over the reachable cost range).
+KNAPSACK_BINS = 4096
+#: DP rounds (re-linearised around the last best candidate) and exact checks per round.
+KNAPSACK_ROUNDS, KNAPSACK_TRIES = 6, 64
+
+
+def knapsack_fill(
+    scores: list[np.ndarray],
+    counts: np.ndarray,
+    widths: list[np.ndarray],
+    cost: CostModel,
+    limits: Limits,
+    band: float = 0.02,
+) -> np.ndarray:
+    """Widths within ``band`` below the MACs limit when greedy + fill stops short of it.
+
+    ``counts`` (a maximal greedy selection) is returned unchanged when its MACs are already
+    within ``band`` of ``limits[0]`` or the MACs are not limited. Otherwise a DP over the groups
+    (a multiple-choice knapsack: one allowed width per group, the cost axis in
+    :data:`KNAPSACK_BINS` bins) maximises the kept score mass (sum of the best ``k`` scores
+    per group) among the assignments whose MACs land in ``[(1 - band) * limit, limit]``.
+    Costs are taken per group around a centre (a layer between two changed groups makes that
+    approximate), so every candidate is checked with the exact cost model and both limits;
+    when none fits, the DP is repeated around its own best candidate (a few rounds). Returns
+    the first exact fit, or ``counts`` when none lands in the band.
+    """
+    limit = limits[0]
+    if not math.isfinite(limit) or cost.cost(counts)[0] >= (1 - band) * limit:
+        return counts
+    top = [np.concatenate([[0.0], np.cumsum(np.sort(np.asarray(s, float))[::-1])]) for s in scores]
+    centre = counts.astype(np.int64)
+    for _ in range(KNAPSACK_ROUNDS):
+        candidates = _knapsack_candidates(top, centre, widths, cost, (1 - band) * limit, limit)
+        for k in candidates:
+            if _fits(cost, k, limits) and cost.cost(k)[0] >= (1 - band) * limit:
+                return k
+        if not candidates or np.array_equal(candidates[0], centre):
+            break
+        centre = candidates[0]
+    return counts
+
+
+def _knapsack_candidates(
+    top: list[np.ndarray],
+    centre: np.ndarray,
+    widths: list[np.ndarray],
+    cost: CostModel,
+    floor: float,
+    limit: float,
+) -> list[np.ndarray]:
+    """The DP's best assignments (most mass first) with linearised MACs in ``[floor, limit]``."""
+    macs_now = cost.cost(centre)[0]
+    deltas = [
+        np.array([cost.cost(_with(centre, g, int(x)))[0] - macs_now for x in w])
+        for g, w in enumerate(widths)
+    ]
+    shift = macs_now + sum(float(d.min()) for d in deltas)  # linearised MACs at bin 0
+    deltas = [d - d.min() for d in deltas]
+    span = limit - shift  # the shifted cost axis: [0, span] is within the limit
+    if span <= 0:
+        return []
+    unit = span / KNAPSACK_BINS
+    steps = [np.rint(d / unit).astype(np.int64) for d in deltas]
+    value = np.full(KNAPSACK_BINS + 1, -np.inf)
+    value[0] = 0.0
+    choice = np.zeros((len(widths), KNAPSACK_BINS + 1), dtype=np.int64)
+    for g, w in enumerate(widths):
+        new = np.full_like(value, -np.inf)
+        for j, width in enumerate(w):
+            b = int(steps[g][j])
+            if b > KNAPSACK_BINS:
+                continue
+            cand = np.full_like(value, -np.inf)
+            cand[b:] = value[: KNAPSACK_BINS + 1 - b] + top[g][int(width)]
+            better = cand > new
+            new[better] = cand[better]
+            choice[g, better] = j
+        value = new
+    first = (floor - shift) / unit
+    order = np.argsort(-value, kind="stable")
+    bins = [int(b) for b in order if np.isfinite(value[b]) and b >= first][:KNAPSACK_TRIES]
+    out = []
+    for b in bins:
+        k = np.empty(len(widths), dtype=np.int64)
+        at = b
+        for g in range(len(widths) - 1, -1, -1):
+            j = int(choice[g, at])
+            k[g] = widths[g][j]
+            at -= int(steps[g][j])
+        out.append(k)
+    return out
+
+
+def _with(counts: np.ndarray, g: int, width: int) -> np.ndarray:
+    out = counts.copy()
+    out[g] = width
+    return out
+
+
 def warn_if_noop(budget: Budget) -> bool:
     """Warn and return True when the budget keeps everything."""
     if budget.is_noop:

@@ -192,3 +192,10 @@ def test_chip_fixed_reproduces_chip_kept_indices() -> None:
     crit = C.get("pcc_ci", mode="chip_fixed", sparsity=sparsity)
     result = prune_structured(model, x, crit, data=data, round_to=1)
     assert result.keep == expected
+
+
+def test_the_default_is_the_papers_adaptive_threshold() -> None:
+    """``pcc_ci`` selects with one global threshold by default; ``uniform_budget`` is an option."""
+    assert C.get("pcc_ci").mode == "adaptive_budget"
+    assert C.get("pcc_ci").selection == "global"
+    assert C.get("pcc_ci", mode="uniform_budget").selection == "uniform"

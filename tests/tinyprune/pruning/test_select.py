@@ -181,3 +181,63 @@ def test_selection_rules_are_registered_by_name() -> None:
     assert SELECTIONS.names() == ["global", "greedy", "local", "uniform"]
     with pytest.raises(UnknownNameError, match="did you mean 'greedy'"):
         SELECTIONS.get("greedi")
+
+
+def _band_reachable(cost: sel.CostModel, widths: list[np.ndarray], limit: float) -> bool:
+    return any(
+        0.98 * limit <= cost.cost(np.array(k))[0] <= limit for k in itertools.product(*widths)
+    )
+
+
+def test_knapsack_fill_lands_within_two_percent_where_greedy_stops_short() -> None:
+    """4-layer conv chain, 40 seeded budgets: greedy + fill stops > 2 % short on 18 of the
+    40 (all with a width assignment in the band); the knapsack fill lands in the band on all.
+    """
+    cost, sizes = _chain((8, 6, 7, 5))
+    widths = [sel.allowed_widths(s, 1) for s in sizes]
+    greedy_short = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        scores = [rng.random(s) for s in sizes]
+        limit = cost.dense[0] * rng.uniform(0.3, 0.7)
+        chosen = sel.select_greedy(scores, cost, (limit, np.inf), widths)
+        filled = sel.knapsack_fill(scores, np.array(chosen.counts), widths, cost, (limit, np.inf))
+        macs = cost.cost(filled)[0]
+        assert macs <= limit + 1e-6
+        if chosen.macs < 0.98 * limit:
+            greedy_short += 1
+            assert _band_reachable(cost, widths, limit)
+            assert macs >= 0.98 * limit, seed
+        else:
+            assert np.array_equal(filled, chosen.counts)  # in the band already: unchanged
+    assert greedy_short >= 10
+
+
+def _independent(per_channel: list[float], sizes: list[int]) -> sel.CostModel:
+    """Layers with a fixed input of 1 and one group each: MACs are additive per group."""
+    n = len(sizes)
+    return sel.CostModel(
+        np.array(sizes, float), np.ones(n), np.zeros((n, n)), np.zeros(n), np.eye(n),
+        np.array(per_channel, float), np.zeros(n), np.zeros(n), np.ones(n), np.zeros(n, bool),
+    )  # fmt: skip
+
+
+def test_knapsack_fill_is_the_most_mass_in_the_band_for_additive_costs() -> None:
+    cost = _independent([39, 16, 37], [2, 6, 5])
+    widths = [sel.allowed_widths(s, 1) for s in (2, 6, 5)]
+    rng = np.random.default_rng(1)
+    scores = [rng.random(s) for s in (2, 6, 5)]
+    limit = 0.674 * cost.dense[0]
+    chosen = sel.select_greedy(scores, cost, (limit, np.inf), widths)
+    assert chosen.macs < 0.98 * limit  # the greedy is maximal but stops short
+    filled = sel.knapsack_fill(scores, np.array(chosen.counts), widths, cost, (limit, np.inf))
+    ordered = [np.sort(s)[::-1] for s in scores]
+
+    def mass(k: tuple[int, ...] | np.ndarray) -> float:
+        return sum(float(s[: int(c)].sum()) for s, c in zip(ordered, k, strict=True))
+
+    in_band = [
+        k for k in itertools.product(*widths) if 0.98 * limit <= cost.cost(np.array(k))[0] <= limit
+    ]
+    assert in_band and 0.98 * limit <= cost.cost(filled)[0] <= limit
+    assert mass(filled) == pytest.approx(max(mass(k) for k in in_band))
