@@ -17,7 +17,7 @@ from torch import nn
 from firmware_export.analyze import LintIssue
 from firmware_export.budget import DeviceProfile
 from firmware_export.calibration import to_channels_first, to_channels_last
-from tinyprune.errors import UnsupportedOpError, VerificationError
+from tinyprune.errors import MissingKernelError, UnsupportedOpError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +105,17 @@ def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int
     builtin kernels within :data:`BUILTIN_TOLERANCE_LSB` (optimized kernels round some
     requantizations differently: a 1-LSB difference at one op can reach the output as 2).
     """
-    from tinyprune.errors import ExportError
-
     try:
         return _parity().check_runtime_parity(model_bytes, int8_in, tolerance).to_dict()  # type: ignore[no-any-return]
-    except ExportError as e:
-        if "Didn't find op" not in str(e):
-            raise
-    result = _parity().check_runtime_parity(
-        model_bytes, int8_in, max(tolerance, BUILTIN_TOLERANCE_LSB), reference="builtin"
-    ).to_dict()
+    except MissingKernelError:
+        pass
+    result = (
+        _parity()
+        .check_runtime_parity(
+            model_bytes, int8_in, max(tolerance, BUILTIN_TOLERANCE_LSB), reference="builtin"
+        )
+        .to_dict()
+    )
     result["reference"] = (
         "LiteRT builtin kernels (its reference resolver lacks an op of this model; optimized "
         f"kernels may round differently, up to {BUILTIN_TOLERANCE_LSB} LSB accepted)"
@@ -124,20 +125,20 @@ def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int
 
 def _xnnpack_vs_ref(v: Any, model_bytes: bytes, int8_in: np.ndarray) -> dict[str, Any]:
     """Reported only; LiteRT's reference resolver lacks a few ops (e.g. ELU): say so and skip."""
-    from tinyprune.errors import ExportError
-
     try:
         return _parity().xnnpack_vs_ref(model_bytes, int8_in).to_dict()  # type: ignore[no-any-return]
-    except ExportError as e:
-        if "Didn't find op" not in str(e):
-            raise
-        missing = next((line for line in str(e).splitlines() if "Didn't find op" in line), str(e))
+    except MissingKernelError as e:
         return {
             "name": "litert_xnnpack_vs_ref",
             "skipped": True,
             "passed": True,
-            "reason": f"LiteRT's reference kernels cannot run this model: {missing.strip()}",
+            "reason": f"LiteRT's reference kernels cannot run this model: {missing_kernels(e)}",
         }
+
+
+def missing_kernels(e: MissingKernelError) -> str:
+    """The reason text for a comparison skipped because a resolver lacks kernels."""
+    return f"no kernel for {', '.join(e.ops)} in its {e.resolver!r} resolver"
 
 
 def _float_chain_outputs(

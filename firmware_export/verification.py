@@ -29,11 +29,11 @@ import numpy as np
 
 from firmware_export import parity as par
 from firmware_export import verify as v
-from firmware_export.checks import VerifyInputs, _int8_inputs, _match_layout
+from firmware_export.checks import VerifyInputs, _int8_inputs, _match_layout, missing_kernels
 from firmware_export.fidelity import merge_outputs
 from firmware_export.outputs import output_label
 from firmware_export.tflite_model import TensorInfo, parse_tflite
-from tinyprune.errors import ExportError, VerificationError
+from tinyprune.errors import MissingKernelError, VerificationError
 
 #: Output LSB accepted between TFLM and LiteRT's optimized (builtin) kernels.
 BUILTIN_TOLERANCE_LSB = 2
@@ -133,10 +133,8 @@ def _run_runtimes(inp: VerifyInputs, int8_in: np.ndarray, tolerance: int) -> _Ru
         try:
             runs.parity = par.runtime_parity(inp.model_bytes, int8_in, tolerance)
             runs.ref = runs.parity.reference
-        except ExportError as e:
-            if "Didn't find op" not in str(e):
-                raise
-            runs.ref_missing = _missing_op(e)
+        except MissingKernelError as e:
+            runs.ref_missing = missing_kernels(e)
             runs.parity_reference = "builtin"
             runs.parity = par.runtime_parity(
                 inp.model_bytes, int8_in, max(tolerance, BUILTIN_TOLERANCE_LSB), reference="builtin"
@@ -145,19 +143,12 @@ def _run_runtimes(inp: VerifyInputs, int8_in: np.ndarray, tolerance: int) -> _Ru
     else:
         try:
             runs.ref = v.run_litert_outputs(inp.model_bytes, int8_in, "ref")
-        except ExportError as e:
-            if "Didn't find op" not in str(e):
-                raise
-            runs.ref_missing = _missing_op(e)
+        except MissingKernelError as e:
+            runs.ref_missing = missing_kernels(e)
     runs.xnnpack = v.run_litert_outputs(inp.model_bytes, int8_in, "xnnpack")
     if runs.tflm is None and inp.runtime == "tflm":
         runs.tflm = v.run_litert_outputs(inp.model_bytes, int8_in, "builtin")
     return runs
-
-
-def _missing_op(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if "Didn't find op" in line]
-    return lines[0] if lines else str(e).splitlines()[0]
 
 
 def _dequantized(

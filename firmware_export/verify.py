@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 from firmware_export.isolate import run_isolated
 from firmware_export.tflite_model import parse_tflite
 from firmware_export.tflm import prepare_samples
-from tinyprune.errors import ConfigError
+from tinyprune.errors import ConfigError, MissingKernelError
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +287,7 @@ def run_litert_outputs(
 
     Raises:
         ConfigError: Unknown resolver, wrong input dtype or shape.
+        MissingKernelError: The resolver has no kernel for an op of the model.
         ExportError: LiteRT failed or crashed.
     """
     if resolver not in _RESOLVERS:
@@ -299,6 +301,9 @@ def run_litert_outputs(
 
 # --- functions that run in the child process ------------------------------------------------
 
+#: How LiteRT names an op its resolver lacks (the one place its message text is read).
+_MISSING_KERNEL = re.compile(r"Didn't find op for (?:builtin|custom) opcode '([^']+)'")
+
 
 def _litert_interpreter(model_bytes: bytes, resolver: str, preserve: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -308,13 +313,23 @@ def _litert_interpreter(model_bytes: bytes, resolver: str, preserve: bool = Fals
         "xnnpack": OpResolverType.AUTO,
         "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     }[resolver]
-    interp = Interpreter(
-        model_content=model_bytes,
-        num_threads=1,
-        experimental_op_resolver_type=kind,
-        experimental_preserve_all_tensors=preserve,
-    )
-    interp.allocate_tensors()
+    try:
+        interp = Interpreter(
+            model_content=model_bytes,
+            num_threads=1,
+            experimental_op_resolver_type=kind,
+            experimental_preserve_all_tensors=preserve,
+        )
+        interp.allocate_tensors()
+    except (RuntimeError, ValueError) as e:
+        ops = tuple(dict.fromkeys(_MISSING_KERNEL.findall(str(e))))
+        if not ops:
+            raise
+        msg = (
+            f"LiteRT's {resolver!r} op resolver has no kernel for {', '.join(ops)} "
+            f"(LiteRT: {str(e).strip().splitlines()[0]})"
+        )
+        raise MissingKernelError(msg, ops=ops, resolver=resolver) from None
     return interp
 
 

@@ -59,6 +59,25 @@ class UnsupportedOpError(ExportError):
         self.target = target
 
 
+class MissingKernelError(ExportError):
+    """A LiteRT op resolver has no kernel for ops of the model (e.g. ELU in the reference one).
+
+    Raised where LiteRT builds its interpreter, so callers branch on this class and read
+    ``ops`` instead of matching LiteRT's message text. Its exit code is ExportError's.
+
+    Attributes:
+        ops: The op names LiteRT named, e.g. ``("ELU",)``.
+        resolver: The resolver that lacks them (``"ref"``, ``"builtin"``, ``"xnnpack"``).
+    """
+
+    def __init__(
+        self, message: str, *, ops: tuple[str, ...] = (), resolver: str = "", stage: str = "litert"
+    ) -> None:
+        super().__init__(message, stage=stage)
+        self.ops = ops
+        self.resolver = resolver
+
+
 class VerificationError(ExportError):
     """Two runtimes disagree beyond the tolerance (exit 5)."""
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from firmware_export import parity, verify
-from tinyprune.errors import ConfigError, ExportError, VerificationError
+from tinyprune.errors import ConfigError, ExportError, MissingKernelError, VerificationError
 
 # --- figures on synthetic arrays (no runtime needed) -----------------------------------------
 
@@ -197,11 +197,24 @@ def test_models_without_reference_kernels_are_checked_against_builtin(
     from firmware_export.checks import BUILTIN_TOLERANCE_LSB, _tflm_parity
 
     sample = np.random.default_rng(0).integers(-128, 128, (1, 32, 32, 4), dtype=np.int8)
-    with pytest.raises(ExportError, match="ELU"):
+    with pytest.raises(MissingKernelError) as missing:
         verify.run_litert(wide_elu_model, sample, "ref")
+    assert missing.value.ops == ("ELU",) and missing.value.resolver == "ref"
+    assert isinstance(missing.value, ExportError)  # its exit code is unchanged
     # localisation runs on the same resolver as the comparison (it used REF and crashed)
     found = parity.first_divergent_op(wide_elu_model, sample[0], reference="builtin")
     assert found is None or " " in found
     result = _tflm_parity(verify, wide_elu_model, sample, 0)
     assert result["passed"] and result["max_abs"] <= BUILTIN_TOLERANCE_LSB
     assert "builtin" in result["reference"]
+
+
+def test_a_missing_reference_kernel_skips_the_xnnpack_comparison_naming_the_op(
+    wide_elu_model: bytes,
+) -> None:
+    from firmware_export.checks import _xnnpack_vs_ref
+
+    sample = np.random.default_rng(1).integers(-128, 128, (1, 32, 32, 4), dtype=np.int8)
+    entry = _xnnpack_vs_ref(verify, wide_elu_model, sample)
+    assert entry["skipped"] and entry["passed"]
+    assert entry["reason"].endswith("no kernel for ELU in its 'ref' resolver")
