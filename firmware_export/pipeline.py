@@ -30,6 +30,7 @@ from firmware_export.model_checks import check_finite_module, check_finite_onnx
 from firmware_export.options import ExportOptions
 from firmware_export.outputs import check_output_shapes, onnx_outputs, outputs_of
 from firmware_export.report_builder import ReportInputs, analyze_and_report
+from firmware_export.report_schema import ExportReport
 from firmware_export.source import LoadedModel
 from tinyprune.errors import BudgetExceededError, ConfigError
 
@@ -72,7 +73,12 @@ class ExportResult:
     @property
     def fits(self) -> bool:
         """True when every budget row is within its limit."""
-        return all(row["ok"] for row in self.report["budget"].values())
+        return self.typed_report.fits
+
+    @property
+    def typed_report(self) -> ExportReport:
+        """The report as an :class:`~firmware_export.report_schema.ExportReport`."""
+        return ExportReport.from_dict(self.report)
 
 
 def export(

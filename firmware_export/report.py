@@ -21,6 +21,7 @@ from typing import Any
 from firmware_export.analyze import LayerRow, LintIssue, ModelAnalysis
 from firmware_export.budget import BudgetReport, DeviceProfile
 from firmware_export.report_memory import arena_rows, memory_svg, tail_table
+from firmware_export.report_schema import REPORT_SCHEMA_VERSION, ExportReport
 from firmware_export.tflite_model import TensorInfo
 from tinyprune.fileio import write_text_atomic
 
@@ -114,6 +115,7 @@ def build_report_dict(
     report: dict[str, Any] = dict(extra or {})
     report.update(
         {
+            "schema_version": REPORT_SCHEMA_VERSION,
             "target": {
                 "name": profile.name,
                 "runtime": profile.runtime,
@@ -410,7 +412,8 @@ def write_reports(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = _plain({**report, "budget": budget.to_dict(), "budget_ok": budget.ok})
+    plain = _plain({**report, "budget": budget.to_dict(), "budget_ok": budget.ok})
+    data = ExportReport.from_dict(plain).to_dict()  # a report missing a contract figure fails
     texts = (
         json.dumps(data, indent=2, allow_nan=False) + "\n",
         render_markdown(data, analysis),

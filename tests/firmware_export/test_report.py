@@ -98,3 +98,31 @@ def test_non_finite_figures_stay_valid_json(tmp_path: Path) -> None:
     report["verify"] = {"x": {"max_abs_diff": float("inf"), "tolerance": 1.0, "ok": False}}
     path = write_reports(tmp_path, report, analysis, budget)[0]
     assert json.loads(path.read_text())["verify"]["x"]["max_abs_diff"] == "inf"
+
+
+def test_report_json_reads_back_as_a_typed_export_report(tmp_path: Path) -> None:
+    from firmware_export.report_schema import REPORT_SCHEMA_VERSION, BudgetRow, ExportReport
+
+    analysis, budget, report = make()
+    path = write_reports(tmp_path, report, analysis, budget)[0]
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == REPORT_SCHEMA_VERSION == 1
+    typed = ExportReport.load(tmp_path)
+    assert typed.flash_bytes == len(sine_model()) and typed.macs == analysis.macs > 0
+    assert typed.target == "cortex-m4" and typed.runtime == "tflm"
+    assert typed.budget["ram"] == BudgetRow(**data["budget"]["ram"]) and typed.fits
+    assert typed.extra["tinyprune_version"] == "0.1.0"
+    assert typed.to_dict() == data  # nothing lost on the way through the class
+
+
+def test_a_report_missing_a_contract_figure_or_of_another_schema_is_refused() -> None:
+    from firmware_export.report_schema import ExportReport
+    from tinyprune.errors import ExportError
+
+    _, _, report = make()
+    with pytest.raises(ExportError, match="flash_bytes"):
+        ExportReport.from_dict({k: v for k, v in report.items() if k != "flash_bytes"})
+    with pytest.raises(ExportError, match="must be integers"):
+        ExportReport.from_dict({**report, "macs": 1.5})
+    with pytest.raises(ExportError, match="schema_version 2"):
+        ExportReport.from_dict({**report, "schema_version": 2})

@@ -199,12 +199,12 @@ def _export_winner(out: Path, winner: str, target: str) -> dict[str, Any]:
         target=target,
         out_dir=out / "export",
     )
-    rep = result.report
+    rep = result.typed_report
     return {
         "out_dir": str(result.out_dir),
-        "flash_bytes": rep["flash_bytes"],
-        "arena_bytes": rep["arena_bytes"],
-        "fits": result.fits,
+        "flash_bytes": rep.flash_bytes,
+        "arena_bytes": rep.arena_bytes,
+        "fits": rep.fits,
     }
 
 

@@ -110,13 +110,13 @@ class _Trial:
                 log.warning("fit search: export at %.4f of MACs failed (%s)", fraction, e)
                 self.search.tried.append({"fraction": fraction, "fits": False, "error": str(e)})
                 return None
-        rep = res.report
+        rep = res.typed_report
         self.search.tried.append(
             {
                 "fraction": fraction,
-                "fits": res.fits,
-                "flash_bytes": rep["flash_bytes"],
-                "arena_bytes": rep["arena_bytes"],
+                "fits": rep.fits,
+                "flash_bytes": rep.flash_bytes,
+                "arena_bytes": rep.arena_bytes,
             }
         )
         log.info("fit search: %s", self.search.tried[-1])
