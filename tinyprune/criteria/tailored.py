@@ -356,6 +356,14 @@ class TailoredHook(TrainHook):
 
         scores = self.importance()
         chosen = sel.select_greedy(scores, self.cost, self.limits, self.widths)
+        # The greedy is maximal but may stop a few percent short of the MACs target when the
+        # steps that could grow are large; the knapsack fill tops it up to within 2 % (most
+        # gate importance first). Done at every SELECT, not at freezing, so that the Pset the
+        # proximal steps drive to zero is the one the hard prune removes.
+        counts = np.array(chosen.counts, dtype=np.int64)
+        filled = sel.knapsack_fill(scores, counts, self.widths, self.cost, self.limits)
+        if not np.array_equal(filled, counts):
+            chosen = sel.make_selection(scores, filled, self.cost)
         self.keep = list(chosen.keep)
         pairs = zip(self.graph.groups, self.keep, strict=True)
         self.pset = [np.setdiff1d(np.arange(g.size), k) for g, k in pairs]
@@ -425,39 +433,12 @@ class TailoredHook(TrainHook):
             warnings.warn(msg, stacklevel=2)
         from tinyprune.pruning.gates import fold_gates_
 
-        self._knapsack_fill()
         fold_gates_(model)  # gated outputs of Pset are exact zeros: nothing to fold downstream
         before = measure_complexity(model, self.example_input)
         fold_beta_(self.graph, self.keep, activation)
         self.graph.remove_channels_(self.keep)
         after = measure_complexity(model, self.example_input)
         return prune_result(self.graph, self.keep, before, after, self.crit, "greedy")
-
-    def _knapsack_fill(self) -> None:
-        """The final selection: the last SELECT, topped up to the MACs target by a DP.
-
-        The greedy SELECT is maximal (no single step fits) but may stop a few percent short
-        of the target when the steps that could grow are large; the knapsack fill
-        (:func:`~tinyprune.pruning.select.knapsack_fill`) then finds the widths within 2 % of
-        the target with the most gate importance, when such widths exist.
-        """
-        from tinyprune.pruning import select as sel
-
-        scores = self.importance()
-        counts = np.array([len(k) for k in self.keep], dtype=np.int64)
-        filled = sel.knapsack_fill(scores, counts, self.widths, self.cost, self.limits)
-        if np.array_equal(filled, counts):
-            return
-        chosen = sel.make_selection(scores, filled, self.cost)
-        log.info(
-            "tailored knapsack fill: MACs %.0f -> %.0f (limit %.0f)",
-            self.cost.cost(counts)[0],
-            chosen.macs,
-            self.limits[0],
-        )
-        self.keep = list(chosen.keep)
-        pairs = zip(self.graph.groups, self.keep, strict=True)
-        self.pset = [np.setdiff1d(np.arange(g.size), k) for g, k in pairs]
 
     def summary(self) -> dict[str, Any]:
         """Controller and SELECT history."""

@@ -189,8 +189,13 @@ def sync_buffers_(model: torch.nn.Module) -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group if this process is in one (call at the end of a script)."""
+    """Leave the process group if this process is in one (call at the end of a script).
+
+    A barrier first: gloo aborts a replica (SIGABRT) whose peer closes its sockets while the
+    replica is still finishing the last collective.
+    """
     if is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

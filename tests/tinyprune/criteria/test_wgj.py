@@ -14,6 +14,7 @@ from torch import nn
 from tinyprune.criteria.wgj import WGJCriterion
 from tinyprune.errors import ConfigError
 from tinyprune.pruning.dynamic import DynamicSparseHook
+from tinyprune.training import distributed
 from tinyprune.training.hooks import TrainContext
 
 # Planted groups of T3 in a 4x8 weight, one output row each: A, B, C, D.
@@ -314,7 +315,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             hook.after_step(ctx)
         torch.save(hook.masks.state_dict(), f"{out}/rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        distributed.cleanup()
 
 
 @pytest.mark.timeout(120)
