@@ -23,6 +23,7 @@ from torch import nn
 
 from tinyprune.criteria.base import CRITERIA, Granularity, ScoreInput
 from tinyprune.errors import ConfigError
+from tinyprune.training.distributed import all_reduce_mean_, consensus_mean_
 from tinyprune.training.hooks import TrainContext, TrainHook
 
 log = logging.getLogger(__name__)
@@ -313,12 +314,22 @@ class TailoredHook(TrainHook):
         bare = [n for n in bare if self.graph.bn_after(n) is None]
         return insert_gates_(model, bare)
 
+    def prepare_model(self, model: nn.Module) -> None:
+        """The training loop's call before it builds the optimizer and DDP: insert the gates."""
+        if getattr(self, "graph", None) is None or self.graph.model is not model:
+            self.prepare(model)
+
     def on_train_begin(self, ctx: TrainContext) -> None:
         """Trace groups (:meth:`prepare`), build the cost-aware weights; run a first SELECT."""
         from tinyprune.pruning import select as sel
 
+        late: list[nn.Parameter] = []
         if getattr(self, "graph", None) is None or self.graph.model is not ctx.model:
-            _add_to_optimizer(ctx.optimizer, self.prepare(ctx.model))
+            late = self.prepare(ctx.model)
+            _add_to_optimizer(ctx.optimizer, late)
+        # Gates inserted here came after DDP wrapped the model: DDP does not all-reduce their
+        # gradients, so after_backward does (replicas on different shards would drift apart).
+        self._unsynced = late if ctx.distributed else []
         self.limits = self.budget.limits(*self.cost.dense)
         crit = self.crit
         groups = self.graph.groups
@@ -343,13 +354,28 @@ class TailoredHook(TrainHook):
             ]
             for g in self.graph.groups
         ]
+        if ctx.distributed:  # rank 0's gates everywhere (BN scales DDP has already broadcast)
+            with torch.no_grad():
+                for gates in self._gates:
+                    for gate, _ in gates:
+                        if gate is not None:
+                            consensus_mean_(gate.data)
         self._select(ctx)
 
-    def importance(self) -> list[np.ndarray]:
-        """Gate importance per group (L2 over member |gamma|)."""
-        from tinyprune.pruning.scoring import score_groups
+    def after_backward(self, ctx: TrainContext) -> None:
+        """Average the gradients of gates DDP does not manage (inserted after it wrapped)."""
+        for gate in getattr(self, "_unsynced", ()):
+            if gate.grad is not None:
+                all_reduce_mean_(gate.grad)
 
-        return score_groups(self.graph, self.crit, reduce=self.crit.group_reduce)
+    def importance(self) -> list[np.ndarray]:
+        """Gate importance per group (L2 over member |gamma|), averaged over DDP replicas (one
+        SELECT, one leakage and one lambda on every replica, bit for bit).
+        """
+        from tinyprune.pruning.scoring import reduce_scores_across_ranks, score_groups
+
+        scores = score_groups(self.graph, self.crit, reduce=self.crit.group_reduce)
+        return reduce_scores_across_ranks(scores)
 
     def _select(self, ctx: TrainContext) -> None:
         from tinyprune.pruning import select as sel
