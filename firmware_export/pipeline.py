@@ -203,9 +203,10 @@ def _convert_torch_or_onnx(
             info = [o.to_dict() for o in outputs_of(loaded.module, samples[0], opts.output)]
             rewrites = export_onnx(loaded.module, samples[0], onnx_path, select=opts.output)
         else:
-            proto, _ = load_onnx(loaded.onnx_path, select=opts.output)  # type: ignore[arg-type]
+            assert loaded.onnx_path is not None  # a LoadedModel holds a module or an ONNX path
+            proto, _ = load_onnx(loaded.onnx_path, select=opts.output)
             check_finite_onnx(proto, loaded.source)
-            onnx_path.write_bytes(proto.SerializeToString())  # type: ignore[attr-defined]
+            onnx_path.write_bytes(proto.SerializeToString())
             info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
     cl = calib_io.to_channels_last(samples)
     with timer("convert"):
@@ -258,10 +259,11 @@ def _convert_keras(
     if opts.output is not None:
         msg = "--output selects an output of a PyTorch or ONNX model; Keras sources keep theirs"
         raise ConfigError(msg)
+    assert loaded.keras_path is not None  # _run_stages sends only Keras sources here
     with timer("quantize"):
         model_bytes, reference = keras_to_int8(
             loaded.keras_path,
-            samples[: opts.calib_cap],  # type: ignore[arg-type]
+            samples[: opts.calib_cap],
             per_channel=opts.per_channel,
             trust_model_code=opts.trust_model_code,
         )
