@@ -27,7 +27,7 @@ from firmware_export.budget import DeviceProfile, load_profile
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
 from firmware_export.model_checks import check_finite_module, check_finite_onnx
-from firmware_export.options import ExportOptions
+from firmware_export.options import DEFAULT_TARGET, ExportOptions
 from firmware_export.outputs import check_output_shapes, onnx_outputs, outputs_of
 from firmware_export.report_builder import ReportInputs, analyze_and_report
 from firmware_export.report_schema import ExportReport
@@ -85,7 +85,7 @@ def export(
     model: nn.Module | LoadedModel | str | Path,
     calibration: np.ndarray | str | Path,
     *,
-    target: str | Path = "cortex-m4",
+    target: str | Path = DEFAULT_TARGET,
     out_dir: str | Path = "run",
     options: ExportOptions | None = None,
     on_stage: Stage | None = None,

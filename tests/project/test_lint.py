@@ -28,9 +28,12 @@ STRICT_MODULES = [
 
 
 def test_ruff_is_clean() -> None:
-    if shutil.which("ruff") is None and subprocess.run(
-        [sys.executable, "-m", "ruff", "--version"], capture_output=True, check=False
-    ).returncode:
+    if (
+        shutil.which("ruff") is None
+        and subprocess.run(
+            [sys.executable, "-m", "ruff", "--version"], capture_output=True, check=False
+        ).returncode
+    ):
         pytest.skip("ruff is not installed (it comes with the dev extra)")
     proc = subprocess.run(
         [sys.executable, "-m", "ruff", "check", ".", "--output-format", "concise"],

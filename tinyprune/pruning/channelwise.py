@@ -41,7 +41,6 @@ class ChannelwiseModule(Protocol):
 
 
 # torch-pruning has no type information: its pruner base class is Any to mypy.
-
 class _IdentityPruner(tp.pruner.function.BasePruningFunc):  # type: ignore[misc]
     """In channel ``i`` == out channel ``i``; the module rewrites itself."""
 
