@@ -110,12 +110,24 @@ def test_firmware_export_imports_only_errors_and_file_reading_of_tinyprune() -> 
     assert bad == []
 
 
+HEAVY = ("torch", "tensorflow", "tf_keras", "onnx")
+
+
 def test_the_raspberry_pi_runtime_and_the_configs_need_no_torch() -> None:
-    """``tinyprune.config`` and ``tinyprune.runtime`` import neither torch nor TensorFlow."""
-    heavy = ("torch", "tensorflow", "tf_keras", "onnx")
-    for mod, path in ((m, ROOT / (m.replace(".", "/") + ".py")) for m in ("tinyprune.config",)):
-        raw = _imports(ast.parse(path.read_text()), mod, False)
-        assert not [m for m in raw if m.split(".")[0] in heavy], mod
+    """``tinyprune.config`` imports neither torch nor TensorFlow anywhere; ``tinyprune.runtime``
+    not at module level (its optional PyTorch/ONNX Runtime benchmark rows import them inside a
+    function, guarded; tests/tinyprune/runtime/test_lean_runtime.py runs it with torch hidden).
+    """
+    path = ROOT / "tinyprune" / "config.py"
+    raw = _imports(ast.parse(path.read_text()), "tinyprune.config", False)
+    assert not [m for m in raw if m.split(".")[0] in HEAVY]
+    bad = []
+    for path in sorted((ROOT / "tinyprune" / "runtime").glob("*.py")):
+        top = [n for n in ast.parse(path.read_text()).body if not isinstance(n, ast.FunctionDef)]
+        mod = _module_name(path)
+        raw = _imports(ast.Module(body=top, type_ignores=[]), mod, path.name == "__init__.py")
+        bad += [f"{mod} imports {m}" for m in raw if m.split(".")[0] in HEAVY]
+    assert bad == []
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -266,3 +278,15 @@ def test_cli_writes_no_default_of_its_own_beyond_the_known_ones() -> None:
                 if kw.arg == "default" and literal and isinstance(call.args[0], ast.Constant):
                     found.setdefault(fn.name, set()).add(str(call.args[0].value))
     assert found == LITERAL_DEFAULTS
+
+
+def test_tests_mirror_the_packages() -> None:
+    """``tests/tinyprune/<pkg>/`` for every subpackage and no test folder without one."""
+    packages = {p.parent.name for p in (ROOT / "tinyprune").glob("*/__init__.py")}
+    folders = {
+        p.name
+        for p in (ROOT / "tests" / "tinyprune").iterdir()
+        if p.is_dir() and any(p.glob("test_*.py"))
+    }
+    assert folders == packages
+    assert any((ROOT / "tests" / "firmware_export").glob("test_*.py"))
