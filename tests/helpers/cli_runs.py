@@ -26,3 +26,9 @@ def prune_argv(criterion: str, out: Path, *flags: str) -> list[str]:
     """``tinyprune prune zoo:micro_cnn --data digits --criterion CRITERION FLAGS --out OUT``."""
     head = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", criterion]
     return [*head, *flags, "--out", str(out)]
+
+
+def export_argv(model: str | Path, calib: Path, target: str, out: Path, *flags: str) -> list[str]:
+    """``tinyprune export MODEL --calib CALIB --target TARGET --out OUT FLAGS``."""
+    head = ["export", str(model), "--calib", str(calib), "--target", target]
+    return [*head, "--out", str(out), *flags]
