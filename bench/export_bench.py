@@ -52,17 +52,8 @@ class Case:
 def cases() -> list[Case]:
     """Small, medium and large: the example CNN, a narrow ResNet-20, a MobileNetV2 (0.35)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import torch
+    from memory_cases import seeded_model as seeded
     from tiny_cnn import build as tiny_cnn
-
-    from tinyprune.models import create_model
-
-    def seeded(name: str, **kw: Any) -> Callable[[], Any]:
-        def make() -> Any:
-            torch.manual_seed(0)
-            return create_model(name, **kw).eval()
-
-        return make
 
     return [
         Case("tiny_cnn 16x16", tiny_cnn, (1, 16, 16)),

@@ -19,30 +19,36 @@ import numpy as np
 PROFILE = "cortex-m7"
 
 
+def seeded_model(name: str, **kw: Any) -> Callable[[], Any]:
+    """A factory of the zoo model ``name`` (options ``kw``), built under seed 0, in eval mode."""
+
+    def make() -> Any:
+        import torch
+
+        from tinyprune.models import create_model
+
+        torch.manual_seed(0)
+        return create_model(name, **kw).eval()
+
+    return make
+
+
 def memory_cases() -> dict[str, tuple[Callable[[], Any], tuple[int, ...]]]:
     """Name -> (seeded factory, per-sample PyTorch input shape)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import torch
     from tiny_cnn import build as tiny_cnn
 
-    from tinyprune.models import create_model, get_model_spec
-
-    def seeded(name: str, **kw: Any) -> Callable[[], Any]:
-        def make() -> Any:
-            torch.manual_seed(0)
-            return create_model(name, **kw).eval()
-
-        return make
+    from tinyprune.models import get_model_spec
 
     def zoo(name: str) -> tuple[Callable[[], Any], tuple[int, ...]]:
-        return seeded(name), tuple(get_model_spec(name).input_shape)
+        return seeded_model(name), tuple(get_model_spec(name).input_shape)
 
     return {
         "tiny_cnn": (tiny_cnn, (1, 16, 16)),
-        "resnet20_w8": (seeded("resnet20", width=8, input_size=32), (3, 32, 32)),
-        "resnet20_w16": (seeded("resnet20", width=16, input_size=32), (3, 32, 32)),
+        "resnet20_w8": (seeded_model("resnet20", width=8, input_size=32), (3, 32, 32)),
+        "resnet20_w16": (seeded_model("resnet20", width=16, input_size=32), (3, 32, 32)),
         "mobilenetv2_x035": (
-            seeded("mobilenetv2", num_classes=10, width_mult=0.35, input_size=32),
+            seeded_model("mobilenetv2", num_classes=10, width_mult=0.35, input_size=32),
             (3, 32, 32),
         ),
         "ds_cnn": zoo("ds_cnn"),

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 
 from firmware_export.memory_plan import align_up
-from firmware_export.tflite_model import TfliteModel
+from firmware_export.tflite_model import OpInfo, TfliteModel
 
 _LINE_RE = re.compile(
     r"'([^']+)' used (\d+) bytes with alignment overhead \(requested (\d+) bytes for (\d+) "
@@ -113,7 +113,7 @@ def profile_isa(name: str, declared: str = "") -> str:
     return "dsp"
 
 
-def _conv_scratch(model: TfliteModel, op, isa: str) -> int:  # noqa: ANN001
+def _conv_scratch(model: TfliteModel, op: OpInfo, isa: str) -> int:
     x, w = model.tensors[op.inputs[0]], model.tensors[op.inputs[1]]
     _, kh, kw, cin = w.shape
     rhs_cols = kh * kw * x.shape[-1]
@@ -124,7 +124,7 @@ def _conv_scratch(model: TfliteModel, op, isa: str) -> int:  # noqa: ANN001
     return 2 * align_up(rhs_cols, 4) * 2  # im2col: 2 columns of int16
 
 
-def _depthwise_scratch(model: TfliteModel, op, isa: str) -> int:  # noqa: ANN001
+def _depthwise_scratch(model: TfliteModel, op: OpInfo, isa: str) -> int:
     x, w, y = (
         model.tensors[op.inputs[0]],
         model.tensors[op.inputs[1]],

@@ -20,14 +20,14 @@ from tinyprune.errors import ConfigError, UnknownNameError, unknown_name_message
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 RUNTIMES = ("tflm", "litert")
-_REQUIRED = {
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "runtime": str,
     "flash_bytes": int,
     "ram_bytes": int,
     "clock_mhz": (int, float),
 }
-_OPTIONAL = {
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "cycles_per_mac": (int, float),
     "cycles_per_mac_source": str,
     "runtime_flash_bytes": int,
@@ -144,7 +144,7 @@ def _load_file(path: Path) -> DeviceProfile:
         raise ConfigError(msg) from e
     _check_keys(path, data)
     floats = {"clock_mhz", "cycles_per_mac", "latency_ms"}
-    fields = {k: float(v) if k in floats else v for k, v in data.items()}
+    fields: dict[str, Any] = {k: float(v) if k in floats else v for k, v in data.items()}
     prof = DeviceProfile(**fields, source=str(path))
     _check_values(path, prof)
     return prof

@@ -90,12 +90,6 @@ class VerifyInputs:
     select: int | None = None  # --output: the module's output leaf that was exported
 
 
-def _parity() -> Any:
-    from firmware_export import parity
-
-    return parity
-
-
 #: Output LSB accepted between TFLM and LiteRT's optimized (builtin) kernels.
 BUILTIN_TOLERANCE_LSB = 2
 
@@ -105,17 +99,15 @@ def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int
     builtin kernels within :data:`BUILTIN_TOLERANCE_LSB` (optimized kernels round some
     requantizations differently: a 1-LSB difference at one op can reach the output as 2).
     """
+    from firmware_export.parity import check_runtime_parity
+
     try:
-        return _parity().check_runtime_parity(model_bytes, int8_in, tolerance).to_dict()  # type: ignore[no-any-return]
+        return check_runtime_parity(model_bytes, int8_in, tolerance).to_dict()
     except MissingKernelError:
         pass
-    result = (
-        _parity()
-        .check_runtime_parity(
-            model_bytes, int8_in, max(tolerance, BUILTIN_TOLERANCE_LSB), reference="builtin"
-        )
-        .to_dict()
-    )
+    result = check_runtime_parity(
+        model_bytes, int8_in, max(tolerance, BUILTIN_TOLERANCE_LSB), reference="builtin"
+    ).to_dict()
     result["reference"] = (
         "LiteRT builtin kernels (its reference resolver lacks an op of this model; optimized "
         f"kernels may round differently, up to {BUILTIN_TOLERANCE_LSB} LSB accepted)"
@@ -125,8 +117,10 @@ def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int
 
 def _xnnpack_vs_ref(v: Any, model_bytes: bytes, int8_in: np.ndarray) -> dict[str, Any]:
     """Reported only; LiteRT's reference resolver lacks a few ops (e.g. ELU): say so and skip."""
+    from firmware_export.parity import xnnpack_vs_ref
+
     try:
-        return _parity().xnnpack_vs_ref(model_bytes, int8_in).to_dict()  # type: ignore[no-any-return]
+        return xnnpack_vs_ref(model_bytes, int8_in).to_dict()
     except MissingKernelError as e:
         return {
             "name": "litert_xnnpack_vs_ref",
@@ -143,8 +137,10 @@ def missing_kernels(e: MissingKernelError) -> str:
 
 def _float_chain_outputs(
     inp: VerifyInputs, results: dict[str, Any], v: Any, tol: float
-) -> list[np.ndarray]:
-    """Torch -> ONNX Runtime -> float TFLite on every output; returns the float references."""
+) -> list[np.ndarray] | None:
+    """Torch -> ONNX Runtime -> float TFLite on every output; returns the float references
+    (None without a torch or ONNX model).
+    """
     from firmware_export.export_onnx import onnxruntime_outputs, torch_outputs
     from firmware_export.fidelity import merge_outputs
 
@@ -181,7 +177,7 @@ def _float_chain_outputs(
             "onnx2tf changed what the model computes; try an export-friendly "
             "rewrite of the layer or raise --float-tolerance",
         )
-    return reference  # type: ignore[return-value]
+    return reference
 
 
 def _count_check(a: list[np.ndarray], b: list[np.ndarray], name_a: str, name_b: str) -> None:

@@ -6,7 +6,7 @@ import copy
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from firmware_export.rewrite import rewrite_adaptive_pool3d_, rewrite_pool3d_
 from firmware_export.rewrite_onnx import rewrite_onnx
 from firmware_export.rewrite_ops import export_symbolics, functionalize_programs_
 from tinyprune.errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,8 @@ def export_onnx(
             torch.onnx.export(
                 model,
                 (x,),
-                buf,
+                # torch types ``f`` as a path; the TorchScript exporter also writes to a file
+                buf,  # type: ignore[arg-type]
                 opset_version=OPSET,
                 dynamo=False,
                 input_names=["input"],
@@ -120,7 +124,7 @@ def export_onnx(
     return rewrites
 
 
-def load_onnx(path: Path, select: int | None = None) -> tuple[object, tuple[int, ...]]:
+def load_onnx(path: Path, select: int | None = None) -> tuple[onnx.ModelProto, tuple[int, ...]]:
     """Read a user's ``.onnx`` file; return the proto with batch fixed to 1 and the sample shape.
 
     ``select`` keeps graph output ``select`` only (``--output``).
@@ -147,7 +151,7 @@ def load_onnx(path: Path, select: int | None = None) -> tuple[object, tuple[int,
 
 def _static_single_input(
     proto: Any, path: Path, select: int | None
-) -> tuple[object, tuple[int, ...]]:
+) -> tuple[onnx.ModelProto, tuple[int, ...]]:
     init_names = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init_names]
     if len(inputs) != 1:

@@ -110,7 +110,7 @@ def load_keras(path: Path, *, trust_model_code: bool = False) -> Any:
     if keras_major_version(path) == 2:
         import tf_keras as keras_mod
     else:
-        import keras as keras_mod  # type: ignore[no-redef]
+        import keras as keras_mod
     scope = contextlib.nullcontext()
     if scan.tfmot_qat:
         from firmware_export.tfmot_compat import quantize_scope

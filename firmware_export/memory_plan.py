@@ -24,7 +24,7 @@ The plan goes into the model as ``OfflineMemoryAllocation`` metadata (see
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,7 +170,8 @@ def greedy_plan(buffers: Sequence[Buffer], fixed: dict[int, int] | None = None) 
     return MemoryPlan(tuple(buffers), _first_fit(order, pinned), method)
 
 
-_ORDERS = {
+_Order = Callable[[Buffer], tuple[int, int, int]]
+_ORDERS: dict[str, _Order] = {
     "size": lambda b: (-b.size, b.first, b.tensor),
     "size*life": lambda b: (-b.size * (b.last - b.first + 1), -b.size, b.tensor),
     "start": lambda b: (b.first, -b.size, b.tensor),
@@ -192,9 +193,7 @@ def heuristic_plan(buffers: Sequence[Buffer]) -> MemoryPlan:
         for peak_first in (False, True):
             if peak_first:
                 at = peaks[0] if peaks else 0
-                order = sorted(
-                    buffers, key=lambda b, k=key, p=at: (not b.first <= p <= b.last, k(b))
-                )
+                order = sorted(buffers, key=_live_first(key, at))
             else:
                 order = sorted(buffers, key=key)
             plan = MemoryPlan(
@@ -206,6 +205,11 @@ def heuristic_plan(buffers: Sequence[Buffer]) -> MemoryPlan:
                 best = plan
     assert best is not None
     return MemoryPlan(best.buffers, best.offsets, best.method, best.head == bound)
+
+
+def _live_first(key: _Order, step: int) -> Callable[[Buffer], tuple[bool, tuple[int, int, int]]]:
+    """``key``, with the buffers live at ``step`` ordered first."""
+    return lambda b: (not b.first <= step <= b.last, key(b))
 
 
 def optimal_plan(buffers: Sequence[Buffer], time_limit: float = MILP_TIME_LIMIT) -> MemoryPlan:
@@ -239,18 +243,26 @@ def _milp_plan(buffers: list[Buffer], upper: int, time_limit: float) -> MemoryPl
     units = [b.size // ALIGN for b in buffers]
     big = upper // ALIGN
     nv = n + len(pairs) + 1  # offsets, pair binaries, height
-    rows, lo, hi = [], [], []
+    rows: list[np.ndarray] = []
+    lo: list[float] = []
+    hi: list[float] = []
     for i in range(n):  # o_i + s_i - H <= 0
         r = np.zeros(nv)
         r[i], r[-1] = 1, -1
-        rows.append(r), lo.append(-np.inf), hi.append(-units[i])
+        rows.append(r)
+        lo.append(-np.inf)
+        hi.append(-units[i])
     for k, (i, j) in enumerate(pairs):
         r = np.zeros(nv)  # o_i - o_j + U z <= U - s_i
         r[i], r[j], r[n + k] = 1, -1, big
-        rows.append(r), lo.append(-np.inf), hi.append(big - units[i])
+        rows.append(r)
+        lo.append(-np.inf)
+        hi.append(big - units[i])
         r = np.zeros(nv)  # o_j - o_i - U z <= -s_j
         r[j], r[i], r[n + k] = 1, -1, -big
-        rows.append(r), lo.append(-np.inf), hi.append(-units[j])
+        rows.append(r)
+        lo.append(-np.inf)
+        hi.append(-units[j])
     c = np.zeros(nv)
     c[-1] = 1
     ub = np.array([big - u for u in units] + [1] * len(pairs) + [big], dtype=float)

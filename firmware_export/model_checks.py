@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,13 @@ def _layer_calling_aten(module: nn.Module, sample: Any, op_name: str) -> str | N
     found: list[str] = []
 
     class Spy(TorchFunctionMode):  # sees torch.fft.rfft before it decomposes
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        def __torch_function__(
+            self,
+            func: Callable[..., Any],
+            types: Collection[type],
+            args: tuple[Any, ...] = (),
+            kwargs: dict[str, Any] | None = None,
+        ) -> Any:
             if getattr(func, "__name__", "") == op_name and not found:
                 found.append(stack[-1] if stack else "")
             return func(*args, **(kwargs or {}))

@@ -77,9 +77,7 @@ def embed_plan(model_bytes: bytes, plan: MemoryPlan, timeout: float = 120) -> by
 
 def realign(model_bytes: bytes, timeout: float = 120) -> bytes:
     """Rewrite the flatbuffer with tflite-micro's alignment tool (in a child process)."""
-    return run_isolated(  # type: ignore[no-any-return]
-        _align_child, model_bytes, timeout=timeout, stage="memory-plan"
-    )
+    return run_isolated(_align_child, model_bytes, timeout=timeout, stage="memory-plan")
 
 
 def _align_child(model_bytes: bytes) -> bytes:

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 from tinyprune.errors import ConfigError
 
-__all__ = ["ExportOptions"]
+__all__ = ["DEFAULT_TARGET", "ExportOptions"]
+
+#: Device profile of an export that names none (``tinyprune export``, ``firmware_export.export``).
+DEFAULT_TARGET = "cortex-m4"
 
 
 @dataclass(frozen=True)

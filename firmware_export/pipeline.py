@@ -27,7 +27,7 @@ from firmware_export.budget import DeviceProfile, load_profile
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
 from firmware_export.model_checks import check_finite_module, check_finite_onnx
-from firmware_export.options import ExportOptions
+from firmware_export.options import DEFAULT_TARGET, ExportOptions
 from firmware_export.outputs import check_output_shapes, onnx_outputs, outputs_of
 from firmware_export.report_builder import ReportInputs, analyze_and_report
 from firmware_export.report_schema import ExportReport
@@ -85,7 +85,7 @@ def export(
     model: nn.Module | LoadedModel | str | Path,
     calibration: np.ndarray | str | Path,
     *,
-    target: str | Path = "cortex-m4",
+    target: str | Path = DEFAULT_TARGET,
     out_dir: str | Path = "run",
     options: ExportOptions | None = None,
     on_stage: Stage | None = None,
@@ -203,9 +203,10 @@ def _convert_torch_or_onnx(
             info = [o.to_dict() for o in outputs_of(loaded.module, samples[0], opts.output)]
             rewrites = export_onnx(loaded.module, samples[0], onnx_path, select=opts.output)
         else:
-            proto, _ = load_onnx(loaded.onnx_path, select=opts.output)  # type: ignore[arg-type]
+            assert loaded.onnx_path is not None  # a LoadedModel holds a module or an ONNX path
+            proto, _ = load_onnx(loaded.onnx_path, select=opts.output)
             check_finite_onnx(proto, loaded.source)
-            onnx_path.write_bytes(proto.SerializeToString())  # type: ignore[attr-defined]
+            onnx_path.write_bytes(proto.SerializeToString())
             info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
     cl = calib_io.to_channels_last(samples)
     with timer("convert"):
@@ -258,10 +259,11 @@ def _convert_keras(
     if opts.output is not None:
         msg = "--output selects an output of a PyTorch or ONNX model; Keras sources keep theirs"
         raise ConfigError(msg)
+    assert loaded.keras_path is not None  # _run_stages sends only Keras sources here
     with timer("quantize"):
         model_bytes, reference = keras_to_int8(
             loaded.keras_path,
-            samples[: opts.calib_cap],  # type: ignore[arg-type]
+            samples[: opts.calib_cap],
             per_channel=opts.per_channel,
             trust_model_code=opts.trust_model_code,
         )

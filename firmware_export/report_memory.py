@@ -77,7 +77,7 @@ def memory_svg(report: Mapping[str, Any]) -> str:
         return ""
     curve, bufs = p["live_bytes_per_step"], p["buffers"]
     steps = len(curve)
-    top = max([*curve, p["online_head_bytes"], _head(p), 1])
+    top: float = max([*curve, p["online_head_bytes"], _head(p), 1])
     sx = (_W - 2 * _PAD) / steps
     sy = (_H - 2 * _PAD) / top
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +154,8 @@ class AdaptiveAvgPool3dAs2d(nn.Module):
         if out[0] == t and out[1:] == [1, 1]:
             return x.mean(dim=(3, 4), keepdim=True)
         k = tuple(i // o for i, o in zip((t, h, w), out, strict=True))
-        return Pool3dAsSlices("avg", k, k)(x)
+        pooled: torch.Tensor = Pool3dAsSlices("avg", k, k)(x)
+        return pooled
 
 
 def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str]:
@@ -173,11 +174,9 @@ def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str
         h.remove()
     done = []
     for name, shape in sizes.items():
-        m = model.get_submodule(name)
-        out = (
-            _triple(m.output_size) if not isinstance(m.output_size, int) else _triple(m.output_size)
-        )
-        out = tuple(o if o is not None else i for o, i in zip(out, shape[-3:], strict=True))
+        size = cast(nn.AdaptiveAvgPool3d, model.get_submodule(name)).output_size
+        per_dim = (size,) * 3 if size is None or isinstance(size, int) else size  # None: keep
+        out = tuple(i if o is None else o for o, i in zip(per_dim, shape[-3:], strict=True))
         if all(i % o == 0 for i, o in zip(shape[-3:], out, strict=True)):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model

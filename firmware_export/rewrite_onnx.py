@@ -161,7 +161,7 @@ def rewrite_channel_shuffle(onnx_model: Any) -> list[str]:
 
 def _shuffle_chain(
     first: Any, consts: dict[str, np.ndarray], users: dict[str, list[Any]]
-) -> tuple | None:
+) -> tuple[Any, Any, Any] | None:  # (Reshape, Transpose, Reshape) nodes
     if first.op_type != "Reshape" or first.input[1] not in consts:
         return None
     shape = consts[first.input[1]]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,7 +210,7 @@ def _adjacent(q: _Piece, p: _Piece, axis: int) -> bool:
 def _assemble(
     order: tuple[int, ...],
     cuts: dict[int, list[int]],
-    cell_piece: Any,
+    cell_piece: Callable[[tuple[tuple[int, int], ...]], _Piece],
     builder: _Builder,
     sources: dict[str, tuple[int, ...]],
 ) -> _Piece:
@@ -399,7 +400,7 @@ def _drop_unused_initializers(graph: Any) -> None:
 def _fold_identities(graph: Any) -> None:
     """Drop the Identity nodes added above when their output is not a graph output."""
     outputs = {o.name for o in graph.output}
-    rename = {}
+    rename: dict[str, str] = {}
     kept = []
     for n in graph.node:
         if n.op_type == "Identity" and n.name.endswith(_RESULT) and n.output[0] not in outputs:

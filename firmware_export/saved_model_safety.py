@@ -58,7 +58,7 @@ def _called(node: Any) -> list[str]:
 
 def _unsafe_op(node: Any) -> str | None:
     if node.op in UNSAFE_OPS:
-        return node.op
+        return str(node.op)
     if node.op == "PrintV2" and node.attr["output_stream"].s.startswith(b"file://"):
         return "PrintV2 to a file"
     return None

@@ -7,8 +7,11 @@ flatbuffer bindings, so no TensorFlow import is needed.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from functools import cache
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -46,10 +49,8 @@ _TYPE_SIZES = {
 
 
 @cache
-def _schema():  # imported lazily: the bindings are a 1 MB module
-    from ai_edge_litert import schema_py_generated
-
-    return schema_py_generated
+def _schema() -> ModuleType:  # imported lazily: the bindings are a 1 MB module
+    return importlib.import_module("ai_edge_litert.schema_py_generated")
 
 
 @cache
@@ -182,7 +183,7 @@ def _check_consistent(model: TfliteModel, sparse: frozenset[int] | set[int] = fr
                 raise ConfigError(msg)
 
 
-def _main_subgraph(model, data: bytes) -> TfliteModel:
+def _main_subgraph(model: Any, data: bytes) -> TfliteModel:  # model: the schema's ModelT
     sg = model.subgraphs[0]
     buffers = []
     for b in model.buffers or []:

@@ -246,7 +246,7 @@ def _recorded_total(model_bytes: bytes, timeout: float) -> tuple[int, str]:
             _record_child, bytes(model_bytes), size, timeout=timeout, stage="tflm-arena"
         )
         if found is not None:
-            return found  # type: ignore[no-any-return]
+            return found
         size *= 4
     msg = f"TFLM cannot run the model even with a {MAX_HOST_ARENA}-byte arena"
     raise ExportError(msg, stage="tflm-arena")
@@ -309,7 +309,7 @@ def run_tflm_outputs(
     samples = prepare_samples(model_bytes, inputs)
     arena = DEFAULT_HOST_ARENA if arena_bytes is None else int(arena_bytes)
     try:
-        return run_isolated(  # type: ignore[no-any-return]
+        return run_isolated(
             _run_tflm_child, bytes(model_bytes), samples, arena, timeout=timeout, stage="tflm"
         )
     except ExportError as e:
@@ -344,7 +344,7 @@ def tflm_tensors(
     """
     samples = prepare_samples(model_bytes, as_batch_of_one(model_bytes, sample))
     arena = _preserve_all_arena(model_bytes) if arena_bytes is None else int(arena_bytes)
-    return run_isolated(  # type: ignore[no-any-return]
+    return run_isolated(
         _tflm_tensors_child, bytes(model_bytes), samples[0], arena, timeout=timeout, stage="tflm"
     )
 

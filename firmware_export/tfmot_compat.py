@@ -10,6 +10,7 @@ variable back as it was.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import Any
@@ -30,7 +31,7 @@ def import_tfmot() -> ModuleType:
     before = os.environ.get(ENV)
     _ = tf.keras.__name__  # resolve the lazy tf.keras with the caller's setting, not TF-MOT's
     try:
-        import tensorflow_model_optimization as tfmot
+        tfmot = importlib.import_module("tensorflow_model_optimization")
     except ImportError as e:
         msg = (
             "this model needs TensorFlow Model Optimization: "

@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -100,7 +100,17 @@ def _json_number(v: Any) -> Any:
     return v
 
 
-def _figures(reference: np.ndarray, candidate: np.ndarray, name: str) -> dict[str, float]:
+class ErrorFigures(TypedDict):
+    """The absolute error figures of a :class:`Comparison` (its fields of the same names)."""
+
+    max_abs: float
+    mae: float
+    rmse: float
+    cos: float
+    l2r: float
+
+
+def _figures(reference: np.ndarray, candidate: np.ndarray, name: str) -> ErrorFigures:
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
@@ -294,7 +304,7 @@ def run_litert_outputs(
         msg = f"unknown LiteRT resolver {resolver!r}; expected one of {_RESOLVERS}"
         raise ConfigError(msg)
     samples = prepare_samples(model_bytes, inputs)
-    return run_isolated(  # type: ignore[no-any-return]
+    return run_isolated(
         _litert_child, bytes(model_bytes), samples, resolver, timeout=timeout, stage="litert"
     )
 

@@ -22,6 +22,7 @@ from typing import Any
 from tinyprune import __version__
 from tinyprune.config import (
     DESearchConfig,
+    EvalConfig,
     FinetuneConfig,
     PruneConfig,
     TrainRunConfig,
@@ -46,6 +47,7 @@ TRAIN = TrainRunConfig()
 PRUNE = PruneConfig()
 DE = DESearchConfig()
 FINETUNE = FinetuneConfig()
+EVAL = EvalConfig()
 
 
 def _export_defaults() -> Any:
@@ -55,10 +57,12 @@ def _export_defaults() -> Any:
 
 
 def _add_export_options(p: argparse.ArgumentParser) -> None:
+    from firmware_export.options import DEFAULT_TARGET
+
     d = _export_defaults()
     p.add_argument(
         "--target",
-        default="cortex-m4",
+        default=DEFAULT_TARGET,
         help="device profile name (see `tinyprune targets`) or a TOML profile path",
     )
     p.add_argument(
@@ -270,9 +274,11 @@ def _add_eval(sub: Any) -> None:
         help="data set option with --data, repeatable (e.g. --data-kw size=16)",
     )
     p.add_argument(
-        "--split", default="test", help="test, val, train or an extra set (e.g. real_ppg)"
+        "--split", default=EVAL.split, help="test, val, train or an extra set (e.g. real_ppg)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="samples per forward pass")
+    p.add_argument(
+        "--batch-size", type=int, default=EVAL.batch_size, help="samples per forward pass"
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval)
 

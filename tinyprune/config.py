@@ -435,6 +435,14 @@ def load_toml(path: str | Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """``tinyprune eval``: the split evaluated and the samples per forward pass."""
+
+    split: str = "test"
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
 class FitConfig:
     """``tinyprune fit``: the most accurate network that fits a board, across criteria.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import export_argv
 
 from firmware_export.c_array import c_array_bytes
 from firmware_export.tflm import tflm_runs_in
@@ -34,18 +35,7 @@ def cnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One export of the example CNN to cortex-m4, shared by the checks below."""
     d = tmp_path_factory.mktemp("cnn")
     calib = _calib(d / "calib.npy", (1, 16, 16))
-    code = main(
-        [
-            "export",
-            f"{EXAMPLE}:build",
-            "--calib",
-            str(calib),
-            "--target",
-            "cortex-m4",
-            "--out",
-            str(d / "run"),
-        ]
-    )
+    code = main(export_argv(f"{EXAMPLE}:build", calib, "cortex-m4", d / "run"))
     assert code == 0
     return d / "run"
 
@@ -120,21 +110,7 @@ def test_header_arena_is_the_computed_device_arena_and_tflm_runs_in_the_host_one
 
 def test_two_exports_are_byte_identical(cnn_run: Path, tmp_path: Path) -> None:
     calib = _calib(tmp_path / "calib.npy", (1, 16, 16))
-    assert (
-        main(
-            [
-                "export",
-                f"{EXAMPLE}:build",
-                "--calib",
-                str(calib),
-                "--target",
-                "cortex-m4",
-                "--out",
-                str(tmp_path / "again"),
-            ]
-        )
-        == 0
-    )
+    assert main(export_argv(f"{EXAMPLE}:build", calib, "cortex-m4", tmp_path / "again")) == 0
     for name in ("model_int8.tflite", "model_data.h", "model_data.cc", "report.json"):
         assert (tmp_path / "again" / name).read_bytes() == (cnn_run / name).read_bytes(), name
 
@@ -171,20 +147,7 @@ def test_over_budget_exits_3_and_still_writes(cnn_run: Path, tmp_path: Path, cap
 def test_verification_failure_exits_5_and_emits_nothing(tmp_path: Path) -> None:
     calib = _calib(tmp_path / "calib.npy", (1, 16, 16))
     out = tmp_path / "run"
-    code = main(
-        [
-            "export",
-            f"{EXAMPLE}:build",
-            "--calib",
-            str(calib),
-            "--target",
-            "cortex-m4",
-            "--out",
-            str(out),
-            "--min-cosine",
-            "1.0",
-        ]
-    )
+    code = main(export_argv(f"{EXAMPLE}:build", calib, "cortex-m4", out, "--min-cosine", "1.0"))
     assert code == 5
     assert not (out / "model_data.h").exists() and not (out / "model_int8.tflite").exists()
 
@@ -193,18 +156,7 @@ def test_conv3d_to_cortex_m4_exits_4_naming_the_layer(tmp_path: Path, capsys) ->
     calib = _calib(tmp_path / "calib.npy", (3, 4, 8, 8))
     out = tmp_path / "run"
     arch = Path(__file__).with_name("arch_styles.py")
-    code = main(
-        [
-            "export",
-            f"{arch}:build_conv3d",
-            "--calib",
-            str(calib),
-            "--target",
-            "cortex-m4",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(export_argv(f"{arch}:build_conv3d", calib, "cortex-m4", out))
     assert code == 4
     err = capsys.readouterr().err
     assert "CONV_3D" in err and "'f.0'" in err and "rpi4" in err
@@ -215,21 +167,7 @@ def test_conv3d_to_rpi4_succeeds_with_pooling_rewritten(tmp_path: Path) -> None:
     calib = _calib(tmp_path / "calib.npy", (3, 4, 8, 8))
     out = tmp_path / "run"
     arch = Path(__file__).with_name("arch_styles.py")
-    assert (
-        main(
-            [
-                "export",
-                f"{arch}:build_conv3d",
-                "--calib",
-                str(calib),
-                "--target",
-                "rpi4",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(export_argv(f"{arch}:build_conv3d", calib, "rpi4", out)) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["ops"].get("CONV_3D", 0) == 2
     assert report["tflm_runnable"] is False and not (out / "model_data.h").exists()

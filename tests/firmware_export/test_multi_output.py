@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import export_argv
 from field_nets import digits, multi_output
 
 from firmware_export import ExportOptions, export
@@ -77,20 +78,9 @@ def test_every_output_is_exported_in_order_and_verified(tmp_path: Path) -> None:
 
 def test_output_option_keeps_one_output(calib: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = [
-        "export",
-        f"{NETS}:build_multi_output",
-        "--calib",
-        str(calib),
-        "--target",
-        "rpi4",
-        "--out",
-        str(out),
-        "--output",
-        "1",
-        "--verify-samples",
-        "16",
-    ]
+    argv = export_argv(
+        f"{NETS}:build_multi_output", calib, "rpi4", out, "--output", "1", "--verify-samples", "16"
+    )
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["output_selected"] == 1
@@ -104,18 +94,7 @@ def test_output_option_keeps_one_output(calib: Path, tmp_path: Path) -> None:
 
 def test_output_out_of_range_is_a_usage_error(calib: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    argv = [
-        "export",
-        f"{NETS}:build_multi_output",
-        "--calib",
-        str(calib),
-        "--target",
-        "rpi4",
-        "--out",
-        str(out),
-        "--output",
-        "5",
-    ]
+    argv = export_argv(f"{NETS}:build_multi_output", calib, "rpi4", out, "--output", "5")
     assert main(argv) == 2
     assert "has 5 output(s), numbered 0..4" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
@@ -135,20 +114,7 @@ def test_onnx_source_keeps_every_output_or_the_selected_one(calib: Path, tmp_pat
         output_names=["logits", "emb", "probs", "map0", "map1"],
     )
     out = tmp_path / "run"
-    argv = [
-        "export",
-        str(path),
-        "--calib",
-        str(calib),
-        "--target",
-        "rpi4",
-        "--out",
-        str(out),
-        "--output",
-        "3",
-        "--verify-samples",
-        "8",
-    ]
+    argv = export_argv(str(path), calib, "rpi4", out, "--output", "3", "--verify-samples", "8")
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert [(o["origin"], o["shape"]) for o in report["outputs"]] == [

@@ -43,8 +43,8 @@ def test_pool3d_as_2d_is_exact(pool: nn.Module) -> None:
     torch.testing.assert_close(model(x), expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("size", [(8, 1, 1), (4, 3, 2)], ids=str)
-def test_adaptive_avgpool3d_rewrite_is_exact(size: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize("size", [(8, 1, 1), (4, 3, 2), (None, 1, 1)], ids=str)
+def test_adaptive_avgpool3d_rewrite_is_exact(size: tuple[int | None, int, int]) -> None:
     x = torch.randn(1, 4, 8, 6, 6)
     model = nn.Sequential(nn.AdaptiveAvgPool3d(size))
     expected = model(x)

@@ -110,12 +110,24 @@ def test_firmware_export_imports_only_errors_and_file_reading_of_tinyprune() -> 
     assert bad == []
 
 
+HEAVY = ("torch", "tensorflow", "tf_keras", "onnx")
+
+
 def test_the_raspberry_pi_runtime_and_the_configs_need_no_torch() -> None:
-    """``tinyprune.config`` and ``tinyprune.runtime`` import neither torch nor TensorFlow."""
-    heavy = ("torch", "tensorflow", "tf_keras", "onnx")
-    for mod, path in ((m, ROOT / (m.replace(".", "/") + ".py")) for m in ("tinyprune.config",)):
-        raw = _imports(ast.parse(path.read_text()), mod, False)
-        assert not [m for m in raw if m.split(".")[0] in heavy], mod
+    """``tinyprune.config`` imports neither torch nor TensorFlow anywhere; ``tinyprune.runtime``
+    not at module level (its optional PyTorch/ONNX Runtime benchmark rows import them inside a
+    function, guarded; tests/tinyprune/runtime/test_lean_runtime.py runs it with torch hidden).
+    """
+    path = ROOT / "tinyprune" / "config.py"
+    raw = _imports(ast.parse(path.read_text()), "tinyprune.config", False)
+    assert not [m for m in raw if m.split(".")[0] in HEAVY]
+    bad = []
+    for path in sorted((ROOT / "tinyprune" / "runtime").glob("*.py")):
+        top = [n for n in ast.parse(path.read_text()).body if not isinstance(n, ast.FunctionDef)]
+        mod = _module_name(path)
+        raw = _imports(ast.Module(body=top, type_ignores=[]), mod, path.name == "__init__.py")
+        bad += [f"{mod} imports {m}" for m in raw if m.split(".")[0] in HEAVY]
+    assert bad == []
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -220,3 +232,61 @@ def test_cli_defaults_are_the_config_dataclasses_defaults() -> None:
     assert export["min_cosine"] == opts.min_cosine
     assert export["tflm_tolerance"] == opts.tflm_tolerance_lsb
     assert export["arena_margin"] == opts.arena_margin_fraction
+
+
+def test_the_app_and_export_functions_share_the_cli_defaults() -> None:
+    """The functions the commands call default to the same config values as the flags."""
+    import inspect
+
+    from firmware_export.options import DEFAULT_TARGET
+    from firmware_export.pipeline import export as export_fn
+    from tinyprune.app.evaluate import eval_run
+    from tinyprune.config import EvalConfig
+
+    export, evaluate = _argparse_defaults("export"), _argparse_defaults("eval")
+    assert export["target"] == DEFAULT_TARGET
+    assert inspect.signature(export_fn).parameters["target"].default == DEFAULT_TARGET
+    params = inspect.signature(eval_run).parameters
+    for f in dataclasses.fields(EvalConfig):
+        assert evaluate[f.name] == params[f.name].default == f.default, f.name
+
+
+#: Flags whose default cli.py writes itself: the demo (run_demo takes every value from the CLI)
+#: and two of the Raspberry Pi runtime's, which tinyprune.runtime defines again (InferRequest's
+#: method/threads/top_k, bench_runtime's min_s); those belong in a torch- and numpy-free config
+#: of the runtime's own. The list only shrinks.
+LITERAL_DEFAULTS = {
+    "_add_demo": {"--out", "--target", "--epochs"},
+    "_add_runtime_commands": {"--method", "--threads", "--top-k", "--format", "--seconds"},
+}
+
+
+def test_cli_writes_no_default_of_its_own_beyond_the_known_ones() -> None:
+    """A literal default in an ``add_argument`` is a second definition of one that a config
+    dataclass (or the function the command calls) holds."""
+    tree = ast.parse((ROOT / "tinyprune" / "cli.py").read_text())
+    found: dict[str, set[str]] = {}
+    for fn in tree.body:
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        calls = [c for c in ast.walk(fn) if isinstance(c, ast.Call)]
+        for call in calls:
+            if getattr(call.func, "attr", "") != "add_argument":
+                continue
+            for kw in call.keywords:
+                literal = isinstance(kw.value, ast.Constant) and kw.value.value is not None
+                if kw.arg == "default" and literal and isinstance(call.args[0], ast.Constant):
+                    found.setdefault(fn.name, set()).add(str(call.args[0].value))
+    assert found == LITERAL_DEFAULTS
+
+
+def test_tests_mirror_the_packages() -> None:
+    """``tests/tinyprune/<pkg>/`` for every subpackage and no test folder without one."""
+    packages = {p.parent.name for p in (ROOT / "tinyprune").glob("*/__init__.py")}
+    folders = {
+        p.name
+        for p in (ROOT / "tests" / "tinyprune").iterdir()
+        if p.is_dir() and any(p.glob("test_*.py"))
+    }
+    assert folders == packages
+    assert any((ROOT / "tests" / "firmware_export").glob("test_*.py"))

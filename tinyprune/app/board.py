@@ -131,7 +131,9 @@ def _row(name: str, run: Path, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def choose(rows: list[dict[str, Any]], dense: dict[str, Any], metric_drop: float | None) -> dict:
+def choose(
+    rows: list[dict[str, Any]], dense: dict[str, Any], metric_drop: float | None
+) -> dict[str, Any]:
     """Pick the fitting candidate with the best primary metric; say why each other one lost.
 
     The primary metric is accuracy (higher is better) or HR MAE in bpm (lower is better), else

@@ -6,13 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tinyprune.config import DataSpec
+from tinyprune.config import DataSpec, EvalConfig
 from tinyprune.errors import ConfigError, UnknownNameError
 from tinyprune.registry import unknown_name_message
 
 
 def eval_run(
-    source: str, data: DataSpec | None = None, split: str = "test", batch_size: int = 32
+    source: str,
+    data: DataSpec | None = None,
+    split: str = EvalConfig.split,
+    batch_size: int = EvalConfig.batch_size,
 ) -> dict[str, float]:
     """Evaluate ``source`` (a run folder, ``.pt2``, ``zoo:NAME`` or ``file.py:factory``).
 

@@ -93,7 +93,8 @@ class _Trial:
                 round_to=self.round_to,
                 sync_ranks=False,  # a trial runs on rank 0 only (see on_rank0)
             )
-        pruned.input_shape = getattr(self.model, "input_shape", None)
+        # torch types Module.__setattr__ for tensors and modules only; any value is allowed
+        pruned.input_shape = getattr(self.model, "input_shape", None)  # type: ignore[assignment]
         with tempfile.TemporaryDirectory(prefix="tinyprune-fit-") as tmp:
             try:
                 res = export(

@@ -75,7 +75,8 @@ class PruneJob:
 
     def example(self) -> torch.Tensor:
         """Two training samples, for tracing."""
-        return next(iter(self.loaders.train))[0][:2]
+        batch: torch.Tensor = next(iter(self.loaders.train))[0][:2]
+        return batch
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one epoch."""
@@ -249,4 +250,6 @@ def criterion_options(crit: Any) -> dict[str, Any]:
     to_dict = getattr(crit, "to_dict", None)
     if callable(to_dict):
         return dict(to_dict())
-    return dataclasses.asdict(crit) if dataclasses.is_dataclass(crit) else {}
+    if dataclasses.is_dataclass(crit) and not isinstance(crit, type):
+        return dataclasses.asdict(crit)
+    return {}

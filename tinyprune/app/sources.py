@@ -164,5 +164,6 @@ def load_exported_program(path: Path) -> nn.Module:
     module = ExportedModule(program.module())
     meta = program.example_inputs
     if meta and meta[0]:
+        # torch types Module.__setattr__ for tensors and modules only; any value is allowed
         module.input_shape = tuple(meta[0][0].shape[1:])  # type: ignore[assignment]
     return module

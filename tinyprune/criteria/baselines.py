@@ -30,7 +30,8 @@ class L1Criterion:
     def score(self, inp: ScoreInput) -> torch.Tensor:
         """Per-output-channel ``p``-norm of the weights."""
         w = inp.weight.reshape(inp.weight.shape[0], -1).double()
-        return torch.linalg.vector_norm(w, ord=self.p, dim=1)
+        norms: torch.Tensor = torch.linalg.vector_norm(w, ord=self.p, dim=1)
+        return norms
 
 
 @CRITERIA.register("random", help="seeded uniform random scores (a sanity baseline)")

@@ -55,7 +55,8 @@ def descriptors(
 def standardise(d: np.ndarray) -> np.ndarray:
     """z-score per descriptor dimension (constant dimensions become 0)."""
     std = d.std(axis=0)
-    return (d - d.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    z: np.ndarray = (d - d.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    return z
 
 
 _KMEANS_CACHE: dict[tuple[str, int, int], np.ndarray] = {}

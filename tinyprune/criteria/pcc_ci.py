@@ -52,7 +52,8 @@ def channel_independence(a: torch.Tensor) -> torch.Tensor:
     a = a.double()
     n, c, p = a.shape
     if c == 1:
-        return torch.linalg.vector_norm(a, dim=-1)
+        norms: torch.Tensor = torch.linalg.vector_norm(a, dim=-1)
+        return norms
     m = min(c - 1, p)
     chunk = max(1, _CHUNK_ELEMENTS // (c * m * m))
     return torch.cat([_ci_chunk(a[i : i + chunk]) for i in range(0, n, chunk)])
@@ -150,8 +151,11 @@ class PCCHook(TrainHook):
         names = self.layers or tuple(n for n, m in ctx.model.named_modules() if isinstance(m, acts))
         if not names:  # functional activations (the rPPG nets' tanh): the conv outputs
             convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-            conv_names = [n for n, m in ctx.model.named_modules() if isinstance(m, convs)]
-            names = tuple(n for n in conv_names if ctx.model.get_submodule(n).out_channels > 1)
+            names = tuple(
+                n
+                for n, m in ctx.model.named_modules()
+                if isinstance(m, convs) and m.out_channels > 1
+            )
         if not names:
             msg = "PCCHook found no layer to regularise; pass layers=('features.2', ...)"
             raise ConfigError(msg)

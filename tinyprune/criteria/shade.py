@@ -132,7 +132,7 @@ def _trial(
     v = np.where(v < lo, (lo + x[i]) / 2, np.where(v > hi, (hi + x[i]) / 2, v))
     mask = rng.random(len(lo)) < cr
     mask[rng.integers(len(lo))] = True
-    u = np.where(mask, v, x[i])
+    u: np.ndarray = np.where(mask, v, x[i])
     if np.array_equal(np.rint(u), np.rint(x[i])):  # [R] integer-aware: never waste a trial
         j = rng.integers(len(lo))
         u[j] = np.clip(np.rint(x[i][j]) + rng.choice([-1.0, 1.0]), lo[j], hi[j])

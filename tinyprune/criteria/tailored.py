@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -28,6 +28,7 @@ from tinyprune.criteria.tailored_prox import (
     proximal_l1_,
 )
 from tinyprune.errors import ConfigError
+from tinyprune.pruning.tensors import tensor_attr, weight_of
 from tinyprune.training.distributed import all_reduce_mean_, consensus_mean_
 from tinyprune.training.hooks import TrainContext, TrainHook
 
@@ -137,12 +138,13 @@ def _gate_param(bn: nn.Module | None, module: nn.Module | None) -> nn.Parameter 
     """The channel gate of a layer: its affine BatchNorm's scale, else its inserted gate."""
     from tinyprune.pruning.gates import gate_of
 
-    if bn is not None and getattr(bn, "weight", None) is not None:
-        return bn.weight
+    scale = getattr(bn, "weight", None) if bn is not None else None
+    if isinstance(scale, nn.Parameter):
+        return scale
     return gate_of(module) if module is not None else None
 
 
-def fold_beta_(graph: Any, keep: Sequence[Sequence[int]], activation: str = "relu") -> int:
+def fold_beta_(graph: Any, keep: Sequence[Iterable[int]], activation: str = "relu") -> int:
     """Fold the constant ``act(beta_c)`` of removed zero-gamma channels into consumers' biases.
 
     A channel whose gamma is 0 outputs ``act(beta_c)`` everywhere, which its consumers see as a
@@ -152,7 +154,10 @@ def fold_beta_(graph: Any, keep: Sequence[Sequence[int]], activation: str = "rel
     Returns:
         The number of groups folded.
     """
-    acts = {"relu": torch.relu, "identity": lambda t: t}
+    acts: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "relu": torch.relu,
+        "identity": lambda t: t,
+    }
     if activation not in acts:
         msg = f"activation {activation!r} is unknown; expected one of: {', '.join(acts)}"
         raise ConfigError(msg)
@@ -164,7 +169,7 @@ def fold_beta_(graph: Any, keep: Sequence[Sequence[int]], activation: str = "rel
             if removed and len(group.members) > 1:
                 log.debug("group %s has several producers; beta not folded", group.name)
             continue
-        const = acts[activation](bn.bias.detach())
+        const = acts[activation](tensor_attr(bn, "bias").detach())
         for slot in group.consumers:
             _fold_into(graph.model.get_submodule(slot.name), slot, set(removed), const)
         folded += 1
@@ -176,14 +181,15 @@ def _fold_into(consumer: nn.Module, slot: Any, removed: set[int], const: torch.T
         msg = f"beta of removed channels not folded into conv-transpose {slot.name!r}"
         warnings.warn(msg, stacklevel=3)
         return
-    w = consumer.weight.detach()
+    w = weight_of(consumer).detach()
     if consumer.bias is None:
         consumer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
+    bias = tensor_attr(consumer, "bias")
     with torch.no_grad():
         for unit, root in zip(slot.idxs, slot.root, strict=True):
             if root in removed:
                 col = w[:, unit].reshape(w.shape[0], -1).sum(dim=1)
-                consumer.bias += const[root] * col
+                bias += const[root] * col
 
 
 def _add_to_optimizer(optimizer: torch.optim.Optimizer, gates: list[nn.Parameter]) -> None:

@@ -80,7 +80,8 @@ def _adam_denominator(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> 
     _, beta2 = group["betas"]
     t = float(state["step"])
     v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
-    return (v / (1 - beta2**t)).sqrt() + group["eps"]
+    denominator: torch.Tensor = (v / (1 - beta2**t)).sqrt() + group["eps"]
+    return denominator
 
 
 def proximal_l1_(gamma: torch.Tensor, threshold: torch.Tensor) -> None:

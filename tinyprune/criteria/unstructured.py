@@ -105,13 +105,13 @@ class DynamicSparsityConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 msg = f"{field} must be an integer >= {low}, got {value!r}"
                 raise ConfigError(msg)
-        for field, value in (
+        for frac_field, frac in (
             ("t_f_frac", self.t_f_frac),
             ("t_end_frac", self.t_end_frac),
             ("min_density_layer", self.min_density_layer),
         ):
-            if not 0.0 <= value <= 1.0:
-                msg = f"{field} must lie in [0, 1], got {value!r}"
+            if not 0.0 <= frac <= 1.0:
+                msg = f"{frac_field} must lie in [0, 1], got {frac!r}"
                 raise ConfigError(msg)
 
     def _check_choices(self) -> None:

@@ -56,12 +56,12 @@ class WGJCriterion(DynamicSparsityConfig):
             if not 0.0 <= value < 1.0:
                 msg = f"{field} must lie in [0, 1), got {value!r}"
                 raise ConfigError(msg)
-        for field, value, allowed in (
+        for option, choice, allowed in (
             ("trim_score", self.trim_score, ("joint", "taylor")),
             ("keep_score", self.keep_score, ("ratio", "exp")),
         ):
-            if value not in allowed:
-                msg = f"{field} {value!r} is not one of {allowed}"
+            if choice not in allowed:
+                msg = f"{option} {choice!r} is not one of {allowed}"
                 raise ConfigError(msg)
 
     @property

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from tinyprune.errors import ConfigError, PruningError
 from tinyprune.pruning.channelwise import customized_pruners, role_of, tracing_stubs
@@ -29,6 +30,7 @@ from tinyprune.pruning.complexity import (
     measure_complexity,
 )
 from tinyprune.pruning.select import CostModel
+from tinyprune.pruning.tensors import weight_of
 
 PRUNABLE_TYPES = CONV_TYPES + CONVT_TYPES + (nn.Linear,)
 ACT_TYPES: tuple[type[nn.Module], ...] = (
@@ -269,6 +271,9 @@ def _layer_row(m: nn.Module, positions: int, count_bn: bool) -> list[float]:
     bias = 1.0 if m.bias is not None else 0.0
     if isinstance(m, nn.Linear):
         return [m.in_features, m.out_features, positions, 1.0, bias, 1.0, 0.0]
+    if not isinstance(m, _ConvNd):
+        msg = f"{type(m).__name__} is not a counted layer (conv, linear or BatchNorm)"
+        raise PruningError(msg)
     kprod = float(np.prod(m.kernel_size))
     dw = float(_is_depthwise(m))
     return [m.in_channels, m.out_channels, kprod * positions, kprod, bias, m.groups, dw]
@@ -276,5 +281,5 @@ def _layer_row(m: nn.Module, positions: int, count_bn: bool) -> list[float]:
 
 def out_first_weight(m: nn.Module) -> torch.Tensor:
     """The weight with output channels on dim 0 (conv-transpose weights are transposed)."""
-    w = m.weight.detach()
+    w = weight_of(m).detach()
     return w.transpose(0, 1) if isinstance(m, CONVT_TYPES) else w

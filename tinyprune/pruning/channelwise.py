@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch_pruning as tp
 from torch import nn
@@ -30,24 +30,35 @@ from tinyprune.errors import PruningError
 ROLES = ("identity", "broadcast")
 
 
-class _IdentityPruner(tp.pruner.function.BasePruningFunc):
+class ChannelwiseModule(Protocol):
+    """What the pruner uses of a channel-wise module (see the module docstring)."""
+
+    channels: int
+    trace_stub: bool
+
+    def remove_channels_(self, idxs: list[int]) -> None:
+        """Remove input (= output) channels ``idxs`` and rewrite the module's own sizes."""
+
+
+# torch-pruning has no type information: its pruner base class is Any to mypy.
+class _IdentityPruner(tp.pruner.function.BasePruningFunc):  # type: ignore[misc]
     """In channel ``i`` == out channel ``i``; the module rewrites itself."""
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         """Remove channels ``idxs`` from the module (its in and out channels are the same)."""
-        layer.remove_channels_(sorted(int(i) for i in idxs))
+        cast(ChannelwiseModule, layer).remove_channels_(sorted(int(i) for i in idxs))
         return layer
 
     prune_in_channels = prune_out_channels  # couples in and out channels (torch-pruning rule)
 
     def get_out_channels(self, layer: nn.Module) -> int:
         """Current width."""
-        return int(layer.channels)
+        return int(cast(ChannelwiseModule, layer).channels)
 
     get_in_channels = get_out_channels
 
 
-class _BroadcastPruner(tp.pruner.function.BasePruningFunc):
+class _BroadcastPruner(tp.pruner.function.BasePruningFunc):  # type: ignore[misc]
     """A broadcast operand: pruning the tensor it gates does not touch it."""
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
@@ -93,7 +104,7 @@ def customized_pruners(model: nn.Module) -> dict[type[nn.Module], Any]:
 @contextmanager
 def tracing_stubs(model: nn.Module) -> Iterator[None]:
     """Set ``trace_stub`` on every channel-wise module for the duration of a trace."""
-    mods = [m for m in model.modules() if role_of(m) is not None]
+    mods = [cast(ChannelwiseModule, m) for m in model.modules() if role_of(m) is not None]
     for m in mods:
         m.trace_stub = True
     try:

@@ -17,16 +17,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from tinyprune.errors import ConfigError
+from tinyprune.pruning.tensors import optional_tensor_attr, tensor_attr, weight_of
 
-CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-CONVT_TYPES: tuple[type[nn.Module], ...] = (
+CONV_TYPES: tuple[type[_ConvNd], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVT_TYPES: tuple[type[_ConvTransposeNd], ...] = (
     nn.ConvTranspose1d,
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
-BN_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BN_TYPES: tuple[type[_BatchNorm], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 COUNTED_TYPES = CONV_TYPES + CONVT_TYPES + (nn.Linear,) + BN_TYPES
 
 
@@ -123,9 +126,10 @@ def _param_counts(module: nn.Module, count_bn: bool) -> tuple[int, int]:
     if isinstance(module, BN_TYPES):
         if not count_bn or not module.affine:
             return 0, 0
-        tensors = [module.weight, module.bias]
+        tensors = [weight_of(module), tensor_attr(module, "bias")]
     else:
-        tensors = [module.weight] + ([module.bias] if module.bias is not None else [])
+        bias = optional_tensor_attr(module, "bias")
+        tensors = [weight_of(module)] + ([bias] if bias is not None else [])
     dense = sum(t.numel() for t in tensors)
     nnz = sum(int(torch.count_nonzero(t.detach())) for t in tensors)
     return dense, nnz
@@ -158,7 +162,9 @@ def measure_complexity(
         Per-sample counts per layer, in execution order.
     """
     calls: dict[str, list[tuple[int, int]]] = {}
-    modules = {m: n for n, m in model.named_modules() if isinstance(m, COUNTED_TYPES)}
+    modules: dict[nn.Module, str] = {
+        m: n for n, m in model.named_modules() if isinstance(m, COUNTED_TYPES)
+    }
 
     def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         inp = inputs[0]

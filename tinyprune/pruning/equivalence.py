@@ -53,7 +53,8 @@ def zeroed_forward(
         handles.append(original.get_submodule(name).register_forward_pre_hook(zero))
     try:
         with torch.no_grad():
-            return original(x)
+            out: torch.Tensor = original(x)
+            return out
     finally:
         for h in handles:
             h.remove()

@@ -14,9 +14,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from tinyprune.errors import PruningError
 from tinyprune.pruning.complexity import CONVT_TYPES
+from tinyprune.pruning.tensors import optional_tensor_attr, tensor_attr, weight_of
 
 GATE = "tailored_gate"
 _HOOK = "_tailored_gate_hook"
@@ -24,11 +26,12 @@ _HOOK = "_tailored_gate_hook"
 
 def gate_of(module: nn.Module) -> nn.Parameter | None:
     """The inserted gate of ``module``, or None."""
-    return getattr(module, GATE, None)
+    gate = getattr(module, GATE, None)
+    return gate if isinstance(gate, nn.Parameter) else None
 
 
 def _apply_gate(module: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
-    gate = getattr(module, GATE)
+    gate = tensor_attr(module, GATE)
     if isinstance(module, nn.Linear):
         return out * gate
     return out * gate.view(1, -1, *([1] * (out.dim() - 2)))
@@ -37,7 +40,10 @@ def _apply_gate(module: nn.Module, _inp: object, out: torch.Tensor) -> torch.Ten
 def _out_channels(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features
-    return module.out_channels
+    if isinstance(module, _ConvNd):
+        return module.out_channels
+    msg = f"cannot gate a {type(module).__name__}: only conv and linear layers have gates"
+    raise PruningError(msg)
 
 
 def insert_gates_(model: nn.Module, layers: Iterable[str]) -> list[nn.Parameter]:
@@ -50,9 +56,9 @@ def insert_gates_(model: nn.Module, layers: Iterable[str]) -> list[nn.Parameter]
         module = model.get_submodule(name)
         if gate_of(module) is not None:
             continue
-        weight = module.weight
-        gate = nn.Parameter(torch.ones(_out_channels(module), dtype=weight.dtype))
-        module.register_parameter(GATE, gate.to(weight.device))
+        weight = weight_of(module)
+        ones = torch.ones(_out_channels(module), dtype=weight.dtype, device=weight.device)
+        module.register_parameter(GATE, nn.Parameter(ones))
         setattr(module, _HOOK, module.register_forward_hook(_apply_gate))
         new.append(getattr(module, GATE))
     return new
@@ -67,7 +73,7 @@ def fold_gates_(model: nn.Module) -> int:
             continue
         g = gate.detach()
         with torch.no_grad():
-            w = module.weight
+            w = weight_of(module)
             dim = 1 if isinstance(module, CONVT_TYPES) else 0
             if w.shape[dim] != g.numel():
                 msg = f"gate of {name!r} has {g.numel()} channels, its layer {w.shape[dim]}"
@@ -75,8 +81,9 @@ def fold_gates_(model: nn.Module) -> int:
             shape = [1] * w.dim()
             shape[dim] = -1
             w.mul_(g.view(shape))
-            if module.bias is not None:
-                module.bias.mul_(g)
+            bias = optional_tensor_attr(module, "bias")
+            if bias is not None:
+                bias.mul_(g)
         getattr(module, _HOOK).remove()
         delattr(module, _HOOK)
         del module._parameters[GATE]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from tinyprune.errors import ConfigError
+from tinyprune.pruning.tensors import weight_of
 
 #: Module types whose ``weight`` is prunable. Biases and BN parameters are never pruned.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -75,11 +76,11 @@ def find_prunable(
     """
     excluded = set(exclude)
     found = [
-        PrunableTensor(f"{mname}.weight" if mname else "weight", mod, mod.weight)
+        PrunableTensor(f"{mname}.weight" if mname else "weight", mod, weight)
         for mname, mod in model.named_modules()
         if isinstance(mod, PRUNABLE_TYPES)
         and mname not in excluded
-        and isinstance(getattr(mod, "weight", None), nn.Parameter)
+        and isinstance(weight := getattr(mod, "weight", None), nn.Parameter)
     ]
     total = len(found)
     if keep_last_dense and found:
@@ -431,7 +432,7 @@ def _position_counter(
 
 
 def _layer_sparsity(name: str, mod: nn.Module, positions: int) -> LayerSparsity:
-    weight = mod.weight
+    weight = weight_of(mod)
     bias = getattr(mod, "bias", None)
     nnz = int(torch.count_nonzero(weight))
     return LayerSparsity(

@@ -18,6 +18,7 @@ from tinyprune.criteria.base import Granularity, ScoreInput
 from tinyprune.errors import ConfigError, PruningError
 from tinyprune.pruning.channel_graph import ACT_TYPES, ChannelGraph, Slot, out_first_weight
 from tinyprune.pruning.complexity import BN_TYPES, CONVT_TYPES, _run_forward
+from tinyprune.pruning.tensors import weight_of
 from tinyprune.training import distributed
 
 _Event = tuple[nn.Module, int, torch.Tensor, torch.Tensor]
@@ -103,7 +104,7 @@ def member_scores(
     """``(scores, group channel of each score)`` of one member layer, or None if not scored."""
     module = graph.model.get_submodule(slot.name)
     weight = out_first_weight(module)
-    grad = module.weight.grad
+    grad = weight_of(module).grad
     if grad is not None and isinstance(module, CONVT_TYPES):
         grad = grad.transpose(0, 1)
     inp = ScoreInput(

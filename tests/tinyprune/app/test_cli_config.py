@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_runs import prune_argv
 
 from tinyprune.cli import _parse, build_parser, main, prune_config
 
@@ -30,39 +31,13 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path: Path) -> None:
 def test_config_file_with_an_unknown_key_exits_2(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "run.toml"
     cfg.write_text("[prune]\nepoch = 7\n")
-    code = main(
-        [
-            "prune",
-            "zoo:micro_cnn",
-            "--data",
-            "digits",
-            "--criterion",
-            "l1",
-            "--out",
-            str(tmp_path / "o"),
-            "--config",
-            str(cfg),
-        ]
-    )
+    code = main(prune_argv("l1", tmp_path / "o", "--config", str(cfg)))
     assert code == 2 and "no option epoch" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flops", ["1.5", "0", "-1"])
 def test_a_mistyped_flops_target_exits_2_naming_it(flops: str, tmp_path: Path, capsys) -> None:
-    code = main(
-        [
-            "prune",
-            "zoo:micro_cnn",
-            "--data",
-            "digits",
-            "--criterion",
-            "l1",
-            "--target-flops",
-            flops,
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    code = main(prune_argv("l1", tmp_path / "o", "--target-flops", flops))
     assert code == 2 and "--target-flops" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runs import prune_argv, write_board
 
 from tinyprune.training import load_checkpoint
 
@@ -16,27 +17,9 @@ pytestmark = pytest.mark.timeout(240)
 
 def test_prune_under_torchrun_writes_one_consistent_run(tmp_path: Path, torchrun: Any) -> None:
     out = tmp_path / "run"
-    proc = torchrun(
-        "tinyprune.cli",
-        "prune",
-        "zoo:micro_cnn",
-        "--data",
-        "digits",
-        "--criterion",
-        "bn_scale",
-        "--target-flops",
-        "0.5",
-        "--epochs",
-        "2",
-        "--finetune-epochs",
-        "1",
-        "--lr",
-        "3e-3",
-        "--out",
-        str(out),
-        cwd=tmp_path,
-        timeout=220,
-    )
+    flags = ["--target-flops", "0.5", "--epochs", "2", "--finetune-epochs", "1", "--lr", "3e-3"]
+    args = prune_argv("bn_scale", out, *flags)
+    proc = torchrun("tinyprune.cli", *args, cwd=tmp_path, timeout=220)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prune"]["macs_after"] <= 0.5 * summary["prune"]["macs_before"]
@@ -53,13 +36,8 @@ def _prune_to_board(
     torchrun: Any, tmp_path: Path, flash: int, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     """`tinyprune prune zoo:micro_cnn --criterion l1 --target board.toml` on two replicas."""
-    board = tmp_path / "board.toml"
-    board.write_text(
-        f'name = "board"\nruntime = "tflm"\nflash_bytes = {flash}\nram_bytes = 1048576\n'
-        "clock_mhz = 64\nruntime_flash_bytes = 0\n"
-    )
-    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1", "--epochs", "1"]
-    args += [*extra, "--target", str(board), "--out", str(tmp_path / "run")]
+    board = write_board(tmp_path, flash)
+    args = prune_argv("l1", tmp_path / "run", "--epochs", "1", *extra, "--target", str(board))
     return torchrun("tinyprune.cli", *args, cwd=tmp_path, timeout=220)
 
 

@@ -6,18 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_runs import write_board
 
 from tinyprune.app.board import choose
 from tinyprune.cli import main
-
-# micro_cnn (width 8) on 8x8 digits: dense int8 about 11.5 KB, smallest reachable about 5.9 KB.
-PROFILE = """name = "tiny-board"
-runtime = "tflm"
-flash_bytes = 9000
-ram_bytes = 1048576
-clock_mhz = 64
-runtime_flash_bytes = 0
-"""
 
 
 def _rows() -> list[dict]:
@@ -52,8 +44,7 @@ def test_choose_reads_hr_mae_lower_is_better_and_applies_the_metric_drop() -> No
 
 @pytest.mark.tf
 def test_fit_picks_the_best_candidate_and_every_fitting_one_fits(tmp_path: Path) -> None:
-    board = tmp_path / "board.toml"
-    board.write_text(PROFILE)
+    board = write_board(tmp_path, 9000)  # between the dense and the smallest micro_cnn
     out = tmp_path / "fit"
     args = [
         "fit",

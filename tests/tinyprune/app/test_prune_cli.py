@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import prune_argv
 
 from tinyprune.cli import main
 
@@ -14,29 +15,8 @@ from tinyprune.cli import main
 @pytest.fixture(scope="module")
 def l1_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("l1") / "run"
-    assert (
-        main(
-            [
-                "prune",
-                "zoo:micro_cnn",
-                "--data",
-                "digits",
-                "--criterion",
-                "l1",
-                "--target-flops",
-                "0.5",
-                "--epochs",
-                "3",
-                "--finetune-epochs",
-                "2",
-                "--lr",
-                "3e-3",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    flags = ["--target-flops", "0.5", "--epochs", "3", "--finetune-epochs", "2", "--lr", "3e-3"]
+    assert main(prune_argv("l1", out, *flags)) == 0
     return out
 
 
@@ -77,27 +57,8 @@ def test_unstructured_zeros_survive_int8_export(tmp_path: Path) -> None:
     from firmware_export.tflite_model import parse_tflite
 
     run = tmp_path / "wgj"
-    assert (
-        main(
-            [
-                "prune",
-                "zoo:micro_cnn",
-                "--data",
-                "digits",
-                "--criterion",
-                "wgj",
-                "--sparsity",
-                "0.8",
-                "--epochs",
-                "3",
-                "--lr",
-                "3e-3",
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    flags = ["--sparsity", "0.8", "--epochs", "3", "--lr", "3e-3"]
+    assert main(prune_argv("wgj", run, *flags)) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metric_pruned"]["accuracy"] > 0.8
     assert (
@@ -131,44 +92,12 @@ def test_unstructured_zeros_survive_int8_export(tmp_path: Path) -> None:
 
 
 def test_bad_budget_for_the_criterion_is_a_usage_error(tmp_path: Path, capsys) -> None:
-    assert (
-        main(
-            [
-                "prune",
-                "zoo:micro_cnn",
-                "--data",
-                "digits",
-                "--criterion",
-                "wgj",
-                "--target-flops",
-                "0.5",
-                "--out",
-                str(tmp_path / "r"),
-            ]
-        )
-        == 2
-    )
+    assert main(prune_argv("wgj", tmp_path / "r", "--target-flops", "0.5")) == 2
     assert "--sparsity" in capsys.readouterr().err
 
 
 def test_unknown_criterion_suggests_the_closest(tmp_path: Path, capsys) -> None:
-    assert (
-        main(
-            [
-                "prune",
-                "zoo:micro_cnn",
-                "--data",
-                "digits",
-                "--criterion",
-                "l1x",
-                "--target-flops",
-                "0.5",
-                "--out",
-                str(tmp_path / "r"),
-            ]
-        )
-        == 2
-    )
+    assert main(prune_argv("l1x", tmp_path / "r", "--target-flops", "0.5")) == 2
     assert "(did you mean 'l1'?)" in capsys.readouterr().err
 
 
@@ -223,11 +152,10 @@ def test_malformed_model_option_is_a_usage_error(tmp_path: Path, capsys) -> None
 
 def test_cluster_de_options_reach_the_search(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "cluster_de"]
-    args += ["--target-flops", "0.5", "--epochs", "1", "--finetune-epochs", "0"]
-    args += ["--criterion-kw", "source=layer_direction", "--de-pop", "4", "--de-gens", "1"]
-    args += ["--de-calib", "32", "--de-heldout", "48", "--out", str(out)]
-    assert main(args) == 0
+    flags = ["--target-flops", "0.5", "--epochs", "1", "--finetune-epochs", "0"]
+    flags += ["--criterion-kw", "source=layer_direction", "--de-pop", "4", "--de-gens", "1"]
+    flags += ["--de-calib", "32", "--de-heldout", "48"]
+    assert main(prune_argv("cluster_de", out, *flags)) == 0
     summary = json.loads((out / "summary.json").read_text())
     search = summary["search"]
     assert (search["pop"], search["gens"]) == (4, 1)
@@ -237,9 +165,8 @@ def test_cluster_de_options_reach_the_search(tmp_path: Path) -> None:
 
 
 def test_unknown_criterion_option_lists_the_known_ones(tmp_path: Path, capsys) -> None:
-    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1"]
-    args += ["--target-flops", "0.5", "--criterion-kw", "q=2", "--out", str(tmp_path / "r")]
-    assert main(args) == 2
+    flags = ["--target-flops", "0.5", "--criterion-kw", "q=2"]
+    assert main(prune_argv("l1", tmp_path / "r", *flags)) == 2
     err = capsys.readouterr().err
     assert "'q'" in err and "p" in err.split("its options:")[1]
     assert not (tmp_path / "r").exists()
@@ -257,9 +184,7 @@ def test_unknown_criterion_option_lists_the_known_ones(tmp_path: Path, capsys) -
 def test_bad_job_setting_fails_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
 ) -> None:
-    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "cluster_de"]
-    args += ["--target-flops", "0.5", flag, value, "--out", str(tmp_path / "r")]
-    assert main(args) == 2
+    assert main(prune_argv("cluster_de", tmp_path / "r", "--target-flops", "0.5", flag, value)) == 2
     assert flag in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 

@@ -6,48 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_runs import prune_argv, write_board
 
 from tinyprune.cli import main
-
-# micro_cnn (width 8) on 8x8 digits: the dense int8 model is about 11.5 KB, the smallest
-# reachable one (widths 4/4/4) about 5.9 KB; a 9,000-byte flash sits in between.
-PROFILE = """name = "tiny-board"
-runtime = "tflm"
-flash_bytes = {flash}
-ram_bytes = 1048576
-clock_mhz = 64
-runtime_flash_bytes = 0
-"""
-
-
-def _profile(tmp_path: Path, flash: int) -> Path:
-    path = tmp_path / "board.toml"
-    path.write_text(PROFILE.format(flash=flash))
-    return path
 
 
 @pytest.mark.tf
 def test_target_keeps_the_largest_network_that_fits(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [
-        "prune",
-        "zoo:micro_cnn",
-        "--data",
-        "digits",
-        "--criterion",
-        "l1",
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "1",
-        "--lr",
-        "3e-3",
-        "--target",
-        str(_profile(tmp_path, 9000)),
-        "--out",
-        str(out),
-    ]
-    assert main(args) == 0
+    board = str(write_board(tmp_path, 9000))
+    args = prune_argv("l1", out, "--epochs", "1", "--finetune-epochs", "1", "--lr", "3e-3")
+    assert main([*args, "--target", board]) == 0
     target = json.loads((out / "summary.json").read_text())["target"]
     tried = target["tried"]
     assert not tried[0]["fits"] and tried[0]["fraction"] == 1.0  # dense is too big
@@ -60,64 +29,19 @@ def test_target_keeps_the_largest_network_that_fits(tmp_path: Path) -> None:
 
 @pytest.mark.tf
 def test_unreachable_profile_names_the_smallest_network(tmp_path: Path, capsys) -> None:
-    args = [
-        "prune",
-        "zoo:micro_cnn",
-        "--data",
-        "digits",
-        "--criterion",
-        "l1",
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "1",
-        "--target",
-        str(_profile(tmp_path, 3000)),
-        "--out",
-        str(tmp_path / "run"),
-    ]
-    assert main(args) == 3
+    board = str(write_board(tmp_path, 3000))
+    args = prune_argv("l1", tmp_path / "run", "--epochs", "1", "--finetune-epochs", "1")
+    assert main([*args, "--target", board]) == 3
     err = capsys.readouterr().err
     assert "smallest reachable" in err and "flash" in err and "3000" in err
 
 
 def test_target_excludes_a_flops_budget(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "prune",
-                "zoo:micro_cnn",
-                "--data",
-                "digits",
-                "--criterion",
-                "l1",
-                "--target",
-                "cortex-m4",
-                "--target-flops",
-                "0.5",
-                "--out",
-                str(tmp_path / "r"),
-            ]
-        )
+        main(prune_argv("l1", tmp_path / "r", "--target", "cortex-m4", "--target-flops", "0.5"))
     assert e.value.code == 2
 
 
 def test_target_with_an_unstructured_criterion_is_a_usage_error(tmp_path: Path, capsys) -> None:
-    assert (
-        main(
-            [
-                "prune",
-                "zoo:micro_cnn",
-                "--data",
-                "digits",
-                "--criterion",
-                "wgj",
-                "--target",
-                "cortex-m4",
-                "--out",
-                str(tmp_path / "r"),
-            ]
-        )
-        == 2
-    )
+    assert main(prune_argv("wgj", tmp_path / "r", "--target", "cortex-m4")) == 2
     assert "structured criterion" in capsys.readouterr().err

@@ -87,3 +87,17 @@ def test_tailored_floor_is_the_engines_and_unreachable_budget_is_exit_2() -> Non
         hook.on_train_begin(
             TrainContext(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
         )
+
+
+def test_a_gate_lands_on_its_layers_device_as_a_parameter() -> None:
+    """The gate is built on the weight's device (``Parameter.to(device)`` would return a plain
+    tensor, which ``register_parameter`` rejects); the meta device stands in for a GPU."""
+    layer = nn.Conv2d(3, 4, 1, device="meta")
+    (gate,) = insert_gates_(nn.Sequential(layer), ["0"])
+    assert isinstance(gate, nn.Parameter) and gate.device.type == "meta"
+    assert gate_of(layer) is gate and gate.shape == (4,)
+
+
+def test_only_conv_and_linear_layers_take_a_gate() -> None:
+    with pytest.raises(PruningError, match="BatchNorm2d"):
+        insert_gates_(nn.Sequential(nn.BatchNorm2d(4)), ["0"])

@@ -6,24 +6,13 @@ import math
 
 import pytest
 import torch
+from tiny_nets import mlp
 from torch import nn
 
 from tinyprune.criteria.wgj import WGJCriterion
 from tinyprune.errors import ConfigError
 from tinyprune.pruning import masks as mk
 from tinyprune.training.hooks import TrainContext
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(8, 32),
-        nn.ReLU(),
-        nn.Linear(32, 32),
-        nn.ReLU(),
-        nn.Linear(32, 16),
-        nn.ReLU(),
-        nn.Linear(16, 4),
-    )
 
 
 def train(

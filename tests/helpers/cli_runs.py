@@ -1,0 +1,34 @@
+"""Shared pieces of the CLI tests: a tiny board profile and the usual ``prune`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: micro_cnn (width 8) on 8x8 digits: the dense int8 model is about 11.5 KB, the smallest
+#: reachable one (widths 4/4/4) about 5.9 KB; a 9,000-byte flash sits in between.
+BOARD = """name = "tiny-board"
+runtime = "tflm"
+flash_bytes = {flash}
+ram_bytes = 1048576
+clock_mhz = 64
+runtime_flash_bytes = 0
+"""
+
+
+def write_board(folder: Path, flash: int) -> Path:
+    """``folder/board.toml``: a TFLM board with ``flash`` bytes of flash and 1 MiB of RAM."""
+    path = folder / "board.toml"
+    path.write_text(BOARD.format(flash=flash))
+    return path
+
+
+def prune_argv(criterion: str, out: Path, *flags: str) -> list[str]:
+    """``tinyprune prune zoo:micro_cnn --data digits --criterion CRITERION FLAGS --out OUT``."""
+    head = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", criterion]
+    return [*head, *flags, "--out", str(out)]
+
+
+def export_argv(model: str | Path, calib: Path, target: str, out: Path, *flags: str) -> list[str]:
+    """``tinyprune export MODEL --calib CALIB --target TARGET --out OUT FLAGS``."""
+    head = ["export", str(model), "--calib", str(calib), "--target", target]
+    return [*head, "--out", str(out), *flags]
