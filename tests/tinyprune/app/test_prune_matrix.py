@@ -10,11 +10,11 @@ Two kinds of cell:
 * **CLI cells** (every net x every criterion): the Python entry of ``tinyprune prune``
   (:func:`prune_run`) for 1 epoch, ``round_to 1``, structured criteria at 50 % of MACs and
   unstructured ones at density 0.2, then the export of ``pruned.pt2`` to its runtime (TFLM nets
-  to cortex-m7, TFLM == LiteRT reference kernels) with verification passing. An export costs
-  ~15-20 s on an idle 2-core machine (onnx2tf, the int8 converter, the TFLM arena search,
+  to cortex-m7, TFLM == LiteRT reference kernels) with verification passing. A cell costs
+  ~7-12 s of CPU, mostly the export (onnx2tf, the int8 converter, the TFLM arena search,
   four runtimes), so the default run holds a covering set: every criterion once and the
   rPPG nets and micro_cnn at least once (:data:`DEFAULT`, ~3 min); the other cells run
-  under ``-m slow`` (~25 min more).
+  under ``-m slow`` (~11 min of CPU more).
 
 Nets without a data set the CLI can build (3-channel 16x16 classifiers: cifar10 is 32x32
 and needs a path) run their CLI cells as engine prune + export with seeded images. Pruned
