@@ -71,6 +71,8 @@ class Task:
     batch_size: int
     data_kwargs: dict[str, Any] = field(default_factory=dict)
     eval_kwargs: dict[str, Any] = field(default_factory=dict)  # rPPG: long held-out videos
+    # per-criterion options of this task (merged under a variant's own options)
+    criterion_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 TEST_VIDEOS = {"quick": 6, "default": 48, "full": 96}
@@ -114,7 +116,12 @@ def _tasks(mode: str, test_videos: int | None = None) -> list[Task]:
 
 def _shift_tasks(mode: str, base: Task) -> list[Task]:
     """TS-CAN and EfficientPhys-C (temporal shift + attention masks, issue 17) on the same
-    synthetic rPPG clips as ``base``, 32 frames per clip at 16x16, width 8."""
+    synthetic rPPG clips as ``base``, 32 frames per clip at 16x16, width 8.
+
+    pcc_ci's own floor, ``max(8, 5 % of C)`` channels per layer (docs/methods.md §3), is the
+    whole width of these nets' first layers, so pcc_ci runs here at the engine's floor
+    (``min_channels=1``; the table says so).
+    """
     frames = 32
     net_kw = {"frames": frames, "img_size": 16, "width": 8, "hidden": 32}
     out = []
@@ -125,7 +132,12 @@ def _shift_tasks(mode: str, base: Task) -> list[Task]:
         data = base.data_kwargs | {"chunk": frames, "data_types": types}
         out.append(
             dataclasses.replace(
-                base, name=f"rppg/{name}", model=name, model_kwargs=net_kw, data_kwargs=data
+                base,
+                name=f"rppg/{name}",
+                model=name,
+                model_kwargs=net_kw,
+                data_kwargs=data,
+                criterion_options={"pcc_ci": {"min_channels": 1}},
             )
         )
     return out
@@ -221,9 +233,13 @@ def _run_task(
     settings: Any,
     keep_models: bool,
     ft_lr_scale: float = 0.1,
+    refusals: dict[tuple[str, str], str] | None = None,
 ) -> list[Run]:
+    """Every (seed, budget, criterion) run of ``task``; a criterion that refuses the net (exit 2,
+    e.g. bn_scale without BatchNorm) has no row and its reason goes to ``refusals``."""
     from tinyprune.app.jobs import prune_structured_job, train_for_criterion
     from tinyprune.config import FinetuneConfig
+    from tinyprune.errors import ConfigError
     from tinyprune.pruning.select import Budget
 
     bundle, videos = _bundle(task), _eval_videos(task)
@@ -248,6 +264,7 @@ def _run_task(
         for frac in budgets:
             for name in ROWS:
                 crit, opts = VARIANTS.get(name, (name, {}))
+                opts = task.criterion_options.get(crit, {}) | opts
                 start = time.perf_counter()
                 if crit == "tailored":
                     model, pre, job = copy.deepcopy(base), 0.0, s
@@ -257,7 +274,12 @@ def _run_task(
                 job = dataclasses.replace(  # fine-tuned below
                     job, finetune=FinetuneConfig(epochs=0), criterion_options=opts
                 )
-                summary = prune_structured_job(model, bundle, crit, Budget(frac), job)
+                try:
+                    summary = prune_structured_job(model, bundle, crit, Budget(frac), job)
+                except ConfigError as e:  # e.g. bn_scale on a net without BatchNorm
+                    if refusals is not None:
+                        refusals[(task.name, name)] = str(e)
+                    continue
                 pruned = _metric(task, model, bundle, videos)
                 _finetune(model, bundle, s)
                 p = summary["prune"]
@@ -430,6 +452,7 @@ def bench(
     runs: list[Run] = []
     exports: dict[tuple[str, str, float], Any] = {}
     failures: list[str] = []
+    refusals: dict[tuple[str, str], str] = {}
     start = time.perf_counter()
     for task in tasks:
         print(
@@ -440,10 +463,13 @@ def bench(
                 f", HR over {task.eval_kwargs['n_test']} held-out videos"
                 if task.eval_kwargs
                 else ""
-            ),
+            )
+            + (f", criterion options {task.criterion_options}" if task.criterion_options else ""),
             flush=True,
         )
-        task_runs = _run_task(task, list(range(n_seeds)), budgets, settings, do_export, ft_lr_scale)
+        task_runs = _run_task(
+            task, list(range(n_seeds)), budgets, settings, do_export, ft_lr_scale, refusals
+        )
         runs += task_runs
         if do_export:
             bundle = _bundle(task)
@@ -471,6 +497,8 @@ def bench(
                 f"(training set), {s['workers']} workers, fitness {s['metric']}, "
                 f"{s['seconds']:.1f} s"
             )
+    for (task_name, name), why in sorted(refusals.items()):
+        print(f"{task_name} {name}: no row, the criterion refused the net (exit 2): {why}")
     print("\n".join(_tailored_check(runs)))
     print("\n".join(sorted({f.split(": ", 1)[1][:300] for f in failures})))
     print(_table(runs, tasks, exports))

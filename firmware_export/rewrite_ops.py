@@ -95,7 +95,34 @@ def _copy_symbolic(g: Any, dst: Any, src: Any, non_blocking: Any) -> Any:
     return out
 
 
-_SYMBOLICS = ("aten::diff", "aten::slice_scatter", "aten::copy")
+def _bn_inference_symbolic(
+    g: Any, x: Any, weight: Any, bias: Any, mean: Any, var: Any, momentum: Any, eps: Any
+) -> Any:
+    """``aten::_native_batch_norm_legit_no_training`` (an inference BatchNorm as the functional
+    re-export of a ``.pt2`` graph writes it): ONNX ``BatchNormalization``; the op's saved
+    mean/rstd outputs are unused at inference and come out empty.
+    """
+    import torch
+    from torch.onnx import symbolic_helper as sh
+
+    if sh._is_none(weight) or sh._is_none(bias):
+        return sh._unimplemented("_native_batch_norm_legit_no_training", "no affine", x)
+    out = g.op(
+        "BatchNormalization",
+        *(x, weight, bias, mean, var),
+        epsilon_f=sh._get_const(eps, "f", "eps"),
+        momentum_f=1.0 - sh._get_const(momentum, "f", "momentum"),
+    )
+    empty = g.op("Constant", value_t=torch.zeros(0))
+    return out, empty, empty
+
+
+_SYMBOLICS = (
+    "aten::diff",
+    "aten::slice_scatter",
+    "aten::copy",
+    "aten::_native_batch_norm_legit_no_training",
+)
 
 
 @contextlib.contextmanager
@@ -108,7 +135,12 @@ def export_symbolics(opset: int) -> Iterator[list[str]]:
     import torch
 
     applied: list[str] = []
-    functions = (_diff_symbolic(applied), _slice_scatter_symbolic(applied), _copy_symbolic)
+    functions = (
+        _diff_symbolic(applied),
+        _slice_scatter_symbolic(applied),
+        _copy_symbolic,
+        _bn_inference_symbolic,
+    )
     for name, fn in zip(_SYMBOLICS, functions, strict=True):
         torch.onnx.register_custom_op_symbolic(name, fn, opset)
     try:

@@ -180,6 +180,35 @@ def test_pt2_program_with_slice_assignment_and_diff_exports_exactly(tmp_path: Pa
     assert _onnx_vs_torch(model, proto, samples) <= 1e-5  # the input is not dropped
 
 
+class InplaceReluBN(nn.Module):
+    """conv -> BatchNorm -> in-place ReLU (ds_cnn, physnet_2p1d): the in-place op makes the export
+    re-trace the .pt2 graph functionally, where BatchNorm becomes
+    ``aten::_native_batch_norm_legit_no_training``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu_(self.bn(self.conv(x))))
+
+
+def test_pt2_program_with_inplace_op_and_batchnorm_exports_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = InplaceReluBN().eval()
+    with torch.no_grad():  # BN statistics that are not the identity
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+        model.bn.weight.uniform_(0.5, 2)
+        model.bn.bias.uniform_(-1, 1)
+    samples = np.random.default_rng(5).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    program = _pt2(model, torch.from_numpy(samples[:1]), tmp_path)
+    rewrites, proto = _export(program, samples[0], tmp_path)
+    assert "functionalized:graph_module" in rewrites
+    assert _onnx_vs_torch(model, proto, samples) <= 1e-5  # BatchNorm applied (folded or not)
+
+
 def _erf_graph() -> object:
     from onnx import TensorProto, helper
 

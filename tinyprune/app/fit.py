@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from tinyprune.app.fit_search import budget_use, next_fraction, ram_floor_note
 from tinyprune.errors import BudgetExceededError, ConfigError, ExportError, UnsupportedOpError
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ def largest_fitting_fraction(
     round_to: int = 4,
     steps: int = 4,
 ) -> FitSearch:
-    """Bisection on the MACs fraction kept so that the int8 export fits ``profile``.
+    """Search of the MACs fraction kept so that the int8 export fits ``profile``: a bracket
+    between the largest fitting and the smallest failing trial, each step interpolated on the
+    trials' budget use (:func:`~tinyprune.app.fit_search.next_fraction`).
 
     Args:
         model: The trained network (not changed).
@@ -160,18 +163,20 @@ def largest_fitting_fraction(
     trial.tolerate_errors = False  # the smallest network must export: its error is the answer
     res = trial(min(lo, 1.0))
     trial.tolerate_errors = True
+    seen = {lo: budget_use(res), 1.0: budget_use(dense)}  # fraction -> largest used/limit
     if not res.fits:
         msg = (
             f"the model cannot fit {profile}: even the smallest reachable network (every "
             f"layer at its minimum width, {lo:.1%} of the MACs) needs "
             f"{_budget_rows(res.report)}; pick a larger target, a smaller model, or lower "
-            "round_to/min_channels"
+            "round_to/min_channels." + ram_floor_note(res.report)
         )
         raise BudgetExceededError(msg, result=res)
     hi = 1.0
     for _ in range(steps):
-        mid = (lo + hi) / 2
+        mid = next_fraction(lo, hi, seen)
         got = trial(mid)
+        seen[mid] = budget_use(got)
         if got is not None and got.fits:
             lo = mid
         else:

@@ -51,8 +51,22 @@ def check_compatible(model: nn.Module, bundle: Any, model_name: str, data_name: 
         msg = (
             f"data {data_name} gives samples of shape {data_shape} but model "
             f"{model_name} expects {shape}; pick matching sizes (model kwargs or data options)"
+            + _clip_hint(data_shape, shape)
         )
         raise ConfigError(msg)
+
+
+def _clip_hint(data_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str:
+    """The ``--data-kw`` that make clips ``(C, T, H, W)`` fit a frame-stacked ``(C, T*H, W)``."""
+    if len(data_shape) != 4 or len(model_shape) != 3 or model_shape[1] % model_shape[2]:
+        return ""
+    c, th, w = model_shape
+    hint = f": --data-kw chunk={th // w} --data-kw size={w}"
+    if c != data_shape[0] and c == 6:
+        hint += " --data-kw data_types=DiffNormalized,Standardized"
+    elif c != data_shape[0]:
+        hint += f" and {c} input channels (data_types)"
+    return hint
 
 
 def to_model_layout(samples: np.ndarray, model: nn.Module) -> np.ndarray:

@@ -65,10 +65,17 @@ def _filters(model: nn.Module, layer: str) -> int:
     return int(out_first_weight(model.get_submodule(layer)).shape[0])
 
 
-def _memory_format(example: Any) -> torch.memory_format | None:
-    if isinstance(example, torch.Tensor) and example.is_floating_point():
-        return {4: torch.channels_last, 5: torch.channels_last_3d}.get(example.dim())
-    return None
+def _memory_format(example: Any, model: nn.Module) -> torch.memory_format | None:
+    """Channels-last (3-D) when the input and every conv weight have that rank, else None.
+
+    A frame-stacked 2-D rPPG net takes 5-D clips too; its 4-D weights refuse the 3-D format.
+    """
+    if not (isinstance(example, torch.Tensor) and example.is_floating_point()):
+        return None
+    ranks = {m.weight.dim() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    if ranks != {example.dim()}:
+        return None
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(example.dim())
 
 
 def _to_format(batches: Sequence[Any], fmt: torch.memory_format | None) -> list[Any]:
@@ -114,7 +121,7 @@ class PrunedEvaluator:
         widths = [sel.allowed_widths(g.size, round_to, 1) for g in self.graph.groups]
         zeros = [np.zeros(g.size) for g in self.graph.groups]
         self.counts = np.array(sel.select_uniform(zeros, self.cost, limits, widths).counts)
-        self.memory_format = _memory_format(example_input)
+        self.memory_format = _memory_format(example_input, model)
         self._memo: dict[tuple[Any, ...], Any] = {}
 
     def keep(self, crit: ClusterDECriterion) -> list[np.ndarray]:

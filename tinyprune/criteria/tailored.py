@@ -11,10 +11,9 @@ target. At the end, ``Pset`` is hard-pruned after folding ``act(beta)`` into the
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,11 +21,27 @@ import torch
 from torch import nn
 
 from tinyprune.criteria.base import CRITERIA, Granularity, ScoreInput
+from tinyprune.criteria.tailored_prox import (
+    LambdaController,
+    _adam_denominator,
+    _prox_step_size,
+    proximal_l1_,
+)
 from tinyprune.errors import ConfigError
 from tinyprune.pruning.tensors import tensor_attr, weight_of
+from tinyprune.training.distributed import all_reduce_mean_, consensus_mean_
 from tinyprune.training.hooks import TrainContext, TrainHook
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "LambdaController",
+    "TailoredCriterion",
+    "TailoredHook",
+    "_adam_denominator",
+    "fold_beta_",
+    "proximal_l1_",
+]
 
 
 #: ``select_every`` unless asked: a SELECT every 100 steps, fewer on short runs (pruning_hook).
@@ -127,84 +142,6 @@ def _gate_param(bn: nn.Module | None, module: nn.Module | None) -> nn.Parameter 
     if isinstance(scale, nn.Parameter):
         return scale
     return gate_of(module) if module is not None else None
-
-
-@dataclass
-class LambdaController:
-    """``lambda <- clip(lambda exp(kappa e_t + kappa_d (e_t - e_{t-1})))``, ``e = log(rho/rho*)``.
-
-    With ``kappa_d = 0`` this is the bare law of docs/methods.md §5.3. Because the leakage
-    integrates
-    lambda, that law alone oscillates around the target (factor ~3-5 in simulation); the
-    damping term [R] keeps it within a factor 2.
-    """
-
-    lambda_init: float = 1e-4
-    kappa: float = 0.5
-    kappa_d: float = 2.0
-    rho_min: float = 1e-3
-    bounds: tuple[float, float] = (1e-6, 1e-1)
-    rho_start: float | None = None
-    log_space: bool = True  # [R] cosine on log(rho*): a linear-space cosine is too steep at its end
-    value: float = field(init=False)
-    _error: float = field(init=False, default=0.0)
-
-    def __post_init__(self) -> None:
-        self.value = self.lambda_init
-
-    def target(self, progress: float) -> float:
-        """Target leakage at ``progress`` in [0, 1] (cosine from ``rho_start`` to ``rho_min``)."""
-        start = self.rho_start if self.rho_start is not None else 1.0
-        w = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-        if self.log_space:
-            return math.exp(math.log(self.rho_min) + (math.log(start) - math.log(self.rho_min)) * w)
-        return self.rho_min + (start - self.rho_min) * w
-
-    def update(self, rho: float, progress: float) -> float:
-        """New lambda given the measured leakage ``rho``; the first call fixes ``rho_start``."""
-        if self.rho_start is None:
-            self.rho_start = max(rho, self.rho_min)
-        error = math.log(max(rho, 1e-12)) - math.log(self.target(progress))
-        step = self.kappa * error + self.kappa_d * (error - self._error)
-        self._error = error
-        self.value = float(np.clip(self.value * math.exp(step), *self.bounds))
-        return self.value
-
-
-def _prox_step_size(
-    optimizer: torch.optim.Optimizer, param: torch.Tensor, precondition: bool, fallback_lr: float
-) -> torch.Tensor | float:
-    """The step size the proximal threshold is scaled by: the learning rate of ``param``'s group,
-    divided (``precondition``) by Adam's denominator ``sqrt(v_hat) + eps`` when it has one.
-    """
-    lr = float(_group_of(optimizer, param).get("lr", fallback_lr))
-    return lr / _adam_denominator(optimizer, param) if precondition else lr
-
-
-def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, Any]:
-    """The param group holding ``param`` (empty when the optimizer does not hold it)."""
-    return next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), {})
-
-
-def _adam_denominator(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
-    """``sqrt(v / (1 - beta2^t)) + eps`` of Adam/AdamW for ``param`` (``v``: the running max
-    under amsgrad); 1 for other optimizers and before the first step.
-    """
-    state = optimizer.state.get(param, {})
-    if "exp_avg_sq" not in state:
-        return torch.ones_like(param)
-    group = _group_of(optimizer, param)
-    _, beta2 = group["betas"]
-    t = float(state["step"])
-    v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
-    denominator: torch.Tensor = (v / (1 - beta2**t)).sqrt() + group["eps"]
-    return denominator
-
-
-def proximal_l1_(gamma: torch.Tensor, threshold: torch.Tensor) -> None:
-    """``gamma <- sign(gamma) * max(|gamma| - threshold, 0)`` in place (exact zeros)."""
-    with torch.no_grad():
-        gamma.copy_(gamma.sign() * (gamma.abs() - threshold).clamp(min=0))
 
 
 def fold_beta_(graph: Any, keep: Sequence[Iterable[int]], activation: str = "relu") -> int:
@@ -320,12 +257,22 @@ class TailoredHook(TrainHook):
         bare = [n for n in bare if self.graph.bn_after(n) is None]
         return insert_gates_(model, bare)
 
+    def prepare_model(self, model: nn.Module) -> None:
+        """The training loop's call before it builds the optimizer and DDP: insert the gates."""
+        if getattr(self, "graph", None) is None or self.graph.model is not model:
+            self.prepare(model)
+
     def on_train_begin(self, ctx: TrainContext) -> None:
         """Trace groups (:meth:`prepare`), build the cost-aware weights; run a first SELECT."""
         from tinyprune.pruning import select as sel
 
+        late: list[nn.Parameter] = []
         if getattr(self, "graph", None) is None or self.graph.model is not ctx.model:
-            _add_to_optimizer(ctx.optimizer, self.prepare(ctx.model))
+            late = self.prepare(ctx.model)
+            _add_to_optimizer(ctx.optimizer, late)
+        # Gates inserted here came after DDP wrapped the model: DDP does not all-reduce their
+        # gradients, so after_backward does (replicas on different shards would drift apart).
+        self._unsynced = late if ctx.distributed else []
         self.limits = self.budget.limits(*self.cost.dense)
         crit = self.crit
         groups = self.graph.groups
@@ -350,13 +297,28 @@ class TailoredHook(TrainHook):
             ]
             for g in self.graph.groups
         ]
+        if ctx.distributed:  # rank 0's gates everywhere (BN scales DDP has already broadcast)
+            with torch.no_grad():
+                for gates in self._gates:
+                    for gate, _ in gates:
+                        if gate is not None:
+                            consensus_mean_(gate.data)
         self._select(ctx)
 
-    def importance(self) -> list[np.ndarray]:
-        """Gate importance per group (L2 over member |gamma|)."""
-        from tinyprune.pruning.scoring import score_groups
+    def after_backward(self, ctx: TrainContext) -> None:
+        """Average the gradients of gates DDP does not manage (inserted after it wrapped)."""
+        for gate in getattr(self, "_unsynced", ()):
+            if gate.grad is not None:
+                all_reduce_mean_(gate.grad)
 
-        return score_groups(self.graph, self.crit, reduce=self.crit.group_reduce)
+    def importance(self) -> list[np.ndarray]:
+        """Gate importance per group (L2 over member |gamma|), averaged over DDP replicas (one
+        SELECT, one leakage and one lambda on every replica, bit for bit).
+        """
+        from tinyprune.pruning.scoring import reduce_scores_across_ranks, score_groups
+
+        scores = score_groups(self.graph, self.crit, reduce=self.crit.group_reduce)
+        return reduce_scores_across_ranks(scores)
 
     def _select(self, ctx: TrainContext) -> None:
         from tinyprune.pruning import select as sel

@@ -40,8 +40,10 @@ def capture_features(
             break
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         events: list[_Event] = []
+        inputs: list[Any] = []  # kept alive: a freed input's id() could be a later output's
 
         def hook(m: nn.Module, inp: Any, out: Any) -> None:
+            inputs.append(inp[0])  # noqa: B023
             events.append((m, id(inp[0]), out, out.detach().clone()))  # noqa: B023
 
         handles = [m.register_forward_hook(hook) for m in list(wanted) + followers]
@@ -60,10 +62,11 @@ def capture_features(
 
 
 def _follow_chain(events: list[_Event], m: nn.Module) -> torch.Tensor:
-    start = next(e for e in events if e[0] is m)
-    current_id, value = id(start[2]), start[3]
+    at = next(i for i, e in enumerate(events) if e[0] is m)
+    current_id, value = id(events[at][2]), events[at][3]
+    later = events[at + 1 :]  # a follower runs after the layer it follows
     for kinds in (BN_TYPES, ACT_TYPES):
-        nxt = next((e for e in events if e[1] == current_id and isinstance(e[0], kinds)), None)
+        nxt = next((e for e in later if e[1] == current_id and isinstance(e[0], kinds)), None)
         if nxt is not None:
             current_id, value = id(nxt[2]), nxt[3]
     return value

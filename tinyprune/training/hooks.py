@@ -39,6 +39,11 @@ class TrainContext:
 class TrainHook:
     """Base class with no-op defaults; subclass and override what the criterion needs."""
 
+    def prepare_model(self, model: nn.Module) -> None:
+        """Called before the optimizer and the DDP wrapper are built: add parameters here
+        (inserted gates) so that both see them.
+        """
+
     def on_train_begin(self, ctx: TrainContext) -> None:
         """Called once before the first step (allocate statistics, register forward hooks)."""
 

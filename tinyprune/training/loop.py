@@ -376,6 +376,10 @@ def _make_trainer(
             "drop the only partial batch); give it more samples or a smaller batch_size"
         )
         raise ConfigError(msg)
+    for hook in hooks:  # parameters a hook adds (gates) reach the optimizer and DDP
+        prepare = getattr(hook, "prepare_model", None)
+        if callable(prepare):
+            prepare(model)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
     ctx = TrainContext(

@@ -187,3 +187,21 @@ def test_bad_job_setting_fails_before_training(
     assert main(prune_argv("cluster_de", tmp_path / "r", "--target-flops", "0.5", flag, value)) == 2
     assert flag in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_clip_size_mismatch_names_the_data_options_that_fit(tmp_path: Path, capsys) -> None:
+    """`prune zoo:test_tscan --data synthetic-rppg` (64-frame 3-channel clips by default): exit 2
+    naming the --data-kw that build TS-CAN's clips; with them the data fits the model."""
+    from tinyprune.app.runs import check_compatible
+    from tinyprune.data import build_dataset
+    from tinyprune.models import create_model
+
+    small = ["--data-kw", "n_train=1", "--data-kw", "n_val=1", "--data-kw", "n_test=1"]
+    args = ["prune", "zoo:test_tscan", "--data", "synthetic-rppg", *small, "--criterion", "l1"]
+    assert main([*args, "--target-flops", "0.5", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    hint = "--data-kw chunk=4 --data-kw size=12 --data-kw data_types=DiffNormalized,Standardized"
+    assert hint in err
+    options = {"chunk": 4, "size": 12, "data_types": ("DiffNormalized", "Standardized")}
+    bundle = build_dataset("synthetic-rppg", n_train=1, n_val=1, n_test=1, **options)
+    check_compatible(create_model("test_tscan"), bundle, "zoo:test_tscan", "synthetic-rppg")

@@ -1,17 +1,34 @@
 """Prune x export matrix (issue 17): every zoo ``test_*`` net and micro_cnn x every criterion.
 
-Each cell runs the Python entry of ``tinyprune prune`` (:func:`prune_run`) for 1 epoch with
-``round_to 1``: structured criteria at 50 % of MACs, unstructured ones at density 0.2. The
-pruning engine's equivalence test (§1.4) runs on the same net and criterion, and the pruned
-program exports to its runtime (TFLM nets to cortex-m7, bit-exact) with verification passing.
-The default run holds a few cells (one per kind of net that issue 17 fixed); the whole matrix
-and the full-size zoo nets run under ``-m slow``.
+Two kinds of cell:
+
+* **engine cells** (every net x every structured criterion, all in the default run, ~10 s of
+  CPU in all): the pruning engine prunes the seeded net to 50 % of MACs with ``round_to 1``;
+  MACs kept within one channel step of the target (``tailored``: within 2 % or one step), and
+  the pruned net equals the original with the removed channels zeroed (§1.4). ``bn_scale``
+  on a net with a group without BatchNorm must refuse (exit 2) naming the group.
+* **CLI cells** (every net x every criterion): the Python entry of ``tinyprune prune``
+  (:func:`prune_run`) for 1 epoch, ``round_to 1``, structured criteria at 50 % of MACs and
+  unstructured ones at density 0.2, then the export of ``pruned.pt2`` to its runtime (TFLM nets
+  to cortex-m7, TFLM == LiteRT reference kernels) with verification passing. A cell costs
+  ~7-12 s of CPU, mostly the export (onnx2tf, the int8 converter, the TFLM arena search,
+  four runtimes), so the default run holds a covering set: every criterion once and the
+  rPPG nets and micro_cnn at least once (:data:`DEFAULT`, ~3 min); the other cells run
+  under ``-m slow`` (~11 min of CPU more).
+
+Nets without a data set the CLI can build (3-channel 16x16 classifiers: cifar10 is 32x32
+and needs a path) run their CLI cells as engine prune + export with seeded images. Pruned
+3-D nets (``.pt2`` programs with 3-D pooling) export to rpi4 only with the rewrites of
+branch ``rewrite3d`` (issue 17 item 4): those exports are expected failures until it lands.
+``pcc_ci`` runs at the engine's floor (``min_channels=1``): its own floor, ``max(8, 5 % of C)``
+channels per layer, is the whole width of most of these tiny layers.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +45,41 @@ from tinyprune.models import create_model, get_model_spec, list_models
 from tinyprune.pruning import Budget, prune_structured
 from tinyprune.pruning.channel_graph import ChannelGraph
 from tinyprune.pruning.equivalence import zeroed_forward
+from tinyprune.pruning.masks import find_prunable
 from tinyprune.training.hooks import TrainContext
 
 NETS = [*list_models("test_*"), "micro_cnn"]
 STRUCTURED = ["tailored", "cluster_de", "pcc_ci", "l1", "random", "bn_scale"]
 UNSTRUCTURED = ["wgj", "gmp", "set", "rigl"]
-DEFAULT = {("test_tscan", "l1"), ("test_efficientphys", "tailored"), ("micro_cnn", "gmp")}
+OPTIONS = {"pcc_ci": {"min_channels": 1}, "cluster_de": {"n_clusters": 2}}
+# every criterion once; the rPPG nets and micro_cnn at least once
+DEFAULT = {
+    ("test_tscan", "l1"),
+    ("test_tscan", "set"),
+    ("test_efficientphys", "tailored"),
+    ("test_efficientphys", "rigl"),
+    ("test_deepphys", "random"),
+    ("test_physnet_2p1d", "cluster_de"),
+    ("micro_cnn", "pcc_ci"),
+    ("test_physnet_2p1d", "bn_scale"),
+    ("micro_cnn", "gmp"),
+    ("micro_cnn", "wgj"),
+}
 RPPG_2D = {"size": 12, "chunk": 4, "data_types": ("DiffNormalized", "Standardized")}
-SMALL_RPPG = {"n_train": 2, "n_val": 1, "n_test": 1, "clips_per_video": 1}
-NO_DATA = "no built-in 3-channel classification data set (cifar10 needs a path)"
-NEEDS_REWRITE3D = "a pruned 3-D .pt2 exports only with branch rewrite3d (issue 17 item 4)"
+SMALL_RPPG = {"n_train": 2, "n_val": 1, "n_test": 1, "clips_per_video": 1, "real_ppg": False}
+NEEDS_REWRITE3D = (
+    "exporting a pruned 3-D .pt2 program to rpi4 needs the 3-D pooling rewrite on exported "
+    "programs (branch rewrite3d, issue 17 item 4)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: these nets are tiny, and a shared machine's cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _data(net: str) -> tuple[str, dict[str, Any]] | None:
@@ -52,11 +94,12 @@ def _data(net: str) -> tuple[str, dict[str, Any]] | None:
     return ("digits", {}) if shape[0] == 1 else None
 
 
-def _cells() -> list[Any]:
+def _params(crits: list[str], default: set[tuple[str, str]] | None) -> list[Any]:
+    """(net, criterion) pairs; those not in ``default`` are marked slow (None: none are)."""
     out = []
     for net in NETS:
-        for crit in STRUCTURED + UNSTRUCTURED:
-            slow = (net, crit) not in DEFAULT
+        for crit in crits:
+            slow = default is not None and (net, crit) not in default
             marks = [pytest.mark.slow] if slow else []
             out.append(pytest.param(net, crit, marks=marks, id=f"{net}-{crit}"))
     return out
@@ -68,10 +111,11 @@ def _seeded(net: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return model, torch.randn(2, *model.input_shape, generator=torch.Generator().manual_seed(1))
 
 
-def _has_bn_everywhere(net: str) -> bool:
+def _bn_scale_refuses(net: str) -> bool:
+    """True when some channel group of ``net`` has no BatchNorm after any of its layers."""
     model, x = _seeded(net)
     graph = ChannelGraph(model, x)
-    return all(graph.bn_after(s.name) is not None for g in graph.groups for s in g.members)
+    return any(all(graph.bn_after(s.name) is None for s in g.members) for g in graph.groups)
 
 
 def _step(net: str) -> float:
@@ -88,8 +132,21 @@ def _step(net: str) -> float:
     return float(max(steps))
 
 
-def _equivalence(net: str, crit: str) -> None:
-    """§1.4 on the engine: pruned net == original with the removed channels zeroed."""
+def _check_kept(net: str, crit: str, kept: float) -> None:
+    """MACs kept: within one channel step below 50 % (``tailored``: within 2 % or a step)."""
+    step = _step(net)
+    if crit == "tailored":
+        tol = max(0.02, step)
+        assert 0.5 - tol <= kept <= 0.5 + tol, (kept, step)
+    else:
+        assert 0.5 - step <= kept <= 0.5, (kept, step)
+
+
+def _engine_prune(net: str, crit: str) -> tuple[torch.nn.Module, torch.Tensor, float]:
+    """Prune the seeded net to 50 % of MACs with the engine; check §1.4 equivalence.
+
+    Returns the pruned net, its example batch and the MACs fraction kept.
+    """
     model, x = _seeded(net)
     original = copy.deepcopy(model)
     if crit == "tailored":
@@ -99,22 +156,21 @@ def _equivalence(net: str, crit: str) -> None:
         _zero_pset_gates(hook)
         with torch.no_grad():
             ref = model(x)
-        hook.freeze_(model)
+        result = hook.freeze_(model)
         with torch.no_grad():
             got = model(x)
     else:
         data = [
             torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(i)) for i in (2, 3)
         ]
-        options = {"n_clusters": 2} if crit == "cluster_de" else {}
-        result = prune_structured(
-            model, x, C.get(crit, **options), Budget(target_flops=0.5), data=data, round_to=1
-        )
-        assert result.macs_after <= 0.5 * result.macs_before
+        criterion = C.get(crit, **OPTIONS.get(crit, {}))
+        budget = Budget(target_flops=0.5)
+        result = prune_structured(model, x, criterion, budget, data=data, round_to=1)
         with torch.no_grad():
             got = model(x)
         ref = zeroed_forward(original, x, result.keep, x)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * max(ref.abs().max().item(), 1e-6))
+    return model, x, result.macs_after / result.macs_before
 
 
 def _zero_pset_gates(hook: TailoredHook) -> None:
@@ -132,36 +188,40 @@ def _zero_pset_gates(hook: TailoredHook) -> None:
                             bn.bias[unit] = 0.0
 
 
-def _export(program: Path, net: str, calib_path: Path, out: Path) -> None:
+@pytest.mark.parametrize(("net", "crit"), _params(STRUCTURED, None))
+def test_engine_cell(net: str, crit: str) -> None:
+    """Every net x structured criterion: budget met to one channel, pruned == zeroed original."""
+    if crit == "bn_scale" and _bn_scale_refuses(net):
+        model, x = _seeded(net)
+        with pytest.raises(ConfigError, match="applies to no layer") as err:
+            prune_structured(model, x, C.get("bn_scale"), Budget(target_flops=0.5), round_to=1)
+        assert err.value.exit_code == 2
+        return
+    _, _, kept = _engine_prune(net, crit)
+    _check_kept(net, crit, kept)
+
+
+def _export(module: torch.nn.Module, calib: np.ndarray, net: str, out: Path) -> None:
+    """Export to the net's runtime; TFLM nets bit-exact against LiteRT's reference kernels."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("tflite_micro")
     from firmware_export import ExportOptions, export
-    from tinyprune.app.sources import load_model
 
-    module = load_model(str(program)).module  # as `tinyprune export run/pruned.pt2` loads it
-    calib = np.load(calib_path)[:16].astype(np.float32)
+    target = "cortex-m7" if get_model_spec(net).tflm_native else "rpi4"
     result = export(
-        module, calib, target="cortex-m7", out_dir=out,
-        options=ExportOptions(calib_cap=16, verify_samples=8),
+        module, calib[:16].astype(np.float32), target=target, out_dir=out,
+        options=ExportOptions(calib_cap=16, verify_samples=4, memory_plan="online"),
     )  # fmt: skip
-    parity = result.report["verify"]["tflm_vs_litert_ref"]
-    assert parity["max_abs"] == 0 or (parity["max_abs"] <= 1 and parity["known_difference"])
-    assert result.report["verify"]["int8_vs_float"]["cos"] > 0.9
+    verify = result.report["verify"]
+    if target == "cortex-m7":
+        parity = verify["tflm_vs_litert_ref"]
+        assert parity["max_abs"] == 0 or (parity["max_abs"] <= 1 and parity["known_difference"])
+    assert verify["int8_vs_float"]["cos"] > 0.9
 
 
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize(("net", "crit"), _cells())
-def test_prune_matrix_cell(net: str, crit: str, tmp_path: Path) -> None:
-    structured = crit in STRUCTURED
-    refuses = crit == "bn_scale" and not _has_bn_everywhere(net)
-    if structured and not refuses:
-        _equivalence(net, crit)
-    data = _data(net)
-    if data is None:
-        pytest.skip(f"prune_run/export of {net}: {NO_DATA}; the engine's equivalence passed")
-    spec, data_kw = data
-    budget = {"target_flops": 0.5} if structured else {"sparsity": 0.8}
-    cfg = PruneConfig(
+def _cli_config(crit: str) -> PruneConfig:
+    budget = {"target_flops": 0.5} if crit in STRUCTURED else {"sparsity": 0.8}
+    return PruneConfig(
         **budget,
         epochs=1,
         finetune=FinetuneConfig(epochs=0),
@@ -169,31 +229,71 @@ def test_prune_matrix_cell(net: str, crit: str, tmp_path: Path) -> None:
         progress=False,
         bn_recalib=0,
         batch_size=4,
+        criterion_options={k: v for k, v in OPTIONS.get(crit, {}).items() if k != "n_clusters"},
         de=DESearchConfig(pop=4, gens=1, calib=8, heldout=8),
     )
-    data_spec = DataSpec(spec, data_kw)
-    if refuses:  # a user-facing refusal (exit 2), naming the layers and the way out
-        with pytest.raises(ConfigError, match="applies to no layer"):
-            prune_run(f"zoo:{net}", data_spec, crit, cfg, tmp_path / "run")
+
+
+def _check_summary(net: str, crit: str, summary: dict[str, Any]) -> None:
+    if crit in STRUCTURED:
+        _check_kept(net, crit, summary["prune"]["macs_after"] / summary["prune"]["macs_before"])
         return
-    files = prune_run(f"zoo:{net}", data_spec, crit, cfg, tmp_path / "run")
-    summary = json.loads(files.summary.read_text())
-    if structured:
-        kept = summary["prune"]["macs_after"] / summary["prune"]["macs_before"]
-        step = _step(net)
-        tol = max(0.02, step) if crit == "tailored" else step
-        assert 0.5 - tol <= kept <= (0.5 + tol if crit == "tailored" else 0.5), (kept, step)
-    else:
-        # layers a criterion keeps dense by design (e.g. the first) aside, density 0.2
-        layers = [ly for ly in summary["sparsity"]["layers"] if ly["density"] < 1.0]
-        assert layers
-        nnz = sum(ly["weight_nonzero"] for ly in layers)
-        density = nnz / sum(ly["weight_params"] for ly in layers)
-        assert abs(density - 0.2) <= 0.03, density
-    if get_model_spec(net).tflm_native:
-        _export(files.program, net, files.calibration, tmp_path / "export")
-    else:
-        pytest.skip(f"export of pruned {net} to rpi4 skipped: {NEEDS_REWRITE3D}")
+    # over the masked layers (every prunable layer but the first and the last, kept dense by
+    # design); a layer the criterion's ERK allocation leaves at density 1 still counts
+    masked = {t.name.removesuffix(".weight") for t in find_prunable(create_model(net))}
+    layers = [ly for ly in summary["sparsity"]["layers"] if ly["name"] in masked]
+    assert {ly["name"] for ly in layers} == masked
+    nnz = sum(ly["weight_nonzero"] for ly in layers)
+    density = nnz / sum(ly["weight_params"] for ly in layers)
+    # the masks hold 20 % of the weights; a weight regrown at zero may still be zero after a
+    # single short epoch, so the non-zero density may fall below the mask's, never above it
+    mask_density = _find(summary["train"], "final_density")
+    assert abs((density if mask_density is None else mask_density) - 0.2) <= 0.03, mask_density
+    assert 0.2 * 0.5 <= density <= 0.2 + 0.03, density
+
+
+def _find(tree: Any, key: str) -> Any:
+    """The first value of ``key`` anywhere in a nested dict/list, or None."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for item in tree:
+            found = _find(item, key)
+            if found is not None:
+                return found
+    return None
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("net", "crit"), _params(STRUCTURED + UNSTRUCTURED, DEFAULT))
+def test_cli_cell(net: str, crit: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """``tinyprune prune`` (1 epoch) then the export of ``pruned.pt2`` with verification."""
+    data = _data(net)
+    if data is None:  # no data set the CLI can build: engine prune, export with seeded images
+        if crit not in STRUCTURED:
+            pytest.skip(f"{net}: no built-in data set to train {crit}'s masks (cifar10 is 32x32)")
+        if crit == "bn_scale" and _bn_scale_refuses(net):
+            pytest.skip(f"bn_scale refuses {net} (tested by test_engine_cell)")
+        module, x, _ = _engine_prune(net, crit)
+        images = torch.rand(16, *x.shape[1:], generator=torch.Generator().manual_seed(4))
+        _export(module.eval(), images.numpy(), net, tmp_path / "export")
+        return
+    spec, data_kw = data
+    cfg, out = _cli_config(crit), tmp_path / "run"
+    if crit == "bn_scale" and _bn_scale_refuses(net):  # a user-facing refusal (exit 2)
+        with pytest.raises(ConfigError, match="applies to no layer"):
+            prune_run(f"zoo:{net}", DataSpec(spec, data_kw), crit, cfg, out)
+        return
+    files = prune_run(f"zoo:{net}", DataSpec(spec, data_kw), crit, cfg, out)
+    _check_summary(net, crit, json.loads(files.summary.read_text()))
+    if not get_model_spec(net).tflm_native:
+        request.applymarker(pytest.mark.xfail(reason=NEEDS_REWRITE3D, strict=False))
+    from tinyprune.app.sources import load_model
+
+    module = load_model(str(files.program)).module  # as `tinyprune export run/pruned.pt2` does
+    _export(module, np.load(files.calibration), net, tmp_path / "export")
 
 
 FULL_SIZE = ["tscan", "efficientphys", "deepphys", "physnet_2p1d", "micro_cnn"]
@@ -203,4 +303,4 @@ FULL_SIZE = ["tscan", "efficientphys", "deepphys", "physnet_2p1d", "micro_cnn"]
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("net", FULL_SIZE)
 def test_full_size_zoo_net_prunes_and_equals_the_zeroed_original(net: str) -> None:
-    _equivalence(net, "l1")
+    _engine_prune(net, "l1")
