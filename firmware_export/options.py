@@ -79,7 +79,8 @@ class ExportOptions:
 
     def rewrite_3d_mode(self, runtime: str) -> str:
         """How the 3-D rewrite applies on a runtime: ``off``, ``all`` (TFLM: every 3-D layer
-        must be rewritten, or exit 4) or ``complete`` (LiteRT: only when none is left)."""
+        must be rewritten, or exit 4) or ``complete`` (LiteRT: only when none is left).
+        """
         if self.rewrite_3d == "off":
             return "off"
         return "all" if runtime == "tflm" else "complete"

@@ -43,7 +43,8 @@ _AXES = {5: {1: 1, 2: 0, 3: 2, 4: 3}, 3: {1: 1, 2: 0}}
 @dataclass
 class Clip:
     """A logical clip ``(1, C, T, H, W)`` (rank 5) or ``(1, C, T)`` (rank 3) held as
-    ``(T, C, H, W)`` (``H = W = 1`` for rank 3)."""
+    ``(T, C, H, W)`` (``H = W = 1`` for rank 3).
+    """
 
     t: torch.Tensor
     rank: int
@@ -63,7 +64,7 @@ class Clip:
 
 
 def to_clip(x: torch.Tensor) -> Clip:
-    """``(1, C, T, H, W)`` -> time-as-batch, as ``permute/reshape/permute`` (one onnx2tf RESHAPE)."""
+    """``(1, C, T, H, W)`` -> time as batch: ``permute/reshape/permute`` (one onnx2tf RESHAPE)."""
     _, c, t, h, w = x.shape
     return Clip(x.permute(0, 2, 3, 4, 1).reshape(t, h, w, c).permute(0, 3, 1, 2), 5)
 

@@ -1,4 +1,4 @@
-"""The ATen ops :mod:`firmware_export.rewrite_3d` runs time-as-batch, one handler each.
+r"""The ATen ops :mod:`firmware_export.rewrite_3d` runs time-as-batch, one handler each.
 
 A handler takes the runner and the op's (evaluated) arguments, some of them
 :class:`~firmware_export.rewrite_3d.Clip`\\ s, and returns the op's result with clips kept
@@ -96,17 +96,15 @@ def _folded(
     return r.derived("w_bn", make_w), r.derived("b_bn", make_b)
 
 
+def _args(given: tuple[Any, ...], defaults: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An op's trailing positional arguments, with ATen's defaults for those not given."""
+    return tuple(given) + defaults[len(given) :]
+
+
 @_on(aten.conv3d.default)
-def conv3d(
-    r: Any,
-    x: Any,
-    w: Any,
-    b: Any = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: int = 1,
-) -> Clip:
+def _conv3d(r: Any, x: Any, w: Any, b: Any = None, *rest: Any) -> Clip:
+    """Conv3d: (stride, padding, dilation, groups)."""
+    stride, padding, dilation, groups = _args(rest, (1, 0, 1, 1))
     geometry = (_triple(stride), _triple(padding), _triple(dilation))
     _clip(x, 5)
     w, b = _folded(r, w, b, 0)
@@ -116,37 +114,22 @@ def conv3d(
 
 
 @_on(aten.conv1d.default)
-def conv1d(
-    r: Any,
-    x: Any,
-    w: Any,
-    b: Any = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: int = 1,
-) -> Clip:
+def _conv1d(r: Any, x: Any, w: Any, b: Any = None, *rest: Any) -> Clip:
+    """Conv1d over the time axis of a (1, C, T) clip: a Conv3d with a (k, 1, 1) kernel."""
+    stride, padding, dilation, groups = _args(rest, (1, 0, 1, 1))
     _clip(x, 3)
     s, p, d = (_triple(v)[0] for v in (stride, padding, dilation))
     w, b = _folded(r, w, b, 0)
-    w5 = w[..., None, None]
-    out = ops.conv3d(x.t, w5, b, ((s, 1, 1), (p, 0, 0), (d, 1, 1)), groups, r.owner.form)
+    geometry = ((s, 1, 1), (p, 0, 0), (d, 1, 1))
+    out = ops.conv3d(x.t, w[..., None, None], b, geometry, groups, r.owner.form)
     r.note("conv1d-over-time")
     return Clip(out, 3)
 
 
 @_on(aten.conv_transpose3d.input)
-def conv_transpose3d(
-    r: Any,
-    x: Any,
-    w: Any,
-    b: Any = None,
-    stride: Any = 1,
-    padding: Any = 0,
-    output_padding: Any = 0,
-    groups: int = 1,
-    dilation: Any = 1,
-) -> Clip:
+def _conv_transpose3d(r: Any, x: Any, w: Any, b: Any = None, *rest: Any) -> Clip:
+    """ConvTranspose3d: (stride, padding, output_padding, groups, dilation)."""
+    stride, padding, output_padding, groups, dilation = _args(rest, (1, 0, 0, 1, 1))
     _clip(x, 5)
     if groups != 1:
         msg = "a grouped transposed conv"
@@ -159,30 +142,22 @@ def conv_transpose3d(
 
 
 @_on(aten.convolution.default)
-def convolution(
-    r: Any,
-    x: Any,
-    w: Any,
-    b: Any,
-    stride: Any,
-    padding: Any,
-    dilation: Any,
-    transposed: bool,
-    output_padding: Any,
-    groups: int,
-) -> Clip:
+def _convolution(r: Any, x: Any, w: Any, b: Any, *rest: Any) -> Clip:
+    """The generic convolution: (stride, padding, dilation, transposed, out_padding, groups)."""
+    stride, padding, dilation, transposed, output_padding, groups = rest
     if w.dim() == 5 and transposed:
-        return conv_transpose3d(r, x, w, b, stride, padding, output_padding, groups, dilation)
+        return _conv_transpose3d(r, x, w, b, stride, padding, output_padding, groups, dilation)
     if w.dim() == 5:
-        return conv3d(r, x, w, b, stride, padding, dilation, groups)
+        return _conv3d(r, x, w, b, stride, padding, dilation, groups)
     if w.dim() == 3 and not transposed:
-        return conv1d(r, x, w, b, stride, padding, dilation, groups)
+        return _conv1d(r, x, w, b, stride, padding, dilation, groups)
     msg = "a convolution of this rank"
     raise ops.NotExact(msg)
 
 
 @_on(*_BN)
-def batch_norm(r: Any, x: Any, weight: Any, bias: Any, mean: Any, var: Any, *rest: Any) -> Any:
+def _batch_norm(r: Any, x: Any, weight: Any, bias: Any, mean: Any, var: Any, *rest: Any) -> Any:
+    """Eval-mode BatchNorm: folded into the conv before it, else a per-channel affine."""
     native = r.node.target is _BN[0]
     if not native and rest[0]:
         msg = "batch norm in training mode"
@@ -197,24 +172,14 @@ def batch_norm(r: Any, x: Any, weight: Any, bias: Any, mean: Any, var: Any, *res
 
 
 @_on(aten.instance_norm.default)
-def instance_norm(
-    r: Any,
-    x: Any,
-    weight: Any,
-    bias: Any,
-    mean: Any,
-    var: Any,
-    use_input_stats: bool,
-    momentum: float,
-    eps: float,
-    cudnn: bool = False,
-) -> Clip:
-    if not use_input_stats:
+def _instance_norm(r: Any, x: Any, weight: Any, bias: Any, *rest: Any) -> Clip:
+    """InstanceNorm3d: (running_mean, running_var, use_input_stats, momentum, eps, cudnn)."""
+    if not rest[2]:
         msg = "instance norm with running statistics"
         raise ops.NotExact(msg)
     x = _clip(x, 5)
     r.note("instance_norm3d")
-    return Clip(ops.instance_norm(x.t, weight, bias, eps), 5)
+    return Clip(ops.instance_norm(x.t, weight, bias, float(rest[4])), 5)
 
 
 # --- pooling, resizing ---------------------------------------------------------------------
@@ -227,51 +192,39 @@ def _no_indices(r: Any) -> None:
 
 
 @_on(aten.max_pool3d.default, aten.max_pool3d_with_indices.default)
-def max_pool3d(
-    r: Any,
-    x: Any,
-    kernel: Any,
-    stride: Any = (),
-    padding: Any = 0,
-    dilation: Any = 1,
-    ceil_mode: bool = False,
-) -> Any:
+def _max_pool3d(r: Any, x: Any, kernel: Any, *rest: Any) -> Any:
+    """MaxPool3d: (stride, padding, dilation, ceil_mode)."""
+    stride, padding, dilation, ceil_mode = _args(rest, ((), 0, 1, False))
     _clip(x, 5)
     if ceil_mode or _triple(dilation) != (1, 1, 1):
         msg = "ceil_mode or dilation in max pooling"
         raise ops.NotExact(msg)
-    k = _triple(kernel)
     with_indices = r.node.target is aten.max_pool3d_with_indices.default
     if with_indices:
         _no_indices(r)
+    k = _triple(kernel)
     y = Clip(ops.pool3d(x.t, "max", (k, _triple(stride, 0) if stride else k, _triple(padding))), 5)
     r.note("max_pool3d")
     return (y, None) if with_indices else y
 
 
 @_on(aten.avg_pool3d.default)
-def avg_pool3d(
-    r: Any,
-    x: Any,
-    kernel: Any,
-    stride: Any = (),
-    padding: Any = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-    divisor_override: Any = None,
-) -> Clip:
+def _avg_pool3d(r: Any, x: Any, kernel: Any, *rest: Any) -> Clip:
+    """AvgPool3d: (stride, padding, ceil_mode, count_include_pad, divisor_override)."""
+    stride, padding, ceil_mode, include_pad, divisor = _args(rest, ((), 0, False, True, None))
     _clip(x, 5)
-    if ceil_mode or divisor_override is not None:
+    if ceil_mode or divisor is not None:
         msg = "ceil_mode or divisor_override in average pooling"
         raise ops.NotExact(msg)
     k = _triple(kernel)
     geometry = (k, _triple(stride) if stride else k, _triple(padding))
     r.note("avg_pool3d")
-    return Clip(ops.pool3d(x.t, "avg", geometry, count_include_pad), 5)
+    return Clip(ops.pool3d(x.t, "avg", geometry, include_pad), 5)
 
 
 @_on(aten.adaptive_avg_pool3d.default, aten.adaptive_max_pool3d.default)
-def adaptive_pool3d(r: Any, x: Any, size: Any) -> Any:
+def _adaptive_pool3d(r: Any, x: Any, size: Any) -> Any:
+    """Adaptive 3-D pooling whose windows are uniform (output sizes divide input sizes)."""
     _clip(x, 5)
     is_max = r.node.target is aten.adaptive_max_pool3d.default
     if is_max:
@@ -281,16 +234,17 @@ def adaptive_pool3d(r: Any, x: Any, size: Any) -> Any:
     return (y, None) if is_max else y
 
 
-def _out_size(x: Clip, size: Any, scales: Any) -> tuple[tuple[int, int, int], tuple[Any, ...]]:
+def _out_size(x: Clip, size: Any, scales: Any) -> tuple[tuple[int, ...], tuple[Any, ...]]:
     t, _, h, w = x.t.shape
     if size:
         return _triple(size), (None, None, None)
     sc = tuple(float(s) for s in scales)
-    return tuple(int(n * s) for n, s in zip((t, h, w), sc, strict=True)), sc  # type: ignore[return-value]
+    return tuple(int(n * s) for n, s in zip((t, h, w), sc, strict=True)), sc
 
 
 @_on(aten.upsample_nearest3d.vec)
-def upsample_nearest3d(r: Any, x: Any, size: Any, scales: Any) -> Clip:
+def _upsample_nearest3d(r: Any, x: Any, size: Any, scales: Any) -> Clip:
+    """nn.Upsample(mode="nearest") of a clip."""
     _clip(x, 5)
     out, sc = _out_size(x, size, scales)
     r.note("upsample3d-nearest")
@@ -298,7 +252,8 @@ def upsample_nearest3d(r: Any, x: Any, size: Any, scales: Any) -> Clip:
 
 
 @_on(aten.upsample_trilinear3d.vec)
-def upsample_trilinear3d(r: Any, x: Any, size: Any, align_corners: bool, scales: Any) -> Clip:
+def _upsample_trilinear3d(r: Any, x: Any, size: Any, align_corners: bool, scales: Any) -> Clip:
+    """nn.Upsample(mode="trilinear") of a clip (separable: bilinear per frame, linear in time)."""
     _clip(x, 5)
     out, sc = _out_size(x, size, scales)
     r.note("upsample3d-linear")
@@ -308,7 +263,7 @@ def upsample_trilinear3d(r: Any, x: Any, size: Any, align_corners: bool, scales:
 # --- axis-mapped ops ---------------------------------------------------------------------
 
 
-def _reduce(fn: Callable[..., torch.Tensor], r: Any, x: Any, dim: Any, keepdim: bool) -> Clip:
+def _reduce(fn: Callable[..., torch.Tensor], x: Any, dim: Any, keepdim: bool) -> Clip:
     x = _clip(x)
     if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
         msg = "a reduction over every axis"
@@ -323,23 +278,21 @@ def _reduce(fn: Callable[..., torch.Tensor], r: Any, x: Any, dim: Any, keepdim: 
     raise ops.NotExact(msg)
 
 
-@_on(aten.mean.dim)
-def mean(r: Any, x: Any, dim: Any, keepdim: bool = False, dtype: Any = None) -> Clip:
-    return _reduce(torch.mean, r, x, dim, keepdim)
+def _reduction(fn: Callable[..., torch.Tensor]) -> Handler:
+    def run(r: Any, x: Any, dim: Any = None, keepdim: bool = False, *_: Any, **__: Any) -> Clip:
+        return _reduce(fn, x, dim, keepdim)
+
+    return run
 
 
-@_on(aten.sum.dim_IntList)
-def sum_(r: Any, x: Any, dim: Any, keepdim: bool = False, dtype: Any = None) -> Clip:
-    return _reduce(torch.sum, r, x, dim, keepdim)
-
-
-@_on(aten.amax.default)
-def amax(r: Any, x: Any, dim: Any = (), keepdim: bool = False) -> Clip:
-    return _reduce(torch.amax, r, x, dim, keepdim)
+HANDLERS[aten.mean.dim] = _reduction(torch.mean)
+HANDLERS[aten.sum.dim_IntList] = _reduction(torch.sum)
+HANDLERS[aten.amax.default] = _reduction(torch.amax)
 
 
 @_on(aten.cat.default)
-def cat(r: Any, tensors: Any, dim: int = 0) -> Clip:
+def _cat(r: Any, tensors: Any, dim: int = 0) -> Clip:
+    """Concat of clips along a logical axis."""
     clips = [_clip(t) for t in tensors]
     if len({c.rank for c in clips}) != 1:
         msg = "a concat of clips of different ranks"
@@ -348,28 +301,28 @@ def cat(r: Any, tensors: Any, dim: int = 0) -> Clip:
 
 
 @_on(aten.slice.Tensor)
-def slice_(r: Any, x: Any, dim: int = 0, start: Any = None, end: Any = None, step: int = 1) -> Clip:
+def _slice(r: Any, x: Any, dim: int = 0, *rest: Any) -> Clip:
+    """A slice along a logical axis: (start, end, step)."""
     x = _clip(x)
-    return Clip(aten.slice.Tensor(x.t, x.axis(dim), start, end, step), x.rank)
+    return Clip(aten.slice.Tensor(x.t, x.axis(dim), *rest), x.rank)
 
 
 @_on(aten.constant_pad_nd.default)
-def constant_pad(r: Any, x: Any, pad: Any, value: float = 0.0) -> Clip:
+def _constant_pad(r: Any, x: Any, pad: Any, value: float = 0.0) -> Clip:
+    """F.pad(mode="constant") with the pads moved to their physical axes."""
     x = _clip(x)
-    pairs = {x.rank - 1 - i: (pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)}
     phys = [0] * 8
-    for d, (a, b) in pairs.items():
-        axis = 3 - x.axis(d)  # F.pad lists the last physical axis first
-        phys[2 * axis], phys[2 * axis + 1] = a, b
+    for i in range(len(pad) // 2):
+        axis = 3 - x.axis(x.rank - 1 - i)  # F.pad lists the last physical axis first
+        phys[2 * axis], phys[2 * axis + 1] = pad[2 * i], pad[2 * i + 1]
     return Clip(F.pad(x.t, phys, value=value), x.rank)
 
 
 @_on(aten.diff.default)
-def diff(
-    r: Any, x: Any, n: int = 1, dim: int = -1, prepend: Any = None, append: Any = None
-) -> Clip:
+def _diff(r: Any, x: Any, n: int = 1, dim: int = -1, *ends: Any) -> Clip:
+    """torch.diff along a logical axis; prepend/append must be clips too."""
     x = _clip(x)
-    extra = [_clip(p, x.rank).t if p is not None else None for p in (prepend, append)]
+    extra = [_clip(p, x.rank).t if p is not None else None for p in _args(ends, (None, None))]
     r.note("diff-over-axis")
     return Clip(ops.diff(x.t, n, x.axis(dim), *extra), x.rank)
 
@@ -387,23 +340,26 @@ _VIEWS = (
 
 
 @_on(*_VIEWS)
-def view(r: Any, x: Any, *rest: Any) -> torch.Tensor:
+def _view(r: Any, x: Any, *rest: Any) -> torch.Tensor:
+    """A reshape of a one-channel clip (its logical and physical element orders agree)."""
     x = _clip(x)
     if x.t.shape[1] != 1:
         msg = "a reshape of a multi-channel clip (it leaves the time-as-batch layout)"
         raise ops.NotExact(msg)
     shape = r.node.target(torch.empty(x.logical_shape(), device="meta"), *rest).shape
-    return x.t.reshape(shape)  # one channel: logical and physical orders agree
+    return x.t.reshape(shape)
 
 
 @_on(aten.clone.default, aten.alias.default, aten.detach.default, aten._to_copy.default)
-def same(r: Any, x: Any, *rest: Any, **kw: Any) -> Clip:
+def _same(r: Any, x: Any, *rest: Any, **kw: Any) -> Clip:
+    """Copies and dtype casts: the same op on the physical tensor."""
     x = _clip(x)
     return Clip(r.node.target(x.t, *rest, **kw), x.rank)
 
 
 @_on(aten.dropout.default)
-def dropout(r: Any, x: Any, p: float, train: bool) -> Clip:
+def _dropout(r: Any, x: Any, p: float, train: bool) -> Clip:
+    """Eval-mode dropout: the identity."""
     if train:
         msg = "dropout in training mode"
         raise ops.NotExact(msg)
