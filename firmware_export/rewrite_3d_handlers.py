@@ -318,6 +318,15 @@ def _constant_pad(r: Any, x: Any, pad: Any, value: float = 0.0) -> Clip:
     return Clip(F.pad(x.t, phys, value=value), x.rank)
 
 
+@_on(aten.pad.default)
+def _pad(r: Any, x: Any, pad: Any, mode: str = "constant", value: Any = None) -> Clip:
+    """F.pad: constant mode only."""
+    if mode != "constant":
+        msg = f"padding mode {mode!r}"
+        raise ops.NotExact(msg)
+    return _constant_pad(r, x, pad, 0.0 if value is None else value)
+
+
 @_on(aten.diff.default)
 def _diff(r: Any, x: Any, n: int = 1, dim: int = -1, *ends: Any) -> Clip:
     """torch.diff along a logical axis; prepend/append must be clips too."""
@@ -346,8 +355,7 @@ def _view(r: Any, x: Any, *rest: Any) -> torch.Tensor:
     if x.t.shape[1] != 1:
         msg = "a reshape of a multi-channel clip (it leaves the time-as-batch layout)"
         raise ops.NotExact(msg)
-    shape = r.node.target(torch.empty(x.logical_shape(), device="meta"), *rest).shape
-    return x.t.reshape(shape)
+    return x.t.reshape(tuple(r.node.meta["val"].shape))  # the traced output shape
 
 
 @_on(aten.clone.default, aten.alias.default, aten.detach.default, aten._to_copy.default)

@@ -305,18 +305,26 @@ def run_tflm_outputs(
     arena_bytes: int | None = None,
     timeout: float = 300,
 ) -> list[np.ndarray]:
-    """Like :func:`run_tflm`, with one stacked array per model output (subgraph order)."""
+    """Like :func:`run_tflm`, with one stacked array per model output (subgraph order).
+
+    Without ``arena_bytes`` the host arena starts at :data:`DEFAULT_HOST_ARENA` and grows
+    (x4, up to :data:`MAX_HOST_ARENA`) until the model fits: large clip models need more.
+    """
     samples = prepare_samples(model_bytes, inputs)
     arena = DEFAULT_HOST_ARENA if arena_bytes is None else int(arena_bytes)
-    try:
-        return run_isolated(  # type: ignore[no-any-return]
-            _run_tflm_child, bytes(model_bytes), samples, arena, timeout=timeout, stage="tflm"
-        )
-    except ExportError as e:
-        if not _SHORTAGE_RE.search(str(e)):
-            raise
-        msg = f"a {arena}-byte arena is too small for this model (see measure_arena)\n{e}"
-        raise ExportError(msg, stage="tflm") from e
+    while True:
+        try:
+            return run_isolated(  # type: ignore[no-any-return]
+                _run_tflm_child, bytes(model_bytes), samples, arena, timeout=timeout, stage="tflm"
+            )
+        except ExportError as e:
+            if not _SHORTAGE_RE.search(str(e)):
+                raise
+            if arena_bytes is None and arena * 4 <= MAX_HOST_ARENA:
+                arena *= 4
+                continue
+            msg = f"a {arena}-byte arena is too small for this model (see measure_arena)\n{e}"
+            raise ExportError(msg, stage="tflm") from e
 
 
 def tflm_tensors(
