@@ -19,7 +19,11 @@ from firmware_export.outputs import (
     output_label,
     select_onnx_output,
 )
-from firmware_export.rewrite import rewrite_adaptive_pool3d_, rewrite_pool3d_
+from firmware_export.rewrite import (
+    rewrite_adaptive_pool3d_,
+    rewrite_graph_pool3d_,
+    rewrite_pool3d_,
+)
 from firmware_export.rewrite_onnx import rewrite_onnx
 from firmware_export.rewrite_ops import export_symbolics, functionalize_programs_
 from tinyprune.errors import ConfigError, ExportError
@@ -79,6 +83,7 @@ def prepare_module(
             return rewritten
     done = functionalize_programs_(model, x)
     done += rewrite_pool3d_(model) + rewrite_adaptive_pool3d_(model, x)
+    done += rewrite_graph_pool3d_(model)  # the same in .pt2 programs
     return model, done
 
 

@@ -184,3 +184,59 @@ def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str
             setattr(parent, child, AdaptiveAvgPool3dAs2d(out))
             done.append(name)
     return done
+
+
+def _graph_pool_replacement(node: Any, shape: tuple[int, ...] | None) -> nn.Module | None:
+    """The module replacing a 3-D pooling call of a traced graph (``.pt2``), or None."""
+    aten = torch.ops.aten
+    a = list(node.args) + [None] * 8
+    if node.target is aten.max_pool3d.default:
+        kernel, stride, padding, dilation, ceil = a[1], a[2] or a[1], a[3] or 0, a[4] or 1, a[5]
+        if ceil or _triple(dilation) != (1, 1, 1):
+            return None
+        return _pool3d("max", kernel, stride, padding)
+    if node.target is aten.avg_pool3d.default:
+        kernel, stride, padding = a[1], a[2] or a[1], a[3] or 0
+        ceil, include_pad, divisor = a[4], True if a[5] is None else a[5], a[6]
+        if ceil or divisor is not None:
+            return None
+        return _pool3d("avg", kernel, stride, padding, include_pad)
+    if node.target is aten.adaptive_avg_pool3d.default and shape is not None:
+        out = _triple(a[1])
+        if all(i % o == 0 for i, o in zip(shape[-3:], out, strict=True)):
+            return AdaptiveAvgPool3dAs2d(out)
+    return None
+
+
+def rewrite_graph_pool3d_(model: nn.Module) -> list[str]:
+    """:func:`rewrite_pool3d_` and :func:`rewrite_adaptive_pool3d_` for the traced graphs inside
+    ``model`` (a loaded ``.pt2`` program is one): each 3-D pooling call becomes a call of the
+    same replacement module, added to the graph module. Returns the module paths rewritten.
+    """
+    done = []
+    for _, gm in list(model.named_modules()):
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        changed = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_function":
+                continue
+            val = node.args[0].meta.get("val") if node.args else None
+            shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
+            new = _graph_pool_replacement(node, shape)
+            if new is None:
+                continue
+            name = f"_rewritten_{node.name}"
+            gm.add_submodule(name, new)
+            with gm.graph.inserting_before(node):
+                call = gm.graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(call)
+            gm.graph.erase_node(node)
+            stack = node.meta.get("nn_module_stack") or {}
+            done.append(list(stack.values())[-1][0] if stack else node.name)
+            changed = True
+        if changed:
+            gm.recompile()
+    if done:
+        log.info("rewrote 3-D pooling of traced graphs as 2-D pooling: %s", ", ".join(done))
+    return done

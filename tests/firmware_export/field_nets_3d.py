@@ -100,7 +100,7 @@ def rppg_clips() -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(bundle.train.x, dtype=np.float32), bundle.train.y
 
 
-def fit(net: nn.Module, epochs: int = 15) -> nn.Module:
+def fit(net: nn.Module, epochs: int = 6) -> nn.Module:
     """Train ``net`` (seeded) to the clips' labels with MSE; eval mode afterwards."""
     torch.manual_seed(0)
     x, y = rppg_clips()
