@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import operator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,51 +30,12 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from firmware_export import rewrite_3d_ops as ops
+from firmware_export.rewrite_3d_handlers import HANDLERS, pointwise
+from firmware_export.rewrite_3d_ops import Clip, from_clip, to_clip
 
 log = logging.getLogger(__name__)
 
 aten = torch.ops.aten
-
-#: (rank 5 logical axis -> physical axis) for clips (1, C, T, H, W) held as (T, C, H, W).
-_AXES = {5: {1: 1, 2: 0, 3: 2, 4: 3}, 3: {1: 1, 2: 0}}
-
-
-@dataclass
-class Clip:
-    """A logical clip ``(1, C, T, H, W)`` (rank 5) or ``(1, C, T)`` (rank 3) held as
-    ``(T, C, H, W)`` (``H = W = 1`` for rank 3).
-    """
-
-    t: torch.Tensor
-    rank: int
-
-    def logical_shape(self) -> tuple[int, ...]:
-        """The shape the original graph sees."""
-        t, c, h, w = self.t.shape
-        return (1, c, t, h, w) if self.rank == 5 else (1, c, t)
-
-    def axis(self, dim: int) -> int:
-        """The physical axis of logical axis ``dim``; :class:`NotExact` for the batch axis."""
-        d = dim % self.rank
-        if d not in _AXES[self.rank]:
-            msg = f"an op over the batch axis (dim {dim})"
-            raise ops.NotExact(msg)
-        return _AXES[self.rank][d]
-
-
-def to_clip(x: torch.Tensor) -> Clip:
-    """``(1, C, T, H, W)`` -> time as batch: ``permute/reshape/permute`` (one onnx2tf RESHAPE)."""
-    _, c, t, h, w = x.shape
-    return Clip(x.permute(0, 2, 3, 4, 1).reshape(t, h, w, c).permute(0, 3, 1, 2), 5)
-
-
-def from_clip(clip: Clip) -> torch.Tensor:
-    """Back to the logical layout (the inverse of :func:`to_clip`)."""
-    t, c, h, w = clip.t.shape
-    cl = clip.t.permute(0, 2, 3, 1)
-    if clip.rank == 5:
-        return cl.reshape(1, t, h, w, c).permute(0, 4, 1, 2, 3)
-    return cl.reshape(1, t, c).permute(0, 2, 1)
 
 
 def _materialize(v: Any) -> Any:
@@ -160,8 +120,6 @@ class _Runner(torch.fx.Interpreter):
         flat = pytree.tree_leaves((args, kwargs))
         if not any(isinstance(a, Clip) for a in flat):
             return target(*args, **kwargs)
-        from firmware_export.rewrite_3d_handlers import HANDLERS, pointwise
-
         handler = HANDLERS.get(target)
         if handler is None and torch.Tag.pointwise in getattr(target, "tags", ()):
             handler = pointwise(target)

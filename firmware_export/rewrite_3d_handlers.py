@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from firmware_export import rewrite_3d_ops as ops
-from firmware_export.rewrite_3d import Clip
+from firmware_export.rewrite_3d_ops import Clip
 
 aten = torch.ops.aten
 Handler = Callable[..., Any]

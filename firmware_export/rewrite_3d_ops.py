@@ -11,6 +11,7 @@ summation order); :mod:`firmware_export.rewrite_3d` decides where they apply.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +20,48 @@ import torch.nn.functional as F
 
 class NotExact(Exception):
     """This layer's configuration has no exact time-as-batch form here (the reason)."""
+
+
+#: (rank 5 logical axis -> physical axis) for clips (1, C, T, H, W) held as (T, C, H, W).
+_AXES = {5: {1: 1, 2: 0, 3: 2, 4: 3}, 3: {1: 1, 2: 0}}
+
+
+@dataclass
+class Clip:
+    """A logical clip ``(1, C, T, H, W)`` (rank 5) or ``(1, C, T)`` (rank 3) held as
+    ``(T, C, H, W)`` (``H = W = 1`` for rank 3).
+    """
+
+    t: torch.Tensor
+    rank: int
+
+    def logical_shape(self) -> tuple[int, ...]:
+        """The shape the original graph sees."""
+        t, c, h, w = self.t.shape
+        return (1, c, t, h, w) if self.rank == 5 else (1, c, t)
+
+    def axis(self, dim: int) -> int:
+        """The physical axis of logical axis ``dim``; :class:`NotExact` for the batch axis."""
+        d = dim % self.rank
+        if d not in _AXES[self.rank]:
+            msg = f"an op over the batch axis (dim {dim})"
+            raise NotExact(msg)
+        return _AXES[self.rank][d]
+
+
+def to_clip(x: torch.Tensor) -> Clip:
+    """``(1, C, T, H, W)`` -> time as batch: ``permute/reshape/permute`` (one onnx2tf RESHAPE)."""
+    _, c, t, h, w = x.shape
+    return Clip(x.permute(0, 2, 3, 4, 1).reshape(t, h, w, c).permute(0, 3, 1, 2), 5)
+
+
+def from_clip(clip: Clip) -> torch.Tensor:
+    """Back to the logical layout (the inverse of :func:`to_clip`)."""
+    t, c, h, w = clip.t.shape
+    cl = clip.t.permute(0, 2, 3, 1)
+    if clip.rank == 5:
+        return cl.reshape(1, t, h, w, c).permute(0, 4, 1, 2, 3)
+    return cl.reshape(1, t, c).permute(0, 2, 1)
 
 
 def pad_time(x: torch.Tensor, before: int, after: int, edge: bool = False) -> torch.Tensor:
