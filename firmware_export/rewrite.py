@@ -9,7 +9,12 @@ behaves:
   correctly, while chains of 5-D <-> 4-D reshapes come out of onnx2tf 1.28 scrambled);
 * padded 3-D pooling -> 2-D pooling over frames + 2-D pooling over time via reshapes (max and
   average pooling are separable over a box window);
-* an ``AdaptiveAvgPool3d`` that keeps the time axis and pools space to 1x1 -> a mean over H, W.
+* an ``AdaptiveAvgPool3d`` that keeps the time axis and pools space to 1x1 -> a mean over H, W;
+* the same replacements for the 3-D pooling calls of traced graphs (a loaded ``.pt2`` program),
+  as calls of the replacement modules (:func:`rewrite_graph_pool3d_`).
+
+With ``--rewrite-3d`` on (TFLM targets, and LiteRT when it rewrites every 3-D op) the whole
+clip is run time-as-batch instead (:mod:`firmware_export.rewrite_3d`) and these do not apply.
 
 Rewrites of the ONNX graph (for models that arrive as ``.onnx`` too) are in ``rewrite_onnx``.
 """
