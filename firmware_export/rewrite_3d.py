@@ -180,8 +180,13 @@ class TimeBatchModule(nn.Module):
 
 def trace_functional(model: nn.Module, x: torch.Tensor) -> torch.fx.GraphModule | None:
     """The model as a functional ATen graph (``torch.export``), or None if it cannot be traced."""
+    inner = getattr(model, "graph_module", None)  # a loaded .pt2 (tinyprune's ExportedModule)
+    if isinstance(inner, torch.fx.GraphModule):
+        model = inner  # traced directly, its nodes keep their module paths (no eval() switch)
+    else:
+        model.eval()
     try:
-        program = torch.export.export(model.eval(), (x,)).run_decompositions({})
+        program = torch.export.export(model, (x,)).run_decompositions({})
     except Exception as e:  # noqa: BLE001 - untraceable Python: the export keeps the module
         log.warning("3-D rewrite skipped: torch.export cannot trace the model (%s)", e)
         return None

@@ -188,3 +188,17 @@ def test_a_layer_without_exact_form_is_kept_and_named() -> None:
 def test_a_2d_model_is_left_alone() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     assert apply_rewrite_3d(model, torch.randn(1, 3, 8, 8), "all") is None
+
+
+def test_a_pt2_program_is_rewritten_like_the_module(tmp_path) -> None:  # noqa: ANN001
+    from tinyprune.app.sources import load_exported_program
+    from tinyprune.models import create_model
+
+    model = _randomize_bn_(create_model("test_physnet"))
+    x = torch.randn(1, 3, 8, 16, 16)
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "m.pt2"))
+    program = load_exported_program(tmp_path / "m.pt2")
+    from_module, from_program = rewrite_time_as_batch(model, x), rewrite_time_as_batch(program, x)
+    assert list(from_program.done) == list(from_module.done)  # the same layers, by module path
+    with torch.no_grad():
+        torch.testing.assert_close(from_program(x), model(x), rtol=1e-5, atol=1e-5)
