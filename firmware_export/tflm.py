@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from firmware_export.analyze import time_limit
 from firmware_export.isolate import capture_fd2, run_isolated, stderr_offset, stderr_since
 from firmware_export.tflite_model import _builtin_names, parse_tflite
 from tinyprune.errors import ConfigError, ExportError, UnsupportedOpError
@@ -243,7 +244,11 @@ def _recorded_total(model_bytes: bytes, timeout: float) -> tuple[int, str]:
     size = max(DEFAULT_HOST_ARENA, 16 * len(model_bytes))
     while size <= MAX_HOST_ARENA:
         found = run_isolated(
-            _record_child, bytes(model_bytes), size, timeout=timeout, stage="tflm-arena"
+            _record_child,
+            bytes(model_bytes),
+            size,
+            timeout=time_limit(model_bytes, 1, timeout),
+            stage="tflm-arena",
         )
         if found is not None:
             return found  # type: ignore[no-any-return]
@@ -312,6 +317,7 @@ def run_tflm_outputs(
     """
     samples = prepare_samples(model_bytes, inputs)
     arena = DEFAULT_HOST_ARENA if arena_bytes is None else int(arena_bytes)
+    timeout = time_limit(model_bytes, len(samples), timeout)
     while True:
         try:
             return run_isolated(  # type: ignore[no-any-return]
@@ -353,7 +359,12 @@ def tflm_tensors(
     samples = prepare_samples(model_bytes, as_batch_of_one(model_bytes, sample))
     arena = _preserve_all_arena(model_bytes) if arena_bytes is None else int(arena_bytes)
     return run_isolated(  # type: ignore[no-any-return]
-        _tflm_tensors_child, bytes(model_bytes), samples[0], arena, timeout=timeout, stage="tflm"
+        _tflm_tensors_child,
+        bytes(model_bytes),
+        samples[0],
+        arena,
+        timeout=time_limit(model_bytes, 1, timeout),
+        stage="tflm",
     )
 
 
@@ -386,7 +397,7 @@ def tflm_runs_in(
                 _fits_child,
                 bytes(model_bytes),
                 int(arena_bytes),
-                timeout=timeout,
+                timeout=time_limit(model_bytes, 1, timeout),
                 stage="tflm-arena",
             )
         )
