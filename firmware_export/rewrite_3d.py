@@ -42,6 +42,19 @@ def _materialize(v: Any) -> Any:
     return from_clip(v) if isinstance(v, Clip) else v
 
 
+def _per_frame(target: Any, args: Any) -> bool:
+    """A Conv3d whose kernel spans one frame (it reads the input clip without slicing it)."""
+    if target not in (aten.conv3d.default, aten.convolution.default) or len(args) < 2:
+        return False
+    w = args[1]
+    return (
+        isinstance(w, torch.Tensor)
+        and w.dim() == 5
+        and w.shape[2] == 1
+        and (target is aten.conv3d.default or not args[6])
+    )
+
+
 def _path(node: torch.fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
@@ -76,6 +89,7 @@ class _Runner(torch.fx.Interpreter):
         self.node: torch.fx.Node | None = None
         self.folded: set[str] = set()
         self.first_input = True
+        self.settled: Clip | None = None
 
     def run_node(self, n: torch.fx.Node) -> Any:
         self.node = n
@@ -120,6 +134,8 @@ class _Runner(torch.fx.Interpreter):
         flat = pytree.tree_leaves((args, kwargs))
         if not any(isinstance(a, Clip) for a in flat):
             return target(*args, **kwargs)
+        if any(isinstance(a, Clip) and a.from_input for a in flat) and not _per_frame(target, args):
+            args, kwargs = pytree.tree_map(self._settle, (args, kwargs))
         handler = HANDLERS.get(target)
         if handler is None and torch.Tag.pointwise in getattr(target, "tags", ()):
             handler = pointwise(target)
@@ -133,6 +149,20 @@ class _Runner(torch.fx.Interpreter):
             self.owner.kept.append((_path(self.node), THREE_D_OPS[target], reason))
         args, kwargs = pytree.tree_map(_materialize, (args, kwargs))
         return target(*args, **kwargs)
+
+    def _settle(self, v: Any) -> Any:
+        """The input clip behind a 1x1 max pool (an exact copy), once.
+
+        onnx2tf lays out a tensor that comes straight from the input reshape channels-first
+        when its first consumers are pads/slices/concats (then transposes twice around them),
+        but channels-last after any spatial op: the copy keeps the whole graph NHWC. Ops that
+        work per frame (a Conv3d with one frame per tap) read the input directly.
+        """
+        if not isinstance(v, Clip) or not v.from_input:
+            return v
+        if self.settled is None:
+            self.settled = Clip(torch.nn.functional.max_pool2d(v.t, 1), v.rank)
+        return self.settled
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
         if target == "_guards_fn":  # torch.export's input-shape guards: the trace's shapes hold

@@ -34,6 +34,7 @@ class Clip:
 
     t: torch.Tensor
     rank: int
+    from_input: bool = False  # the model input itself (see rewrite_3d._settle)
 
     def logical_shape(self) -> tuple[int, ...]:
         """The shape the original graph sees."""
@@ -52,7 +53,7 @@ class Clip:
 def to_clip(x: torch.Tensor) -> Clip:
     """``(1, C, T, H, W)`` -> time as batch: ``permute/reshape/permute`` (one onnx2tf RESHAPE)."""
     _, c, t, h, w = x.shape
-    return Clip(x.permute(0, 2, 3, 4, 1).reshape(t, h, w, c).permute(0, 3, 1, 2), 5)
+    return Clip(x.permute(0, 2, 3, 4, 1).reshape(t, h, w, c).permute(0, 3, 1, 2), 5, True)
 
 
 def from_clip(clip: Clip) -> torch.Tensor:
