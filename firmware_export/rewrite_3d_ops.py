@@ -105,7 +105,11 @@ def conv3d(
 
     ``form="concat"`` stacks the kT shifted clips on channels for one ``Conv2d`` with a
     ``(Cout, kT*Cin, kH, kW)`` weight: one int32 accumulation and one requantisation in int8,
-    as in the 3-D layer. ``form="sum"`` (also used for grouped convs) adds kT ``Conv2d``s.
+    as in the 3-D layer. ``form="sum"`` (also used for grouped convs) adds kT ``Conv2d``s, each
+    requantised, then requantised again by every ADD. Measured on test_deeprppg (trained, to
+    cortex-m7): concat 26.4 dB centred SQNR, 16.1 KB flash, 45.9 KB arena, 41 ops; sum 21.1 dB,
+    23.8 KB, 37.7 KB, 62 ops. Concat is the default: more exact, smaller, fewer ops, for the
+    stacked clip's extra arena.
     ``geometry`` is (stride, padding, dilation), each (t, h, w).
     """
     (st, sh, sw), (pt, ph, pw), (dt, dh, dw) = geometry
