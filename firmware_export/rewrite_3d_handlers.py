@@ -350,12 +350,14 @@ _VIEWS = (
 
 @_on(*_VIEWS)
 def _view(r: Any, x: Any, *rest: Any) -> torch.Tensor:
-    """A reshape of a one-channel clip (its logical and physical element orders agree)."""
+    """A reshape of a clip, which leaves time-as-batch: the logical tensor's row-major order is
+    that of ``(C, T, H, W)``, one 4-D transpose of the clip (none for one channel).
+    """
     x = _clip(x)
-    if x.t.shape[1] != 1:
-        msg = "a reshape of a multi-channel clip (it leaves the time-as-batch layout)"
-        raise ops.NotExact(msg)
-    return x.t.reshape(tuple(r.node.meta["val"].shape))  # the traced output shape
+    shape = tuple(r.node.meta["val"].shape)  # the traced output shape
+    if x.t.shape[1] == 1:
+        return x.t.reshape(shape)
+    return x.t.transpose(0, 1).reshape(shape)
 
 
 @_on(aten.clone.default, aten.alias.default, aten.detach.default, aten._to_copy.default)
