@@ -67,6 +67,7 @@ def _path(node: torch.fx.Node) -> str:
 #: Ops whose fallback keeps an op TFLM lacks (CONV_3D, 3-D pooling, ...).
 THREE_D_OPS = {
     aten.conv3d.default: "CONV_3D",
+    aten.conv3d.padding: "CONV_3D",  # padding="same"/"valid": no handler, named when kept
     aten.conv_transpose3d.input: "CONV_3D_TRANSPOSE",
     aten.max_pool3d.default: "MaxPool3D",
     aten.max_pool3d_with_indices.default: "MaxPool3D",

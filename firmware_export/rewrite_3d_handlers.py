@@ -113,6 +113,19 @@ def _conv3d(r: Any, x: Any, w: Any, b: Any = None, *rest: Any) -> Clip:
     return Clip(out, 5)
 
 
+@_on(aten.conv3d.padding)
+def _conv3d_named_padding(r: Any, x: Any, w: Any, b: Any = None, *rest: Any) -> Clip:
+    """Conv3d with padding="valid" or "same" (symmetric only): the integer padding."""
+    stride, padding, dilation, groups = _args(rest, (1, "valid", 1, 1))
+    if padding == "valid":
+        return _conv3d(r, x, w, b, stride, 0, dilation, groups)
+    total = [d * (k - 1) for d, k in zip(_triple(dilation), w.shape[2:], strict=True)]
+    if any(t % 2 for t in total):
+        msg = 'padding="same" that pads one side more than the other'
+        raise ops.NotExact(msg)
+    return _conv3d(r, x, w, b, stride, [t // 2 for t in total], dilation, groups)
+
+
 @_on(aten.conv1d.default)
 def _conv1d(r: Any, x: Any, w: Any, b: Any = None, *rest: Any) -> Clip:
     """Conv1d over the time axis of a (1, C, T) clip: a Conv3d with a (k, 1, 1) kernel."""

@@ -70,6 +70,8 @@ CONV3D = [
     dict(kernel_size=(1, 5, 5), padding=(0, 2, 2), bias=False),
     dict(kernel_size=(3, 3, 3), padding=1, groups=3),
     dict(kernel_size=(5, 1, 1), padding=(1, 0, 0), stride=(3, 1, 1)),
+    dict(kernel_size=(3, 5, 1), padding="same"),
+    dict(kernel_size=(2, 2, 2), padding="valid"),
 ]
 
 
