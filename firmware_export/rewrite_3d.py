@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from firmware_export import rewrite_3d_ops as ops
-from firmware_export.rewrite_3d_handlers import HANDLERS, pointwise
+from firmware_export.rewrite_3d_axes import pointwise
+from firmware_export.rewrite_3d_handlers import HANDLERS
 from firmware_export.rewrite_3d_ops import Clip, from_clip, to_clip
 
 log = logging.getLogger(__name__)
