@@ -191,6 +191,13 @@ def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str
     return done
 
 
+_GRAPH_POOLS = (
+    torch.ops.aten.max_pool3d.default,
+    torch.ops.aten.avg_pool3d.default,
+    torch.ops.aten.adaptive_avg_pool3d.default,
+)
+
+
 def _graph_pool_replacement(node: Any, shape: tuple[int, ...] | None) -> nn.Module | None:
     """The module replacing a 3-D pooling call of a traced graph (``.pt2``), or None."""
     aten = torch.ops.aten
@@ -224,9 +231,10 @@ def rewrite_graph_pool3d_(model: nn.Module) -> list[str]:
             continue
         changed = False
         for node in list(gm.graph.nodes):
-            if node.op != "call_function":
+            if node.op != "call_function" or node.target not in _GRAPH_POOLS:
                 continue
-            val = node.args[0].meta.get("val") if node.args else None
+            arg = node.args[0] if node.args else None
+            val = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
             shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
             new = _graph_pool_replacement(node, shape)
             if new is None:
@@ -238,7 +246,7 @@ def rewrite_graph_pool3d_(model: nn.Module) -> list[str]:
             node.replace_all_uses_with(call)
             gm.graph.erase_node(node)
             stack = node.meta.get("nn_module_stack") or {}
-            done.append(list(stack.values())[-1][0] if stack else node.name)
+            done.append((list(stack.values())[-1][0] if stack else "") or node.name)
             changed = True
         if changed:
             gm.recompile()
