@@ -362,3 +362,18 @@ def _tensor_problems(t: TensorInfo, is_weight: bool) -> list[tuple[str, str]]:
             )
         )
     return problems
+
+
+#: The slowest host speed (MACs per second) assumed when a native runtime's child process gets
+#: its time limit: TFLM's and LiteRT's reference kernels are far from optimised, and full-size
+#: clip models (PhysNet: 17.6 G MACs per clip) need minutes per run on a loaded 2-core host.
+SLOWEST_HOST_MACS_PER_S = 1e7
+
+
+def time_limit(model_bytes: bytes, runs: int, base: float) -> float:
+    """Seconds a child process may take for ``runs`` invocations: ``base`` plus a MAC budget."""
+    try:
+        macs = analyze_tflite(model_bytes).macs
+    except Exception:  # noqa: BLE001 - a model the analysis cannot read keeps the base limit
+        return base
+    return base + runs * macs / SLOWEST_HOST_MACS_PER_S

@@ -24,12 +24,13 @@ log = logging.getLogger(__name__)
 _TFLM_MISSING = {
     nn.Conv3d: (
         "CONV_3D",
-        "Conv3d: use a 2-D/(2+1)-D variant (e.g. zoo:physnet_2p1d) "
-        "or a Raspberry Pi target (--target rpi4)",
+        "Conv3d: drop --rewrite-3d off (the default rewrites it exactly as 2-D ops), use a "
+        "2-D/(2+1)-D variant (e.g. zoo:physnet_2p1d) or a Raspberry Pi target (--target rpi4)",
     ),
     nn.ConvTranspose3d: (
         "CONV_3D_TRANSPOSE",
-        "ConvTranspose3d: use a 2-D/(2+1)-D variant or a Raspberry Pi target (--target rpi4)",
+        "ConvTranspose3d: drop --rewrite-3d off (the default rewrites it as 2-D ops when it is "
+        "strided in time only), or use a Raspberry Pi target (--target rpi4)",
     ),
 }
 

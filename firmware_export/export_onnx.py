@@ -19,7 +19,11 @@ from firmware_export.outputs import (
     output_label,
     select_onnx_output,
 )
-from firmware_export.rewrite import rewrite_adaptive_pool3d_, rewrite_pool3d_
+from firmware_export.rewrite import (
+    rewrite_adaptive_pool3d_,
+    rewrite_graph_pool3d_,
+    rewrite_pool3d_,
+)
 from firmware_export.rewrite_onnx import rewrite_onnx
 from firmware_export.rewrite_ops import export_symbolics, functionalize_programs_
 from tinyprune.errors import ConfigError, ExportError
@@ -55,8 +59,14 @@ def torch_outputs(
     return [np.stack(outs) for outs in zip(*per_sample, strict=True)]
 
 
-def prepare_module(module: nn.Module, sample: np.ndarray) -> tuple[nn.Module, list[str]]:
-    """Copy the module in eval mode, check the sample fits it and apply the torch rewrites."""
+def prepare_module(
+    module: nn.Module, sample: np.ndarray, rewrite_3d: str = "off", target: str = ""
+) -> tuple[nn.Module, list[str]]:
+    """Copy the module in eval mode, check the sample fits it and apply the torch rewrites.
+
+    ``rewrite_3d`` is :meth:`ExportOptions.rewrite_3d_mode`'s answer (``off``, ``all``,
+    ``complete``); see :func:`firmware_export.rewrite_3d.apply_rewrite_3d`.
+    """
     model = copy.deepcopy(module).eval()
     x = torch.from_numpy(sample[None])
     try:
@@ -68,22 +78,34 @@ def prepare_module(module: nn.Module, sample: np.ndarray) -> tuple[nn.Module, li
             f"(PyTorch layout, batch 1): {type(e).__name__}: {str(e).splitlines()[0]}"
         )
         raise ConfigError(msg) from e
+    if rewrite_3d != "off":  # 3-D -> 2-D, time as batch: replaces the pooling rewrites below
+        from firmware_export.rewrite_3d import apply_rewrite_3d
+
+        rewritten = apply_rewrite_3d(model, x, rewrite_3d, target)
+        if rewritten is not None:
+            return rewritten
     done = functionalize_programs_(model, x)
     done += rewrite_pool3d_(model) + rewrite_adaptive_pool3d_(model, x)
+    done += rewrite_graph_pool3d_(model)  # the same in .pt2 programs
     return model, done
 
 
 def export_onnx(
-    module: nn.Module, sample: np.ndarray, path: Path, select: int | None = None
+    module: nn.Module,
+    sample: np.ndarray,
+    path: Path,
+    select: int | None = None,
+    rewrite_3d: tuple[str, str] = ("off", ""),
 ) -> list[str]:
     """Export ``module`` for one sample shape to ``path``; return the rewrites applied.
 
     Every output is exported (``out0``, ``out1``, ... in ``forward``'s depth-first order), or
-    only output ``select`` (then as a single-output model).
+    only output ``select`` (then as a single-output model). ``rewrite_3d`` is (mode, target
+    name) for :func:`prepare_module`.
     """
     import onnx
 
-    model, rewrites = prepare_module(module, sample)
+    model, rewrites = prepare_module(module, sample, *rewrite_3d)
     x = torch.from_numpy(sample[None])
     with torch.no_grad():
         n_out = len(describe_outputs(model(x), select))

@@ -30,6 +30,9 @@ class ExportOptions:
     arena_margin_fraction: float = 0.0
     arena_margin_min_bytes: int = 0
     memory_plan: str = "auto"  # auto | offline | online (firmware_export.arena_plan)
+    # 3-D layers as exact 2-D ops, time as batch (firmware_export.rewrite_3d): auto = for TFLM
+    # targets, and for LiteRT targets when it leaves no 3-D op; off = export them as they are
+    rewrite_3d: str = "auto"
     name: str | None = None  # C identifier stem; default: the model's name
     trust_model_code: bool = False  # load Keras models whose layers carry code (Lambda...)
     output: int | None = None  # export only this output of a multi-output model (--output)
@@ -64,6 +67,9 @@ class ExportOptions:
         if self.memory_plan not in ("auto", "offline", "online"):
             msg = f"memory_plan must be auto, offline or online, got {self.memory_plan!r}"
             raise ConfigError(msg)
+        if self.rewrite_3d not in ("auto", "off"):
+            msg = f"rewrite_3d must be auto or off, got {self.rewrite_3d!r}"
+            raise ConfigError(msg)
         if self.arena_margin_min_bytes < 0:
             msg = "the arena margin must be >= 0 (it is an extra on top of the computed arena)"
             raise ConfigError(msg)
@@ -73,3 +79,11 @@ class ExportOptions:
         if self.output is not None and self.output < 0:
             msg = f"--output must be >= 0 (an output number), got {self.output}"
             raise ConfigError(msg)
+
+    def rewrite_3d_mode(self, runtime: str) -> str:
+        """How the 3-D rewrite applies on a runtime: ``off``, ``all`` (TFLM: every 3-D layer
+        must be rewritten, or exit 4) or ``complete`` (LiteRT: only when none is left).
+        """
+        if self.rewrite_3d == "off":
+            return "off"
+        return "all" if runtime == "tflm" else "complete"

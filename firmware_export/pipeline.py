@@ -199,9 +199,13 @@ def _convert_torch_or_onnx(
     with timer("onnx"):
         if loaded.module is not None:
             check_finite_module(loaded.module, loaded.source)
-            precheck_module(loaded.module, profile)
+            mode_3d = opts.rewrite_3d_mode(profile.runtime)
+            if mode_3d == "off":  # with the 3-D rewrite, it names the layers it cannot rewrite
+                precheck_module(loaded.module, profile)
             info = [o.to_dict() for o in outputs_of(loaded.module, samples[0], opts.output)]
-            rewrites = export_onnx(loaded.module, samples[0], onnx_path, select=opts.output)
+            rewrites = export_onnx(
+                loaded.module, samples[0], onnx_path, opts.output, (mode_3d, profile.name)
+            )
         else:
             assert loaded.onnx_path is not None  # a LoadedModel holds a module or an ONNX path
             proto, _ = load_onnx(loaded.onnx_path, select=opts.output)

@@ -71,4 +71,6 @@ def quantize_int8(
         msg = f"TFLiteConverter failed: {type(e).__name__}: {text.splitlines()[0] if text else ''}"
         raise ExportError(msg, stage="quantize") from e
     # the converter lays outputs out in the string order of their signature keys
-    return order_outputs_by_signature(model_bytes)
+    from firmware_export.int8_elu import quantize_elu_islands
+
+    return quantize_elu_islands(order_outputs_by_signature(model_bytes))

@@ -9,7 +9,12 @@ behaves:
   correctly, while chains of 5-D <-> 4-D reshapes come out of onnx2tf 1.28 scrambled);
 * padded 3-D pooling -> 2-D pooling over frames + 2-D pooling over time via reshapes (max and
   average pooling are separable over a box window);
-* an ``AdaptiveAvgPool3d`` that keeps the time axis and pools space to 1x1 -> a mean over H, W.
+* an ``AdaptiveAvgPool3d`` that keeps the time axis and pools space to 1x1 -> a mean over H, W;
+* the same replacements for the 3-D pooling calls of traced graphs (a loaded ``.pt2`` program),
+  as calls of the replacement modules (:func:`rewrite_graph_pool3d_`).
+
+With ``--rewrite-3d`` on (TFLM targets, and LiteRT when it rewrites every 3-D op) the whole
+clip is run time-as-batch instead (:mod:`firmware_export.rewrite_3d`) and these do not apply.
 
 Rewrites of the ONNX graph (for models that arrive as ``.onnx`` too) are in ``rewrite_onnx``.
 """
@@ -182,4 +187,68 @@ def rewrite_adaptive_pool3d_(model: nn.Module, sample: torch.Tensor) -> list[str
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, AdaptiveAvgPool3dAs2d(out))
             done.append(name)
+    return done
+
+
+_GRAPH_POOLS = (
+    torch.ops.aten.max_pool3d.default,
+    torch.ops.aten.avg_pool3d.default,
+    torch.ops.aten.adaptive_avg_pool3d.default,
+)
+
+
+def _graph_pool_replacement(node: Any, shape: tuple[int, ...] | None) -> nn.Module | None:
+    """The module replacing a 3-D pooling call of a traced graph (``.pt2``), or None."""
+    aten = torch.ops.aten
+    a = list(node.args) + [None] * 8
+    if node.target is aten.max_pool3d.default:
+        kernel, stride, padding, dilation, ceil = a[1], a[2] or a[1], a[3] or 0, a[4] or 1, a[5]
+        if ceil or _triple(dilation) != (1, 1, 1):
+            return None
+        return _pool3d("max", kernel, stride, padding)
+    if node.target is aten.avg_pool3d.default:
+        kernel, stride, padding = a[1], a[2] or a[1], a[3] or 0
+        ceil, include_pad, divisor = a[4], True if a[5] is None else a[5], a[6]
+        if ceil or divisor is not None:
+            return None
+        return _pool3d("avg", kernel, stride, padding, include_pad)
+    if node.target is aten.adaptive_avg_pool3d.default and shape is not None:
+        out = _triple(a[1])
+        if all(i % o == 0 for i, o in zip(shape[-3:], out, strict=True)):
+            return AdaptiveAvgPool3dAs2d(out)
+    return None
+
+
+def rewrite_graph_pool3d_(model: nn.Module) -> list[str]:
+    """:func:`rewrite_pool3d_` and :func:`rewrite_adaptive_pool3d_` for the traced graphs inside
+    ``model`` (a loaded ``.pt2`` program is one): each 3-D pooling call becomes a call of the
+    same replacement module, added to the graph module. Returns the module paths rewritten.
+    """
+    done = []
+    for _, gm in list(model.named_modules()):
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        changed = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_function" or node.target not in _GRAPH_POOLS:
+                continue
+            arg = node.args[0] if node.args else None
+            val = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+            shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
+            new = _graph_pool_replacement(node, shape)
+            if new is None:
+                continue
+            name = f"_rewritten_{node.name}"
+            gm.add_submodule(name, new)
+            with gm.graph.inserting_before(node):
+                call = gm.graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(call)
+            gm.graph.erase_node(node)
+            stack = node.meta.get("nn_module_stack") or {}
+            done.append((list(stack.values())[-1][0] if stack else "") or node.name)
+            changed = True
+        if changed:
+            gm.recompile()
+    if done:
+        log.info("rewrote 3-D pooling of traced graphs as 2-D pooling: %s", ", ".join(done))
     return done

@@ -95,26 +95,23 @@ def _copy_symbolic(g: Any, dst: Any, src: Any, non_blocking: Any) -> Any:
     return out
 
 
-def _bn_inference_symbolic(
+def _bn_no_training_symbolic(
     g: Any, x: Any, weight: Any, bias: Any, mean: Any, var: Any, momentum: Any, eps: Any
 ) -> Any:
-    """``aten::_native_batch_norm_legit_no_training`` (an inference BatchNorm as the functional
-    re-export of a ``.pt2`` graph writes it): ONNX ``BatchNormalization``; the op's saved
-    mean/rstd outputs are unused at inference and come out empty.
+    """``aten::_native_batch_norm_legit_no_training`` (a functionalized ``.pt2``'s eval-mode
+    BatchNorm) as ONNX ``BatchNormalization``; its two statistics outputs are never read.
     """
     import torch
     from torch.onnx import symbolic_helper as sh
 
-    if sh._is_none(weight) or sh._is_none(bias):
-        return sh._unimplemented("_native_batch_norm_legit_no_training", "no affine", x)
-    out = g.op(
-        "BatchNormalization",
-        *(x, weight, bias, mean, var),
-        epsilon_f=sh._get_const(eps, "f", "eps"),
-        momentum_f=1.0 - sh._get_const(momentum, "f", "momentum"),
-    )
-    empty = g.op("Constant", value_t=torch.zeros(0))
-    return out, empty, empty
+    channels = sh._get_tensor_sizes(mean)[0]
+    if sh._is_none(weight):
+        weight = g.op("Constant", value_t=torch.ones(channels))
+    if sh._is_none(bias):
+        bias = g.op("Constant", value_t=torch.zeros(channels))
+    eps_f = sh._get_const(eps, "f", "eps")
+    out = g.op("BatchNormalization", x, weight, bias, mean, var, epsilon_f=eps_f)
+    return out, mean, var
 
 
 _SYMBOLICS = (
@@ -139,7 +136,7 @@ def export_symbolics(opset: int) -> Iterator[list[str]]:
         _diff_symbolic(applied),
         _slice_scatter_symbolic(applied),
         _copy_symbolic,
-        _bn_inference_symbolic,
+        _bn_no_training_symbolic,
     )
     for name, fn in zip(_SYMBOLICS, functions, strict=True):
         torch.onnx.register_custom_op_symbolic(name, fn, opset)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from firmware_export.analyze import time_limit
 from firmware_export.isolate import capture_fd2, run_isolated, stderr_offset, stderr_since
 from firmware_export.tflite_model import _builtin_names, parse_tflite
 from tinyprune.errors import ConfigError, ExportError, UnsupportedOpError
@@ -243,7 +244,11 @@ def _recorded_total(model_bytes: bytes, timeout: float) -> tuple[int, str]:
     size = max(DEFAULT_HOST_ARENA, 16 * len(model_bytes))
     while size <= MAX_HOST_ARENA:
         found = run_isolated(
-            _record_child, bytes(model_bytes), size, timeout=timeout, stage="tflm-arena"
+            _record_child,
+            bytes(model_bytes),
+            size,
+            timeout=time_limit(model_bytes, 1, timeout),
+            stage="tflm-arena",
         )
         if found is not None:
             return found
@@ -305,18 +310,27 @@ def run_tflm_outputs(
     arena_bytes: int | None = None,
     timeout: float = 300,
 ) -> list[np.ndarray]:
-    """Like :func:`run_tflm`, with one stacked array per model output (subgraph order)."""
+    """Like :func:`run_tflm`, with one stacked array per model output (subgraph order).
+
+    Without ``arena_bytes`` the host arena starts at :data:`DEFAULT_HOST_ARENA` and grows
+    (x4, up to :data:`MAX_HOST_ARENA`) until the model fits: large clip models need more.
+    """
     samples = prepare_samples(model_bytes, inputs)
     arena = DEFAULT_HOST_ARENA if arena_bytes is None else int(arena_bytes)
-    try:
-        return run_isolated(
-            _run_tflm_child, bytes(model_bytes), samples, arena, timeout=timeout, stage="tflm"
-        )
-    except ExportError as e:
-        if not _SHORTAGE_RE.search(str(e)):
-            raise
-        msg = f"a {arena}-byte arena is too small for this model (see measure_arena)\n{e}"
-        raise ExportError(msg, stage="tflm") from e
+    timeout = time_limit(model_bytes, len(samples), timeout)
+    while True:
+        try:
+            return run_isolated(
+                _run_tflm_child, bytes(model_bytes), samples, arena, timeout=timeout, stage="tflm"
+            )
+        except ExportError as e:
+            if not _SHORTAGE_RE.search(str(e)):
+                raise
+            if arena_bytes is None and arena * 4 <= MAX_HOST_ARENA:
+                arena *= 4
+                continue
+            msg = f"a {arena}-byte arena is too small for this model (see measure_arena)\n{e}"
+            raise ExportError(msg, stage="tflm") from e
 
 
 def tflm_tensors(
@@ -345,7 +359,12 @@ def tflm_tensors(
     samples = prepare_samples(model_bytes, as_batch_of_one(model_bytes, sample))
     arena = _preserve_all_arena(model_bytes) if arena_bytes is None else int(arena_bytes)
     return run_isolated(
-        _tflm_tensors_child, bytes(model_bytes), samples[0], arena, timeout=timeout, stage="tflm"
+        _tflm_tensors_child,
+        bytes(model_bytes),
+        samples[0],
+        arena,
+        timeout=time_limit(model_bytes, 1, timeout),
+        stage="tflm",
     )
 
 
@@ -378,7 +397,7 @@ def tflm_runs_in(
                 _fits_child,
                 bytes(model_bytes),
                 int(arena_bytes),
-                timeout=timeout,
+                timeout=time_limit(model_bytes, 1, timeout),
                 stage="tflm-arena",
             )
         )

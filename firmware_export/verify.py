@@ -24,6 +24,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from firmware_export.analyze import time_limit
 from firmware_export.isolate import run_isolated
 from firmware_export.tflite_model import parse_tflite
 from firmware_export.tflm import prepare_samples
@@ -305,7 +306,12 @@ def run_litert_outputs(
         raise ConfigError(msg)
     samples = prepare_samples(model_bytes, inputs)
     return run_isolated(
-        _litert_child, bytes(model_bytes), samples, resolver, timeout=timeout, stage="litert"
+        _litert_child,
+        bytes(model_bytes),
+        samples,
+        resolver,
+        timeout=time_limit(model_bytes, len(samples), timeout),
+        stage="litert",
     )
 
 

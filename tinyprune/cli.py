@@ -106,6 +106,14 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         help="embed an optimal offline arena plan in the model: auto = when it beats TFLM's "
         "online planner, offline = always, online = never",
     )
+    p.add_argument(
+        "--rewrite-3d",
+        choices=("auto", "off"),
+        default=d.rewrite_3d,
+        help="run 3-D layers (Conv3d, 3-D pooling, ConvTranspose3d in time, ...) as exact 2-D "
+        "ops, time as batch: auto = for TFLM targets, and for LiteRT when no 3-D op is left "
+        "(so the model can be fully int8); off = export 3-D ops as they are",
+    )
     p.add_argument("--name", default=d.name, help="C identifier stem (default: the model's name)")
     p.add_argument(
         "--trust-model-code",
@@ -125,6 +133,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
         min_centred_cosine=args.min_centred_cosine,
         arena_margin_fraction=args.arena_margin,
         memory_plan=args.memory_plan,
+        rewrite_3d=args.rewrite_3d,
         name=args.name,
         trust_model_code=args.trust_model_code,
         **extra,

@@ -156,20 +156,45 @@ def test_conv3d_to_cortex_m4_exits_4_naming_the_layer(tmp_path: Path, capsys) ->
     calib = _calib(tmp_path / "calib.npy", (3, 4, 8, 8))
     out = tmp_path / "run"
     arch = Path(__file__).with_name("arch_styles.py")
-    code = main(export_argv(f"{arch}:build_conv3d", calib, "cortex-m4", out))
+    code = main(
+        [*export_argv(f"{arch}:build_conv3d", calib, "cortex-m4", out), "--rewrite-3d", "off"]
+    )
     assert code == 4
     err = capsys.readouterr().err
     assert "CONV_3D" in err and "'f.0'" in err and "rpi4" in err
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_conv3d_to_rpi4_succeeds_with_pooling_rewritten(tmp_path: Path) -> None:
+def test_conv3d_to_rpi4_with_rewrite_3d_off_succeeds_with_pooling_rewritten(
+    tmp_path: Path,
+) -> None:
     calib = _calib(tmp_path / "calib.npy", (3, 4, 8, 8))
     out = tmp_path / "run"
     arch = Path(__file__).with_name("arch_styles.py")
-    assert main(export_argv(f"{arch}:build_conv3d", calib, "rpi4", out)) == 0
+    assert (
+        main([*export_argv(f"{arch}:build_conv3d", calib, "rpi4", out), "--rewrite-3d", "off"]) == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["ops"].get("CONV_3D", 0) == 2
     assert report["tflm_runnable"] is False and not (out / "model_data.h").exists()
     assert report["verify"]["onnx_vs_tflite_float"]["passed"]
     assert any(r.startswith("f.") for r in report["rewrites"])
+
+
+def test_conv3d_to_cortex_m4_exports_through_the_3d_rewrite(tmp_path: Path) -> None:
+    """The default ``--rewrite-3d auto``: Conv3d, 3-D pooling and a flatten of the clip as 2-D
+    ops; fully int8, TFLM bit-exact, each rewritten layer named by its module path."""
+    calib = _calib(tmp_path / "calib.npy", (3, 4, 8, 8))
+    out = tmp_path / "run"
+    arch = Path(__file__).with_name("arch_styles.py")
+    args = ["export", f"{arch}:build_conv3d", "--calib", str(calib), "--target", "cortex-m4"]
+    assert main([*args, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "CONV_3D" not in report["ops"] and report["float_ops"] == []
+    assert report["verify"]["tflm_vs_litert_ref"]["max_abs"] == 0
+    assert {
+        "3d-to-2d:conv3d:f.0",
+        "3d-to-2d:batchnorm-folded:f.1",
+        "3d-to-2d:avg_pool3d:f.6",
+    } <= set(report["rewrites"])
+    assert (out / "model_data.h").exists()

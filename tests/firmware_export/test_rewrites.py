@@ -193,3 +193,27 @@ def test_rewrite_onnx_reports_conv_transpose3d_bias() -> None:
     before = _run(proto, x)
     assert [d.split(":")[0] for d in rewrite_onnx(proto)] == ["convtranspose3d-bias-add"]
     np.testing.assert_allclose(_run(proto, x), before, rtol=0, atol=1e-6)
+
+
+class _CatThenPool3d(nn.Module):
+    """3-D pooling in a traced graph beside nodes whose first argument is a list (cat)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool3d((1, 2, 2))
+        self.avg = nn.AvgPool3d((2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.avg(self.pool(torch.cat([x, 2 * x], 1)))
+
+
+def test_3d_pooling_inside_a_traced_program_is_rewritten() -> None:
+    from firmware_export.rewrite import rewrite_graph_pool3d_
+
+    x = torch.randn(1, 2, 4, 8, 8)
+    gm = torch.export.export(_CatThenPool3d().eval(), (x,)).module()
+    want = gm(x)
+    assert rewrite_graph_pool3d_(gm) == ["pool", "avg"]
+    targets = {n.target for n in gm.graph.nodes if n.op == "call_function"}
+    assert not targets & {torch.ops.aten.max_pool3d.default, torch.ops.aten.avg_pool3d.default}
+    torch.testing.assert_close(gm(x), want)

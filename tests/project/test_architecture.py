@@ -232,6 +232,7 @@ def test_cli_defaults_are_the_config_dataclasses_defaults() -> None:
     assert export["min_cosine"] == opts.min_cosine
     assert export["tflm_tolerance"] == opts.tflm_tolerance_lsb
     assert export["arena_margin"] == opts.arena_margin_fraction
+    assert export["rewrite_3d"] == opts.rewrite_3d
 
 
 def test_the_app_and_export_functions_share_the_cli_defaults() -> None:
