@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +93,9 @@ def export_onnx(
         model = SelectOutput(model, select)
     names = [output_label(i) for i in range(n_out)]
     buf = io.BytesIO()
+    printed: list[str] = []
     try:
-        with export_symbolics(OPSET) as symbolic_rewrites:
+        with export_symbolics(OPSET) as symbolic_rewrites, _native_output(printed):
             torch.onnx.export(
                 model,
                 (x,),
@@ -103,7 +109,7 @@ def export_onnx(
     except Exception as e:
         from firmware_export.model_checks import clean_message, onnx_export_unsupported
 
-        unsupported = onnx_export_unsupported(model, sample, e)
+        unsupported = onnx_export_unsupported(model, sample, e, "".join(printed))
         if unsupported is not None:
             raise unsupported from e
         first = clean_message((str(e).strip().splitlines() or [""])[0])
@@ -118,6 +124,43 @@ def export_onnx(
     onnx.checker.check_model(proto)
     path.write_bytes(proto.SerializeToString())
     return rewrites
+
+
+@contextlib.contextmanager
+def _native_output(printed: list[str]) -> Iterator[None]:
+    """Capture file descriptors 1 and 2 (on failure torch.onnx's C++ side prints its whole IR
+    graph to the C stdout, where the CLI's one-line error would drown in it).
+
+    On success the text is written back unchanged; on failure it is kept in ``printed`` (the
+    IR names the module scope of the op that failed) and not shown: the error says it.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    failed = False
+    with tempfile.TemporaryFile() as tmp:
+        for fd in saved:
+            os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            libc.fflush(None)
+            for fd, copy_fd in saved.items():
+                os.dup2(copy_fd, fd)
+                os.close(copy_fd)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            printed.append(text)
+            if not failed and text:
+                sys.stderr.write(text)
 
 
 def load_onnx(path: Path, select: int | None = None) -> tuple[object, tuple[int, ...]]:
