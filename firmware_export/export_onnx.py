@@ -25,6 +25,7 @@ from firmware_export.outputs import (
     select_onnx_output,
 )
 from firmware_export.rewrite import rewrite_adaptive_pool3d_, rewrite_pool3d_
+from firmware_export.rewrite_attention import rewrite_attention_
 from firmware_export.rewrite_onnx import rewrite_onnx
 from firmware_export.rewrite_ops import export_symbolics, functionalize_programs_
 from tinyprune.errors import ConfigError, ExportError
@@ -72,6 +73,7 @@ def prepare_module(module: nn.Module, sample: np.ndarray) -> tuple[nn.Module, li
         raise ConfigError(msg) from e
     done = functionalize_programs_(model, x)
     done += rewrite_pool3d_(model) + rewrite_adaptive_pool3d_(model, x)
+    done += rewrite_attention_(model)
     return model, done
 
 

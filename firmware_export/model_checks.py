@@ -192,6 +192,32 @@ def onnx2tf_unsupported(
     return UnsupportedOpError(msg, ops=(op_type,), stage="convert")
 
 
+#: ONNX ops that onnx2tf converts but TFLiteConverter then crashes on (SIGSEGV, killing the
+#: process), measured with onnx2tf 1.28 and TensorFlow 2.21: refused before conversion.
+CRASHING_OPS = {
+    "GRU": "nn.GRU",
+    "RNN": "nn.RNN",
+}
+
+
+def refuse_crashing_ops(proto: Any, modules: frozenset[str] | None) -> None:
+    """Raise :class:`UnsupportedOpError` (exit 4) for a node of :data:`CRASHING_OPS`."""
+    from firmware_export.layer_names import module_path
+
+    for node in proto.graph.node:
+        if node.op_type not in CRASHING_OPS:
+            continue
+        layer = module_path(node.name, modules) or node.name or "forward"
+        kind = CRASHING_OPS[node.op_type]
+        msg = (
+            f"layer {layer!r} exports to the ONNX op {node.op_type} ({kind}); "
+            "TFLiteConverter crashes on what onnx2tf makes of it, so no int8 TFLite model can "
+            "be built; nothing was emitted. Replace the recurrent layer with temporal "
+            "convolutions or an unrolled loop of its cell (nn.GRUCell / nn.RNNCell)"
+        )
+        raise UnsupportedOpError(msg, ops=(node.op_type,), stage="convert")
+
+
 def _onnx_op_type(onnx_path: Path, node_name: str) -> str | None:
     import onnx
 
@@ -212,4 +238,5 @@ __all__ = [
     "clean_message",
     "onnx2tf_unsupported",
     "onnx_export_unsupported",
+    "refuse_crashing_ops",
 ]

@@ -27,7 +27,11 @@ from firmware_export.budget import DeviceProfile, load_profile
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
 from firmware_export.layer_names import layer_names_of, module_names
-from firmware_export.model_checks import check_finite_module, check_finite_onnx
+from firmware_export.model_checks import (
+    check_finite_module,
+    check_finite_onnx,
+    refuse_crashing_ops,
+)
 from firmware_export.options import ExportOptions
 from firmware_export.outputs import check_output_shapes, onnx_outputs, outputs_of
 from firmware_export.report_builder import ReportInputs, analyze_and_report
@@ -211,6 +215,7 @@ def _convert_torch_or_onnx(
     cl = calib_io.to_channels_last(samples)
     keras_layers: dict[str, str] = {}
     modules = module_names(loaded.module)
+    refuse_crashing_ops(load_proto(onnx_path), modules)
     with timer("convert"):
         float_tflite = convert_to_saved_model(
             onnx_path, work / "saved_model", cl, layer_map=keras_layers, modules=modules

@@ -14,7 +14,8 @@ files alike:
   it). Exact: every output element is copied from the same source element;
 * ``Erf`` -> ``tanh(z (a + b z^2))`` with PyTorch's tanh-GELU constants (TFLM has neither ERF
   nor GELU). The only rewrite here that is not exact: ``|erf - approximation| <= 3.6e-4``
-  everywhere (GELU: ``<= 4.8e-4``), far below one int8 step of any activation range.
+  everywhere (GELU: ``<= 4.8e-4``), far below one int8 step of any activation range;
+* ``Elu`` -> ReLU + tanh / sigmoid form (:mod:`firmware_export.rewrite_onnx_elu`; exact).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from firmware_export.rewrite_onnx_elu import rewrite_elu
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ def rewrite_onnx_ops(model: Any) -> list[str]:
     done = [f"constants-as-initializers:{n_const}"] if n_const else []
     done += [f"scatternd-slice-concat:{n}" for n in rewrite_scatter_nd(model)]
     done += [f"erf-tanh:{n}" for n in rewrite_erf(model)]
+    done += [f"elu-tanh-div:{n}" for n in rewrite_elu(model)]
     return done
 
 
