@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from firmware_export.rewrite_onnx_elu import rewrite_elu
+from firmware_export.rewrite_onnx_rank import lower_unit_rank5
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def rewrite_onnx_ops(model: Any) -> list[str]:
     n_const = constants_to_initializers(model)
     done = [f"constants-as-initializers:{n_const}"] if n_const else []
     done += [f"scatternd-slice-concat:{n}" for n in rewrite_scatter_nd(model)]
+    lowered = lower_unit_rank5(model)
+    done += [f"rank5-unit-axis-as-rank4:{len(lowered)}"] if lowered else []
     done += [f"erf-tanh:{n}" for n in rewrite_erf(model)]
     done += [f"elu-tanh-div:{n}" for n in rewrite_elu(model)]
     return done
