@@ -69,6 +69,7 @@ def test_attention_rewrite_leaves_what_it_cannot_express() -> None:
 
 @pytest.mark.parametrize("alpha", [1.0, 0.3])
 def test_elu_becomes_int8_ops_exactly(alpha: float) -> None:
+    """(alpha > 1 is left as ELU: the MAXIMUM form needs alpha (e^x - 1) >= x for x <= 0.)"""
     import onnx
 
     buf = io.BytesIO()
@@ -79,7 +80,7 @@ def test_elu_becomes_int8_ops_exactly(alpha: float) -> None:
     proto = onnx.load_from_string(buf.getvalue())
     assert rewrite_onnx(proto) == ["elu-tanh-div:/Elu"]
     ops = {n.op_type for n in proto.graph.node}
-    assert "Elu" not in ops and {"Tanh", "Sigmoid", "Div", "Min", "Relu"} <= ops
+    assert "Elu" not in ops and {"Tanh", "Sigmoid", "Div", "Min", "Max"} <= ops
     z = np.linspace(-30, 8, 2001, dtype=np.float32)
     got = onnxruntime_forward(proto.SerializeToString(), z[None])[0]
     assert np.abs(got - net(torch.from_numpy(z)).numpy()).max() <= 1e-6
@@ -132,3 +133,28 @@ def test_multihead_attention_module_exports_to_tflm_int8(tmp_path: Path) -> None
     assert verify["onnx_vs_tflite_float"]["passed"] and verify["tflm_vs_litert_ref"]["passed"]
     assert verify["int8_vs_float"]["cos"] > 0.99
     assert any(row["torch_layer"].startswith("attn") for row in report["layers"])
+
+
+class SumMasked(nn.Module):
+    """The published attention-mask normalisation: ``x / sum_HW(x) * H * W / 2``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(x)
+        s = torch.sum(torch.sum(g, dim=2, keepdim=True), dim=3, keepdim=True)
+        return x * (g / s * g.shape[2] * g.shape[3] * 0.5) + x.sum(1, keepdim=True)
+
+
+def test_sum_becomes_mean_times_count(tmp_path: Path) -> None:
+    import onnx
+
+    from firmware_export.export_onnx import export_onnx
+
+    x = np.random.default_rng(2).standard_normal((3, 4, 6, 5)).astype(np.float32)
+    rewrites = export_onnx(SumMasked(), x[0], tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert sum(r.startswith("sum-as-mean-times-count:") for r in rewrites) == 2  # HW and C
+    assert "ReduceSum" not in {n.op_type for n in proto.graph.node}
+    got = onnxruntime_forward(proto.SerializeToString(), x)
+    with torch.no_grad():
+        ref = SumMasked()(torch.from_numpy(x)).numpy()
+    assert np.abs(got - ref).max() <= 1e-5

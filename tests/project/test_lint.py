@@ -13,9 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ruff_is_clean() -> None:
-    if shutil.which("ruff") is None and subprocess.run(
-        [sys.executable, "-m", "ruff", "--version"], capture_output=True, check=False
-    ).returncode:
+    if (
+        shutil.which("ruff") is None
+        and subprocess.run(
+            [sys.executable, "-m", "ruff", "--version"], capture_output=True, check=False
+        ).returncode
+    ):
         pytest.skip("ruff is not installed (it comes with the dev extra)")
     proc = subprocess.run(
         [sys.executable, "-m", "ruff", "check", ".", "--output-format", "concise"],
