@@ -57,13 +57,13 @@ def record_onnx2tf_layers(op_types: Iterable[str]) -> Iterator[dict[str, str]]:
         original = getattr(module, "make_node", None)
         if original is None:
             continue
-        module.make_node = _recording(original, found)
+        module.make_node = _recording(original, found)  # type: ignore[attr-defined]
         patched.append((module, original))
     try:
         yield found
     finally:
         for module, original in patched:
-            module.make_node = original
+            module.make_node = original  # type: ignore[attr-defined]
 
 
 def _recording(original: Callable[..., Any], found: dict[str, str]) -> Callable[..., Any]:

@@ -112,6 +112,20 @@ def replace_tensor_names(text: str, labels: Mapping[str, str]) -> str:
     return text
 
 
+def name_divergent_ops(value: object, by_tensor: dict[str, str]) -> None:
+    """``first_divergent_op`` texts (per comparison and output) name PyTorch layers."""
+    if isinstance(value, list):
+        for item in value:
+            name_divergent_ops(item, by_tensor)
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        if key == "first_divergent_op" and isinstance(item, str):
+            value[key] = replace_tensor_names(item, by_tensor)
+        else:
+            name_divergent_ops(item, by_tensor)
+
+
 @contextlib.contextmanager
 def naming_layers(
     labels: Mapping[str, str], op_labels: Mapping[int, str], runtime: str, target: str

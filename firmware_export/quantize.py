@@ -79,8 +79,8 @@ def _not_builtin(text: str, describe: Callable[[str], str | None] | None) -> Uns
     if not ops:
         ops = sorted(set(_TF_OP.findall(text)) - {"lite", "experimental", "math", "nn"})
     layers: list[str] = []
-    for where in _LOCATION.findall(text) if describe is not None else []:
-        label = describe(where)
+    for where in _LOCATION.findall(text):
+        label = describe(where) if describe is not None else None
         if label is not None and label not in layers:
             layers.append(label)
     who = f"layer {', '.join(repr(x) for x in layers)}" if layers else "the model"

@@ -23,7 +23,12 @@ from firmware_export.budget import BudgetReport, DeviceProfile, check_budget
 from firmware_export.c_array import CModelInfo, CSource, TensorSpec, to_c_source
 from firmware_export.checks import VerifyInputs, lint_gate
 from firmware_export.layer_names import LayerNames, annotate, op_labels, tensor_labels
-from firmware_export.op_support import naming_layers, tflm_kernel_failure, unsupported_kernel
+from firmware_export.op_support import (
+    name_divergent_ops,
+    naming_layers,
+    tflm_kernel_failure,
+    unsupported_kernel,
+)
 from firmware_export.tflite_model import TfliteModel, parse_tflite
 from firmware_export.tflm import DEFAULT_HOST_ARENA, check_ops, tflm_builtin_ops
 from firmware_export.verification import run_verification
@@ -227,6 +232,7 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
     _label_outputs(report, inp)
     for entry in report.get("lint", []):
         entry["layer"] = by_tensor.get(entry["tensor"], "")
+    name_divergent_ops(report["verify"], by_tensor)
     return Analysed(report, analysis, budget, sources, inp.model_bytes)
 
 

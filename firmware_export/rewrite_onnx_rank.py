@@ -109,13 +109,14 @@ def _rank4_args(node: Any, consts: dict) -> tuple[dict[str, np.ndarray], dict] |
                 return None
             extra["value"] = value
         return extra, {"mode": mode.decode() if isinstance(mode, bytes) else mode}
-    ins = [consts.get(i) for i in node.input[1:]]
-    if len(ins) < 3 or any(v is None for v in ins):
+    found = [consts.get(i) for i in node.input[1:]]
+    ins: list[np.ndarray] = [v for v in found if v is not None]
+    if len(ins) < 3 or len(ins) != len(found):
         return None
-    starts, ends, axes = ins[0], ins[1], ins[2] % 5
+    axes = np.asarray(ins[2]) % 5
     if 0 in axes:
         return None
-    extra = {"starts": starts, "ends": ends, "axes": (axes - 1).astype(np.int64)}
+    extra = {"starts": ins[0], "ends": ins[1], "axes": (axes - 1).astype(np.int64)}
     if len(ins) > 3:
         extra["steps"] = ins[3]
     return extra, {}
@@ -137,7 +138,7 @@ def _fuse_reshapes(graph: Any) -> None:
     model = onnx.helper.make_model(graph)
     shapes = _shapes(onnx.shape_inference.infer_shapes(model).graph)
     outputs = {o.name for o in graph.output}
-    rename = {}
+    rename: dict[str, str] = {}
     kept = []
     for node in graph.node:
         same = node.op_type == "Reshape" and shapes.get(node.input[0]) is not None
