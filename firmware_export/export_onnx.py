@@ -218,6 +218,18 @@ def _static_single_input(
     return proto, shape
 
 
+#: onnx-simplifier fusions into ops that onnx2tf 1.28 cannot convert or TFLM lacks (a softmax
+#: attention becomes ``Attention``: "Attention OP is not yet implemented").
+SKIPPED_FUSIONS = (
+    "fuse_attention",
+    "fuse_gqa",
+    "fuse_qkv",
+    "fuse_rms_norm",
+    "fuse_rope",
+    "fuse_gelu",
+)
+
+
 def simplify(proto: Any) -> Any:
     """Fold shape arithmetic into constants (onnx-simplifier), as onnx2tf expects.
 
@@ -228,7 +240,7 @@ def simplify(proto: Any) -> Any:
     import onnxsim
 
     try:
-        simplified, ok = onnxsim.simplify(proto)
+        simplified, ok = onnxsim.simplify(proto, skipped_optimizers=list(SKIPPED_FUSIONS))
     except Exception as e:  # the simplifier is an optimisation: fall back to the graph as is
         log.warning("onnx-simplifier failed (%s); converting the unsimplified graph", e)
         return proto
