@@ -239,12 +239,48 @@ def simplify(proto: Any) -> Any:
     """
     import onnxsim
 
+    scoped = {o: n.name for n in proto.graph.node if "/" in n.name for o in n.output}
     try:
         simplified, ok = onnxsim.simplify(proto, skipped_optimizers=list(SKIPPED_FUSIONS))
     except Exception as e:  # the simplifier is an optimisation: fall back to the graph as is
         log.warning("onnx-simplifier failed (%s); converting the unsimplified graph", e)
         return proto
-    return simplified if ok else proto
+    if not ok:
+        return proto
+    _keep_scoped_names(simplified, scoped)
+    return simplified
+
+
+def _keep_scoped_names(proto: Any, scoped: dict[str, str]) -> None:
+    """Give nodes the simplifier re-created (``Gemm_12``) a module-scoped name again, so that
+    reports can name their PyTorch layer: the name of the node that wrote the same tensor, else
+    the module of a parameter it reads (``blocks.0.attn.proj_q.bias``), else the scope of its
+    first scoped input.
+    """
+    params = {i.name for i in proto.graph.initializer}
+    taken = {n.name for n in proto.graph.node}
+    for node in proto.graph.node:
+        if "/" in node.name or not node.output:
+            continue
+        name = scoped.get(node.output[0]) or _scope_from_inputs(node, params)
+        if name is None:
+            continue
+        unique, k = name, 1
+        while unique in taken:
+            unique, k = f"{name}_{k}", k + 1
+        taken.add(unique)
+        node.name = unique
+
+
+def _scope_from_inputs(node: Any, params: set[str]) -> str | None:
+    for i in node.input:
+        head, _, tail = i.rpartition(".")
+        if i in params and head and tail in ("weight", "bias"):
+            return f"/{head}/{node.op_type}"
+    for i in node.input:
+        if i.startswith("/") and i.count("/") > 1:
+            return f"{i.rsplit('/', 1)[0]}/{node.op_type}"
+    return None
 
 
 def onnxruntime_forward(onnx_bytes: bytes, samples: np.ndarray) -> np.ndarray:
