@@ -24,6 +24,8 @@ def lower_unit_rank5(onnx_model: Any) -> list[str]:
     graph = onnx_model.graph
     shapes = _shapes(onnx.shape_inference.infer_shapes(onnx_model).graph)
     consts = _consts(graph)
+    if not _only_views(graph, shapes):
+        return []
     new_nodes, done = [], []
     for node in graph.node:
         lowered = _lower(node, shapes, consts, graph)
@@ -38,6 +40,22 @@ def lower_unit_rank5(onnx_model: Any) -> list[str]:
     graph.node.extend(new_nodes)
     _fuse_reshapes(graph)
     return done
+
+
+#: Ops that may write the rank-5 tensors of a graph whose rank 5 is only a view.
+_VIEW_OPS = frozenset({"Reshape", "Slice", "Pad", "Concat", "Identity"})
+
+
+def _only_views(graph: Any, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """True when no op but a reshape, slice, pad or concat writes a rank-5 tensor.
+
+    A 3-D net computes on rank-5 tensors (Conv3d, or the Max/Add of the 3-D pooling rewrite):
+    its slices stay as they are, because onnx2tf lays out 5-D <-> 4-D reshape chains around
+    3-D ops wrongly.
+    """
+    return all(
+        n.op_type in _VIEW_OPS for n in graph.node for o in n.output if len(shapes.get(o, ())) == 5
+    )
 
 
 def _shapes(graph: Any) -> dict[str, tuple[int, ...]]:
