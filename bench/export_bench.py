@@ -342,7 +342,7 @@ def memory_main(cache: Path | None) -> int:
 def rppg_main(out: Path | None) -> int:
     """The ``--rppg`` table; one failing model does not hide the others' rows."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from rppg_cases import render_rppg, rppg_cases, rppg_row
+    from rppg_cases import RPPG_HEADER, render_row, render_rppg, rppg_cases, rppg_row
 
     work = out or Path(tempfile.mkdtemp(prefix="export-bench-rppg-"))
     cases = rppg_cases()
@@ -352,7 +352,11 @@ def rppg_main(out: Path | None) -> int:
         print("[bench] warm-up (untimed)", file=sys.stderr, flush=True)
         bare_conversion(model, calib, work / "warmup" / "bare")
         tinyprune_export(model, calib, work / "warmup" / "tinyprune")
-        rows = {name: rppg_row(name, make, work) for name, make in cases.items()}
+        rows = {}
+        print(RPPG_HEADER, file=sys.stderr, flush=True)
+        for name, make in cases.items():
+            rows[name] = rppg_row(name, make, work)
+            print(render_row(name, rows[name]), file=sys.stderr, flush=True)  # as it goes
     finally:
         if out is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -154,17 +154,22 @@ def _cell(m: dict[str, Any], bare: Any) -> list[str]:
     return [f"{m['conv']:.1f}{ratio}", str(m["float_ops"]), f"{m['flash']:,}", arena, ccos]
 
 
+RPPG_HEADER = (
+    "| model | target | bare conv s | tinyprune conv s (x bare) | float ops | flash B "
+    "| TFLM arena B | int8 centred cos |\n|---|---|---|---|---|---|---|---|"
+)
+
+
+def render_row(name: str, row: dict[str, Any]) -> str:
+    """Markdown lines of one model (one per target)."""
+    bare = row["bare"]
+    bare_s = f"{bare:.1f}" if isinstance(bare, float) else str(bare)
+    return "\n".join(
+        f"| {name} | {target} | {bare_s} | " + " | ".join(_cell(row[target], bare)) + " |"
+        for target in TARGETS
+    )
+
+
 def render_rppg(rows: dict[str, dict[str, Any]]) -> str:
     """Markdown: one line per (model, target)."""
-    lines = [
-        "| model | target | bare conv s | tinyprune conv s (x bare) | float ops | flash B "
-        "| TFLM arena B | int8 centred cos |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in rows.items():
-        bare = row["bare"]
-        bare_s = f"{bare:.1f}" if isinstance(bare, float) else str(bare)
-        for target in TARGETS:
-            cells = _cell(row[target], bare)
-            lines.append(f"| {name} | {target} | {bare_s} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([RPPG_HEADER, *(render_row(n, r) for n, r in rows.items())])
