@@ -14,6 +14,7 @@ It also prints tinyprune's verification time (check + verify + arena) and the ar
 The ratio target (tinyprune / bare <= 1.15) is printed as PASS/FAIL; it never fails the process.
 
     /work/venv/bin/python bench/export_bench.py --repeats 2 [--quick] [--out DIR]
+    python bench/export_bench.py --rppg     # the rPPG table (bench/rppg_cases.py)
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def bare_conversion(model: Any, calib: np.ndarray, work: Path) -> dict[str, floa
     times["onnx"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    nhwc = np.ascontiguousarray(np.transpose(calib, (0, 2, 3, 1)))
+    nhwc = np.ascontiguousarray(np.moveaxis(calib, 1, -1))  # NHWC (NDHWC for clips)
     reps = -(-20 // len(nhwc))
     np.save(work / ONNX2TF_SAMPLES_FILE, np.concatenate([nhwc] * reps)[:20].astype(np.float32))
     with _cwd(work), contextlib.redirect_stdout(io.StringIO()):
@@ -281,9 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--models-dir", type=Path, default=None, help="--memory: cache of converted .tflite files"
     )
+    p.add_argument(
+        "--rppg",
+        action="store_true",
+        help="only the rPPG table (zoo 2-D nets, field-style nets, 3-D test nets; rpi4 and "
+        "cortex-m7): conversion time vs the bare chain, float ops, flash, arena, centred cosine",
+    )
     args = p.parse_args(argv)
     if args.memory:
         return memory_main(args.models_dir)
+    if args.rppg:
+        return rppg_main(args.out)
     if args.repeats < 1 or args.calib < 1:
         p.error(f"--repeats and --calib must be >= 1, got {args.repeats} and {args.calib}")
     out = args.out or Path(tempfile.mkdtemp(prefix="export-bench-"))
@@ -318,6 +327,32 @@ def memory_main(cache: Path | None) -> int:
         except Exception as e:  # noqa: BLE001
             rows[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
     print(render_memory(rows))
+    return 0
+
+
+def rppg_main(out: Path | None) -> int:
+    """The ``--rppg`` table; one failing model does not hide the others' rows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from rppg_cases import RPPG_HEADER, render_row, render_rppg, rppg_cases, rppg_row
+
+    work = out or Path(tempfile.mkdtemp(prefix="export-bench-rppg-"))
+    cases = rppg_cases()
+    try:
+        first = next(iter(cases.values()))
+        model, calib = first()
+        print("[bench] warm-up (untimed)", file=sys.stderr, flush=True)
+        bare_conversion(model, calib, work / "warmup" / "bare")
+        tinyprune_export(model, calib, work / "warmup" / "tinyprune")
+        rows = {}
+        print(RPPG_HEADER, file=sys.stderr, flush=True)
+        for name, make in cases.items():
+            rows[name] = rppg_row(name, make, work)
+            print(render_row(name, rows[name]), file=sys.stderr, flush=True)  # as it goes
+    finally:
+        if out is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n=== rPPG table ===\n")  # (torch.onnx prints its IR above when the bare chain fails)
+    print(render_rppg(rows))
     return 0
 
 

@@ -51,6 +51,7 @@ class LayerRow:
     nonzero_params: int
     nonzero_macs: int
     activation_bytes: int  # bytes of the op's outputs
+    torch_layer: str = ""  # PyTorch module path(s) the op comes from, when known
 
 
 @dataclass(frozen=True)

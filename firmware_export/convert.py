@@ -51,7 +51,9 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # deterministic float kernels
 
 
-def _raise_convert_error(e: BaseException, log_text: str, onnx_path: Path) -> NoReturn:
+def _raise_convert_error(
+    e: BaseException, log_text: str, onnx_path: Path, modules: frozenset[str] | None
+) -> NoReturn:
     """Exit 2 for a full disk, 4 for a node onnx2tf cannot convert, else a clean ExportError."""
     from firmware_export.model_checks import clean_message, onnx2tf_unsupported
     from firmware_export.publish import disk_error
@@ -59,7 +61,7 @@ def _raise_convert_error(e: BaseException, log_text: str, onnx_path: Path) -> No
     disk = disk_error(e, onnx_path.parent.parent)
     if disk is not None:
         raise disk from e
-    unsupported = onnx2tf_unsupported(log_text, e, onnx_path)
+    unsupported = onnx2tf_unsupported(log_text, e, onnx_path, modules)
     if unsupported is not None:
         raise unsupported from e
     tail = " | ".join(line.strip() for line in log_text.splitlines()[-6:] if line.strip())
@@ -70,10 +72,19 @@ def _raise_convert_error(e: BaseException, log_text: str, onnx_path: Path) -> No
     raise ExportError(msg, stage="convert") from e
 
 
-def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: np.ndarray) -> Path:
+def convert_to_saved_model(
+    onnx_path: Path,
+    out_dir: Path,
+    calib_channels_last: np.ndarray,
+    *,
+    layer_map: dict[str, str] | None = None,
+    modules: frozenset[str] | None = None,
+) -> Path:
     """Convert ``onnx_path`` into a SavedModel at ``out_dir``.
 
-    Returns the float32 .tflite it also wrote.
+    Returns the float32 .tflite it also wrote. ``layer_map``, when given, is filled with
+    ``{Keras layer name: ONNX node name}`` (see :mod:`firmware_export.layer_names`);
+    ``modules`` (the model's module names) lets a conversion error name the PyTorch layer.
 
     Raises:
         ExportError: onnx2tf failed (stage "convert"); the message carries its last log lines.
@@ -88,8 +99,17 @@ def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     captured = io.StringIO()
+    import onnx
+
+    from firmware_export.layer_names import record_onnx2tf_layers
+
+    op_types = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
     try:
-        with _offline_sample_images(calib_channels_last), contextlib.redirect_stdout(captured):
+        with (
+            _offline_sample_images(calib_channels_last),
+            contextlib.redirect_stdout(captured),
+            record_onnx2tf_layers(op_types) as recorded,
+        ):
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_path),
                 output_folder_path=str(out_dir),
@@ -101,7 +121,9 @@ def convert_to_saved_model(onnx_path: Path, out_dir: Path, calib_channels_last: 
     except BaseException as e:  # onnx2tf calls sys.exit(1) on failure
         if isinstance(e, KeyboardInterrupt):
             raise
-        _raise_convert_error(e, captured.getvalue(), onnx_path)
+        _raise_convert_error(e, captured.getvalue(), onnx_path, modules)
+    if layer_map is not None:
+        layer_map.update(recorded)
     log.debug("onnx2tf output:\n%s", captured.getvalue())
     float_tflite = out_dir / f"{onnx_path.stem}_float32.tflite"
     if not (out_dir / "saved_model.pb").is_file() or not float_tflite.is_file():

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +29,7 @@ from firmware_export.rewrite import (
     rewrite_graph_pool3d_,
     rewrite_pool3d_,
 )
+from firmware_export.rewrite_attention import rewrite_attention_
 from firmware_export.rewrite_onnx import rewrite_onnx
 from firmware_export.rewrite_ops import export_symbolics, functionalize_programs_
 from tinyprune.errors import ConfigError, ExportError
@@ -78,13 +84,14 @@ def prepare_module(
             f"(PyTorch layout, batch 1): {type(e).__name__}: {str(e).splitlines()[0]}"
         )
         raise ConfigError(msg) from e
+    done = rewrite_attention_(model)
     if rewrite_3d != "off":  # 3-D -> 2-D, time as batch: replaces the pooling rewrites below
         from firmware_export.rewrite_3d import apply_rewrite_3d
 
         rewritten = apply_rewrite_3d(model, x, rewrite_3d, target)
         if rewritten is not None:
-            return rewritten
-    done = functionalize_programs_(model, x)
+            return rewritten[0], done + rewritten[1]
+    done += functionalize_programs_(model, x)
     done += rewrite_pool3d_(model) + rewrite_adaptive_pool3d_(model, x)
     done += rewrite_graph_pool3d_(model)  # the same in .pt2 programs
     return model, done
@@ -113,8 +120,9 @@ def export_onnx(
         model = SelectOutput(model, select)
     names = [output_label(i) for i in range(n_out)]
     buf = io.BytesIO()
+    printed: list[str] = []
     try:
-        with export_symbolics(OPSET) as symbolic_rewrites:
+        with export_symbolics(OPSET) as symbolic_rewrites, _native_output(printed):
             torch.onnx.export(
                 model,
                 (x,),
@@ -129,7 +137,7 @@ def export_onnx(
     except Exception as e:
         from firmware_export.model_checks import clean_message, onnx_export_unsupported
 
-        unsupported = onnx_export_unsupported(model, sample, e)
+        unsupported = onnx_export_unsupported(model, sample, e, "".join(printed))
         if unsupported is not None:
             raise unsupported from e
         first = clean_message((str(e).strip().splitlines() or [""])[0])
@@ -144,6 +152,43 @@ def export_onnx(
     onnx.checker.check_model(proto)
     path.write_bytes(proto.SerializeToString())
     return rewrites
+
+
+@contextlib.contextmanager
+def _native_output(printed: list[str]) -> Iterator[None]:
+    """Capture file descriptors 1 and 2 (on failure torch.onnx's C++ side prints its whole IR
+    graph to the C stdout, where the CLI's one-line error would drown in it).
+
+    On success the text is written back unchanged; on failure it is kept in ``printed`` (the
+    IR names the module scope of the op that failed) and not shown: the error says it.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    failed = False
+    with tempfile.TemporaryFile() as tmp:
+        for fd in saved:
+            os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            libc.fflush(None)
+            for fd, copy_fd in saved.items():
+                os.dup2(copy_fd, fd)
+                os.close(copy_fd)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            printed.append(text)
+            if not failed and text:
+                sys.stderr.write(text)
 
 
 def load_onnx(path: Path, select: int | None = None) -> tuple[onnx.ModelProto, tuple[int, ...]]:
@@ -199,6 +244,18 @@ def _static_single_input(
     return proto, shape
 
 
+#: onnx-simplifier fusions into ops that onnx2tf 1.28 cannot convert or TFLM lacks (a softmax
+#: attention becomes ``Attention``: "Attention OP is not yet implemented").
+SKIPPED_FUSIONS = (
+    "fuse_attention",
+    "fuse_gqa",
+    "fuse_qkv",
+    "fuse_rms_norm",
+    "fuse_rope",
+    "fuse_gelu",
+)
+
+
 def simplify(proto: Any) -> Any:
     """Fold shape arithmetic into constants (onnx-simplifier), as onnx2tf expects.
 
@@ -208,12 +265,48 @@ def simplify(proto: Any) -> Any:
     """
     import onnxsim
 
+    scoped = {o: n.name for n in proto.graph.node if "/" in n.name for o in n.output}
     try:
-        simplified, ok = onnxsim.simplify(proto)
+        simplified, ok = onnxsim.simplify(proto, skipped_optimizers=list(SKIPPED_FUSIONS))
     except Exception as e:  # the simplifier is an optimisation: fall back to the graph as is
         log.warning("onnx-simplifier failed (%s); converting the unsimplified graph", e)
         return proto
-    return simplified if ok else proto
+    if not ok:
+        return proto
+    _keep_scoped_names(simplified, scoped)
+    return simplified
+
+
+def _keep_scoped_names(proto: Any, scoped: dict[str, str]) -> None:
+    """Give nodes the simplifier re-created (``Gemm_12``) a module-scoped name again, so that
+    reports can name their PyTorch layer: the name of the node that wrote the same tensor, else
+    the module of a parameter it reads (``blocks.0.attn.proj_q.bias``), else the scope of its
+    first scoped input.
+    """
+    params = {i.name for i in proto.graph.initializer}
+    taken = {n.name for n in proto.graph.node}
+    for node in proto.graph.node:
+        if "/" in node.name or not node.output:
+            continue
+        name = scoped.get(node.output[0]) or _scope_from_inputs(node, params)
+        if name is None:
+            continue
+        unique, k = name, 1
+        while unique in taken:
+            unique, k = f"{name}_{k}", k + 1
+        taken.add(unique)
+        node.name = unique
+
+
+def _scope_from_inputs(node: Any, params: set[str]) -> str | None:
+    for i in node.input:
+        head, _, tail = i.rpartition(".")
+        if i in params and head and tail in ("weight", "bias"):
+            return f"/{head}/{node.op_type}"
+    for i in node.input:
+        if i.startswith("/") and i.count("/") > 1:
+            return f"{i.rsplit('/', 1)[0]}/{node.op_type}"
+    return None
 
 
 def onnxruntime_forward(onnx_bytes: bytes, samples: np.ndarray) -> np.ndarray:

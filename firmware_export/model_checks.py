@@ -23,8 +23,13 @@ from tinyprune.errors import ConfigError, UnsupportedOpError
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 _ATEN_OP = re.compile(r"operator '?(aten::[A-Za-z0-9_.]+)'?")
 _PY_OP = re.compile(r"(?:Python operator|PythonOp)\s*'?([A-Za-z_][A-Za-z0-9_]*)")
+_SCOPE = re.compile(r"scope: (\S+)")
 _ONNX2TF_OP = re.compile(r"onnx_op_type:\s*([A-Za-z0-9_]+)")
 _ONNX2TF_NAME = re.compile(r"onnx_op_name:\s*(\S+)")
+_WAY_OUT = {
+    "LSTM": " (e.g. an nn.LSTM by convolutions or an unrolled nn.LSTMCell loop)",
+    "TopK": " (sorting and top-k have no int8 TFLite form; take a max or a mean instead)",
+}
 
 
 def check_finite_module(module: nn.Module, source: str) -> None:
@@ -67,15 +72,20 @@ def clean_message(text: str, *paths: Path) -> str:
 
 
 def onnx_export_unsupported(
-    module: nn.Module, sample: Any, error: BaseException
+    module: nn.Module, sample: Any, error: BaseException, ir_text: str = ""
 ) -> UnsupportedOpError | None:
-    """An :class:`UnsupportedOpError` if ``torch.onnx.export`` failed on an unsupported op."""
+    """An :class:`UnsupportedOpError` if ``torch.onnx.export`` failed on an unsupported op.
+
+    ``ir_text`` is what torch.onnx printed (its IR graph names the module scope of each op).
+    """
     text = clean_message(str(error))
     aten = _ATEN_OP.search(text)
     py = _PY_OP.search(text)
     if aten is not None:
         op = aten.group(1)
-        layer = _layer_calling_aten(module, sample, op.split("::", 1)[1].split(".")[0])
+        layer = _layer_in_ir(ir_text, op, module) or _layer_calling_aten(
+            module, sample, op.split("::", 1)[1].split(".")[0]
+        )
     elif py is not None:
         op = f"autograd.Function {py.group(1)}"
         layer = _layer_using_name(module, py.group(1))
@@ -88,6 +98,20 @@ def onnx_export_unsupported(
         "with a DFT matrix; for custom autograd Functions: their forward in plain torch ops)"
     )
     return UnsupportedOpError(msg, ops=(op,), stage="onnx")
+
+
+def _layer_in_ir(ir_text: str, op: str, module: nn.Module) -> str | None:
+    """The module path in the ``scope:`` of the first IR line that calls ``op``."""
+    from firmware_export.layer_names import module_names, module_path
+
+    for line in ir_text.splitlines():
+        scope = _SCOPE.search(line)
+        if f"{op}(" not in line or scope is None:
+            continue
+        names = [part.split("::")[-1] for part in scope.group(1).split("/")]
+        path = module_path("/" + "/".join(n for n in names if n) + "/op", module_names(module))
+        return path or None
+    return None
 
 
 def _layer_calling_aten(module: nn.Module, sample: Any, op_name: str) -> str | None:
@@ -147,7 +171,7 @@ def _layer_using_name(module: nn.Module, name: str) -> str | None:
 
 
 def onnx2tf_unsupported(
-    log_text: str, error: BaseException, onnx_path: Path
+    log_text: str, error: BaseException, onnx_path: Path, modules: frozenset[str] | None = None
 ) -> UnsupportedOpError | None:
     """An :class:`UnsupportedOpError` if onnx2tf's log names the ONNX node it failed on.
 
@@ -162,18 +186,43 @@ def onnx2tf_unsupported(
     op_type = _onnx_op_type(onnx_path, node_name)
     if op_type is None:
         return None
-    parts = [p for p in node_name.split("/") if p]
-    if parts and parts[0] == "wa":  # onnx2tf's own prefix on renamed nodes
-        parts = parts[1:]
-    layer = ".".join(parts[:-1]) or node_name
+    from firmware_export.layer_names import module_path
+
+    bare = node_name[3:] if node_name.startswith("wa/") else node_name  # onnx2tf's prefix
+    layer = module_path(bare, modules) or "forward"
     reason = clean_message(f"{type(error).__name__}: {error}", onnx_path.parent)[:300]
     msg = (
         f"layer {layer!r} exports to the ONNX op {op_type}, which onnx2tf cannot convert to "
         f"TensorFlow ({reason}), so no TFLite model can be built; nothing was emitted. Replace "
-        "the layer with supported ops (e.g. an nn.LSTM by convolutions or an unrolled "
-        "nn.LSTMCell loop)"
+        f"the layer with supported ops{_WAY_OUT.get(op_type, '')}"
     )
     return UnsupportedOpError(msg, ops=(op_type,), stage="convert")
+
+
+#: ONNX ops that onnx2tf converts but TFLiteConverter then crashes on (SIGSEGV, killing the
+#: process), measured with onnx2tf 1.28 and TensorFlow 2.21: refused before conversion.
+CRASHING_OPS = {
+    "GRU": "nn.GRU",
+    "RNN": "nn.RNN",
+}
+
+
+def refuse_crashing_ops(proto: Any, modules: frozenset[str] | None) -> None:
+    """Raise :class:`UnsupportedOpError` (exit 4) for a node of :data:`CRASHING_OPS`."""
+    from firmware_export.layer_names import module_path
+
+    for node in proto.graph.node:
+        if node.op_type not in CRASHING_OPS:
+            continue
+        layer = module_path(node.name, modules) or node.name or "forward"
+        kind = CRASHING_OPS[node.op_type]
+        msg = (
+            f"layer {layer!r} exports to the ONNX op {node.op_type} ({kind}); "
+            "TFLiteConverter crashes on what onnx2tf makes of it, so no int8 TFLite model can "
+            "be built; nothing was emitted. Replace the recurrent layer with temporal "
+            "convolutions or an unrolled loop of its cell (nn.GRUCell / nn.RNNCell)"
+        )
+        raise UnsupportedOpError(msg, ops=(node.op_type,), stage="convert")
 
 
 def _onnx_op_type(onnx_path: Path, node_name: str) -> str | None:
@@ -196,4 +245,5 @@ __all__ = [
     "clean_message",
     "onnx2tf_unsupported",
     "onnx_export_unsupported",
+    "refuse_crashing_ops",
 ]

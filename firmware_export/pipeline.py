@@ -26,7 +26,12 @@ from firmware_export import publish as publishing
 from firmware_export.budget import DeviceProfile, load_profile
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
-from firmware_export.model_checks import check_finite_module, check_finite_onnx
+from firmware_export.layer_names import layer_names_of, module_names
+from firmware_export.model_checks import (
+    check_finite_module,
+    check_finite_onnx,
+    refuse_crashing_ops,
+)
 from firmware_export.options import DEFAULT_TARGET, ExportOptions
 from firmware_export.outputs import check_output_shapes, onnx_outputs, outputs_of
 from firmware_export.report_builder import ReportInputs, analyze_and_report
@@ -213,12 +218,21 @@ def _convert_torch_or_onnx(
             onnx_path.write_bytes(proto.SerializeToString())
             info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
     cl = calib_io.to_channels_last(samples)
+    keras_layers: dict[str, str] = {}
+    modules = module_names(loaded.module)
+    refuse_crashing_ops(load_proto(onnx_path), modules)
     with timer("convert"):
-        float_tflite = convert_to_saved_model(onnx_path, work / "saved_model", cl)
+        float_tflite = convert_to_saved_model(
+            onnx_path, work / "saved_model", cl, layer_map=keras_layers, modules=modules
+        )
         os.replace(float_tflite, work / "model_float32.tflite")
+    names = layer_names_of(loaded.module, keras_layers, load_proto(onnx_path))
     with timer("quantize"):
         model_bytes = quantize_int8(
-            work / "saved_model", cl[: opts.calib_cap], per_channel=opts.per_channel
+            work / "saved_model",
+            cl[: opts.calib_cap],
+            per_channel=opts.per_channel,
+            describe=names.describe,
         )
     check_output_shapes(model_bytes, [shape for _, shape in onnx_outputs(load_proto(onnx_path))])
     (work / "model_int8.tflite").write_bytes(model_bytes)
@@ -236,6 +250,7 @@ def _convert_torch_or_onnx(
         rewrites=tuple(rewrites),
         calib_count=min(len(samples), opts.calib_cap),
         can_embed_plan=True,
+        layer_names=names,
     )
     files = {
         "onnx": "model.onnx",

@@ -8,7 +8,7 @@ allows it (TFLiteConverter's default for conv and depthwise conv).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ from firmware_export.outputs import order_outputs_by_signature
 from tinyprune.errors import ExportError, UnsupportedOpError
 
 _TF_OP = re.compile(r"tf\.([A-Za-z0-9_]+)")
+_NOT_BUILTIN = re.compile(r"'tf\.([A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
+_LOCATION = re.compile(r'"(model(?:_\d+)?/[^"@/]+/[^"@]*)@')
 
 
 def quantize_int8(
@@ -26,6 +28,7 @@ def quantize_int8(
     *,
     per_channel: bool = True,
     sparse: bool = False,
+    describe: Callable[[str], str | None] | None = None,
 ) -> bytes:
     """Convert with TFLiteConverter to a full-int8 model; return the flatbuffer bytes.
 
@@ -34,6 +37,8 @@ def quantize_int8(
 
     With ``sparse`` the converter also stores mostly-zero weights in TFLite's sparse encoding
     (``EXPERIMENTAL_SPARSITY``; LiteRT densifies them at load, TFLM cannot read them).
+    ``describe`` maps a converter location (``model/tf.math.atan/Atan``) to the PyTorch layer
+    it comes from (:meth:`firmware_export.layer_names.LayerNames.describe`), for the errors.
 
     Raises:
         UnsupportedOpError: the graph needs TensorFlow ops that are not TFLite builtins.
@@ -61,16 +66,30 @@ def quantize_int8(
     except Exception as e:
         text = str(e)
         if "FLEX" in text.upper() or "not supported" in text:
-            ops = sorted(set(_TF_OP.findall(text)) - {"lite", "experimental"})
-            msg = (
-                f"the converted graph needs TensorFlow ops that are not TFLite builtins: "
-                f"{', '.join(ops) or 'see the converter log'}; "
-                "rewrite those layers (e.g. 3-D pooling with 2-D pooling) or change the model"
-            )
-            raise UnsupportedOpError(msg, ops=tuple(ops), stage="quantize") from e
+            raise _not_builtin(text, describe) from e
         msg = f"TFLiteConverter failed: {type(e).__name__}: {text.splitlines()[0] if text else ''}"
         raise ExportError(msg, stage="quantize") from e
     # the converter lays outputs out in the string order of their signature keys
     from firmware_export.int8_elu import quantize_elu_islands
 
     return quantize_elu_islands(order_outputs_by_signature(model_bytes))
+
+
+def _not_builtin(text: str, describe: Callable[[str], str | None] | None) -> UnsupportedOpError:
+    """Exit 4 naming the TensorFlow ops without a TFLite builtin and, when known, their layers."""
+    ops = sorted(set(_NOT_BUILTIN.findall(text)))
+    if not ops:
+        ops = sorted(set(_TF_OP.findall(text)) - {"lite", "experimental", "math", "nn"})
+    layers: list[str] = []
+    for where in _LOCATION.findall(text):
+        label = describe(where) if describe is not None else None
+        if label is not None and label not in layers:
+            layers.append(label)
+    who = f"layer {', '.join(repr(x) for x in layers)}" if layers else "the model"
+    msg = (
+        f"{who} converts to TensorFlow ops that no TFLite builtin implements "
+        f"({', '.join(ops) or 'see the converter log'}), so no int8 TFLite model can be built; "
+        "nothing was emitted. Rewrite the layer with supported ops (3-D pooling as 2-D "
+        "pooling, atan2 by a polynomial or a lookup, ...) or change the model"
+    )
+    return UnsupportedOpError(msg, ops=tuple(ops), stage="quantize")

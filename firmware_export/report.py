@@ -43,6 +43,7 @@ def _layer_dict(r: LayerRow) -> dict[str, Any]:
         "index": r.index,
         "op": r.op,
         "name": r.name,
+        "torch_layer": r.torch_layer,
         "input_shapes": [list(s) for s in r.input_shapes],
         "output_shapes": [list(s) for s in r.output_shapes],
         "macs": r.macs,
@@ -237,7 +238,7 @@ def _tables(report: Mapping[str, Any], analysis: ModelAnalysis) -> dict[str, Tab
         [
             str(r.index),
             r.op,
-            r.name,
+            r.torch_layer or r.name,
             _shapes(r.input_shapes),
             _shapes(r.output_shapes),
             _fmt(r.macs),
@@ -248,18 +249,21 @@ def _tables(report: Mapping[str, Any], analysis: ModelAnalysis) -> dict[str, Tab
         ]
         for r in analysis.layers
     ]
-    lint = [[i["severity"], i["tensor"], i["op"], i["message"]] for i in report.get("lint", [])]
+    lint = [
+        [i["severity"], i.get("layer") or i["tensor"], i["op"], i["message"]]
+        for i in report.get("lint", [])
+    ]
     return {
         "Summary": (["figure", "value"], summary),
         "Budget": (["resource", "used", "limit", "unit", "ok", "kind", "note"], budget),
         "Verification": verify,
         "Arena tail and scratch": tail_table(report),
-        "Quantization lint": (["severity", "tensor", "op", "message"], lint),
+        "Quantization lint": (["severity", "layer (else tensor)", "op", "message"], lint),
         "Layers": (
             [
                 "#",
                 "op",
-                "output",
+                "PyTorch layer (else output tensor)",
                 "input shapes",
                 "output shapes",
                 "MACs",

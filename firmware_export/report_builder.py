@@ -8,6 +8,7 @@ Shared by ``tinyprune export`` (which also has the float model to verify against
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -16,17 +17,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from torch import nn
 
-from firmware_export.analyze import ModelAnalysis, analyze_tflite, lint_int8
+from firmware_export.analyze import LintIssue, ModelAnalysis, analyze_tflite, lint_int8
 from firmware_export.arena_plan import ArenaPlan, plan_arena
 from firmware_export.budget import BudgetReport, DeviceProfile, check_budget
 from firmware_export.c_array import CModelInfo, CSource, TensorSpec, to_c_source
 from firmware_export.checks import VerifyInputs, lint_gate
+from firmware_export.layer_names import LayerNames, annotate, op_labels, tensor_labels
+from firmware_export.op_support import (
+    name_divergent_ops,
+    naming_layers,
+    tflm_kernel_failure,
+    unsupported_kernel,
+)
 from firmware_export.tflite_model import TfliteModel, parse_tflite
-from firmware_export.tflm import check_ops, tflm_builtin_ops
+from firmware_export.tflm import DEFAULT_HOST_ARENA, check_ops, tflm_builtin_ops
 from firmware_export.verification import run_verification
 
 if TYPE_CHECKING:
     from firmware_export.pipeline import ExportOptions
+
+log = logging.getLogger(__name__)
 
 
 class _Timer(Protocol):
@@ -52,6 +62,7 @@ class ReportInputs:
     select: int | None = None  # --output: the module's output that was exported
     output_info: tuple[dict[str, Any], ...] = ()  # per exported output: label, origin, ...
     can_embed_plan: bool = False  # the caller ships the returned bytes (export, not report)
+    layer_names: LayerNames | None = None  # TFLite tensor names -> PyTorch module paths
 
 
 @dataclass(frozen=True)
@@ -160,46 +171,46 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
     """Run every post-conversion check; C sources only when TFLM can run the model."""
     from firmware_export.report import ReportArena, build_report_dict
 
-    with timer("check"):
-        analysis = analyze_tflite(inp.model_bytes)
-        parsed = parse_tflite(inp.model_bytes)
-        lint = lint_int8(parsed)
-        lint_gate(lint)
-        ops = check_ops(inp.model_bytes, inp.profile.runtime, inp.profile.name)
-        runnable = set(ops) <= tflm_builtin_ops()
-    with timer("verify"):
-        verify = run_verification(
-            VerifyInputs(
+    parsed = parse_tflite(inp.model_bytes)
+    by_tensor = tensor_labels(parsed, inp.layer_names)
+    by_op = op_labels(parsed, inp.layer_names)
+    with naming_layers(by_tensor, by_op, inp.profile.runtime, inp.profile.name):
+        with timer("check"):
+            analysis, lint, ops, runnable = _check(inp, parsed, by_tensor)
+        with timer("verify"):
+            verify = run_verification(
+                VerifyInputs(
+                    inp.model_bytes,
+                    inp.float_tflite,
+                    inp.onnx_bytes,
+                    inp.module,
+                    inp.samples,
+                    runnable,
+                    inp.float_reference,
+                    inp.channels_last,
+                    runtime=inp.profile.runtime,
+                    select=inp.select,
+                ),
+                float_tolerance=opts.float_tolerance,
+                min_cosine=opts.min_cosine,
+                tflm_tolerance_lsb=opts.tflm_tolerance_lsb,
+                min_centred_cosine=getattr(opts, "min_centred_cosine", None),
+            )
+        with timer("arena"):
+            arena = arena_figures(
                 inp.model_bytes,
-                inp.float_tflite,
-                inp.onnx_bytes,
-                inp.module,
-                inp.samples,
+                analysis,
                 runnable,
-                inp.float_reference,
-                inp.channels_last,
-                runtime=inp.profile.runtime,
-                select=inp.select,
-            ),
-            float_tolerance=opts.float_tolerance,
-            min_cosine=opts.min_cosine,
-            tflm_tolerance_lsb=opts.tflm_tolerance_lsb,
-            min_centred_cosine=getattr(opts, "min_centred_cosine", None),
-        )
-    with timer("arena"):
-        arena = arena_figures(
-            inp.model_bytes,
-            analysis,
-            runnable,
-            opts.arena_margin_fraction,
-            opts.arena_margin_min_bytes,
-            mode=opts.memory_plan,
-            profile=inp.profile,
-            can_embed=inp.can_embed_plan,
-        )
+                opts.arena_margin_fraction,
+                opts.arena_margin_min_bytes,
+                mode=opts.memory_plan,
+                profile=inp.profile,
+                can_embed=inp.can_embed_plan,
+            )
     if arena.plan is not None and arena.plan.embedded:
         inp = replace(inp, model_bytes=arena.plan.model_bytes)
         analysis = analyze_tflite(inp.model_bytes)  # flash: the planned file is a little larger
+        analysis = annotate(analysis, parse_tflite(inp.model_bytes), inp.layer_names)
     sources = c_sources(inp, analysis, arena, ops) if runnable else None
     io_bytes = sum(t.nbytes for t in (*analysis.inputs, *analysis.outputs))
     budget = check_budget(
@@ -219,7 +230,42 @@ def analyze_and_report(inp: ReportInputs, opts: ExportOptions, timer: _Timer) ->
         extra=_extra(inp, arena, ops, runnable, analysis, parsed),
     )
     _label_outputs(report, inp)
+    for entry in report.get("lint", []):
+        entry["layer"] = by_tensor.get(entry["tensor"], "")
+    name_divergent_ops(report["verify"], by_tensor)
     return Analysed(report, analysis, budget, sources, inp.model_bytes)
+
+
+def _check(
+    inp: ReportInputs, parsed: TfliteModel, by_tensor: dict[str, str]
+) -> tuple[ModelAnalysis, list[LintIssue], list[str], bool]:
+    """Analysis, int8 lint gate, target op check and whether TFLM can run the model.
+
+    TFLM registers some ops whose kernels take float only (EXP, LOG, SQRT, ...): one run on
+    zeros finds them; that is exit 4 for a TFLM target, and for a LiteRT target TFLM is then
+    only left out (no C sources; the arena is the analytical bound).
+    """
+    analysis = annotate(analyze_tflite(inp.model_bytes), parsed, inp.layer_names)
+    lint = lint_int8(parsed)
+    lint_gate(lint)
+    ops = check_ops(inp.model_bytes, inp.profile.runtime, inp.profile.name, by_tensor)
+    runnable = set(ops) <= tflm_builtin_ops()
+    if runnable:
+        arena = max(DEFAULT_HOST_ARENA, 4 * analysis.activation_lower_bound_bytes)
+        failure = tflm_kernel_failure(inp.model_bytes, arena)
+        if failure is not None and inp.profile.runtime == "tflm":
+            layer = op_labels(parsed, inp.layer_names).get(failure.index)
+            raise unsupported_kernel(failure, inp.profile.name, layer)
+        if failure is not None:
+            log.warning(
+                "TFLite Micro cannot run this int8 model (%s op %d: %s); it is left out of the "
+                "verification, no C sources are written and the arena is an estimate",
+                failure.op,
+                failure.index,
+                failure.reason,
+            )
+            runnable = False
+    return analysis, lint, ops, runnable
 
 
 def _extra(

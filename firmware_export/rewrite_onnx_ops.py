@@ -14,7 +14,9 @@ files alike:
   it). Exact: every output element is copied from the same source element;
 * ``Erf`` -> ``tanh(z (a + b z^2))`` with PyTorch's tanh-GELU constants (TFLM has neither ERF
   nor GELU). The only rewrite here that is not exact: ``|erf - approximation| <= 3.6e-4``
-  everywhere (GELU: ``<= 4.8e-4``), far below one int8 step of any activation range.
+  everywhere (GELU: ``<= 4.8e-4``), far below one int8 step of any activation range;
+* ``Elu`` -> ReLU + tanh / sigmoid form (:mod:`firmware_export.rewrite_onnx_elu`; exact);
+* float ``ReduceSum`` -> ``ReduceMean`` x count (:mod:`firmware_export.rewrite_onnx_reduce`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from firmware_export.rewrite_onnx_elu import rewrite_elu
+from firmware_export.rewrite_onnx_rank import lower_unit_rank5
+from firmware_export.rewrite_onnx_reduce import rewrite_reduce_sum
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,11 @@ def rewrite_onnx_ops(model: Any) -> list[str]:
     n_const = constants_to_initializers(model)
     done = [f"constants-as-initializers:{n_const}"] if n_const else []
     done += [f"scatternd-slice-concat:{n}" for n in rewrite_scatter_nd(model)]
+    lowered = lower_unit_rank5(model)
+    done += [f"rank5-unit-axis-as-rank4:{len(lowered)}"] if lowered else []
     done += [f"erf-tanh:{n}" for n in rewrite_erf(model)]
+    done += [f"elu-tanh-div:{n}" for n in rewrite_elu(model)]
+    done += [f"sum-as-mean-times-count:{n}" for n in rewrite_reduce_sum(model)]
     return done
 
 

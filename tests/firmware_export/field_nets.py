@@ -26,11 +26,16 @@ FRAME = 16  # DeepPhys input side (the paper uses 36; 16 keeps the test fast)
 
 
 class L1Mask(nn.Module):
-    """``H * W * g / (2 * ||g||_1)`` over each map's pixels."""
+    """``H * W * g / (2 * ||g||_1)`` over each map's pixels.
+
+    The norm is ``torch.linalg.vector_norm(ord=1)`` (ONNX ReduceL1, a SUM of ABS in TFLite),
+    so this net keeps a SUM whose int8 rounding differs between TFLM and LiteRT's reference
+    kernels (the export rewrites a plain ``sum`` to MEAN x count, which makes them agree).
+    """
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         h, w = g.shape[2:]
-        return h * w * g / (2 * g.abs().sum(dim=(2, 3), keepdim=True))
+        return h * w * g / (2 * torch.linalg.vector_norm(g, ord=1, dim=(2, 3), keepdim=True))
 
 
 class DeepPhysStyle(nn.Module):
