@@ -204,8 +204,17 @@ def twin(task: Task) -> Any:
     return rppg_twin(kw["frames"], kw["img_size"], kw["width"], epochs)
 
 
-def tfmot_row(task: Task, fit: dict[str, Any], nonzero: int, args: argparse.Namespace) -> dict:
-    """The TF-MOT route at ``nonzero`` non-zero params on the fit's board (cached per board)."""
+def tfmot_row(
+    task: Task,
+    fit: dict[str, Any],
+    nonzero: int,
+    args: argparse.Namespace,
+    cached_only: bool = False,
+) -> dict | None:
+    """The TF-MOT route at ``nonzero`` non-zero params on the fit's board (cached per board).
+
+    ``cached_only``: only a row already measured (None if there is none).
+    """
     from tfmot_route import export_twin, for_export, sparsity_for
 
     board, seed, profile = fit["board"], fit["seed"], fit["profile"]
@@ -213,6 +222,8 @@ def tfmot_row(task: Task, fit: dict[str, Any], nonzero: int, args: argparse.Name
     cached = root / f"{board}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
+    if cached_only:
+        return None
     spec, data = twin(task), bundle(task)
     sparsity = sparsity_for(spec.build(None), nonzero)
     start = time.perf_counter()
@@ -270,11 +281,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for name in args.tasks:
             task = tasks(args)[name]
             for board in args.boards:
+                done = Path(args.work) / name / board / f"seed{seed}" / "bench.json"
+                if args.cached and not done.is_file():
+                    continue
                 fit = run_fit(task, board, seed, args)
                 log.info("%s %s seed %d: fit %.0f s", name, board, seed, fit["seconds"])
                 if fit["fit"]["winner"] is not None and not args.no_tfmot:
                     nz = int(fit["chosen_report"]["nonzero_params"])
-                    fit["tfmot"] = tfmot_row(task, fit, nz, args)
+                    row = tfmot_row(task, fit, nz, args, args.cached)
+                    if row is not None:
+                        fit["tfmot"] = row
                 cells.setdefault((name, board), []).append(fit)
     for (name, board), cell in cells.items():
         print_table(tasks(args)[name], board, cell, args.criteria)
@@ -295,6 +311,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", default="fit_bench_work", help="cache of fits (resumable)")
     p.add_argument("--json", help="write every row here")
     p.add_argument("--no-tfmot", action="store_true", help="skip the TF-MOT rows")
+    p.add_argument("--cached", action="store_true", help="print the cells already measured")
     p.add_argument("--search-steps", type=int, default=3)
     p.add_argument("--de-pop", type=int, default=10)
     p.add_argument("--de-gens", type=int, default=10)
