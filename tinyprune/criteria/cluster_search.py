@@ -65,10 +65,18 @@ def _filters(model: nn.Module, layer: str) -> int:
     return int(out_first_weight(model.get_submodule(layer)).shape[0])
 
 
-def _memory_format(example: Any) -> torch.memory_format | None:
-    if isinstance(example, torch.Tensor) and example.is_floating_point():
-        return {4: torch.channels_last, 5: torch.channels_last_3d}.get(example.dim())
-    return None
+def _memory_format(example: Any, model: nn.Module) -> torch.memory_format | None:
+    """Channels-last for the input's rank, when every 4-D/5-D weight has that rank too.
+
+    A frame-stacked 2-D rPPG net takes 5-D clips but has 4-D conv weights: no format then
+    (``Module.to(memory_format=channels_last_3d)`` refuses 4-D weights).
+    """
+    if not (isinstance(example, torch.Tensor) and example.is_floating_point()):
+        return None
+    ranks = {p.dim() for p in model.parameters() if p.dim() in (4, 5)}
+    if ranks and ranks != {example.dim()}:
+        return None
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(example.dim())
 
 
 def _to_format(batches: Sequence[Any], fmt: torch.memory_format | None) -> list[Any]:
@@ -114,7 +122,7 @@ class PrunedEvaluator:
         widths = [sel.allowed_widths(g.size, round_to, 1) for g in self.graph.groups]
         zeros = [np.zeros(g.size) for g in self.graph.groups]
         self.counts = np.array(sel.select_uniform(zeros, self.cost, limits, widths).counts)
-        self.memory_format = _memory_format(example_input)
+        self.memory_format = _memory_format(example_input, model)
         self._memo: dict[tuple[Any, ...], Any] = {}
 
     def keep(self, crit: ClusterDECriterion) -> list[np.ndarray]:
