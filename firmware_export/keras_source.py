@@ -174,9 +174,20 @@ def _saved_model_outputs(
     name, spec = next(iter(specs.items()))
     shape = tuple(spec.shape.as_list())
     data = _check_calib(calib, shape, f"SavedModel {str(saved_model)!r}")
-    outs = sig(**{name: tf.constant(data)})
-    first = outs[sorted(outs)[0]]
-    return np.asarray(first.numpy(), dtype=np.float32), shape
+    # a signature with a fixed batch (a model built for batch 1, as TFLM runs it) takes the
+    # samples that many at a time
+    step = shape[0] or len(data)
+    if len(data) % step:
+        msg = (
+            f"the SavedModel takes batches of {step} samples; give a multiple of {step} "
+            f"calibration samples (got {len(data)})"
+        )
+        raise ConfigError(msg)
+    firsts = []
+    for i in range(0, len(data), step):
+        outs = sig(**{name: tf.constant(data[i : i + step])})
+        firsts.append(np.asarray(outs[sorted(outs)[0]].numpy(), dtype=np.float32))
+    return np.concatenate(firsts), shape
 
 
 def _export_saved_model(model: Any, dest: Path, major: int) -> None:

@@ -400,6 +400,13 @@ def _add_prune_training(p: argparse.ArgumentParser) -> None:
         "prune (0: keep the dense network's)",
     )
     p.add_argument("--seed", type=int, default=PRUNE.seed)
+    p.add_argument(
+        "--search-steps",
+        type=int,
+        default=PRUNE.search_steps,
+        metavar="N",
+        help="with a device profile: bisection steps of the search, one trial export each",
+    )
 
 
 def _add_demo(sub: Any) -> None:
@@ -714,6 +721,7 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
         seed=args.seed,
         round_to=args.round_to,
         bn_recalib=args.bn_recalib,
+        search_steps=args.search_steps,
         progress=sys.stderr.isatty(),
         criterion_options=parse_options(args.criterion_kw, "--criterion-kw"),
         finetune=FinetuneConfig(epochs=args.finetune_epochs, lr=args.finetune_lr),

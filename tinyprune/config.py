@@ -266,6 +266,8 @@ class PruneConfig:
         criterion_options: The criterion's hyperparameters (``tinyprune criteria -v``).
         finetune: Fine-tuning after the prune.
         de: ``cluster_de``'s search.
+        search_steps: Bisection steps of a ``target`` (device profile) search, each one trial
+            export, after the dense, latency-capped and smallest trials.
     """
 
     target_flops: float | None = None
@@ -282,9 +284,11 @@ class PruneConfig:
     criterion_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     de: DESearchConfig = dataclasses.field(default_factory=DESearchConfig)
+    search_steps: int = 4
 
     def __post_init__(self) -> None:
         lows = {"epochs": 0, "batch_size": 1, "seed": 0, "round_to": 1, "bn_recalib": 0}
+        lows["search_steps"] = 0
         _check_at_least("PruneConfig", dataclasses.asdict(self), lows)
         if not _is_number(self.lr) or self.lr <= 0:
             msg = f"--lr {self.lr!r} is invalid; expected a finite number > 0"

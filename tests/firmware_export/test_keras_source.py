@@ -143,6 +143,30 @@ def test_saved_model_dir_gives_the_same_model(
 
 
 @pytest.mark.tf
+def test_fixed_batch_saved_model_takes_its_samples_a_batch_at_a_time(
+    keras_file: tuple[Path, Any],
+    calib: np.ndarray,
+    converted: tuple[bytes, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """A SavedModel built for batch 1 (as TFLM runs it) gets every sample, one by one."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from firmware_export.keras_source import keras_to_int8
+
+    one = keras.Sequential([keras.layers.Input((8, 8, 3), batch_size=1), *keras_file[1].layers])
+    saved = tmp_path / "batch1"
+    tf.saved_model.save(one, str(saved))
+    _, reference = keras_to_int8(saved, calib)
+    np.testing.assert_allclose(reference, converted[1], rtol=1e-5, atol=1e-6)
+    two = keras.Sequential([keras.layers.Input((8, 8, 3), batch_size=2), *keras_file[1].layers])
+    tf.saved_model.save(two, str(tmp_path / "batch2"))
+    with pytest.raises(ConfigError, match="batches of 2 samples; give a multiple of 2"):
+        keras_to_int8(tmp_path / "batch2", calib[:3])
+
+
+@pytest.mark.tf
 def test_wrong_calibration_shape_is_rejected(keras_file: tuple[Path, Any]) -> None:
     from firmware_export.keras_source import keras_to_int8
 

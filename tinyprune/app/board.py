@@ -31,6 +31,10 @@ PRIMARY = {"classification": ("accuracy", True), "rppg": ("hr_mae", False)}
 def fit_board(model: ModelSpec, data: DataSpec, cfg: FitConfig, out: str | Path) -> dict[str, Any]:
     """Run every criterion's board fit, pick the best, export it; return the ``fit.json`` dict.
 
+    Under torchrun every replica trains each candidate together (DDP); rank 0 alone runs the
+    trial exports, decides what is already done, copies the winner's export and writes the
+    ``fit.*`` files, and every replica follows its answers.
+
     Raises:
         ConfigError: An unstructured criterion, bad profile, or no candidate fits at all.
     """
@@ -38,6 +42,8 @@ def fit_board(model: ModelSpec, data: DataSpec, cfg: FitConfig, out: str | Path)
     from tinyprune import criteria
     from tinyprune.app.runs import check_out_dir
     from tinyprune.criteria.base import Unstructured
+    from tinyprune.training import distributed
+    from tinyprune.training.loop import progress_bar
 
     out = Path(out)
     check_out_dir(out)
@@ -45,13 +51,27 @@ def fit_board(model: ModelSpec, data: DataSpec, cfg: FitConfig, out: str | Path)
         if isinstance(criteria.get(name), Unstructured):
             msg = f"fit compares structured criteria; {name!r} is unstructured (no MACs budget)"
             raise ConfigError(msg)
-    target = _target(cfg, out, load_profile(cfg.target))
-    dense = _dense_metric(model, data, cfg.prune, out)
-    rows = [_candidate(model, data, name, target, cfg.prune, out) for name in cfg.criteria]
+    profile = load_profile(cfg.target)
+    distributed.init_from_env()  # a no-op unless launched with torchrun
+    target = distributed.on_rank0(lambda: _target(cfg, out, profile))
+    with progress_bar(len(cfg.criteria) + 1, cfg.prune.progress, desc="fit", unit="run") as bar:
+        bar.set_postfix_str("dense")
+        dense = _dense_metric(model, data, cfg.prune, out)
+        rows = []
+        for name in cfg.criteria:
+            bar.update()
+            bar.set_postfix_str(name)
+            rows.append(_candidate(model, data, name, target, cfg.prune, out))
+        bar.update()
     result = choose(rows, dense, cfg.metric_drop)
+    result |= {"target": str(cfg.target), "model": model.to_dict(), "data": data.to_dict()}
+    return distributed.on_rank0(lambda: _finish(out, result, target))
+
+
+def _finish(out: Path, result: dict[str, Any], target: str) -> dict[str, Any]:
+    """Rank 0: the winner's export and the ``fit.*`` files."""
     if result["winner"] is not None:
         result["export"] = _export_winner(out, result["winner"], target)
-    result |= {"target": str(cfg.target), "model": model.to_dict(), "data": data.to_dict()}
     _write(out, result)
     return result
 
@@ -76,9 +96,10 @@ def _dense_metric(model: ModelSpec, data: DataSpec, cfg: PruneConfig, out: Path)
     """Train the dense network with the candidates' budget once; its metric is the reference."""
     from tinyprune.app.train import train_run
     from tinyprune.config import TrainRunConfig
+    from tinyprune.training import distributed
 
     run = out / "candidates" / "dense"
-    if not (run / "summary.json").is_file():
+    if not distributed.on_rank0(lambda: (run / "summary.json").is_file()):
         tc = TrainRunConfig(
             epochs=max(1, cfg.epochs),
             lr=cfg.lr,
@@ -96,9 +117,10 @@ def _candidate(
 ) -> dict[str, Any]:
     """One criterion's board fit (a prune run with ``--target``); resumable."""
     from tinyprune.app.prune import prune_run
+    from tinyprune.training import distributed
 
     run = out / "candidates" / name
-    if (run / "summary.json").is_file():
+    if distributed.on_rank0(lambda: (run / "summary.json").is_file()):  # all ranks agree
         log.info("fit: %s already done in %s", name, run)
         return _row(name, run, json.loads((run / "summary.json").read_text()))
     job = dataclasses.replace(
@@ -190,20 +212,26 @@ def _better(a: float, b: float, higher: bool) -> bool:
 
 
 def _export_winner(out: Path, winner: str, target: str) -> dict[str, Any]:
-    """Export the chosen network to ``OUT/export`` (the fixed artifact names)."""
-    from firmware_export import export
-    from tinyprune.app.sources import load_model
+    """The chosen network's export in ``OUT/export`` (the fixed artifact names).
 
-    run = out / "candidates" / winner
-    result = export(
-        load_model(str(run / "pruned.pt2")),
-        run / "calib.npy",
-        target=target,
-        out_dir=out / "export",
-    )
-    rep = result.typed_report
+    The candidate's own final check (``candidates/<winner>/export``, the same model, profile and
+    options) is copied; a candidate run without it (an older run) is exported again.
+    """
+    import shutil
+
+    from firmware_export.report_schema import ExportReport
+
+    run, dest = out / "candidates" / winner, out / "export"
+    if (run / "export" / "report.json").is_file():
+        shutil.copytree(run / "export", dest, dirs_exist_ok=True)
+    else:
+        from firmware_export import export
+        from tinyprune.app.sources import load_model
+
+        export(load_model(str(run / "pruned.pt2")), run / "calib.npy", target=target, out_dir=dest)
+    rep = ExportReport.load(dest)
     return {
-        "out_dir": str(result.out_dir),
+        "out_dir": str(dest),
         "flash_bytes": rep.flash_bytes,
         "arena_bytes": rep.arena_bytes,
         "fits": rep.fits,

@@ -34,10 +34,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FitSearch:
-    """The chosen MACs fraction and every export tried (fraction, fits, flash, arena)."""
+    """The chosen MACs fraction and every export tried (fraction, fits, flash, arena).
+
+    ``final``: when the dense network fits, its export (full calibration and verification) is
+    the final check: its figures and its files (:data:`EXPORT_FILES` key of the figures).
+    """
 
     fraction: float
     tried: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] | None = None
+
+
+#: Key of a final check's figures that holds the export's files (name -> bytes), which
+#: ``prune_run`` writes to ``RUN/export`` and ``tinyprune fit`` reuses for its winner.
+EXPORT_FILES = "_export_files"
 
 
 def smallest_fraction(model: nn.Module, example: Any, crit: Any, round_to: int) -> float:
@@ -76,9 +86,11 @@ class _Trial:
         self.profile, self.data, self.round_to = profile, data, round_to
         self.search = FitSearch(fraction=0.0)
         self.tolerate_errors = True
+        self.options: dict[str, Any] = dict(TRIAL_OPTIONS)
+        self.files: dict[str, bytes] = {}  # the last export's top-level files
 
     def __call__(self, fraction: float) -> Any:
-        from firmware_export import export
+        from firmware_export import ExportOptions, export
         from tinyprune.pruning.select import Budget
         from tinyprune.pruning.structured import prune_structured
 
@@ -102,6 +114,7 @@ class _Trial:
                     self.calib,
                     target=self.profile,
                     out_dir=Path(tmp) / "trial",
+                    options=ExportOptions(**self.options),
                     raise_on_budget=False,
                 )
             except ExportError as e:
@@ -112,6 +125,7 @@ class _Trial:
                 log.warning("fit search: export at %.4f of MACs failed (%s)", fraction, e)
                 self.search.tried.append({"fraction": fraction, "fits": False, "error": str(e)})
                 return None
+            self.files = {f.name: f.read_bytes() for f in res.out_dir.iterdir() if f.is_file()}
         rep = res.typed_report
         self.search.tried.append(
             {
@@ -119,10 +133,31 @@ class _Trial:
                 "fits": rep.fits,
                 "flash_bytes": rep.flash_bytes,
                 "arena_bytes": rep.arena_bytes,
+                "latency_ms": (res.report.get("latency_estimate") or {}).get("ms"),
             }
         )
         log.info("fit search: %s", self.search.tried[-1])
         return res
+
+
+def latency_cap(dense: Any, profile: str | Path) -> float:
+    """Largest MACs fraction whose latency estimate can meet the profile's limit (1.0: no limit).
+
+    The estimate is MACs x cycles per MAC / clock, linear in the MACs, so the dense export's
+    estimate bounds the fraction before any further export; a trial at the cap still checks it.
+    """
+    from firmware_export.budget import load_profile
+
+    limit = load_profile(profile).latency_ms
+    ms = (dense.report.get("latency_estimate") or {}).get("ms")
+    if limit is None or not ms:
+        return 1.0
+    return float(min(1.0, limit / ms))
+
+
+#: Export settings of a search trial. Flash and arena depend on the graph's shapes, not on the
+#: calibration or verification samples, so trials use few of each; the final check uses all.
+TRIAL_OPTIONS = {"calib_cap": 64, "verify_samples": 4}
 
 
 def largest_fitting_fraction(
@@ -140,6 +175,11 @@ def largest_fitting_fraction(
     between the largest fitting and the smallest failing trial, each step interpolated on the
     trials' budget use (:func:`~tinyprune.app.fit_search.next_fraction`).
 
+    Trials: the dense network; with a latency limit, the fraction that just meets it (the
+    estimate is linear in MACs), which ends the search when flash and RAM fit there too; the
+    smallest reachable network; then ``steps`` bisection steps between the largest fitting and
+    the smallest failing fraction.
+
     Args:
         model: The trained network (not changed).
         example: A batch for tracing.
@@ -148,22 +188,34 @@ def largest_fitting_fraction(
         profile: A device profile name or TOML path.
         data: Calibration batches for data-driven criteria.
         round_to: Kept widths are multiples of this.
-        steps: Bisection steps after the dense and the smallest trial.
+        steps: Bisection steps after the dense, latency-capped and smallest trials.
 
     Raises:
         BudgetExceededError: Even the smallest reachable network does not fit; the message
             gives its fraction, flash and arena against the profile's limits.
     """
     trial = _Trial(model, example, crit, calib, profile, data, round_to)
+    trial.options = {}  # the dense export is the final check when it fits: all samples
     dense = trial(1.0)
+    trial.options = dict(TRIAL_OPTIONS)
     if dense is not None and dense.fits:
         trial.search.fraction = 1.0
+        trial.search.final = _final_figures(dense, trial.files)
         return trial.search
+    hi = latency_cap(dense, profile) if dense is not None else 1.0
     lo = smallest_fraction(model, example, crit, round_to) * (1 + 1e-9)
+    capped = None
+    if lo < hi < 1.0:
+        capped = trial(hi)
+        if capped is not None and capped.fits:
+            trial.search.fraction = hi
+            return trial.search
     trial.tolerate_errors = False  # the smallest network must export: its error is the answer
     res = trial(min(lo, 1.0))
     trial.tolerate_errors = True
     seen = {lo: budget_use(res), 1.0: budget_use(dense)}  # fraction -> largest used/limit
+    if capped is not None:
+        seen[hi] = budget_use(capped)
     if not res.fits:
         msg = (
             f"the model cannot fit {profile}: even the smallest reachable network (every "
@@ -172,7 +224,6 @@ def largest_fitting_fraction(
             "round_to/min_channels." + ram_floor_note(res.report)
         )
         raise BudgetExceededError(msg, result=res)
-    hi = 1.0
     for _ in range(steps):
         mid = next_fraction(lo, hi, seen)
         got = trial(mid)
@@ -213,13 +264,25 @@ def fit_profile_job(
     example = next(iter(loaders.train))[0][:2]
     search = distributed.on_rank0(
         lambda: largest_fitting_fraction(
-            model, example, crit, calib, target, data=loaders.train, round_to=cfg.round_to
+            model,
+            example,
+            crit,
+            calib,
+            target,
+            data=loaders.train,
+            round_to=cfg.round_to,
+            steps=cfg.search_steps,
         )
     )
     out["target"] = {"profile": str(target), "fraction": search.fraction, "tried": search.tried}
     if search.fraction < 1.0:
         out |= prune_structured_job(model, bundle, criterion, Budget(search.fraction), cfg)
-    final = distributed.on_rank0(lambda: _final_check(model, example, calib, target, cfg, search))
+    final = search.final  # the dense export, when nothing was pruned
+    if final is None:
+        final = distributed.on_rank0(
+            lambda: _final_check(model, example, calib, target, cfg, search)
+        )
+    out[EXPORT_FILES] = final.pop(EXPORT_FILES)
     out["target"] |= final
     return out
 
@@ -229,7 +292,7 @@ def _final_check(
 ) -> dict[str, Any]:
     """Export the fine-tuned model once more; raise BudgetExceededError if it does not fit."""
     checker = _Trial(model, example, None, calib, target, None, s.round_to)
-    checker.tolerate_errors = False
+    checker.tolerate_errors, checker.options = False, {}  # the full calibration and verification
     final = checker(1.0)
     if not final.fits:
         msg = (
@@ -237,11 +300,15 @@ def _final_check(
             f"{_budget_rows(final.report)} (the search chose {search.fraction:.1%} of MACs)"
         )
         raise BudgetExceededError(msg, result=final)
-    rep = final.report
-    latency = (rep.get("latency_estimate") or {}).get("ms")
+    return _final_figures(final, checker.files)
+
+
+def _final_figures(result: Any, files: dict[str, bytes]) -> dict[str, Any]:
+    rep = result.report
     return {
         "flash_bytes": rep["flash_bytes"],
         "arena_bytes": rep["arena_bytes"],
-        "latency_ms": latency,
+        "latency_ms": (rep.get("latency_estimate") or {}).get("ms"),
         "fits": True,
+        EXPORT_FILES: dict(files),
     }

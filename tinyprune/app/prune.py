@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from tinyprune import criteria
+from tinyprune.app.fit import EXPORT_FILES
 from tinyprune.app.jobs import PruneJob, prune_structured_job, unstructured_job
 from tinyprune.app.runs import (
     RunFiles,
@@ -63,8 +64,9 @@ def prune_run(
         bundle.calibration_batches(min(128, len(bundle.train)), seed=cfg.seed), net
     )
     summary |= _dispatch(net, bundle, criterion, crit, cfg, calib)
+    exported = summary.pop(EXPORT_FILES, None)
     record = PruneSummary.from_parts(summary)
-    return save_run(
+    files = save_run(
         Path(out),
         net,
         {"name": loaded.name, "source": spec.source},
@@ -73,6 +75,20 @@ def prune_run(
         program_name="pruned.pt2",
         config={"prune": cfg.to_dict(), "model": spec.to_dict(), "data": data.to_dict()},
     )
+    if exported and distributed.is_main():
+        _write_export(Path(out) / "export", exported)
+    distributed.barrier()
+    return files
+
+
+def _write_export(folder: Path, files: dict[str, bytes]) -> None:
+    """``--target``: the final check's verified export of the pruned network (``RUN/export``)."""
+    from tinyprune.fileio import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(data)
 
 
 def _dispatch(

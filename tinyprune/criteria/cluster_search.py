@@ -66,14 +66,15 @@ def _filters(model: nn.Module, layer: str) -> int:
 
 
 def _memory_format(example: Any, model: nn.Module) -> torch.memory_format | None:
-    """Channels-last (3-D) when the input and every conv weight have that rank, else None.
+    """Channels-last for the input's rank, when every 4-D/5-D weight has that rank too.
 
-    A frame-stacked 2-D rPPG net takes 5-D clips too; its 4-D weights refuse the 3-D format.
+    A frame-stacked 2-D rPPG net takes 5-D clips but has 4-D conv weights: no format then
+    (``Module.to(memory_format=channels_last_3d)`` refuses 4-D weights).
     """
     if not (isinstance(example, torch.Tensor) and example.is_floating_point()):
         return None
-    ranks = {m.weight.dim() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)}
-    if ranks != {example.dim()}:
+    ranks = {p.dim() for p in model.parameters() if p.dim() in (4, 5)}
+    if ranks and ranks != {example.dim()}:
         return None
     return {4: torch.channels_last, 5: torch.channels_last_3d}.get(example.dim())
 

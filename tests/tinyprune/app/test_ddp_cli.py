@@ -64,3 +64,51 @@ def test_unfittable_profile_under_torchrun_fails_on_every_rank(
     assert proc.returncode != 0
     assert proc.stderr.count("cannot fit") >= 2, proc.stderr[-3000:]  # both ranks say why
     assert not (tmp_path / "run").exists()
+
+
+# micro_cnn (width 8): the dense latency estimate (about 44,000 MACs x 4 cycles at 64 MHz) is
+# about 2.7 ms; a 1.5 ms limit binds, so each candidate is pruned at rank 0's chosen fraction.
+SLOW_BOARD = """name = "slow-board"
+runtime = "tflm"
+flash_bytes = 1048576
+ram_bytes = 1048576
+clock_mhz = 64
+cycles_per_mac = 4.0
+latency_ms = 1.5
+runtime_flash_bytes = 0
+"""
+
+
+@pytest.mark.tf
+@pytest.mark.timeout(900)  # two criteria, six exports, then the resumed run
+def test_fit_under_torchrun_fits_agrees_and_resumes(tmp_path: Path, torchrun: Any) -> None:
+    """Rank 0 exports and writes; both replicas prune every candidate alike; a re-run resumes."""
+    board = tmp_path / "slow.toml"
+    board.write_text(SLOW_BOARD)
+    out = tmp_path / "fit"
+    args = ["fit", "zoo:micro_cnn", "--data", "digits", "--target", str(board)]
+    args += ["--criteria", "l1,random", "--epochs", "1", "--finetune-epochs", "1"]
+    args += ["--lr", "3e-3", "--search-steps", "1", "--out", str(out)]
+    proc = torchrun("tinyprune.cli", *args, cwd=tmp_path, timeout=700)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit = json.loads((out / "fit.json").read_text())
+    fitting = [r for r in fit["candidates"] if r["fits"]]
+    assert len(fitting) == 2 and all(r["latency_ms"] <= 1.5 for r in fitting)
+    best = max(fitting, key=lambda r: r["metric"]["accuracy"])
+    assert fit["winner"] == best["criterion"]
+    report = json.loads((out / "export" / "report.json").read_text())
+    assert report["budget_ok"] and report["flash_bytes"] == best["flash_bytes"]
+    for r in fitting:  # the replicas pruned to rank 0's fraction: the saved widths say so
+        summary = json.loads((Path(r["run"]) / "summary.json").read_text())
+        assert summary["target"]["fraction"] < 1.0 and summary["target"]["fits"]
+        state, _, _ = load_checkpoint(Path(r["run"]) / "checkpoint.pt")
+        for name, idx in summary["prune"]["keep"].items():
+            assert state[f"{name}.weight"].shape[0] == len(idx)
+    assert not list(out.rglob(".*.tmp*"))  # nothing half-written by a second writer
+    stamps = {r["criterion"]: (Path(r["run"]) / "pruned.pt2").stat().st_mtime_ns for r in fitting}
+    again = torchrun("tinyprune.cli", *args, cwd=tmp_path, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {
+        r["criterion"]: (Path(r["run"]) / "pruned.pt2").stat().st_mtime_ns for r in fitting
+    } == stamps  # resumed: no candidate redone
+    assert json.loads((out / "fit.json").read_text())["winner"] == fit["winner"]

@@ -45,3 +45,37 @@ def test_target_excludes_a_flops_budget(tmp_path: Path) -> None:
 def test_target_with_an_unstructured_criterion_is_a_usage_error(tmp_path: Path, capsys) -> None:
     assert main(prune_argv("wgj", tmp_path / "r", "--target", "cortex-m4")) == 2
     assert "structured criterion" in capsys.readouterr().err
+
+
+# micro_cnn (width 8): about 44,000 MACs; at 64 MHz and 4 cycles per MAC the dense estimate is
+# about 2.7 ms, so a 1.5 ms limit binds while flash and RAM are plentiful.
+LATENCY_PROFILE = """name = "slow-board"
+runtime = "tflm"
+flash_bytes = 1048576
+ram_bytes = 1048576
+clock_mhz = 64
+cycles_per_mac = 4.0
+latency_ms = 1.5
+runtime_flash_bytes = 0
+"""
+
+
+@pytest.mark.tf
+def test_latency_limit_caps_the_fraction_before_bisection(tmp_path: Path) -> None:
+    """The latency estimate is linear in MACs: the cap is the answer, found with 2 exports."""
+    board = tmp_path / "slow.toml"
+    board.write_text(LATENCY_PROFILE)
+    out = tmp_path / "run"
+    args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1", "--epochs", "1"]
+    args += ["--finetune-epochs", "1", "--lr", "3e-3", "--target", str(board), "--out", str(out)]
+    assert main(args) == 0
+    target = json.loads((out / "summary.json").read_text())["target"]
+    dense, capped = target["tried"]  # exactly two trial exports: dense, then the cap
+    assert not dense["fits"] and dense["latency_ms"] > 1.5
+    assert capped["fits"] and capped["fraction"] == pytest.approx(1.5 / dense["latency_ms"])
+    assert target["fraction"] == capped["fraction"] and target["latency_ms"] <= 1.5
+    assert target["latency_ms"] > 0.9 * 1.5  # the cap is tight, not a timid under-shoot
+    # the final check's verified export is kept in RUN/export, the same figures as the summary
+    report = json.loads((out / "export" / "report.json").read_text())
+    assert report["flash_bytes"] == target["flash_bytes"] and report["budget_ok"]
+    assert (out / "export" / "model_data.h").is_file()

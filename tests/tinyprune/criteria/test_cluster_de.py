@@ -223,3 +223,16 @@ def test_transposed_conv_clusters_are_counted_on_its_output_channels() -> None:
     a = ev.member_scores(ClusterDECriterion(k_per_layer=(("3", 9),)), slot)
     b = ev.member_scores(ClusterDECriterion(k_per_layer=(("3", 14),)), slot)
     assert not torch.equal(a[0], b[0])  # 9 and 14 clusters of 16 filters rank them differently
+
+
+def test_evaluator_builds_a_frame_stacked_net_fed_5d_clips() -> None:
+    """A 2-D rPPG net takes 5-D clips but has 4-D weights: no channels_last_3d (it would raise)."""
+    from tinyprune.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_physnet_2p1d").eval()
+    clips = torch.randn(2, 3, 8, 16, 16)
+    evaluator = PrunedEvaluator(model, clips, Budget(target_flops=0.5), round_to=1)
+    first = evaluator.graph.groups[0].members[0].name
+    pruned = evaluator.pruned(ClusterDECriterion(k_per_layer=((first, 2),)))
+    assert pruned(clips).shape == (2, 8)
