@@ -159,6 +159,27 @@ def _split(names: list[Any], train_fraction: float) -> tuple[list[Any], list[Any
     return names[:k], names[k:]
 
 
+def preprocessing_info(cfg: PreprocessConfig, fs: float, detect: bool) -> dict[str, Any]:
+    """What a runtime must do to a video to give these clips (``info["preprocessing"]``).
+
+    Keys are those of :class:`tinyprune.runtime.contract.PreprocessingContract` (the layout is
+    the model's, added by the caller). ``detect`` is False only when the clips are centre crops
+    of the frame; crop-mode synthetic clips are face-centred with the training crop rule.
+    """
+    return {
+        "task": "rppg",
+        "frames": cfg.chunk,
+        "height": cfg.size,
+        "width": cfg.size,
+        "channels": 3 * len(cfg.data_types),
+        "data_types": list(cfg.data_types),
+        "fs": float(fs),
+        "label_type": cfg.label_type,
+        "enlarge": cfg.enlarge,
+        "detect": detect,
+    }
+
+
 def _rppg_bundle(
     name: str,
     train: ClipDataset,
@@ -171,9 +192,8 @@ def _rppg_bundle(
     if len(train) == 0:
         msg = f"{name}: no training clip of {cfg.chunk} frames; use shorter chunks or more video"
         raise ConfigError(msg)
-    return DataBundle(
-        name, "rppg", train, test, test, shape, None, train.fs, extras or {}, info or {}
-    )
+    info = {**(info or {}), "preprocessing": preprocessing_info(cfg, train.fs, cfg.detect)}
+    return DataBundle(name, "rppg", train, test, test, shape, None, train.fs, extras or {}, info)
 
 
 @DATASETS.register("pure", help="PURE folder (ss-tt/ss-tt/*.png + ss-tt.json)")
@@ -348,6 +368,8 @@ def build_synthetic_rppg(path: str | None = None, **options: Any) -> DataBundle:
         "n_test": n_test,
         "clips_per_video": clips_per_video,
         "nuisances": list(nuisances),
+        # crop mode renders the face box (crop / 1.5) centred: the 1.5x training crop rule
+        "preprocessing": preprocessing_info(cfg, fs, detect=True),
     }
     return DataBundle("synthetic-rppg", "rppg", train, val, test, shape, None, fs, extras, info)
 

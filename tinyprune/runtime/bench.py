@@ -108,6 +108,7 @@ def _torch_row(folder: Path, min_s: float, threads: int) -> dict[str, Any] | Non
     except ImportError:
         return None
     from tinyprune.app.sources import load_model
+
     module = load_model(str(pt2)).module
     torch.set_num_threads(threads)
     x = torch.randn(1, *module.input_shape) if hasattr(module, "input_shape") else None

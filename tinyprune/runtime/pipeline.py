@@ -124,7 +124,10 @@ class RppgPipeline:
             msg = "the source gave no frames"
             raise ConfigError(msg)
         bvp = self._bvp(ola, trace, fs, None)
-        return self._summary(bvp, fs, readings, n, elapsed)
+        result = self._summary(bvp, fs, readings, n, elapsed)
+        if c is not None:
+            result["preprocessing"] = c.to_dict()
+        return result
 
     def _bvp(
         self, ola: OverlapAdd, trace: list[np.ndarray], fs: float, last_s: float | None
