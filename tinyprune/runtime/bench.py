@@ -9,6 +9,7 @@ rate of the rPPG pipeline (decode, face box, preprocessing, inference, HR) and t
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -40,20 +41,29 @@ def time_interleaved(
 
     On a shared machine the load drifts; interleaving gives every runtime the same share of
     it, so their ratios hold even when the absolute figures move. Each runner gets at least
-    ``min_calls`` calls and ``min_s`` seconds in total.
+    ``min_calls`` calls and ``min_s`` seconds in total. Per runner: median wall latency,
+    throughput, and the median CPU time of this process per call (``cpu_ms``: what a call
+    costs when it has a core to itself; for one thread it does not grow with other load).
     """
     for _, _, fn in runners:
         for _ in range(3):
             fn()
     times: list[list[float]] = [[] for _ in runners]
+    cpu: list[list[float]] = [[] for _ in runners]
     while min(len(t) for t in times) < min_calls or min(sum(t) for t in times) < min_s:
         for k, (_, _, fn) in enumerate(runners):
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
     return [
-        {"latency_ms": 1000 * statistics.median(t), "per_s": len(t) / sum(t), "calls": len(t)}
-        for t in times
+        {
+            "latency_ms": 1000 * statistics.median(t),
+            "per_s": len(t) / sum(t),
+            "cpu_ms": 1000 * statistics.median(c),
+            "calls": len(t),
+        }
+        for t, c in zip(times, cpu, strict=True)
     ]
 
 
@@ -140,6 +150,7 @@ def _end_to_end(path: Path, video: str | None, threads: int) -> dict[str, Any] |
         "runtime": "end to end (decode, face, preprocess, LiteRT, HR)",
         "threads": threads,
         "frames_per_s": result["frames_per_s"],
+        "frames_per_cpu_s": result["frames"] / result["cpu_s"] if result["cpu_s"] else None,
         "frames": result["frames"],
         "profile_ms_per_frame": result["profile_ms_per_frame"],
     }
@@ -177,6 +188,8 @@ def bench_runtime(
         "ratios": _ratios(rows),
         "end_to_end": e2e,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "cpus": os.cpu_count(),
     }
 
 
@@ -196,12 +209,13 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"model {result['model']}  input {tuple(result['input_shape'])}",
         "",
-        "| runtime | threads | latency (ms, median) | inferences/s |",
-        "|---|---|---|---|",
+        "| runtime | threads | latency (ms, median) | inferences/s | CPU ms per inference |",
+        "|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['runtime']} | {r['threads']} | {r['latency_ms']:.3f} | {r['per_s']:.0f} |"
+            f"| {r['runtime']} | {r['threads']} | {r['latency_ms']:.3f} | {r['per_s']:.0f} "
+            f"| {r['cpu_ms']:.3f} |"
         )
     for k, v in result.get("ratios", {}).items():
         lines.append(f"\n{k.replace('_', ' ')}: {v:.2f}x (1 thread, same run)")
@@ -209,10 +223,17 @@ def format_table(result: dict[str, Any]) -> str:
     if e2e:
         lines.append(
             f"\nend to end, 1 thread: {e2e['frames_per_s']:.0f} frames/s "
-            f"over {e2e['frames']} frames; ms per frame: "
+            f"({e2e['frames_per_cpu_s']:.0f} frames per CPU second) "
+            f"over {e2e['frames']} frames; wall ms per frame: "
             + ", ".join(f"{k} {v:.2f}" for k, v in e2e["profile_ms_per_frame"].items())
         )
     else:
         lines.append("\nend to end: skipped (give --video FILE with an rPPG model)")
     lines.append(f"peak RSS: {result['peak_rss_mb']:.0f} MB")
+    load = result.get("load_average")
+    if load:
+        lines.append(
+            f"load average {load[0]:.1f} on {result.get('cpus')} CPUs while measuring (other "
+            "processes share them: compare the ratios, measured round-robin in this run)"
+        )
     return "\n".join(lines)

@@ -144,7 +144,7 @@ class RppgPipeline:
         state = _Stream(OverlapAdd(), [], WindowBuffer(c.frames, self.stride) if c else None)
         readings: list[Reading] = []
         every, next_at, n = max(1, round(self.hr_every_s * fs)), round(MIN_HR_S * fs), 0
-        clock = StageClock()
+        clock, cpu0 = StageClock(), time.process_time()
         for n, frame in enumerate(frames, start=1):
             clock.lap("decode")
             box = tracker(frame)
@@ -161,6 +161,7 @@ class RppgPipeline:
         bvp = self._bvp(state.ola, state.trace, fs, None)
         result = self._summary(bvp, fs, readings, n, clock.total())
         result["profile_ms_per_frame"] = clock.per_frame_ms(n)
+        result["cpu_s"] = time.process_time() - cpu0  # this process's CPU time: load-proof
         if c is not None:
             result["preprocessing"] = c.to_dict()
         return result
