@@ -55,10 +55,11 @@ SETS = {
 }
 SEEDS = {"bench": 900, "held-out": 1900}
 FRAMES = {"tscan": 10, "physnet_2p1d": 32}
-#: Training budget per net (synthetic videos, clips per video, epochs). physnet_2p1d's 32-frame
-#: clips give few optimizer steps: at 8 videos x 3 clips x 8 epochs (24 steps) it had learned
-#: nothing (one fixed waveform per window, read as 56 bpm on every video).
-RECIPES = {"tscan": (8, 12, 8), "physnet_2p1d": (16, 8, 30)}
+#: Training budget per net (synthetic videos, clips per video, epochs). physnet_2p1d learns
+#: nothing here that reads these videos (one fixed waveform per window): larger budgets tried
+#: (16 x 8 clips x 30 epochs; 12 x 2 x 12 at lr 3e-3 with 32 or 64 frames, noisy or clean
+#: training videos) read 23-38 bpm MAE on the bench set too, so it keeps the short budget.
+RECIPES = {"tscan": (8, 12, 8), "physnet_2p1d": (8, 3, 8)}
 UNSUPERVISED = ("pos", "chrom", "green")
 
 
@@ -208,15 +209,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=30.0, help="seconds per fixture video")
     p.add_argument("--calib", type=int, default=32)
     p.add_argument("--skip-export", action="store_true")
+    p.add_argument(
+        "--fixtures", type=Path, help="keep the fixture videos here (reused when complete)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = args.fixtures or Path(tmp)
         n = sum(len(v) for v in SETS.values())
-        zoo_bench.log(f"writing {n} PURE + {n} UBFC fixture videos ...")
-        write_fixtures(root, args.duration)
+        if (root / "complete").is_file():
+            zoo_bench.log(f"reusing the fixture videos in {root}")
+        else:
+            zoo_bench.log(f"writing {n} PURE + {n} UBFC fixture videos ...")
+            write_fixtures(root, args.duration)
+            (root / "complete").write_text(f"{args.duration}\n")
         for set_name in SETS:
             for fmt in ("PURE", "UBFC"):
                 for m, v in unsupervised_mae(root / set_name, fmt).items():
