@@ -154,3 +154,13 @@ def test_infer_refuses_an_export_whose_run_disagrees(run: Path, exported: Path, 
     (copy / "summary.json").write_text(json.dumps(summary))
     assert main(["infer", str(copy), "--video", str(_video(tmp_path / "v.avi"))]) == 2
     assert "record different preprocessing contracts" in capsys.readouterr().err
+
+
+def test_prune_records_the_contract_too(tmp_path) -> None:
+    out = tmp_path / "pruned"
+    argv = ["prune", MODEL, "--data", "synthetic-rppg", "--criterion", "l1", "--out", str(out)]
+    budget = ["--target-flops", "0.9", "--round-to", "1", "--epochs", "1", "--finetune-epochs", "1"]
+    assert main([*argv, *budget]) == 0
+    want = create_model("test_tscan").preprocessing.to_dict()
+    assert _contract(out / "summary.json") == want
+    assert tomllib.loads((out / "config.toml").read_text())["preprocessing"] == want
