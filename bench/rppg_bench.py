@@ -130,19 +130,24 @@ def unsupervised_mae(root: Path, fmt: str) -> dict[str, float]:
     return {m: mae(p, ref) for m, p in preds.items()}
 
 
-def int8_rpi4(model: torch.nn.Module, calib: np.ndarray, out: Path) -> bytes | None:
-    """Export for ``rpi4`` (LiteRT int8); None when the export extra is not installed."""
+def int8_rpi4(model: torch.nn.Module, calib: np.ndarray, out: Path) -> bytes | str | None:
+    """Export for ``rpi4`` (LiteRT int8); None without the export extra, the reason if refused."""
     if importlib.util.find_spec("onnx2tf") is None:
         return None
     from firmware_export import ExportOptions, export
+    from tinyprune.errors import VerificationError
 
-    export(
-        model.eval(),
-        calib,
-        target="rpi4",
-        out_dir=out,
-        options=ExportOptions(calib_cap=len(calib), verify_samples=8),
-    )
+    try:
+        export(
+            model.eval(),
+            calib,
+            target="rpi4",
+            out_dir=out,
+            options=ExportOptions(calib_cap=len(calib), verify_samples=8),
+        )
+    except VerificationError as e:  # a net whose output ignores its input fails the gate
+        zoo_bench.log(f"  export refused: {e}")
+        return "export refused (verification)"
     return (out / "model_int8.tflite").read_bytes()
 
 
@@ -196,7 +201,8 @@ def bench_model(name: str, root: Path, args: argparse.Namespace, out: Path) -> l
             ds = clips(root / set_name, fmt, name)
             x = zoo_bench.stacked(ds.x)
             f_mae, lab = score(zoo_bench.torch_outputs(model, x), ds)
-            i8 = "n/a" if tfl is None else f"{score(run_int8(tfl, x), ds)[0]:.2f}"
+            i8 = tfl if not isinstance(tfl, bytes) else f"{score(run_int8(tfl, x), ds)[0]:.2f}"
+            i8 = "n/a" if i8 is None else i8
             row = [name, set_name, fmt, seconds_label, f"{f_mae:.2f}", i8, f"{lab:.2f}"]
             rows.append(row)
     return rows
