@@ -10,9 +10,11 @@ reachable (``__has_include``) or already included.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tinyprune.errors import ConfigError, UnsupportedOpError
 
@@ -518,3 +520,48 @@ def c_array_bytes(source: str) -> bytes:
         msg = f"array holds {len(data)} bytes but its _len constant says {n.group(1)}"
         raise ConfigError(msg)
     return data
+
+
+def preprocessing_lines(camel: str, contract: Mapping[str, Any]) -> list[str]:
+    """Header comment and ``k<Name>Preproc*`` constants of the model's input contract.
+
+    ``contract`` is the JSON form of ``tinyprune.runtime.contract.PreprocessingContract``
+    (frames, face size, data types, layout, frame rate, label type, crop rule): what firmware
+    must feed the model, as ``report.json["preprocessing"]`` records it.
+    """
+    lines = [
+        "// Preprocessing contract: the input this model was trained on (build it the same way)."
+    ]
+    lines += [f"//   {k}: {_one_line(json.dumps(v))}" for k, v in contract.items()]
+    p = f"k{camel}Preproc"
+    for key in ("frames", "height", "width", "channels"):
+        if isinstance(contract.get(key), int):
+            lines.append(f"constexpr int {p}{key.capitalize()} = {contract[key]};")
+    for key, name in (("fs", "Fps"), ("enlarge", "Enlarge")):
+        if isinstance(contract.get(key), int | float):
+            lines.append(f"constexpr float {p}{name} = {_float_literal(float(contract[key]))};")
+    if isinstance(contract.get("detect"), bool):
+        lines.append(f"constexpr bool {p}Detect = {str(contract['detect']).lower()};")
+    for key, name in (("data_types", "DataTypes"), ("layout", "Layout"), ("label_type", "Label")):
+        value = contract.get(key)
+        if isinstance(value, str | list | tuple):
+            text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+            lines.append(f"constexpr char {p}{name}[] = {json.dumps(_one_line(text))};")
+    return lines
+
+
+def with_preprocessing(sources: CSource, name: str, contract: Mapping[str, Any]) -> CSource:
+    """``sources`` whose header also documents ``contract`` (just before its include guard end).
+
+    Args:
+        sources: What :func:`to_c_source` rendered for the model called ``name``.
+        name: The model name given to :func:`to_c_source` (``CModelInfo.name``).
+        contract: The input contract (see :func:`preprocessing_lines`).
+    """
+    ident = sanitize_identifier(name)
+    end = f"#endif  // {ident.upper()}_MODEL_DATA_H_"
+    if end not in sources.header:
+        msg = f"header of {name!r} has no include-guard end {end!r}; render it with to_c_source"
+        raise ConfigError(msg)
+    block = "\n".join(preprocessing_lines(camel_name(ident), contract))
+    return CSource(sources.header.replace(end, f"{block}\n\n{end}"), sources.source)

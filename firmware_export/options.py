@@ -6,7 +6,9 @@ Torch- and TensorFlow-free, so ``tinyprune --help`` stays fast.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tinyprune.errors import ConfigError
 
@@ -37,6 +39,8 @@ class ExportOptions:
     trust_model_code: bool = False  # load Keras models whose layers carry code (Lambda...)
     output: int | None = None  # export only this output of a multi-output model (--output)
     min_centred_cosine: float | None = None  # centred int8 vs float cosine floor (None: min_cosine)
+    # the model's input contract (JSON form): report.json["preprocessing"] + a header block
+    preprocessing: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         """Reject values that make no sense before any slow stage runs."""

@@ -24,6 +24,7 @@ from torch import nn
 from firmware_export import calibration as calib_io
 from firmware_export import publish as publishing
 from firmware_export.budget import DeviceProfile, load_profile
+from firmware_export.c_array import with_preprocessing
 from firmware_export.checks import precheck_module
 from firmware_export.export_onnx import export_onnx, load_onnx
 from firmware_export.layer_names import layer_names_of, module_names
@@ -173,9 +174,14 @@ def _run_stages(
     done = analyze_and_report(inputs, opts, timer)
     if done.model_bytes != inputs.model_bytes:  # the offline memory plan was embedded
         (work / "model_int8.tflite").write_bytes(done.model_bytes)
-    if done.sources is not None:
-        (work / "model_data.h").write_text(done.sources.header)
-        (work / "model_data.cc").write_text(done.sources.source)
+    sources = done.sources
+    if opts.preprocessing is not None:
+        done.report["preprocessing"] = dict(opts.preprocessing)
+        if sources is not None:
+            sources = with_preprocessing(sources, inputs.name, opts.preprocessing)
+    if sources is not None:
+        (work / "model_data.h").write_text(sources.header)
+        (work / "model_data.cc").write_text(sources.source)
         files |= {"header": "model_data.h", "source": "model_data.cc"}
     if profile.runtime == "litert" and done.analysis.density < SPARSE_DENSITY_MAX:
         files |= _sparse_variant(work, inputs, samples, opts, timer, done.report)

@@ -7,6 +7,7 @@ measured arena, budget (exit 3) and the report files.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -55,11 +56,24 @@ def report_existing(
     )
     done = analyze_and_report(inputs, opts, timer)
     report = done.report
+    contract = opts.preprocessing or _recorded_preprocessing(tflite.parent)
+    if contract is not None:  # the export's record of the model's input survives a re-check
+        report["preprocessing"] = dict(contract)
     paths = _write(out, done)
     result = ExportResult(out, paths, report, dict(timer.times))
     if raise_on_budget:
         raise_if_over_budget(result, profile.name)
     return result
+
+
+def _recorded_preprocessing(folder: Path) -> dict[str, object] | None:
+    """``report.json["preprocessing"]`` already beside the model (None: absent or unreadable)."""
+    try:
+        doc = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = doc.get("preprocessing") if isinstance(doc, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def _write(out: Path, done: Analysed) -> dict[str, Path]:

@@ -169,10 +169,23 @@ def _add_export(sub: Any) -> None:
     )
     p.add_argument(
         "model",
-        help="zoo:NAME, file.py:factory, package.module:factory, .pt2, .onnx, "
+        help="run folder, zoo:NAME, file.py:factory, package.module:factory, .pt2, .onnx, "
         "or a Keras .keras/.h5 file or SavedModel folder (calibration NHWC)",
     )
-    p.add_argument("--calib", required=True, help=".npy float32 samples, (N,C,H,W) or (N,C,T,H,W)")
+    calib = p.add_mutually_exclusive_group(required=True)
+    calib.add_argument("--calib", help=".npy float32 samples, (N,C,H,W) or (N,C,T,H,W)")
+    calib.add_argument(
+        "--calib-from",
+        metavar="RUN_or_DATA",
+        help="draw the calibration samples from a run folder's data set (with the run's "
+        "preprocessing contract) or a data spec (synthetic-rppg, pure:/path, ...)",
+    )
+    p.add_argument(
+        "--data-kw",
+        action="append",
+        metavar="KEY=VALUE",
+        help="data set option for --calib-from, repeatable",
+    )
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--calib-cap", type=int, default=d.calib_cap, help="most calibration samples")
     p.add_argument(
@@ -280,7 +293,8 @@ def _add_eval(sub: Any) -> None:
         "--data-kw",
         action="append",
         metavar="KEY=VALUE",
-        help="data set option with --data, repeatable (e.g. --data-kw size=16)",
+        help="data set option, repeatable (e.g. --data-kw size=16); on a run folder without "
+        "--data, on top of the run's own options",
     )
     p.add_argument(
         "--split", default=EVAL.split, help="test, val, train or an extra set (e.g. real_ppg)"
@@ -590,14 +604,19 @@ def _run_job(job: Any, args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``tinyprune export``."""
-    from tinyprune.app.export import export_model
+    from tinyprune.app.export import CalibFrom, export_model
 
     opts = _export_options(
         args, calib_cap=args.calib_cap, verify_samples=args.verify_samples, output=args.output
     )
+    options = parse_options(args.data_kw, "--data-kw")
+    if options and not args.calib_from:
+        msg = "--data-kw applies to --calib-from RUN_or_DATA; a .npy has no data options"
+        raise ConfigError(msg)
+    calib = CalibFrom(args.calib_from, options) if args.calib_from else args.calib
     return _run_job(
         lambda on_stage: export_model(
-            args.model, args.calib, args.target, args.out, options=opts, on_stage=on_stage
+            args.model, calib, args.target, args.out, options=opts, on_stage=on_stage
         ),
         args,
     )
@@ -696,10 +715,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tinyprune.app.evaluate import eval_run
     from tinyprune.config import DataSpec
 
-    if args.data_kw and not args.data:
-        msg = "--data-kw needs --data (a run folder's own data options are reused without it)"
-        raise ConfigError(msg)
-    data = DataSpec(args.data, parse_options(args.data_kw, "--data-kw")) if args.data else None
+    options = parse_options(args.data_kw, "--data-kw")
+    data = DataSpec(args.data or "", options) if args.data or options else None
     metrics = eval_run(args.model, data, args.split, args.batch_size)
     if args.json:
         print(json.dumps(metrics))

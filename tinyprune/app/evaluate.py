@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
+from tinyprune.app.contract import (
+    built_contract,
+    check_same,
+    declared,
+    recorded,
+    resolve_data,
+    run_data,
+)
 from tinyprune.config import DataSpec, EvalConfig
 from tinyprune.errors import ConfigError, UnknownNameError
 from tinyprune.registry import unknown_name_message
+
+log = logging.getLogger(__name__)
 
 
 def eval_run(
@@ -37,14 +48,16 @@ def eval_run(
     from tinyprune.data import build_dataset
     from tinyprune.training import evaluate
 
-    spec, data = _resolve(source, data)
+    spec, data, recorded = _resolve(source, data)
     loaded = load_model(spec)
     if loaded.module is None:
         msg = f"eval needs a PyTorch model, got {spec!r}; an .onnx file can only be exported"
         raise ConfigError(msg)
-    bundle = build_dataset(data.name, **data.options)
+    contract = recorded or declared(loaded.module)
+    bundle = build_dataset(data.name, **resolve_data(data, contract, spec).options)
     ds = _split(bundle, split)
     check_compatible(loaded.module, bundle, spec, data.name)
+    _check_contract(contract, built_contract(bundle, loaded.module), source, data.name)
     shape = tuple(loaded.input_shape or ds.x.shape[1:])
 
     def as_model_input(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +70,12 @@ def eval_run(
         return evaluate(loaded.module, loader, task_metric(bundle.task, bundle.fs))
 
 
-def _resolve(source: str, data: DataSpec | None) -> tuple[str, DataSpec]:
-    """MODEL string and data set of ``tinyprune eval``: a run folder gives both."""
+def _resolve(source: str, data: DataSpec | None) -> tuple[str, DataSpec, Any]:
+    """MODEL string, data set and recorded contract of ``tinyprune eval``.
+
+    A run folder (or a ``.pt2`` inside one) gives its program, its data set (``data`` with
+    only options: the run's data set with those options on top) and its contract.
+    """
     run = Path(source)
     if run.is_dir():
         program = next((run / n for n in ("pruned.pt2", "model.pt2") if (run / n).is_file()), None)
@@ -67,28 +84,31 @@ def _resolve(source: str, data: DataSpec | None) -> tuple[str, DataSpec]:
                 f"run folder {source!r} holds neither pruned.pt2 nor model.pt2; pass a run or MODEL"
             )
             raise ConfigError(msg)
-        if data is None:
-            data = _run_data(run)
         source = str(program)
-    if data is None:
+    elif source.endswith(".pt2") and (run.parent / "summary.json").is_file():
+        run = run.parent
+    else:
+        run = None  # type: ignore[assignment]
+    if run is not None and (data is None or not data.name):
+        own = run_data(run)
+        if own is not None and data is not None:
+            own = DataSpec(own.name, {**own.options, **data.options})
+        data = own
+    if data is None or not data.name:
         msg = f"no --data given and {source!r} is not a run folder with summary.json; pass --data"
         raise ConfigError(msg)
-    return source, data
+    return source, data, None if run is None else recorded(run)
 
 
-def _run_data(run: Path) -> DataSpec | None:
-    """The data set a run was made with: its config.toml (with options), else summary.json."""
-    from tinyprune.config import load_toml
-
-    if (run / "config.toml").is_file():
-        section = load_toml(run / "config.toml").get("data", {})
-        if "name" in section:
-            return DataSpec(section["name"], dict(section.get("options", {})))
-    summary = run / "summary.json"
-    if summary.is_file():
-        name = json.loads(summary.read_text()).get("data")
-        return DataSpec(name) if name else None
-    return None
+def _check_contract(want: Any, got: Any, source: str, data_name: str) -> None:
+    """The clips must be what the run trained on (the frame rate is the recording's own)."""
+    if want is None or got is None:
+        return
+    if abs(got.fs - want.fs) > 0.05 * want.fs:
+        log.warning(
+            "data %s runs at %.1f fps; %s was trained at %.1f", data_name, got.fs, source, want.fs
+        )
+    check_same(dataclasses.replace(want, fs=got.fs), got, f"{source}", f"data {data_name}")
 
 
 def _split(bundle: Any, split: str) -> Any:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from tinyprune import criteria
+from tinyprune.app.contract import as_record, built_contract, declared, resolve_data
 from tinyprune.app.fit import EXPORT_FILES
 from tinyprune.app.jobs import PruneJob, prune_structured_job, unstructured_job
 from tinyprune.app.runs import (
@@ -55,8 +56,10 @@ def prune_run(
     if loaded.module is None:
         msg = "pruning needs a PyTorch model; an .onnx file can only be exported"
         raise ConfigError(msg)
-    net, bundle = loaded.module, build_dataset(data.name, **data.options)
+    net = loaded.module
+    bundle = build_dataset(data.name, **resolve_data(data, declared(net), spec.source).options)
     check_compatible(net, bundle, spec.source, data.name)
+    contract = as_record(built_contract(bundle, net))
     check_finite_data(bundle, data.name)
     crit = criteria.get(criterion, **dict(cfg.criterion_options))  # fails before any training
     summary: dict[str, Any] = {"model": spec.source, "data": data.name, "criterion": criterion}
@@ -65,7 +68,11 @@ def prune_run(
     )
     summary |= _dispatch(net, bundle, criterion, crit, cfg, calib)
     exported = summary.pop(EXPORT_FILES, None)
+    summary["preprocessing"] = contract
     record = PruneSummary.from_parts(summary)
+    config = {"prune": cfg.to_dict(), "model": spec.to_dict(), "data": data.to_dict()}
+    if contract is not None:
+        config["preprocessing"] = contract
     files = save_run(
         Path(out),
         net,
@@ -73,7 +80,7 @@ def prune_run(
         calib,
         record.to_dict(),
         program_name="pruned.pt2",
-        config={"prune": cfg.to_dict(), "model": spec.to_dict(), "data": data.to_dict()},
+        config=config,
     )
     if exported and distributed.is_main():
         _write_export(Path(out) / "export", exported)

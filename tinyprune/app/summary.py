@@ -39,6 +39,8 @@ class PruneSummary:
         hook: The pruning hook's record of a criterion that prunes while training.
         bn_recalibrated_on: Training images BatchNorm statistics were re-estimated on.
         seconds: Wall time per phase.
+        preprocessing: The input contract of the data the net was trained on (rPPG runs;
+            :class:`tinyprune.runtime.contract.PreprocessingContract` as a dict).
     """
 
     model: str
@@ -59,6 +61,7 @@ class PruneSummary:
     hook: dict[str, Any] | None = None
     bn_recalibrated_on: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    preprocessing: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @classmethod

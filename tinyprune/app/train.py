@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from tinyprune.app.contract import as_record, built_contract, declared, resolve_data
 from tinyprune.app.runs import (
     RunFiles,
     check_compatible,
@@ -45,8 +46,9 @@ def train_run(
     if net is None:
         msg = "training needs a PyTorch model; an .onnx file can only be exported"
         raise ConfigError(msg)
-    bundle = build_dataset(data.name, **data.options)
+    bundle = build_dataset(data.name, **resolve_data(data, declared(net), spec.source).options)
     check_compatible(net, bundle, spec.source, data.name)
+    contract = as_record(built_contract(bundle, net))
     check_finite_data(bundle, data.name)
     loaders = bundle.loaders(batch_size=cfg.batch_size, seed=cfg.seed)
     train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -66,8 +68,11 @@ def train_run(
         "data": data.name,
         "train": train_cfg.to_dict(),
         "fit": result.to_dict(),
+        "preprocessing": contract,
     }
     config = {"train": dataclasses.asdict(cfg), "model": spec.to_dict(), "data": data.to_dict()}
+    if contract is not None:
+        config["preprocessing"] = contract
     return save_run(
         Path(out), net, {"name": loaded.name, "source": spec.source}, calib, summary, config=config
     )

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tinyprune.errors import ConfigError
+from tinyprune.models.contract import stamp_rppg_contract
 from tinyprune.models.registry import register_model
 from tinyprune.models.rppg_2d import (
     check_clip_size,
@@ -205,6 +206,16 @@ class PhysNet2p1d(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
+def _types_for(in_channels: int) -> tuple[str, ...] | None:
+    """PhysNet-style inputs: ``DiffNormalized`` frames (3 channels), + ``Standardized`` (6)."""
+    return {3: ("DiffNormalized",), 6: ("DiffNormalized", "Standardized")}.get(in_channels)
+
+
+def _with_contract(model: nn.Module, frames: int, img_size: int, layout: str) -> nn.Module:
+    types = _types_for(int(model.input_shape[0]))
+    return model if types is None else stamp_rppg_contract(model, frames, img_size, types, layout)
+
+
 def _check_frames(frames: int, multiple: int) -> None:
     if frames < multiple or frames % multiple:
         msg = (
@@ -228,7 +239,7 @@ def physnet(
     check_clip_size(img_size, 8)
     model = PhysNet(frames=frames, width=width, in_channels=in_channels)
     model.input_shape = (in_channels, frames, img_size, img_size)
-    return model
+    return _with_contract(model, frames, img_size, "clip")
 
 
 @register_model("deeprppg", task="rppg", input_shape=(3, 128, 64, 64), tflm_native=False)
@@ -245,7 +256,7 @@ def deeprppg(
         raise ConfigError(msg)
     model = DeeprPPG(frames=frames, width=width, in_channels=in_channels)
     model.input_shape = (in_channels, frames, img_size, img_size)
-    return model
+    return _with_contract(model, frames, img_size, "clip")
 
 
 @register_model("physnet_2p1d", task="rppg", input_shape=(3, 32 * 36, 36), tflm_native=True)
@@ -263,7 +274,7 @@ def physnet_2p1d(
         frames=frames, img_size=img_size, width=width, in_channels=in_channels, mid=mid
     )
     model.input_shape = (in_channels, frames * img_size, img_size)
-    return model
+    return _with_contract(model, frames, img_size, "stacked")
 
 
 @register_model("test_physnet", task="rppg", input_shape=(3, 8, 16, 16), tflm_native=False)

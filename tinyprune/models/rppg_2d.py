@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyprune.errors import ConfigError
+from tinyprune.models.contract import stamp_rppg_contract
 from tinyprune.models.registry import register_model
 
 
@@ -315,6 +316,9 @@ class EfficientPhys(nn.Module):
         return self.dense2(d).reshape(-1, t)
 
 
+_DEEPPHYS_TYPES = ("DiffNormalized", "Standardized")  # motion branch, appearance branch
+
+
 def _check(frames: int, img_size: int, width: int) -> None:
     check_clip_size(img_size, 8)
     if frames < 2 or width < 3:
@@ -333,7 +337,7 @@ def deepphys(frames: int = 10, img_size: int = 36, width: int = 16, hidden: int 
     _check(frames, img_size, width)
     model = DeepPhys(frames, img_size, width=width, hidden=hidden, tsm=False)
     model.input_shape = (6, frames * img_size, img_size)
-    return model
+    return stamp_rppg_contract(model, frames, img_size, _DEEPPHYS_TYPES, "stacked")
 
 
 @register_model("tscan", task="rppg", input_shape=(6, 10 * 36, 36), tflm_native=True)
@@ -346,7 +350,7 @@ def tscan(frames: int = 10, img_size: int = 36, width: int = 16, hidden: int = 1
     _check(frames, img_size, width)
     model = DeepPhys(frames, img_size, width=width, hidden=hidden, tsm=True)
     model.input_shape = (6, frames * img_size, img_size)
-    return model
+    return stamp_rppg_contract(model, frames, img_size, _DEEPPHYS_TYPES, "stacked")
 
 
 @register_model("efficientphys", task="rppg", input_shape=(3, 10 * 36, 36), tflm_native=True)
@@ -361,7 +365,7 @@ def efficientphys(
     _check(frames, img_size, width)
     model = EfficientPhys(frames, img_size, width=width, hidden=hidden)
     model.input_shape = (3, frames * img_size, img_size)
-    return model
+    return stamp_rppg_contract(model, frames, img_size, ("Standardized",), "stacked")
 
 
 @register_model("test_deepphys", task="rppg", input_shape=(6, 4 * 12, 12), tflm_native=True)

@@ -9,6 +9,7 @@ rate of the rPPG pipeline (decode, face box, preprocessing, inference, HR) and t
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -23,41 +24,59 @@ from tinyprune.runtime.model import TfliteModel, resolve_tflite
 PT2_NAMES = ("pruned.pt2", "model.pt2")
 
 
+Runner = tuple[str, int, Callable[[], object]]  # (runtime, threads, one inference)
+
+
 def time_calls(
     fn: Callable[[], object], min_s: float = 1.0, min_calls: int = 20
 ) -> dict[str, float]:
     """Median latency (ms) and throughput (calls/s) of ``fn`` after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < min_s:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {
-        "latency_ms": 1000 * statistics.median(times),
-        "per_s": len(times) / sum(times),
-        "calls": len(times),
-    }
+    return time_interleaved([("", 1, fn)], min_s, min_calls)[0]
 
 
-def _litert_rows(
-    path: Path, x: np.ndarray, threads: tuple[int, ...], min_s: float, contract: Any
-) -> list[dict[str, Any]]:
-    rows = []
+def time_interleaved(
+    runners: list[Runner], min_s: float = 1.0, min_calls: int = 20
+) -> list[dict[str, float]]:
+    """Time the runners round-robin (one call each per round) after 3 warm-up calls each.
+
+    On a shared machine the load drifts; interleaving gives every runtime the same share of
+    it, so their ratios hold even when the absolute figures move. Each runner gets at least
+    ``min_calls`` calls and ``min_s`` seconds in total. Per runner: median wall latency,
+    throughput, and the median CPU time of this process per call (``cpu_ms``: what a call
+    costs when it has a core to itself; for one thread it does not grow with other load).
+    """
+    for _, _, fn in runners:
+        for _ in range(3):
+            fn()
+    times: list[list[float]] = [[] for _ in runners]
+    cpu: list[list[float]] = [[] for _ in runners]
+    while min(len(t) for t in times) < min_calls or min(sum(t) for t in times) < min_s:
+        for k, (_, _, fn) in enumerate(runners):
+            c, t = time.process_time(), time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    return [
+        {
+            "latency_ms": 1000 * statistics.median(t),
+            "per_s": len(t) / sum(t),
+            "cpu_ms": 1000 * statistics.median(c),
+            "calls": len(t),
+        }
+        for t, c in zip(times, cpu, strict=True)
+    ]
+
+
+def _litert_runners(
+    path: Path, x: np.ndarray, threads: tuple[int, ...], contract: Any
+) -> list[Runner]:
+    runners: list[Runner] = []
     for kernels, counts in (("xnnpack", threads), ("reference", (1,))):
         for n in counts:
             m = TfliteModel(path, threads=n, kernels=kernels, contract=contract)
             xq = m.quantize(x.reshape(m.input_shape))
-            rows.append(
-                {
-                    "runtime": f"LiteRT int8 {kernels}",
-                    "threads": n,
-                    **time_calls(lambda m=m, xq=xq: m.invoke_raw(xq), min_s),
-                }
-            )
-    return rows
+            runners.append((f"LiteRT int8 {kernels}", n, lambda m=m, xq=xq: m.invoke_raw(xq)))
+    return runners
 
 
 def _any_contract(path: Path) -> Any:
@@ -78,7 +97,7 @@ def _input_shape(path: Path) -> tuple[int, ...]:
     return tuple(int(s) for s in interp.get_input_details()[0]["shape"])
 
 
-def _onnx_row(folder: Path, min_s: float, threads: int) -> dict[str, Any] | None:
+def _onnx_runner(folder: Path, threads: int) -> Runner | None:
     onnx = folder / "model.onnx"
     try:
         import onnxruntime as ort
@@ -92,15 +111,13 @@ def _onnx_row(folder: Path, min_s: float, threads: int) -> dict[str, Any] | None
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in inp.shape]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    return {
-        "runtime": "ONNX Runtime fp32",
-        "threads": threads,
-        **time_calls(lambda: sess.run(None, {inp.name: x}), min_s),
-    }
+    return ("ONNX Runtime fp32", threads, lambda: sess.run(None, {inp.name: x}))
 
 
-def _torch_row(folder: Path, min_s: float, threads: int) -> dict[str, Any] | None:
-    pt2 = next((folder / n for n in PT2_NAMES if (folder / n).is_file()), None)
+def _torch_runner(folder: Path, threads: int) -> Runner | None:
+    """PyTorch fp32 on the run's program (in the export folder or the run folder above it)."""
+    places = [d / n for d in (folder, folder.parent) for n in PT2_NAMES]
+    pt2 = next((p for p in places if p.is_file()), None)
     if pt2 is None:
         return None
     try:
@@ -110,29 +127,32 @@ def _torch_row(folder: Path, min_s: float, threads: int) -> dict[str, Any] | Non
     from tinyprune.app.sources import load_model
 
     module = load_model(str(pt2)).module
-    torch.set_num_threads(threads)
-    x = torch.randn(1, *module.input_shape) if hasattr(module, "input_shape") else None
-    if x is None:
+    if not hasattr(module, "input_shape"):
         return None
-    with torch.no_grad():
-        timing = time_calls(lambda: module(x), min_s)
-    return {"runtime": "PyTorch fp32", "threads": threads, **timing}
+    torch.set_num_threads(threads)
+    x = torch.randn(1, *module.input_shape)
+
+    def run() -> object:
+        with torch.no_grad():
+            return module(x)
+
+    return ("PyTorch fp32", threads, run)
 
 
 def _end_to_end(path: Path, video: str | None, threads: int) -> dict[str, Any] | None:
     from tinyprune.runtime.pipeline import RppgPipeline
 
     model = TfliteModel(path, threads=threads)
-    if model.contract.task != "rppg":
-        return None
-    if video is None:
+    if model.contract.task != "rppg" or video is None:
         return None
     result = RppgPipeline(model).process_video(video)
     return {
         "runtime": "end to end (decode, face, preprocess, LiteRT, HR)",
         "threads": threads,
         "frames_per_s": result["frames_per_s"],
+        "frames_per_cpu_s": result["frames"] / result["cpu_s"] if result["cpu_s"] else None,
         "frames": result["frames"],
+        "profile_ms_per_frame": result["profile_ms_per_frame"],
     }
 
 
@@ -150,21 +170,37 @@ def bench_runtime(
             ``.tflite``.
         video: Video for the end-to-end figure (skipped without one).
         threads: XNNPACK thread counts.
-        min_s: Seconds each runtime is timed for (at least 20 calls).
+        min_s: Seconds each runtime is timed for (at least 20 calls), round-robin.
     """
     path = resolve_tflite(model)
     folder = path.parent
     probe = TfliteModel(path, contract=_any_contract(path))
     x = np.random.default_rng(0).standard_normal(probe.input_shape).astype(np.float32)
-    rows = _litert_rows(path, x, threads, min_s, probe.contract)
-    rows += [r for r in (_onnx_row(folder, min_s, 1), _torch_row(folder, min_s, 1)) if r]
+    runners = _litert_runners(path, x, threads, probe.contract)
+    runners += [r for r in (_onnx_runner(folder, 1), _torch_runner(folder, 1)) if r]
+    timed = time_interleaved(runners, min_s)
+    rows = [{"runtime": r, "threads": n, **t} for (r, n, _), t in zip(runners, timed, strict=True)]
     e2e = _end_to_end(path, video, 1)
     return {
         "model": str(path),
         "input_shape": list(probe.input_shape),
         "rows": rows,
+        "ratios": _ratios(rows),
         "end_to_end": e2e,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Throughput of LiteRT int8 XNNPACK (1 thread) over the other 1-thread runtimes."""
+    one = {r["runtime"]: r["per_s"] for r in rows if r["threads"] == 1}
+    base = one.get("LiteRT int8 xnnpack")
+    if not base:
+        return {}
+    return {
+        f"xnnpack_over_{k}": base / v for k, v in one.items() if v and k != "LiteRT int8 xnnpack"
     }
 
 
@@ -173,20 +209,31 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"model {result['model']}  input {tuple(result['input_shape'])}",
         "",
-        "| runtime | threads | latency (ms, median) | inferences/s |",
-        "|---|---|---|---|",
+        "| runtime | threads | latency (ms, median) | inferences/s | CPU ms per inference |",
+        "|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['runtime']} | {r['threads']} | {r['latency_ms']:.3f} | {r['per_s']:.0f} |"
+            f"| {r['runtime']} | {r['threads']} | {r['latency_ms']:.3f} | {r['per_s']:.0f} "
+            f"| {r['cpu_ms']:.3f} |"
         )
+    for k, v in result.get("ratios", {}).items():
+        lines.append(f"\n{k.replace('_', ' ')}: {v:.2f}x (1 thread, same run)")
     e2e = result["end_to_end"]
     if e2e:
         lines.append(
             f"\nend to end, 1 thread: {e2e['frames_per_s']:.0f} frames/s "
-            f"over {e2e['frames']} frames"
+            f"({e2e['frames_per_cpu_s']:.0f} frames per CPU second) "
+            f"over {e2e['frames']} frames; wall ms per frame: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in e2e["profile_ms_per_frame"].items())
         )
     else:
         lines.append("\nend to end: skipped (give --video FILE with an rPPG model)")
     lines.append(f"peak RSS: {result['peak_rss_mb']:.0f} MB")
+    load = result.get("load_average")
+    if load:
+        lines.append(
+            f"load average {load[0]:.1f} on {result.get('cpus')} CPUs while measuring (other "
+            "processes share them: compare the ratios, measured round-robin in this run)"
+        )
     return "\n".join(lines)

@@ -172,6 +172,32 @@ def read_recorded(folder: Path) -> PreprocessingContract | None:
     return None
 
 
+def read_recorded_run(run: Path) -> PreprocessingContract | None:
+    """The contract a training run records in its ``summary.json`` (None: none there)."""
+    path = run / "summary.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        msg = f"{path} is not valid JSON ({e}); re-run the job"
+        raise ConfigError(msg) from e
+    found = doc.get("preprocessing") if isinstance(doc, dict) else None
+    return None if found is None else PreprocessingContract.from_dict(found)
+
+
+def _check_run_agrees(
+    export: PreprocessingContract | None, run: PreprocessingContract | None, where: Path, rp: Path
+) -> None:
+    if export is None or run is None or export == run:
+        return
+    a, b = export.to_dict(), run.to_dict()
+    diff = ", ".join(f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k])
+    msg = (
+        f"the export {where} and the run {rp} record different preprocessing contracts "
+        f"({diff}); re-export the run (tinyprune export {rp} --calib-from {rp} ...)"
+    )
+    raise ConfigError(msg)
+
+
 def load_contract(tflite: Path, input_shape: tuple[int, ...]) -> PreprocessingContract:
     """The recorded contract beside ``tflite``, checked against the model's input shape.
 
@@ -181,6 +207,10 @@ def load_contract(tflite: Path, input_shape: tuple[int, ...]) -> PreprocessingCo
         ConfigError: the recorded contract disagrees with the model's input shape.
     """
     contract = read_recorded(tflite.parent)
+    run = tflite.parent.parent
+    if not (tflite.parent / "summary.json").is_file() and (run / "summary.json").is_file():
+        _check_run_agrees(contract, read_recorded_run(run), tflite.parent, run)
+        contract = contract or read_recorded_run(run)
     if contract is None:
         contract = infer_contract(input_shape)
         warnings.warn(

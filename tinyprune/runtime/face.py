@@ -3,9 +3,11 @@
 Why: training crops each video with one box from its first frame (rPPG-Toolbox's rule, enlarged
 1.5x; :func:`tinyprune.data.preprocess.enlarged_box`). A live stream cannot keep one box for
 ever, so the tracker keeps the box steady (the same crop from window to window, as in training)
-and re-runs the detector every ``redetect_s`` seconds; it moves the box only when the face has moved
-by more than ``move_frac`` of the box side, and after ``lost_after`` failed detections in a row
-it falls back to the centre crop until the face is found again.
+and re-runs the detector every ``redetect_s`` seconds, first only in the region around the box
+(a small image, so cheap), then on the whole frame if the face is not there; it moves the box
+only when the face has moved by more than ``move_frac`` of the box side, and after
+``lost_after`` failed detections in a row it falls back to the centre crop until the face is
+found again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from tinyprune.errors import ConfigError
 log = logging.getLogger(__name__)
 CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_WIDTH = 320  # frames are searched at most this wide (the cascade is slow on full HD)
+ROI_WIDTH = 96  # a tracked face's search region is searched at most this wide
+ROI_GROW = 1.5  # the search region around a tracked box, times its side
 
 Box = tuple[int, int, int, int]
 
@@ -44,21 +48,40 @@ def load_cascade() -> object:
     return cv2.CascadeClassifier(str(path))
 
 
-def detect_faces(cascade: object, rgb: np.ndarray) -> list[Box]:
-    """Faces ``(row, col, h, w)`` in full-frame pixels, largest first."""
+def detect_faces(cascade: object, rgb: np.ndarray, roi: Box | None = None) -> list[Box]:
+    """Faces ``(row, col, h, w)`` in full-frame pixels, largest first.
+
+    With ``roi`` (``(row, col, h, w)``) only that region is searched, at ``ROI_WIDTH`` pixels
+    and for faces of 0.3-0.75 of its side: the cheap re-detection of a tracked face.
+    """
     import cv2
 
-    h, w = rgb.shape[:2]
-    f = min(1.0, DETECT_WIDTH / w)
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    r0, c0 = (0, 0) if roi is None else roi[:2]
+    region = rgb if roi is None else rgb[r0 : r0 + roi[2], c0 : c0 + roi[3]]
+    h, w = region.shape[:2]
+    f = min(1.0, (DETECT_WIDTH if roi is None else ROI_WIDTH) / w)
+    grey = cv2.cvtColor(np.ascontiguousarray(region), cv2.COLOR_RGB2GRAY)
     if f < 1.0:
         grey = cv2.resize(grey, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
     short = min(grey.shape)
-    found = cascade.detectMultiScale(  # type: ignore[attr-defined]
-        grey, scaleFactor=1.1, minNeighbors=4, minSize=(max(20, short // 8),) * 2
+    # a tracked face fills 1 / (ROI_GROW x enlarge) ~ 0.44 of its region: search 0.3-0.75 only
+    lo, hi = (
+        (max(20, short // 8), short) if roi is None else (max(20, short * 3 // 10), short * 3 // 4)
     )
-    boxes = [(int(y / f), int(x / f), int(bh / f), int(bw / f)) for x, y, bw, bh in found]
+    found = cascade.detectMultiScale(  # type: ignore[attr-defined]
+        grey, scaleFactor=1.1, minNeighbors=4, minSize=(lo, lo), maxSize=(hi, hi)
+    )
+    boxes = [(r0 + int(y / f), c0 + int(x / f), int(bh / f), int(bw / f)) for x, y, bw, bh in found]
     return sorted(boxes, key=lambda b: -b[2] * b[3])
+
+
+def search_region(box: Box, shape: tuple[int, int], grow: float = ROI_GROW) -> Box:
+    """The square around a tracked ``box`` (``grow`` times its side) clipped to the frame."""
+    r, c, h, w = box
+    side = min(round(max(h, w) * grow), shape[0], shape[1])
+    top = min(max(round(r + h / 2 - side / 2), 0), shape[0] - side)
+    left = min(max(round(c + w / 2 - side / 2), 0), shape[1] - side)
+    return top, left, side, side
 
 
 class FaceTracker:
@@ -115,7 +138,11 @@ class FaceTracker:
 
     def _update(self, rgb: np.ndarray) -> None:
         shape = rgb.shape[:2]
-        faces = detect_faces(self.cascade, rgb)
+        faces: list[Box] = []
+        if self.box is not None:  # cheap: look where the face was
+            faces = detect_faces(self.cascade, rgb, search_region(self.box, (shape[0], shape[1])))
+        if not faces:
+            faces = detect_faces(self.cascade, rgb)
         self.detections += 1
         if not faces:
             self.misses += 1

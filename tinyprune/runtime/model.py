@@ -20,14 +20,22 @@ TFLITE_NAME = "model_int8.tflite"
 
 
 def resolve_tflite(path: str | Path) -> Path:
-    """``RUN_or_TFLITE`` -> the ``.tflite`` path.
+    """``RUN_or_EXPORT_or_TFLITE`` -> the ``.tflite`` path.
+
+    A folder without ``model_int8.tflite`` (a training run) gives the one export folder
+    inside it that holds one.
 
     Raises:
-        ConfigError: nothing there, or a folder without ``model_int8.tflite``.
+        ConfigError: nothing there, or a folder with no (or several) exports.
     """
     p = Path(path)
     if p.is_dir():
-        p = p / TFLITE_NAME
+        inside = sorted(p.glob(f"*/{TFLITE_NAME}"))
+        if not (p / TFLITE_NAME).is_file() and len(inside) > 1:
+            names = ", ".join(str(i.parent) for i in inside)
+            msg = f"{p} holds several exports ({names}); pass the one to run"
+            raise ConfigError(msg)
+        p = p / TFLITE_NAME if (p / TFLITE_NAME).is_file() or not inside else inside[0]
     if not p.is_file():
         msg = (
             f"no model at {path}: expected a run/export folder holding {TFLITE_NAME} "

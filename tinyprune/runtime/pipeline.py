@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,40 @@ log = logging.getLogger(__name__)
 METHODS = ("net", "pos", "chrom", "green")
 MIN_HR_S = 4.0  # the first reading waits for this much signal (a few beats)
 Reading = dict[str, Any]
+
+
+STAGES = ("decode", "face", "crop", "preprocess", "inference", "hr")
+
+
+class StageClock:
+    """Wall time per pipeline stage: each :meth:`lap` charges the time since the last one."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the previous lap to ``stage``."""
+        now = time.perf_counter()
+        self.seconds[stage] += now - self._last
+        self._last = now
+
+    def total(self) -> float:
+        """Seconds charged so far."""
+        return sum(self.seconds.values())
+
+    def per_frame_ms(self, frames: int) -> dict[str, float]:
+        """Milliseconds per frame of each stage."""
+        return {k: 1000.0 * v / max(frames, 1) for k, v in self.seconds.items()}
+
+
+@dataclass
+class _Stream:
+    """What a stream accumulates: the BVP overlap-add, the RGB trace, the window buffer."""
+
+    ola: OverlapAdd
+    trace: list[np.ndarray]
+    buf: WindowBuffer | None
 
 
 class RppgPipeline:
@@ -97,34 +132,55 @@ class RppgPipeline:
         return result
 
     def process_frames(self, frames: Iterable[np.ndarray], fs: float) -> dict[str, Any]:
-        """Run the pipeline on RGB ``uint8`` frames at ``fs`` Hz; returns the result dict."""
+        """Run the pipeline on RGB ``uint8`` frames at ``fs`` Hz; returns the result dict.
+
+        ``result["profile_ms_per_frame"]`` says where the time went (decode = waiting for the
+        source's next frame, face box, crop + resize, normalisation, inference, HR readings).
+        """
         c = self.model.contract if self.model is not None else None
         if c is not None and abs(fs - c.fs) > 0.05 * c.fs:
             log.warning("video at %.1f fps but the net was trained at %.1f fps", fs, c.fs)
         tracker = FaceTracker(fs, enlarge=c.enlarge if c else 1.5, detect=c.detect if c else True)
-        ola, trace = OverlapAdd(), []
-        buf = WindowBuffer(c.frames, self.stride) if c is not None else None
+        state = _Stream(OverlapAdd(), [], WindowBuffer(c.frames, self.stride) if c else None)
         readings: list[Reading] = []
         every, next_at, n = max(1, round(self.hr_every_s * fs)), round(MIN_HR_S * fs), 0
-        t0 = time.perf_counter()
+        clock, cpu0 = StageClock(), time.process_time()
         for n, frame in enumerate(frames, start=1):
+            clock.lap("decode")
             box = tracker(frame)
-            if buf is not None:
-                due = buf.push(crop_resize(frame, box, c.height))
-                if due is not None:
-                    ola.add(due[0], self.model(model_input(due[1], c))[0])
-            else:
-                r, col, h, w = box
-                trace.append(frame[r : r + h, col : col + w].reshape(-1, 3).mean(axis=0))
+            clock.lap("face")
+            self._step(frame, box, state, clock)
             if n >= next_at:
                 next_at += every
-                self._read(readings, n / fs, self._bvp(ola, trace, fs, self.hr_window_s), fs)
-        elapsed = time.perf_counter() - t0
+                bvp = self._bvp(state.ola, state.trace, fs, self.hr_window_s)
+                self._read(readings, n / fs, bvp, fs)
+                clock.lap("hr")
         if n == 0:
             msg = "the source gave no frames"
             raise ConfigError(msg)
-        bvp = self._bvp(ola, trace, fs, None)
-        return self._summary(bvp, fs, readings, n, elapsed)
+        bvp = self._bvp(state.ola, state.trace, fs, None)
+        result = self._summary(bvp, fs, readings, n, clock.total())
+        result["profile_ms_per_frame"] = clock.per_frame_ms(n)
+        result["cpu_s"] = time.process_time() - cpu0  # this process's CPU time: load-proof
+        if c is not None:
+            result["preprocessing"] = c.to_dict()
+        return result
+
+    def _step(self, frame: np.ndarray, box: Any, state: _Stream, clock: StageClock) -> None:
+        """One frame after its face box: crop, and a model window when one is due."""
+        if state.buf is None:
+            r, col, h, w = box
+            state.trace.append(frame[r : r + h, col : col + w].reshape(-1, 3).mean(axis=0))
+            clock.lap("crop")
+            return
+        c = self.model.contract  # type: ignore[union-attr]
+        due = state.buf.push(crop_resize(frame, box, c.height))
+        clock.lap("crop")
+        if due is not None:
+            x = model_input(due[1], c)
+            clock.lap("preprocess")
+            state.ola.add(due[0], self.model(x)[0])  # type: ignore[misc]
+            clock.lap("inference")
 
     def _bvp(
         self, ola: OverlapAdd, trace: list[np.ndarray], fs: float, last_s: float | None

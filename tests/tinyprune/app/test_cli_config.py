@@ -79,9 +79,12 @@ def test_a_model_file_that_exits_at_import_is_bad_input(code: str, tmp_path: Pat
     assert not (tmp_path / "o").exists()
 
 
-def test_eval_data_options_need_data(tmp_path: Path, capsys) -> None:
+def test_eval_data_options_need_data_or_a_run(tmp_path: Path, capsys) -> None:
+    """``--data-kw`` alone adds to a run folder's own data options; a MODEL has none."""
+    assert main(["eval", "zoo:micro_cnn", "--data-kw", "size=8"]) == 2
+    assert "pass --data" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--data-kw", "size=8"]) == 2
-    assert "--data-kw needs --data" in capsys.readouterr().err
+    assert "holds neither pruned.pt2 nor model.pt2" in capsys.readouterr().err
 
 
 def test_an_unknown_data_option_lists_the_known_ones(tmp_path: Path, capsys) -> None:

@@ -6,7 +6,6 @@ Used by the runtime tests (the ``int8_net`` fixture) and runnable alone:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 DATA_TYPES = ("DiffNormalized", "Standardized")
@@ -78,11 +77,10 @@ def build_net(
         calib,
         target="rpi4",
         out_dir=out,
-        options=ExportOptions(calib_cap=64, verify_samples=8, min_cosine=0.5),
+        options=ExportOptions(
+            calib_cap=64, verify_samples=8, min_cosine=0.5, preprocessing=contract(frames, size)
+        ),
     )
-    report = json.loads((out / "report.json").read_text())
-    report.setdefault("preprocessing", contract(frames, size))
-    (out / "report.json").write_text(json.dumps(report, indent=2))
     return out
 
 
