@@ -228,6 +228,7 @@ def clips(
         data_types=types,
         label_type=label,
         real_ppg=False,
+        camera="off",  # noise-free frames: the figures these tests bound were measured so
     )
     x = bundle.train.x  # (N, C, T, S, S)
     n, c = x.shape[:2]
