@@ -189,19 +189,22 @@ def test_bad_job_setting_fails_before_training(
     assert not (tmp_path / "r").exists()
 
 
-def test_clip_size_mismatch_names_the_data_options_that_fit(tmp_path: Path, capsys) -> None:
-    """`prune zoo:test_tscan --data synthetic-rppg` (64-frame 3-channel clips by default): exit 2
-    naming the --data-kw that build TS-CAN's clips; with them the data fits the model."""
+def test_clip_size_mismatch_names_the_data_options_that_fit() -> None:
+    """A frame-stacked net that declares no preprocessing contract (a user's own TS-CAN) fed
+    synthetic-rppg's default clips (64 frames, 3 channels): the error names the --data-kw that
+    build its clips, and with them the data fit. (Zoo nets declare a contract: no options.)"""
     from tinyprune.app.runs import check_compatible
     from tinyprune.data import build_dataset
+    from tinyprune.errors import ConfigError
     from tinyprune.models import create_model
 
-    small = ["--data-kw", "n_train=1", "--data-kw", "n_val=1", "--data-kw", "n_test=1"]
-    args = ["prune", "zoo:test_tscan", "--data", "synthetic-rppg", *small, "--criterion", "l1"]
-    assert main([*args, "--target-flops", "0.5", "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
+    net = create_model("test_tscan")
+    net.preprocessing = None  # as a model file without a declared contract
+    small = {"n_train": 1, "n_val": 1, "n_test": 1}
+    with pytest.raises(ConfigError) as err:
+        check_compatible(net, build_dataset("synthetic-rppg", **small), "net.py", "synthetic-rppg")
     hint = "--data-kw chunk=4 --data-kw size=12 --data-kw data_types=DiffNormalized,Standardized"
-    assert hint in err
+    assert hint in str(err.value)
     options = {"chunk": 4, "size": 12, "data_types": ("DiffNormalized", "Standardized")}
-    bundle = build_dataset("synthetic-rppg", n_train=1, n_val=1, n_test=1, **options)
-    check_compatible(create_model("test_tscan"), bundle, "zoo:test_tscan", "synthetic-rppg")
+    bundle = build_dataset("synthetic-rppg", **small, **options)
+    check_compatible(net, bundle, "net.py", "synthetic-rppg")

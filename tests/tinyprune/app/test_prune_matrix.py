@@ -67,10 +67,6 @@ DEFAULT = {
 }
 RPPG_2D = {"size": 12, "chunk": 4, "data_types": ("DiffNormalized", "Standardized")}
 SMALL_RPPG = {"n_train": 2, "n_val": 1, "n_test": 1, "clips_per_video": 1, "real_ppg": False}
-NEEDS_REWRITE3D = (
-    "exporting a pruned 3-D .pt2 program to rpi4 needs the 3-D pooling rewrite on exported "
-    "programs (branch rewrite3d, issue 17 item 4)"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -202,20 +198,22 @@ def test_engine_cell(net: str, crit: str) -> None:
 
 
 def _export(module: torch.nn.Module, calib: np.ndarray, net: str, out: Path) -> None:
-    """Export to the net's runtime; TFLM nets bit-exact against LiteRT's reference kernels."""
+    """Export to cortex-m7 fully int8 (3-D nets through the 3-D -> 2-D rewrite), TFLM bit-exact
+    against LiteRT's reference kernels (within 1 LSB where a kernel difference is known)."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("tflite_micro")
     from firmware_export import ExportOptions, export
 
-    target = "cortex-m7" if get_model_spec(net).tflm_native else "rpi4"
     result = export(
-        module, calib[:16].astype(np.float32), target=target, out_dir=out,
+        module, calib[:16].astype(np.float32), target="cortex-m7", out_dir=out,
         options=ExportOptions(calib_cap=16, verify_samples=4, memory_plan="online"),
     )  # fmt: skip
     verify = result.report["verify"]
-    if target == "cortex-m7":
-        parity = verify["tflm_vs_litert_ref"]
-        assert parity["max_abs"] == 0 or (parity["max_abs"] <= 1 and parity["known_difference"])
+    assert result.report["float_ops"] == [], (net, result.report["float_ops"])
+    if not get_model_spec(net).tflm_native:
+        assert any(r.startswith("3d-to-2d:conv3d:") for r in result.report["rewrites"]), net
+    parity = verify["tflm_vs_litert_ref"]
+    assert parity["max_abs"] == 0 or (parity["max_abs"] <= 1 and parity["known_difference"])
     assert verify["int8_vs_float"]["cos"] > 0.9
 
 
@@ -268,7 +266,7 @@ def _find(tree: Any, key: str) -> Any:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("net", "crit"), _params(STRUCTURED + UNSTRUCTURED, DEFAULT))
-def test_cli_cell(net: str, crit: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_cli_cell(net: str, crit: str, tmp_path: Path) -> None:
     """``tinyprune prune`` (1 epoch) then the export of ``pruned.pt2`` with verification."""
     data = _data(net)
     if data is None:  # no data set the CLI can build: engine prune, export with seeded images
@@ -288,8 +286,6 @@ def test_cli_cell(net: str, crit: str, tmp_path: Path, request: pytest.FixtureRe
         return
     files = prune_run(f"zoo:{net}", DataSpec(spec, data_kw), crit, cfg, out)
     _check_summary(net, crit, json.loads(files.summary.read_text()))
-    if not get_model_spec(net).tflm_native:
-        request.applymarker(pytest.mark.xfail(reason=NEEDS_REWRITE3D, strict=False))
     from tinyprune.app.sources import load_model
 
     module = load_model(str(files.program)).module  # as `tinyprune export run/pruned.pt2` does
