@@ -277,6 +277,10 @@ def fit_profile_job(
     out["target"] = {"profile": str(target), "fraction": search.fraction, "tried": search.tried}
     if search.fraction < 1.0:
         out |= prune_structured_job(model, bundle, criterion, Budget(search.fraction), cfg)
+    else:  # the dense network fits: nothing to prune, the trained network is the answer
+        out |= _dense_answer(model, bundle, crit, cfg, out.get("pretrain"))
+        if "train" in out:  # trained only now: its dense export must be checked again
+            search.final = None
     final = search.final  # the dense export, when nothing was pruned
     if final is None:
         final = distributed.on_rank0(
@@ -284,6 +288,27 @@ def fit_profile_job(
         )
     out[EXPORT_FILES] = final.pop(EXPORT_FILES)
     out["target"] |= final
+    return out
+
+
+def _dense_answer(
+    model: nn.Module, bundle: Any, crit: Any, cfg: Any, pretrain: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The record of a fit whose dense network fits: trained, with its metric.
+
+    A criterion that prunes while training (``tailored``) was not trained before the search;
+    with nothing to prune it is trained plainly (its hook only steers pruning).
+    """
+    from tinyprune.app.jobs import PruneJob
+    from tinyprune.criteria.base import PrunesWhileTraining
+
+    if pretrain is not None:
+        return {"metric_trained": pretrain["metric_trained"]}
+    job = PruneJob(model, bundle, cfg)
+    out: dict[str, Any] = {}
+    if isinstance(crit, PrunesWhileTraining) and cfg.epochs > 0:
+        out["train"] = job.fit("train", cfg.epochs, [])
+    out["metric_trained"] = job.evaluate()
     return out
 
 

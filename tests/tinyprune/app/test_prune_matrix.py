@@ -217,8 +217,11 @@ def _export(module: torch.nn.Module, calib: np.ndarray, net: str, out: Path) -> 
     assert verify["int8_vs_float"]["cos"] > 0.9
 
 
-def _cli_config(crit: str) -> PruneConfig:
+def _cli_config(crit: str, net: str) -> PruneConfig:
     budget = {"target_flops": 0.5} if crit in STRUCTURED else {"sparsity": 0.8}
+    options = {k: v for k, v in OPTIONS.get(crit, {}).items() if k != "n_clusters"}
+    if crit in UNSTRUCTURED and net == "test_ds_cnn":  # 272-weight layers: 4 per channel is 47 %
+        options["min_per_channel"] = 1
     return PruneConfig(
         **budget,
         epochs=1,
@@ -227,7 +230,7 @@ def _cli_config(crit: str) -> PruneConfig:
         progress=False,
         bn_recalib=0,
         batch_size=4,
-        criterion_options={k: v for k, v in OPTIONS.get(crit, {}).items() if k != "n_clusters"},
+        criterion_options=options,
         de=DESearchConfig(pop=4, gens=1, calib=8, heldout=8),
     )
 
@@ -279,7 +282,7 @@ def test_cli_cell(net: str, crit: str, tmp_path: Path) -> None:
         _export(module.eval(), images.numpy(), net, tmp_path / "export")
         return
     spec, data_kw = data
-    cfg, out = _cli_config(crit), tmp_path / "run"
+    cfg, out = _cli_config(crit, net), tmp_path / "run"
     if crit == "bn_scale" and _bn_scale_refuses(net):  # a user-facing refusal (exit 2)
         with pytest.raises(ConfigError, match="applies to no layer"):
             prune_run(f"zoo:{net}", DataSpec(spec, data_kw), crit, cfg, out)

@@ -28,6 +28,25 @@ def test_target_keeps_the_largest_network_that_fits(tmp_path: Path) -> None:
 
 
 @pytest.mark.tf
+@pytest.mark.parametrize("criterion", ["l1", "tailored"])
+def test_a_board_the_dense_network_fits_keeps_it_trained(tmp_path: Path, criterion: str) -> None:
+    """Nothing to prune: the answer is the trained dense network, with its metric, exported.
+
+    ``tailored`` prunes while training, so it is not trained before the search; the dense
+    answer must still be trained (and its kept export made after training)."""
+    out = tmp_path / "run"
+    board = str(write_board(tmp_path, 1_000_000))
+    args = prune_argv(criterion, out, "--epochs", "2", "--finetune-epochs", "1", "--lr", "3e-3")
+    assert main([*args, "--target", board]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    target = summary["target"]
+    assert target["fraction"] == 1.0 and target["fits"]
+    assert summary["metric_trained"]["accuracy"] > 0.5, summary["metric_trained"]  # 10 classes
+    report = json.loads((out / "export" / "report.json").read_text())
+    assert report["flash_bytes"] == target["flash_bytes"] and report["budget_ok"]
+
+
+@pytest.mark.tf
 def test_unreachable_profile_names_the_smallest_network(tmp_path: Path, capsys) -> None:
     board = str(write_board(tmp_path, 3000))
     args = prune_argv("l1", tmp_path / "run", "--epochs", "1", "--finetune-epochs", "1")
