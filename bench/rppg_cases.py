@@ -123,6 +123,8 @@ def _tinyprune(model: Any, calib: np.ndarray, target: str, out: Path) -> dict[st
         "arena": rep["arena_bytes"] if rep.get("tflm_runnable") else None,
         "ccos": int8.get("centred_cos"),
         "cos": int8.get("cos"),
+        "variation": int8.get("variation_lsb"),
+        "gated": int8.get("centred_gated"),
     }
 
 
@@ -151,6 +153,8 @@ def _cell(m: dict[str, Any], bare: Any) -> list[str]:
     ratio = f" ({m['conv'] / bare:.2f}x)" if isinstance(bare, float) else ""
     arena = f"{m['arena']:,}" if m["arena"] is not None else "n/a (TFLM cannot run it)"
     ccos = f"{m['ccos']:.3f}" if m["ccos"] is not None else f"n/a (cos {m['cos']:.4f})"
+    if m["ccos"] is not None and not m.get("gated"):  # too little variation to judge (verify.py)
+        ccos += f" (not gated: the output varies {m['variation']:.1f} LSB)"
     return [f"{m['conv']:.1f}{ratio}", str(m["float_ops"]), f"{m['flash']:,}", arena, ccos]
 
 
