@@ -116,21 +116,6 @@ def _tflm_parity(v: Any, model_bytes: bytes, int8_in: np.ndarray, tolerance: int
     return result
 
 
-def _xnnpack_vs_ref(v: Any, model_bytes: bytes, int8_in: np.ndarray) -> dict[str, Any]:
-    """Reported only; LiteRT's reference resolver lacks a few ops (e.g. ELU): say so and skip."""
-    from firmware_export.parity import xnnpack_vs_ref
-
-    try:
-        return xnnpack_vs_ref(model_bytes, int8_in).to_dict()
-    except MissingKernelError as e:
-        return {
-            "name": "litert_xnnpack_vs_ref",
-            "skipped": True,
-            "passed": True,
-            "reason": f"LiteRT's reference kernels cannot run this model: {missing_kernels(e)}",
-        }
-
-
 def missing_kernels(e: MissingKernelError) -> str:
     """The reason text for a comparison skipped because a resolver lacks kernels."""
     return f"no kernel for {', '.join(e.ops)} in its {e.resolver!r} resolver"

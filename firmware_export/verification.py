@@ -33,7 +33,7 @@ from firmware_export.checks import VerifyInputs, _int8_inputs, _match_layout, mi
 from firmware_export.fidelity import merge_outputs
 from firmware_export.outputs import output_label
 from firmware_export.tflite_model import TensorInfo, parse_tflite
-from tinyprune.errors import MissingKernelError, VerificationError
+from tinyprune.errors import ExportError, MissingKernelError, VerificationError
 
 #: Output LSB accepted between TFLM and LiteRT's optimized (builtin) kernels.
 BUILTIN_TOLERANCE_LSB = 2
@@ -54,6 +54,7 @@ class _Runs:
     tflm: list[np.ndarray] | None = None
     xnnpack: list[np.ndarray] | None = None
     ref_missing: str | None = None  # why LiteRT's reference kernels cannot run the model
+    xnnpack_failed: str | None = None  # why XNNPACK cannot run it (TFLM targets: reported)
     parity: par.ParityRun | None = None
     parity_reference: str = "ref"
 
@@ -102,7 +103,8 @@ def run_verification(
     else:
         results["litert_xnnpack_vs_ref"] = _skipped(
             "litert_xnnpack_vs_ref",
-            f"LiteRT's reference kernels cannot run this model: {runs.ref_missing}",
+            runs.xnnpack_failed
+            or f"LiteRT's reference kernels cannot run this model: {runs.ref_missing}",
         )
     return results
 
@@ -145,7 +147,12 @@ def _run_runtimes(inp: VerifyInputs, int8_in: np.ndarray, tolerance: int) -> _Ru
             runs.ref = v.run_litert_outputs(inp.model_bytes, int8_in, "ref")
         except MissingKernelError as e:
             runs.ref_missing = missing_kernels(e)
-    runs.xnnpack = v.run_litert_outputs(inp.model_bytes, int8_in, "xnnpack")
+    try:
+        runs.xnnpack = v.run_litert_outputs(inp.model_bytes, int8_in, "xnnpack")
+    except ExportError as e:  # XNNPACK refuses the graph: what a Pi runs, not a Cortex-M
+        if inp.runtime != "tflm" or isinstance(e, MissingKernelError):
+            raise
+        runs.xnnpack_failed = f"LiteRT with XNNPACK cannot run this model: {e}".splitlines()[0]
     if runs.tflm is None and inp.runtime == "tflm":
         runs.tflm = v.run_litert_outputs(inp.model_bytes, int8_in, "builtin")
     return runs

@@ -113,3 +113,55 @@ def test_kernel_difference_needs_tflm_to_be_faithful_to_float() -> None:
         _parity_case(False, gates=True)  # a real disagreement with float: exit 5
     reported = _parity_case(False, gates=False)  # LiteRT target: reported only
     assert not reported["passed"] and reported["verdict"] == "failed" and not reported["gate"]
+
+
+class _XnnpackRefuses:
+    """``run_litert_outputs`` whose XNNPACK delegate refuses the graph, as it did for a fit
+    search's smallest physnet_2p1d (``failed to create XNNPACK runtime``)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __call__(self, model, x, resolver="ref"):
+        from tinyprune.errors import ExportError
+
+        if resolver == "xnnpack":
+            msg = "op 96: prepare failed: failed to create XNNPACK runtime"
+            raise ExportError(msg)
+        return self.real(model, x, resolver)
+
+
+@pytest.mark.parametrize("target", ["cortex-m7", "rpi4"])
+def test_xnnpack_refusing_a_model_fails_only_a_litert_target(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Cortex-M never runs XNNPACK: its failure is reported there; on a Pi it is the runtime."""
+    from firmware_export import verify as v
+    from tinyprune.errors import ExportError
+    from tinyprune.models import create_model
+
+    monkeypatch.setattr(v, "run_litert_outputs", _XnnpackRefuses(v.run_litert_outputs))
+    x, _ = digits()
+    opts = ExportOptions(calib_cap=32, verify_samples=8)
+    if target == "rpi4":
+        with pytest.raises(ExportError, match="XNNPACK"):
+            export(
+                create_model("micro_cnn").eval(),
+                x[:32],
+                target=target,
+                out_dir=tmp_path / "r",
+                options=opts,
+            )
+        assert not (tmp_path / "r").exists()
+        return
+    res = export(
+        create_model("micro_cnn").eval(),
+        x[:32],
+        target=target,
+        out_dir=tmp_path / "r",
+        options=opts,
+    )
+    verify = res.report["verify"]
+    assert verify["int8_vs_float"]["runtime"] == "tflm" and verify["int8_vs_float"]["passed"]
+    skipped = verify["litert_xnnpack_vs_ref"]
+    assert skipped["skipped"] and "failed to create XNNPACK runtime" in skipped["reason"]
