@@ -81,6 +81,11 @@ def tfmot_row(cell: list[dict[str, Any]]) -> str:
     rows = [f["tfmot"] for f in cell if "tfmot" in f]
     if not rows:
         return "| TF-MOT | - | - | - | - | - | - | - | - |"
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        sp = _mean([r["sparsity"] for r in failed], ".2f")
+        why = "; ".join(sorted({r["error"] for r in failed}))
+        return f"| TF-MOT (sparsity {sp}, PQAT): {len(failed)}/{len(rows)} not exported: {why} |"
     sp = _mean([r["sparsity"] for r in rows], ".2f")
     cols = [
         f"TF-MOT (sparsity {sp}, PQAT)",
@@ -117,7 +122,11 @@ def verdicts(cell: list[dict[str, Any]], criteria: Sequence[str], key: str) -> d
         ok = [r["metric"][key] for r in _candidates(cell, name) if r.get("fits")]
         if ok and not ge(float(np.mean(_chosen_float(cell, key))), float(np.mean(ok))):
             worse.append(name)
-    tf_rows = [f for f in cell if "tfmot" in f and f.get("chosen_int8") is not None]
+    tf_rows = [
+        f
+        for f in cell
+        if "tfmot" in f and "error" not in f["tfmot"] and f.get("chosen_int8") is not None
+    ]
     out = {"per_seed_best": f"{per_seed}/{len(cell)}", "mean_below": worse}
     if tf_rows:
         a = float(np.mean([f["chosen_int8"] for f in tf_rows]))

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from tinyprune.errors import TinypruneError
+
 BOARDS = ("cortex-m0plus", "nrf52840", "cortex-m4", "rpi-zero2w")
 CRITERIA = ("tailored", "cluster_de", "pcc_ci", "l1")
 
@@ -232,7 +234,14 @@ def tfmot_row(
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     x_cal = nhwc(data.calibration_batches(min(128, len(data.train)), seed=seed))
-    row, model_bytes = export_twin(for_export(spec, model), x_cal, profile, f"tfmot_{task.name}")
+    try:
+        row, model_bytes = export_twin(
+            for_export(spec, model), x_cal, profile, f"tfmot_{task.name}"
+        )
+    except TinypruneError as e:  # the route's own result: a row that says so (not cached)
+        first = (str(e).splitlines() or [""])[0]
+        return {"task": task.name, "board": board, "seed": seed, "sparsity": sparsity,
+                "error": f"exit {e.exit_code}: {first[:160]}"}  # fmt: skip
     row |= {
         "task": task.name,
         "board": board,
