@@ -7,7 +7,9 @@ native runtime goes through :func:`run_isolated`.
 
 The child is a new interpreter started with ``subprocess`` (never ``fork``: the parent may
 hold TensorFlow or torch threads). It imports only the module that defines the function,
-so start-up stays cheap. Arguments and the result travel as pickles; the child's C-level
+so start-up stays cheap. Arguments and the result travel as pickles between this process and
+the child it spawned (stdin, and a file in a private temporary folder): never a file a user
+handed us, so unpickling them runs no code we did not send. The child's C-level
 stderr goes to a file whose last lines end up in the error message, because that is where
 native runtimes name the failing op ("Node PAD (number 3) failed to prepare").
 """
@@ -91,7 +93,7 @@ def run_isolated(
         stderr_tail = _tail(stderr_path)
         if returncode != 0 or not result_path.exists():
             raise ExportError(_crash_message(fn, returncode, stderr_tail), stage=stage)
-        status, value = pickle.loads(result_path.read_bytes())
+        status, value = pickle.loads(result_path.read_bytes())  # our child's own result
     if status == "ok":
         return value  # type: ignore[no-any-return]
     if status == "tinyprune":
@@ -211,7 +213,7 @@ def stderr_since(offset: int) -> str:
 def _child_main() -> None:
     """Entry point of the child: read the call from stdin, write the outcome to argv[1]."""
     result_path = sys.argv[1]
-    sys_path, blob = pickle.loads(sys.stdin.buffer.read())
+    sys_path, blob = pickle.loads(sys.stdin.buffer.read())  # the call our parent sent
     sys.path[:] = [p for p in sys_path if p] + [p for p in sys.path if p not in sys_path]
     try:
         fn, args, kwargs = pickle.loads(blob)

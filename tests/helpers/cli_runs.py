@@ -15,6 +15,26 @@ runtime_flash_bytes = 0
 """
 
 
+#: micro_cnn (width 8): the dense latency estimate (about 44,000 MACs x 4 cycles at 64 MHz) is
+#: about 2.7 ms, so a 1.5 ms limit binds while flash and RAM are plentiful.
+SLOW_BOARD = """name = "slow-board"
+runtime = "tflm"
+flash_bytes = 1048576
+ram_bytes = 1048576
+clock_mhz = 64
+cycles_per_mac = 4.0
+latency_ms = 1.5
+runtime_flash_bytes = 0
+"""
+
+
+def write_slow_board(folder: Path) -> Path:
+    """``folder/slow.toml``: :data:`SLOW_BOARD`, a board whose 1.5 ms latency limit binds."""
+    path = folder / "slow.toml"
+    path.write_text(SLOW_BOARD)
+    return path
+
+
 def write_board(folder: Path, flash: int) -> Path:
     """``folder/board.toml``: a TFLM board with ``flash`` bytes of flash and 1 MiB of RAM."""
     path = folder / "board.toml"

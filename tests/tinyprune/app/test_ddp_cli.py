@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_runs import prune_argv, write_board
+from cli_runs import prune_argv, write_board, write_slow_board
 
 from tinyprune.training import load_checkpoint
 
@@ -66,25 +66,11 @@ def test_unfittable_profile_under_torchrun_fails_on_every_rank(
     assert not (tmp_path / "run").exists()
 
 
-# micro_cnn (width 8): the dense latency estimate (about 44,000 MACs x 4 cycles at 64 MHz) is
-# about 2.7 ms; a 1.5 ms limit binds, so each candidate is pruned at rank 0's chosen fraction.
-SLOW_BOARD = """name = "slow-board"
-runtime = "tflm"
-flash_bytes = 1048576
-ram_bytes = 1048576
-clock_mhz = 64
-cycles_per_mac = 4.0
-latency_ms = 1.5
-runtime_flash_bytes = 0
-"""
-
-
 @pytest.mark.tf
 @pytest.mark.timeout(900)  # two criteria, six exports, then the resumed run
 def test_fit_under_torchrun_fits_agrees_and_resumes(tmp_path: Path, torchrun: Any) -> None:
     """Rank 0 exports and writes; both replicas prune every candidate alike; a re-run resumes."""
-    board = tmp_path / "slow.toml"
-    board.write_text(SLOW_BOARD)
+    board = write_slow_board(tmp_path)  # 1.5 ms binds: candidates prune at rank 0's fraction
     out = tmp_path / "fit"
     args = ["fit", "zoo:micro_cnn", "--data", "digits", "--target", str(board)]
     args += ["--criteria", "l1,random", "--epochs", "1", "--finetune-epochs", "1"]

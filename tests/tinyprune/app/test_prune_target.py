@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_runs import prune_argv, write_board
+from cli_runs import prune_argv, write_board, write_slow_board
 
 from tinyprune.cli import main
 
@@ -66,24 +66,10 @@ def test_target_with_an_unstructured_criterion_is_a_usage_error(tmp_path: Path, 
     assert "structured criterion" in capsys.readouterr().err
 
 
-# micro_cnn (width 8): about 44,000 MACs; at 64 MHz and 4 cycles per MAC the dense estimate is
-# about 2.7 ms, so a 1.5 ms limit binds while flash and RAM are plentiful.
-LATENCY_PROFILE = """name = "slow-board"
-runtime = "tflm"
-flash_bytes = 1048576
-ram_bytes = 1048576
-clock_mhz = 64
-cycles_per_mac = 4.0
-latency_ms = 1.5
-runtime_flash_bytes = 0
-"""
-
-
 @pytest.mark.tf
 def test_latency_limit_caps_the_fraction_before_bisection(tmp_path: Path) -> None:
     """The latency estimate is linear in MACs: the cap is the answer, found with 2 exports."""
-    board = tmp_path / "slow.toml"
-    board.write_text(LATENCY_PROFILE)
+    board = write_slow_board(tmp_path)
     out = tmp_path / "run"
     args = ["prune", "zoo:micro_cnn", "--data", "digits", "--criterion", "l1", "--epochs", "1"]
     args += ["--finetune-epochs", "1", "--lr", "3e-3", "--target", str(board), "--out", str(out)]
