@@ -890,7 +890,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        _leave_process_group()
     except TinypruneError as e:
         if args.verbose:
             traceback.print_exc()
@@ -906,6 +907,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    return code
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, every replica leaves together (a barrier, then the group is destroyed).
+
+    Without it a replica that finished first closes its gloo sockets while its peer is still in
+    the last collective, and the peer aborts ("terminate called without an active exception").
+    torch is looked up, not imported: the Raspberry Pi commands run without it.
+    """
+    if "torch.distributed" in sys.modules:
+        from tinyprune.training import distributed
+
+        distributed.cleanup()
 
 
 if __name__ == "__main__":
