@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from tinyprune.app.fit_search import budget_use, next_fraction, ram_floor_note
+from tinyprune.app.fit_search import TARGET_USE, budget_use, next_fraction, ram_floor_note
 from tinyprune.errors import BudgetExceededError, ConfigError, ExportError, UnsupportedOpError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class FitSearch:
     fraction: float
     tried: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] | None = None
+    smallest: float = 0.0
 
 
 #: Key of a final check's figures that holds the export's files (name -> bytes), which
@@ -204,6 +206,7 @@ def largest_fitting_fraction(
         return trial.search
     hi = latency_cap(dense, profile) if dense is not None else 1.0
     lo = smallest_fraction(model, example, crit, round_to) * (1 + 1e-9)
+    trial.search.smallest = lo
     capped = None
     if lo < hi < 1.0:
         capped = trial(hi)
@@ -245,9 +248,8 @@ def fit_profile_job(
     """
     from firmware_export.budget import load_profile
     from tinyprune import criteria
-    from tinyprune.app.jobs import prune_structured_job, train_for_criterion
+    from tinyprune.app.jobs import train_for_criterion
     from tinyprune.criteria.base import PrunesWhileTraining
-    from tinyprune.pruning.select import Budget
     from tinyprune.training import distributed
 
     target = cfg.target
@@ -275,20 +277,107 @@ def fit_profile_job(
         )
     )
     out["target"] = {"profile": str(target), "fraction": search.fraction, "tried": search.tried}
-    if search.fraction < 1.0:
-        out |= prune_structured_job(model, bundle, criterion, Budget(search.fraction), cfg)
-    else:  # the dense network fits: nothing to prune, the trained network is the answer
+    if search.fraction >= 1.0:  # the dense network fits: nothing to prune, it is the answer
         out |= _dense_answer(model, bundle, crit, cfg, out.get("pretrain"))
-        if "train" in out:  # trained only now: its dense export must be checked again
-            search.final = None
-    final = search.final  # the dense export, when nothing was pruned
-    if final is None:
-        final = distributed.on_rank0(
-            lambda: _final_check(model, example, calib, target, cfg, search)
-        )
+        final = search.final
+        if final is None or "train" in out:  # trained only now: check its export again
+            final = distributed.on_rank0(
+                lambda: _final_check(model, example, calib, target, cfg, search)
+            )
+    else:
+        final = _prune_until_fits(model, bundle, criterion, calib, cfg, search, out, example)
     out[EXPORT_FILES] = final.pop(EXPORT_FILES)
     out["target"] |= final
     return out
+
+
+#: Prune-and-fine-tune runs after the first whose final export missed the budget.
+FINAL_RETRIES = 2
+
+
+def _prune_until_fits(
+    model: nn.Module,
+    bundle: Any,
+    criterion: str,
+    calib: np.ndarray,
+    cfg: Any,
+    search: FitSearch,
+    out: dict[str, Any],
+    example: Any,
+) -> dict[str, Any]:
+    """Prune and fine-tune ``model`` at the search's fraction; while the final export misses
+    the budget, start again from the unpruned network at a smaller fraction.
+
+    The search's trials prune the network before training; a criterion that prunes while
+    training (``tailored``) or a fine-tune that moves the scores can keep another width
+    profile, whose export may not fit. Each retry shrinks the MACs fraction by the square of
+    how far over budget the export was (flash and RAM grow about linearly with the widths,
+    MACs about quadratically) and is recorded in ``out["target"]["retries"]``. After
+    :data:`FINAL_RETRIES` retries the last miss is the answer (BudgetExceededError).
+    """
+    from tinyprune.app.jobs import prune_structured_job
+    from tinyprune.pruning.select import Budget
+    from tinyprune.training import distributed
+
+    start = copy.deepcopy(model)
+    fraction = search.fraction
+    retries: list[dict[str, float]] = []
+    for attempt in range(FINAL_RETRIES + 1):
+        if attempt:
+            _restore(model, start)
+        out |= prune_structured_job(model, bundle, criterion, Budget(fraction), cfg)
+        check = functools.partial(
+            _check_or_shrink, model, example, calib, cfg, search, fraction, attempt == FINAL_RETRIES
+        )
+        checked = distributed.on_rank0(check)
+        if "retry_fraction" not in checked:
+            if retries:
+                out["target"] |= {"fraction": fraction, "retries": retries}
+            return checked
+        retries.append({"fraction": fraction, "budget_use": checked["budget_use"]})
+        log.warning(
+            "fit: the fine-tuned network at %.1f%% of MACs uses %.0f%% of the budget; "
+            "pruning again at %.1f%%",
+            100 * fraction,
+            100 * checked["budget_use"],
+            100 * checked["retry_fraction"],
+        )
+        fraction = checked["retry_fraction"]
+    msg = "unreachable: the last attempt returns or raises"
+    raise AssertionError(msg)
+
+
+def _check_or_shrink(
+    model: nn.Module,
+    example: Any,
+    calib: np.ndarray,
+    cfg: Any,
+    search: FitSearch,
+    fraction: float,
+    last: bool,
+) -> dict[str, Any]:
+    """The final check's figures, or ``{"retry_fraction", "budget_use"}`` after a miss.
+
+    Raises the miss (BudgetExceededError) on the ``last`` attempt or when the smaller fraction
+    would be below the smallest reachable network.
+    """
+    try:
+        return _final_check(model, example, calib, cfg.target, cfg, search, fraction)
+    except BudgetExceededError as e:
+        use = budget_use(e.result)
+        if last or use is None:
+            raise
+        smaller = fraction * min((TARGET_USE / use) ** 2, 0.95)
+        if smaller <= search.smallest:
+            raise
+        return {"retry_fraction": smaller, "budget_use": use}
+
+
+def _restore(model: nn.Module, start: nn.Module) -> None:
+    """Make ``model`` (the caller's object, pruned in place) a fresh copy of ``start``."""
+    fresh = copy.deepcopy(start)
+    model.__dict__.clear()
+    model.__dict__.update(fresh.__dict__)
 
 
 def _dense_answer(
@@ -313,7 +402,13 @@ def _dense_answer(
 
 
 def _final_check(
-    model: nn.Module, example: Any, calib: np.ndarray, target: str | Path, s: Any, search: Any
+    model: nn.Module,
+    example: Any,
+    calib: np.ndarray,
+    target: str | Path,
+    s: Any,
+    search: Any,
+    fraction: float | None = None,
 ) -> dict[str, Any]:
     """Export the fine-tuned model once more; raise BudgetExceededError if it does not fit."""
     checker = _Trial(model, example, None, calib, target, None, s.round_to)
@@ -322,7 +417,9 @@ def _final_check(
     if not final.fits:
         msg = (
             f"the pruned and fine-tuned model does not fit {target}: "
-            f"{_budget_rows(final.report)} (the search chose {search.fraction:.1%} of MACs)"
+            f"{_budget_rows(final.report)} (the search chose {search.fraction:.1%} of MACs"
+            + ("" if fraction in (None, search.fraction) else f", pruned at {fraction:.1%}")
+            + ")"
         )
         raise BudgetExceededError(msg, result=final)
     return _final_figures(final, checker.files)

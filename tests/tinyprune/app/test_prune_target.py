@@ -84,3 +84,62 @@ def test_latency_limit_caps_the_fraction_before_bisection(tmp_path: Path) -> Non
     report = json.loads((out / "export" / "report.json").read_text())
     assert report["flash_bytes"] == target["flash_bytes"] and report["budget_ok"]
     assert (out / "export" / "model_data.h").is_file()
+
+
+class _Miss:
+    """An export result over budget: RAM at ``use`` of its limit."""
+
+    def __init__(self, use: float) -> None:
+        self.report = {"budget": {"ram": {"used": int(1000 * use), "limit": 1000, "ok": False}}}
+
+
+@pytest.mark.tf
+def test_a_final_export_over_budget_prunes_again_smaller(tmp_path: Path, monkeypatch) -> None:
+    """The search's trials prune before fine-tuning; when the fine-tuned network's export
+    misses the budget, the job starts again from the unpruned network at a fraction shrunk by
+    the square of the overshoot, and records the retry."""
+    from tinyprune.app import fit
+    from tinyprune.errors import BudgetExceededError
+
+    real, seen = fit._final_check, []
+
+    def first_misses(model, *args, **kwargs):
+        seen.append(sum(p.numel() for p in model.parameters()))
+        if len(seen) == 1:
+            msg = "over"
+            raise BudgetExceededError(msg, result=_Miss(1.2))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(fit, "_final_check", first_misses)
+    out = tmp_path / "run"
+    board = str(write_board(tmp_path, 9000))
+    args = prune_argv("l1", out, "--epochs", "1", "--finetune-epochs", "1", "--lr", "3e-3")
+    assert main([*args, "--target", board]) == 0
+    target = json.loads((out / "summary.json").read_text())["target"]
+    (retry,) = target["retries"]
+    chosen = max(t["fraction"] for t in target["tried"] if t["fits"])
+    assert retry == {"fraction": chosen, "budget_use": 1.2}
+    assert target["fraction"] == pytest.approx(chosen * (0.97 / 1.2) ** 2)
+    assert target["fits"] and target["flash_bytes"] <= 9000
+    assert seen[1] < seen[0]  # pruned again from the dense network, to fewer weights
+    report = json.loads((out / "export" / "report.json").read_text())
+    assert report["budget_ok"] and report["flash_bytes"] == target["flash_bytes"]
+
+
+@pytest.mark.tf
+def test_a_final_export_that_keeps_missing_exits_3(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tinyprune.app import fit
+    from tinyprune.errors import BudgetExceededError
+
+    calls = []
+
+    def always_misses(model, *args, **kwargs):
+        calls.append(1)
+        msg = "the pruned and fine-tuned model does not fit"
+        raise BudgetExceededError(msg, result=_Miss(1.05))
+
+    monkeypatch.setattr(fit, "_final_check", always_misses)
+    args = prune_argv("l1", tmp_path / "run", "--epochs", "1", "--finetune-epochs", "1")
+    assert main([*args, "--target", str(write_board(tmp_path, 9000))]) == 3
+    assert len(calls) == 1 + fit.FINAL_RETRIES
+    assert "does not fit" in capsys.readouterr().err
