@@ -223,6 +223,8 @@ def _convert_torch_or_onnx(
             check_finite_onnx(proto, loaded.source)
             onnx_path.write_bytes(proto.SerializeToString())
             info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
+    if profile.runtime == "litert":
+        rewrites += _rewrite_for_litert(onnx_path)
     cl = calib_io.to_channels_last(samples)
     keras_layers: dict[str, str] = {}
     modules = module_names(loaded.module)
@@ -265,6 +267,17 @@ def _convert_torch_or_onnx(
         "tflite_float": "model_float32.tflite",
     }
     return inputs, files
+
+
+def _rewrite_for_litert(onnx_path: Path) -> list[str]:
+    """The LiteRT-only ONNX rewrites (:mod:`firmware_export.rewrite_onnx_litert`), in place."""
+    from firmware_export.rewrite_onnx_litert import rewrite_for_litert
+
+    proto = load_proto(onnx_path)
+    done = rewrite_for_litert(proto)
+    if done:
+        onnx_path.write_bytes(proto.SerializeToString())
+    return done
 
 
 def _convert_keras(
