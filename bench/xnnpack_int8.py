@@ -1,13 +1,14 @@
-"""Why LiteRT int8 with XNNPACK is not faster than fp32 on a small pruned TS-CAN here.
+"""Where LiteRT int8 with XNNPACK spends its time on a small pruned TS-CAN, and why it is not
+faster than fp32 here.
 
 Two measurements, CPU time per call (``time.process_time``, robust to other load), runtimes
 interleaved round-robin:
 
 1. ``--channels``: two 3x3 conv + tanh layers on a 10x36x36xC batch (Keras -> TFLite, fp32 and
    full int8), C = 4, 8, 12, 16, 32, under XNNPACK on one thread.
-2. ``--export DIR``: the export's int8 model as is, with its non-delegated ops (AVERAGE_POOL_2D,
-   DIV) swapped in the flatbuffer for delegated ones of the same shapes (MAX_POOL_2D, MUL; the
-   outputs are then wrong: timing only), beside ONNX Runtime fp32 and the float TFLite model.
+2. ``--export DIR``: the CPU time each op of the export's int8 model adds (the model cut after
+   each op, all cuts timed interleaved): the costliest ops and the total per op type, then the
+   whole int8 model beside the float TFLite model and ONNX Runtime fp32.
 
     python bench/xnnpack_int8.py --channels --export runs/tscan-p/export
 """
@@ -77,52 +78,67 @@ def channel_sweep() -> None:
         print(f"| {c} | {ms[f'{c} fp32']:.2f} | {ms[f'{c} int8']:.2f} |")
 
 
-def _swapped(content: bytes, swaps: dict[int, int]) -> bytes:
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as s
+def _prefix(model: Any, k: int) -> bytes:
+    """The int8 model cut after op ``k`` (op ``k``'s first output is the only output)."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
 
-    m = copy.deepcopy(s.ModelT.InitFromObj(s.Model.GetRootAsModel(content, 0)))
-    for k, oc in enumerate(m.operatorCodes):
-        code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
-        if code not in swaps:
-            continue
-        oc.builtinCode = swaps[code]
-        oc.deprecatedBuiltinCode = min(swaps[code], 127)
-        for op in m.subgraphs[0].operators:
-            if op.opcodeIndex == k and swaps[code] == s.BuiltinOperator.MUL:
-                op.builtinOptionsType, op.builtinOptions = (
-                    s.BuiltinOptions.MulOptions,
-                    s.MulOptionsT(),
-                )
-    b = flatbuffers.Builder(1024)
-    b.Finish(m.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    m = copy.deepcopy(model)
+    g = m.subgraphs[0]
+    g.operators = g.operators[: k + 1]
+    g.outputs = np.array([g.operators[-1].outputs[0]], dtype=np.int32)
+    m.signatureDefs = []
+    return bytes(fu.convert_object_to_bytearray(m))
 
 
-def partition_test(folder: Path) -> None:
-    """Print CPU ms of the export's int8 model, its op-swapped variants, ORT and fp32 TFLite."""
+def op_costs(folder: Path, top: int = 12) -> None:
+    """Print what each op of the export's int8 model adds to the CPU time under XNNPACK.
+
+    The model cut after each op is timed (all cuts interleaved); an op's cost is its cut's time
+    minus the previous cut's, so ops that XNNPACK leaves to the builtin kernels (and the
+    partition boundaries they make) show up where they are. Then the whole int8 model beside
+    the fp32 TFLite model and ONNX Runtime fp32 on the same export.
+    """
     import onnxruntime as ort
-    from tensorflow.lite.python import schema_py_generated as s
+    from ai_edge_litert import schema_py_generated as s
+    from ai_edge_litert.tools import flatbuffer_utils as fu
 
-    b = s.BuiltinOperator
-    content = (folder / "model_int8.tflite").read_bytes()
-    variants = {
-        "int8 as exported": {},
-        "int8, AVERAGE_POOL_2D -> MAX_POOL_2D": {b.AVERAGE_POOL_2D: b.MAX_POOL_2D},
-        "int8, both swapped (one partition)": {b.AVERAGE_POOL_2D: b.MAX_POOL_2D, b.DIV: b.MUL},
+    model = fu.read_model(str(folder / "model_int8.tflite"))
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    g = model.subgraphs[0]
+    n = len(g.operators)
+    cuts = {k: _interpreter(_prefix(model, k)).invoke for k in range(n)}
+    ms = cpu_medians(cuts, rounds=40)
+    rows = []
+    for k, op in enumerate(g.operators):
+        code = model.operatorCodes[op.opcodeIndex]
+        shape = g.tensors[op.outputs[0]].shape
+        added = ms[k] - (ms[k - 1] if k else 0.0)
+        rows.append((added, k, names[max(code.builtinCode, code.deprecatedBuiltinCode)], shape))
+    print("| op | builtin | output | CPU ms added |\n|---|---|---|---|")
+    for added, k, name, shape in sorted(rows, reverse=True)[:top]:
+        print(f"| {k} | {name} | {'x'.join(map(str, shape))} | {added:.3f} |")
+    by_type: dict[str, float] = {}
+    for added, _, name, _ in rows:
+        by_type[name] = by_type.get(name, 0.0) + added
+    print(
+        "\nby op type: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_type.items(), key=lambda kv: -kv[1]))
+    )
+    runners = {
+        "LiteRT int8 (XNNPACK)": _interpreter((folder / "model_int8.tflite").read_bytes()).invoke,
+        "LiteRT fp32 (XNNPACK)": _interpreter(
+            (folder / "model_float32.tflite").read_bytes()
+        ).invoke,
     }
-    runners = {k: _interpreter(_swapped(content, v)).invoke for k, v in variants.items()}
-    runners["fp32 TFLite (XNNPACK)"] = _interpreter(
-        (folder / "model_float32.tflite").read_bytes()
-    ).invoke
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(folder / "model.onnx"), opts)
     inp = sess.get_inputs()[0]
     x = np.zeros([d if isinstance(d, int) else 1 for d in inp.shape], np.float32)
     runners["ONNX Runtime fp32"] = lambda: sess.run(None, {inp.name: x})
-    for name, ms in cpu_medians(runners).items():
-        print(f"{name}: {ms:.2f} CPU ms per inference")
+    print()
+    for name, t in cpu_medians(runners).items():
+        print(f"{name}: {t:.2f} CPU ms per inference")
 
 
 def main() -> int:
@@ -134,7 +150,7 @@ def main() -> int:
     if args.channels:
         channel_sweep()
     if args.export:
-        partition_test(args.export)
+        op_costs(args.export)
     return 0
 
 
