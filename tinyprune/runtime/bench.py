@@ -2,9 +2,10 @@
 
 Why: the Pi question is "which runtime, how many threads, and is it real time?". This measures
 per-inference latency (median) and throughput of LiteRT int8 with XNNPACK (1, 2, 4 threads) and
-with the reference kernels, ONNX Runtime fp32 (``model.onnx`` of the run, when onnxruntime is
-installed), PyTorch fp32 (a ``.pt2`` of the run, when torch is installed), the end-to-end frame
-rate of the rPPG pipeline (decode, face box, preprocessing, inference, HR) and the peak RSS.
+with the reference kernels, ONNX Runtime fp32 at the same thread counts (``model.onnx`` of the
+run, when onnxruntime is installed), PyTorch fp32 (a ``.pt2`` of the run, when torch is
+installed), the end-to-end frame rate of the rPPG pipeline (decode, face box, preprocessing,
+inference, HR) and the peak RSS.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def bench_runtime(
         model: Run/export folder (for ``model.onnx`` and ``.pt2`` beside the ``.tflite``) or a
             ``.tflite``.
         video: Video for the end-to-end figure (skipped without one).
-        threads: XNNPACK thread counts.
+        threads: Thread counts of LiteRT XNNPACK and ONNX Runtime (intra-op threads).
         min_s: Seconds each runtime is timed for (at least 20 calls), round-robin.
     """
     path = resolve_tflite(model)
@@ -177,7 +178,9 @@ def bench_runtime(
     probe = TfliteModel(path, contract=_any_contract(path))
     x = np.random.default_rng(0).standard_normal(probe.input_shape).astype(np.float32)
     runners = _litert_runners(path, x, threads, probe.contract)
-    runners += [r for r in (_onnx_runner(folder, 1), _torch_runner(folder, 1)) if r]
+    runners += [
+        r for r in [*(_onnx_runner(folder, n) for n in threads), _torch_runner(folder, 1)] if r
+    ]
     timed = time_interleaved(runners, min_s)
     rows = [{"runtime": r, "threads": n, **t} for (r, n, _), t in zip(runners, timed, strict=True)]
     e2e = _end_to_end(path, video, 1)
@@ -193,14 +196,22 @@ def bench_runtime(
     }
 
 
+def _ratio_rows(rows: list[dict[str, Any]]) -> list[tuple[str, int, float]]:
+    """``(runtime, threads, LiteRT int8 XNNPACK's throughput over it)`` at equal threads."""
+    per = {(r["runtime"], r["threads"]): r["per_s"] for r in rows}
+    out = []
+    for (runtime, n), v in per.items():
+        base = per.get(("LiteRT int8 xnnpack", n))
+        if base and v and runtime != "LiteRT int8 xnnpack":
+            out.append((runtime, n, base / v))
+    return out
+
+
 def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Throughput of LiteRT int8 XNNPACK (1 thread) over the other 1-thread runtimes."""
-    one = {r["runtime"]: r["per_s"] for r in rows if r["threads"] == 1}
-    base = one.get("LiteRT int8 xnnpack")
-    if not base:
-        return {}
+    """:func:`_ratio_rows` keyed ``xnnpack_over_<runtime>`` (1 thread) or ``..._<n>_threads``."""
     return {
-        f"xnnpack_over_{k}": base / v for k, v in one.items() if v and k != "LiteRT int8 xnnpack"
+        f"xnnpack_over_{rt}" + ("" if n == 1 else f"_{n}_threads"): v
+        for rt, n, v in _ratio_rows(rows)
     }
 
 
@@ -217,8 +228,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"| {r['runtime']} | {r['threads']} | {r['latency_ms']:.3f} | {r['per_s']:.0f} "
             f"| {r['cpu_ms']:.3f} |"
         )
-    for k, v in result.get("ratios", {}).items():
-        lines.append(f"\n{k.replace('_', ' ')}: {v:.2f}x (1 thread, same run)")
+    for runtime, n, v in _ratio_rows(result["rows"]):
+        lines.append(f"\nxnnpack over {runtime}: {v:.2f}x ({n} thread{'s' * (n > 1)}, same run)")
     e2e = result["end_to_end"]
     if e2e:
         lines.append(
