@@ -108,6 +108,9 @@ def _onnx_runner(folder: Path, threads: int) -> Runner | None:
         return None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    # idle worker threads must not spin: the runners take turns, and a spinning pool would
+    # take the cores (and the process CPU time) from the runner that is being timed
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in inp.shape]
