@@ -67,6 +67,7 @@ def _avgpool_as_conv(onnx_model: Any, shapes: dict[str, tuple[int, ...]]) -> lis
             or len(shape) != 4
             or len(kernel) != 2
             or any(_ints(node, "pads", []))
+            or any(d != 1 for d in _ints(node, "dilations", []))
             or ceil
             or _auto_pad(node)
         ):
