@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from firmware_export.rewrite_onnx_rank import _shapes
+from firmware_export.rewrite_onnx_rank import static_shapes
 
 #: ``Div(a, b)`` is rewritten when ``a`` has at least this many times ``b`` 's elements.
 MIN_BROADCAST = 16
@@ -37,7 +37,7 @@ def rewrite_for_litert(onnx_model: Any) -> list[str]:
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(onnx_model).graph
-    shapes = _shapes(inferred)
+    shapes = static_shapes(inferred)
     done = [f"avgpool-depthwise-conv:{n}" for n in _avgpool_as_conv(onnx_model, shapes)]
     floats = {
         v.name: s

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from firmware_export.rewrite_onnx_elu import rewrite_elu
-from firmware_export.rewrite_onnx_rank import lower_unit_rank5
+from firmware_export.rewrite_onnx_rank import lower_unit_rank5, static_shapes
 from firmware_export.rewrite_onnx_reduce import rewrite_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -378,11 +378,8 @@ def _scatter_chain(
 
 
 def _shapes(graph: Any) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for v in (*graph.input, *graph.value_info, *graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            out[v.name] = tuple(int(d.dim_value) for d in dims)
+    """:func:`static_shapes` plus the initializers' shapes."""
+    out = static_shapes(graph)
     for init in graph.initializer:
         out[init.name] = tuple(int(d) for d in init.dims)
     return out

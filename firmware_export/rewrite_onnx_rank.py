@@ -22,7 +22,7 @@ def lower_unit_rank5(onnx_model: Any) -> list[str]:
     import onnx
 
     graph = onnx_model.graph
-    shapes = _shapes(onnx.shape_inference.infer_shapes(onnx_model).graph)
+    shapes = static_shapes(onnx.shape_inference.infer_shapes(onnx_model).graph)
     consts = _consts(graph)
     if not _only_views(graph, shapes):
         return []
@@ -58,7 +58,8 @@ def _only_views(graph: Any, shapes: dict[str, tuple[int, ...]]) -> bool:
     )
 
 
-def _shapes(graph: Any) -> dict[str, tuple[int, ...]]:
+def static_shapes(graph: Any) -> dict[str, tuple[int, ...]]:
+    """Fully known shapes of a graph's inputs, value infos and outputs (after shape inference)."""
     out = {}
     for v in (*graph.input, *graph.value_info, *graph.output):
         dims = v.type.tensor_type.shape.dim
@@ -158,7 +159,7 @@ def _fuse_reshapes(graph: Any) -> None:
             src = producers.get(node.input[0])
     _drop_dead(graph)
     model = onnx.helper.make_model(graph)
-    shapes = _shapes(onnx.shape_inference.infer_shapes(model).graph)
+    shapes = static_shapes(onnx.shape_inference.infer_shapes(model).graph)
     outputs = {o.name for o in graph.output}
     rename: dict[str, str] = {}
     kept = []
