@@ -35,6 +35,9 @@ class ExportOptions:
     # 3-D layers as exact 2-D ops, time as batch (firmware_export.rewrite_3d): auto = for TFLM
     # targets, and for LiteRT targets when it leaves no 3-D op; off = export them as they are
     rewrite_3d: str = "auto"
+    # LiteRT targets: narrow stride-1 convolutions run on 2x2 pixel blocks (SpaceToDepth, a
+    # convolution with 4x the channels, DepthToSpace; firmware_export.rewrite_onnx_s2d)
+    space_to_depth: str = "auto"
     name: str | None = None  # C identifier stem; default: the model's name
     trust_model_code: bool = False  # load Keras models whose layers carry code (Lambda...)
     output: int | None = None  # export only this output of a multi-output model (--output)
@@ -73,6 +76,9 @@ class ExportOptions:
             raise ConfigError(msg)
         if self.rewrite_3d not in ("auto", "off"):
             msg = f"rewrite_3d must be auto or off, got {self.rewrite_3d!r}"
+            raise ConfigError(msg)
+        if self.space_to_depth not in ("auto", "off"):
+            msg = f"space_to_depth must be auto or off, got {self.space_to_depth!r}"
             raise ConfigError(msg)
         if self.arena_margin_min_bytes < 0:
             msg = "the arena margin must be >= 0 (it is an extra on top of the computed arena)"

@@ -223,18 +223,22 @@ def _convert_torch_or_onnx(
             check_finite_onnx(proto, loaded.source)
             onnx_path.write_bytes(proto.SerializeToString())
             info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
+    convert_from = onnx_path
     if profile.runtime == "litert":
         rewrites += _rewrite_for_litert(onnx_path)
+        if opts.space_to_depth == "auto":
+            convert_from, blocks = _blocks_for_litert(onnx_path, work / "model_blocks.onnx")
+            rewrites += blocks
     cl = calib_io.to_channels_last(samples)
     keras_layers: dict[str, str] = {}
     modules = module_names(loaded.module)
-    refuse_crashing_ops(load_proto(onnx_path), modules)
+    refuse_crashing_ops(load_proto(convert_from), modules)
     with timer("convert"):
         float_tflite = convert_to_saved_model(
-            onnx_path, work / "saved_model", cl, layer_map=keras_layers, modules=modules
+            convert_from, work / "saved_model", cl, layer_map=keras_layers, modules=modules
         )
         os.replace(float_tflite, work / "model_float32.tflite")
-    names = layer_names_of(loaded.module, keras_layers, load_proto(onnx_path))
+    names = layer_names_of(loaded.module, keras_layers, load_proto(convert_from))
     with timer("quantize"):
         model_bytes = quantize_int8(
             work / "saved_model",
@@ -242,6 +246,10 @@ def _convert_torch_or_onnx(
             per_channel=opts.per_channel,
             describe=names.describe,
         )
+    if convert_from != onnx_path:  # block convolutions end in DEPTH_TO_SPACE
+        from firmware_export.tflite_depth_to_space import depth_to_space_as_transpose
+
+        model_bytes = depth_to_space_as_transpose(model_bytes)
     check_output_shapes(model_bytes, [shape for _, shape in onnx_outputs(load_proto(onnx_path))])
     (work / "model_int8.tflite").write_bytes(model_bytes)
     inputs = ReportInputs(
@@ -278,6 +286,22 @@ def _rewrite_for_litert(onnx_path: Path) -> list[str]:
     if done:
         onnx_path.write_bytes(proto.SerializeToString())
     return done
+
+
+def _blocks_for_litert(onnx_path: Path, blocks_path: Path) -> tuple[Path, list[str]]:
+    """The ONNX model to convert with its narrow convolutions on 2x2 pixel blocks
+    (:mod:`firmware_export.rewrite_onnx_s2d`) and what was rewritten. ``model.onnx`` keeps
+    the convolutions as they are: it is what ONNX Runtime runs (block convolutions cost it
+    four times the MACs) and what the export verifies against.
+    """
+    from firmware_export.rewrite_onnx_s2d import rewrite_convs_as_blocks
+
+    proto = load_proto(onnx_path)
+    done = rewrite_convs_as_blocks(proto)
+    if not done:
+        return onnx_path, []
+    blocks_path.write_bytes(proto.SerializeToString())
+    return blocks_path, [f"conv-space-to-depth:{name}" for name in done]
 
 
 def _convert_keras(

@@ -114,6 +114,13 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         "ops, time as batch: auto = for TFLM targets, and for LiteRT when no 3-D op is left "
         "(so the model can be fully int8); off = export 3-D ops as they are",
     )
+    p.add_argument(
+        "--space-to-depth",
+        choices=("auto", "off"),
+        default=d.space_to_depth,
+        help="LiteRT targets: run narrow stride-1 convolutions (<= 16 channels, even height and "
+        "width) on 2x2 pixel blocks, which XNNPACK's int8 kernels run faster; off = as they are",
+    )
     p.add_argument("--name", default=d.name, help="C identifier stem (default: the model's name)")
     p.add_argument(
         "--trust-model-code",
@@ -134,6 +141,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
         arena_margin_fraction=args.arena_margin,
         memory_plan=args.memory_plan,
         rewrite_3d=args.rewrite_3d,
+        space_to_depth=args.space_to_depth,
         name=args.name,
         trust_model_code=args.trust_model_code,
         **extra,

@@ -110,3 +110,61 @@ def test_a_litert_export_leaves_xnnpack_no_pool_and_only_tiny_divisions(tmp_path
         for r in json.loads((mcu.out_dir / "report.json").read_text())["rewrites"]
     )
     assert pi.report["float_ops"] == []
+
+
+@pytest.mark.tf
+def test_a_litert_export_runs_narrow_convolutions_on_pixel_blocks(tmp_path: Path) -> None:
+    """rpi4: the full-resolution convolutions of a TS-CAN run on 2x2 blocks (no SPACE_TO_DEPTH
+    op; the move back as a transpose); ``model.onnx`` keeps them as they are (ONNX Runtime runs
+    it); ``space_to_depth="off"`` exports them unchanged; both int8 models agree."""
+    import onnx
+
+    from firmware_export import ExportOptions, export
+    from tinyprune.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_tscan").eval()
+    calib = np.random.default_rng(0).standard_normal((16, *model.input_shape)).astype(np.float32)
+    blocks = export(
+        model,
+        calib,
+        target="rpi4",
+        out_dir=tmp_path / "on",
+        options=ExportOptions(verify_samples=4),
+    )
+    plain = export(
+        model,
+        calib,
+        target="rpi4",
+        out_dir=tmp_path / "off",
+        options=ExportOptions(verify_samples=4, space_to_depth="off"),
+    )
+    rewritten = [r for r in blocks.report["rewrites"] if r.startswith("conv-space-to-depth:")]
+    assert len(rewritten) >= 2, blocks.report["rewrites"]
+    assert not any(r.startswith("conv-space-to-depth:") for r in plain.report["rewrites"])
+    # DEPTH_TO_SPACE ran as RESHAPE -> TRANSPOSE -> RESHAPE: the reference kernels run it all
+    names, plain_names = ([op for op, _ in _ops(r.out_dir)] for r in (blocks, plain))
+    assert not {"DEPTH_TO_SPACE", "SPACE_TO_DEPTH"} & set(names)
+    assert names.count("TRANSPOSE") > plain_names.count("TRANSPOSE")
+    assert not blocks.report["verify"]["litert_ref_vs_float"].get("skipped")
+    published = onnx.load(blocks.out_dir / "model.onnx")
+    assert "DepthToSpace" not in {n.op_type for n in published.graph.node}
+    assert blocks.report["verify"]["int8_vs_float"]["passed"]
+    assert blocks.report["float_ops"] == []
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    def run(folder: Path) -> np.ndarray:
+        it = Interpreter(model_path=str(folder / "model_int8.tflite"))
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        scale, zero = i["quantization"]
+        x = np.transpose(calib[:1], (0, *range(2, calib.ndim), 1)) if calib.ndim == 4 else calib[:1]
+        x = np.clip(np.round(x.reshape(i["shape"]) / scale + zero), -128, 127).astype(np.int8)
+        it.set_tensor(i["index"], x)
+        it.invoke()
+        s, z = o["quantization"]
+        return (it.get_tensor(o["index"]).astype(np.float32) - z) * s
+
+    a, b = run(blocks.out_dir).ravel(), run(plain.out_dir).ravel()
+    assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99
