@@ -1,16 +1,19 @@
-"""Where LiteRT int8 with XNNPACK spends its time on a small pruned TS-CAN, and why it is not
-faster than fp32 here.
+"""Where LiteRT int8 with XNNPACK spends its time on a small pruned TS-CAN, and what the
+LiteRT space-to-depth rewrite (``firmware_export/rewrite_onnx_s2d.py``) buys.
 
-Two measurements, CPU time per call (``time.process_time``, robust to other load), runtimes
-interleaved round-robin:
+Three measurements, CPU time per call (``time.process_time``, robust to other load), runtimes
+interleaved round-robin, XNNPACK on one thread:
 
 1. ``--channels``: two 3x3 conv + tanh layers on a 10x36x36xC batch (Keras -> TFLite, fp32 and
-   full int8), C = 4, 8, 12, 16, 32, under XNNPACK on one thread.
-2. ``--export DIR``: the CPU time each op of the export's int8 model adds (the model cut after
+   full int8), C = 4, 8, 12, 16, 32.
+2. ``--blocks``: one int8 3x3 convolution at 10x36x36, Cin -> Cout, as it is and in the form the
+   rewrite gives it (a stride-2 pick convolution to 2x2 blocks, the convolution with 4x the
+   channels at 18x18, depth-to-space as a 4-D reshape / transpose / reshape).
+3. ``--export DIR``: the CPU time each op of the export's int8 model adds (the model cut after
    each op, all cuts timed interleaved): the costliest ops and the total per op type, then the
    whole int8 model beside the float TFLite model and ONNX Runtime fp32.
 
-    python bench/xnnpack_int8.py --channels --export runs/tscan-p/export
+    python bench/xnnpack_int8.py --channels --blocks --export runs/tscan-p/export
 """
 
 from __future__ import annotations
@@ -76,6 +79,36 @@ def channel_sweep() -> None:
     print("| channels | fp32 CPU ms | int8 CPU ms |\n|---|---|---|")
     for c in (4, 8, 12, 16, 32):
         print(f"| {c} | {ms[f'{c} fp32']:.2f} | {ms[f'{c} int8']:.2f} |")
+
+
+def _depth_to_space(t: Any) -> Any:
+    """Block 2, as the export writes it (firmware_export/tflite_depth_to_space.py)."""
+    import tensorflow as tf
+
+    n, h, w, c4 = t.shape
+    t = tf.transpose(tf.reshape(t, (n * h, w, 2, c4 // 2)), (0, 2, 1, 3))
+    return tf.reshape(t, (n, 2 * h, 2 * w, c4 // 4))
+
+
+def block_sweep() -> None:
+    """Print int8 CPU ms of one 3x3 convolution on pixels and on 2x2 blocks per width."""
+    import tensorflow as tf
+
+    widths = ((3, 8), (8, 12), (16, 16), (24, 24), (32, 32))
+    runners = {}
+    for cin, cout in widths:
+        i = tf.keras.Input((36, 36, cin), batch_size=10)
+        pixels = tf.keras.Model(i, tf.keras.layers.Conv2D(cout, 3, padding="same")(i))
+        picked = tf.keras.layers.Conv2D(4 * cin, 2, strides=2, use_bias=False)(i)
+        y = tf.keras.layers.Conv2D(4 * cout, 3, padding="same")(picked)
+        blocks = tf.keras.Model(i, tf.keras.layers.Lambda(_depth_to_space)(y))
+        runners[f"{cin} {cout} pixels"] = _interpreter(_convert(pixels, True)).invoke
+        runners[f"{cin} {cout} blocks"] = _interpreter(_convert(blocks, True)).invoke
+    ms = cpu_medians(runners)
+    print("| channels | int8 CPU ms on pixels | on 2x2 blocks | ratio |\n|---|---|---|---|")
+    for cin, cout in widths:
+        a, b = ms[f"{cin} {cout} pixels"], ms[f"{cin} {cout} blocks"]
+        print(f"| {cin} -> {cout} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
 
 
 def _prefix(model: Any, k: int) -> bytes:
@@ -145,10 +178,13 @@ def main() -> int:
     """Run the measurements asked for."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--channels", action="store_true", help="the conv channel sweep")
+    p.add_argument("--blocks", action="store_true", help="convolutions on pixels vs 2x2 blocks")
     p.add_argument("--export", type=Path, help="an export folder (int8, fp32 TFLite, ONNX)")
     args = p.parse_args()
     if args.channels:
         channel_sweep()
+    if args.blocks:
+        block_sweep()
     if args.export:
         op_costs(args.export)
     return 0

@@ -2,10 +2,11 @@
 
 Why: the Pi question is "which runtime, how many threads, and is it real time?". This measures
 per-inference latency (median) and throughput of LiteRT int8 with XNNPACK (1, 2, 4 threads) and
-with the reference kernels, ONNX Runtime fp32 at the same thread counts (``model.onnx`` of the
-run, when onnxruntime is installed), PyTorch fp32 (a ``.pt2`` of the run, when torch is
-installed), the end-to-end frame rate of the rPPG pipeline (decode, face box, preprocessing,
-inference, HR) and the peak RSS.
+with the reference kernels (the builtin ones when the reference resolver lacks an op of the
+model), ONNX Runtime fp32 at the same thread counts (``model.onnx`` of the run, when
+onnxruntime is installed), PyTorch fp32 (a ``.pt2`` of the run, when torch is installed), the
+end-to-end frame rate of the rPPG pipeline (decode, face box, preprocessing, inference, HR) and
+the peak RSS.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyprune.errors import ConfigError
 from tinyprune.runtime.model import TfliteModel, resolve_tflite
 
 PT2_NAMES = ("pruned.pt2", "model.pt2")
@@ -71,12 +73,16 @@ def time_interleaved(
 def _litert_runners(
     path: Path, x: np.ndarray, threads: tuple[int, ...], contract: Any
 ) -> list[Runner]:
+    models = [TfliteModel(path, threads=n, contract=contract) for n in threads]
+    try:
+        models.append(TfliteModel(path, kernels="reference", contract=contract))
+    except ConfigError:  # e.g. DEPTH_TO_SPACE (the LiteRT space-to-depth rewrite) has no kernel
+        models.append(TfliteModel(path, kernels="builtin", contract=contract))
     runners: list[Runner] = []
-    for kernels, counts in (("xnnpack", threads), ("reference", (1,))):
-        for n in counts:
-            m = TfliteModel(path, threads=n, kernels=kernels, contract=contract)
-            xq = m.quantize(x.reshape(m.input_shape))
-            runners.append((f"LiteRT int8 {kernels}", n, lambda m=m, xq=xq: m.invoke_raw(xq)))
+    for m in models:
+        xq = m.quantize(x.reshape(m.input_shape))
+        name = f"LiteRT int8 {m.kernels}"
+        runners.append((name, m.threads, lambda m=m, xq=xq: m.invoke_raw(xq)))
     return runners
 
 

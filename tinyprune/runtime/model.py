@@ -65,8 +65,9 @@ class TfliteModel:
     Args:
         path: Run/export folder or ``.tflite``.
         threads: CPU threads for XNNPACK.
-        kernels: ``xnnpack`` (LiteRT's default delegate) or ``reference`` (builtin reference
-            kernels, bit-exact with TFLM).
+        kernels: ``xnnpack`` (LiteRT's default delegate), ``reference`` (builtin reference
+            kernels, bit-exact with TFLM) or ``builtin`` (the optimized builtin kernels, no
+            delegate: they have ``DEPTH_TO_SPACE``, which the reference resolver lacks).
         contract: Override the recorded preprocessing contract.
     """
 
@@ -80,11 +81,17 @@ class TfliteModel:
     ) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        if threads < 1 or kernels not in ("xnnpack", "reference"):
-            msg = f"need threads >= 1 and kernels xnnpack|reference; got {threads}, {kernels!r}"
+        resolvers = {
+            "xnnpack": OpResolverType.AUTO,
+            "reference": OpResolverType.BUILTIN_REF,
+            "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        }
+        if threads < 1 or kernels not in resolvers:
+            msg = f"need threads >= 1 and kernels {'|'.join(resolvers)}; got {threads}, {kernels!r}"
             raise ConfigError(msg)
         self.path = resolve_tflite(path)
-        resolver = OpResolverType.BUILTIN_REF if kernels == "reference" else OpResolverType.AUTO
+        self.threads, self.kernels = threads, kernels
+        resolver = resolvers[kernels]
         try:
             self.interpreter = Interpreter(
                 model_path=str(self.path),
