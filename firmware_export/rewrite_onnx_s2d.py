@@ -5,8 +5,9 @@ up to ~16 channels (measured here, x86 AVX-512: a 3x3 convolution at 10x36x36, 3
 0.57 ms, 16->16 0.57 ms; ``bench/xnnpack_int8.py``): the per-pixel indirection and
 requantization cost dominates, so pruning the full-resolution layers of an rPPG net makes them
 no faster in int8. Run on ``SpaceToDepth(2)`` of its input, the same convolution has a quarter
-of the pixels and four times the channels (3->8 at 36x36 becomes 12->32 at 18x18: 0.20 ms with
-the two data moves); ``DepthToSpace(2)`` puts the pixels back.
+of the pixels and four times the channels (3->8 at 36x36 becomes 12->32 at 18x18: 0.57 -> 0.28 ms
+with both data moves; ``bench/xnnpack_int8.py --blocks``); ``DepthToSpace(2)`` puts the pixels
+back.
 
 The rewrite is exact in float. Per spatial axis, output ``2c + q`` of the original convolution
 reads input ``2c + q + t - pad`` for kernel tap ``t``; that is input block ``c + d``, phase
@@ -22,12 +23,13 @@ Between two rewritten convolutions, ``DepthToSpace`` -> element-wise activation 
 ``RESHAPE -> TRANSPOSE -> RESHAPE`` (:mod:`firmware_export.tflite_depth_to_space`), which
 LiteRT's reference kernels and TFLM run too, so the export's bit-exact checks still apply.
 
-On the README's pruned TS-CAN (int8, one thread): 2.91 -> 1.81 CPU ms per window.
+On the README's pruned TS-CAN (int8, one thread): 3.25 -> 1.92 CPU ms per window.
 
 Only convolutions that gain are rewritten: group 1, stride 1, dilation 1, even input and output
-height and width, at most :data:`MAX_CHANNELS` channels in and out (at 24->24 the rewrite broke
-even, at 32->32 it lost 20 %). Measured on x86 only: on a Pi, ``tinyprune bench-runtime`` on
-two exports (``--space-to-depth auto`` / ``off``) says which is faster there.
+height and width, at most :data:`MAX_CHANNELS` channels in and out (16->16: 1.76x faster; at
+24->24 the block form is 0.78x, at 32->32 0.68x). Measured on x86 only: on a Pi,
+``tinyprune bench-runtime`` on two exports (``--space-to-depth auto`` / ``off``) says which is
+faster there.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def _as_blocks(
     """The ``SpaceToDepth`` -> block ``Conv`` -> ``DepthToSpace`` nodes (and their new
     initializers) standing for ``node``, or None when the rewrite does not apply.
     """
+    import onnx
     from onnx import helper, numpy_helper
 
     x, out = shapes.get(node.input[0]), shapes.get(node.output[0])
@@ -107,6 +110,7 @@ def _as_blocks(
         or len(x) != 4
         or len(out) != 4
         or node.input[1] not in weights
+        or weights[node.input[1]].data_type != onnx.TensorProto.FLOAT
         or (len(node.input) > 2 and node.input[2] and node.input[2] not in weights)
         or _attr(node, "group", 1) != 1
         or any(s != 1 for s in _attr(node, "strides", [1, 1]))
@@ -254,7 +258,7 @@ def _space_to_depth_as_conv(graph: Any, channels: dict[str, int]) -> None:
 
     out = []
     for node in graph.node:
-        if node.op_type != "SpaceToDepth" or not node.name.endswith("_to_blocks"):
+        if node.op_type != "SpaceToDepth" or node.name not in channels:
             out.append(node)
             continue
         c = channels[node.name]
