@@ -62,3 +62,36 @@ def test_region_search_finds_the_tracked_face_in_frame_coordinates(recordings) -
     assert 0.7 < h / fh < 1.4
     corner = (0, 0, roi[2] // 2, roi[3] // 2)  # the background corner holds no face
     assert detect_faces(cascade, frame, corner) == []
+
+
+@pytest.mark.tf
+def test_bench_runtime_uses_builtin_kernels_when_the_reference_resolver_lacks_an_op(
+    tmp_path,
+) -> None:
+    """A model with DEPTH_TO_SPACE (no reference kernel): the reference row becomes a builtin
+    row named so, instead of the benchmark failing."""
+    tf = pytest.importorskip("tensorflow")
+    from tinyprune.errors import ConfigError
+    from tinyprune.runtime.bench import _any_contract, _litert_runners
+    from tinyprune.runtime.model import TfliteModel
+
+    i = tf.keras.Input((4, 4, 8), batch_size=1)
+    y = tf.keras.layers.Lambda(lambda t: tf.nn.depth_to_space(t, 2))(i)
+    cv = tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(i, y))
+    rng = np.random.default_rng(0)
+    cv.optimizations = [tf.lite.Optimize.DEFAULT]
+    cv.representative_dataset = lambda: ([rng.random((1, 4, 4, 8), np.float32)] for _ in range(4))
+    cv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    cv.inference_input_type = cv.inference_output_type = tf.int8
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(cv.convert())
+    contract = _any_contract(path)  # none recorded: inferred from the input shape
+    with pytest.raises(ConfigError, match="DEPTH_TO_SPACE"):
+        TfliteModel(path, kernels="reference", contract=contract)
+    runners = _litert_runners(path, np.zeros((1, 4, 4, 8), np.float32), (1,), contract)
+    assert [(name, n) for name, n, _ in runners] == [
+        ("LiteRT int8 xnnpack", 1),
+        ("LiteRT int8 builtin", 1),
+    ]
+    for _, _, run in runners:
+        run()
