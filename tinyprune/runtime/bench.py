@@ -76,7 +76,7 @@ def _litert_runners(
     models = [TfliteModel(path, threads=n, contract=contract) for n in threads]
     try:
         models.append(TfliteModel(path, kernels="reference", contract=contract))
-    except ConfigError:  # e.g. DEPTH_TO_SPACE (the LiteRT space-to-depth rewrite) has no kernel
+    except ConfigError:  # an op the reference resolver lacks (e.g. DEPTH_TO_SPACE)
         models.append(TfliteModel(path, kernels="builtin", contract=contract))
     runners: list[Runner] = []
     for m in models:

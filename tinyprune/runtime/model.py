@@ -67,7 +67,7 @@ class TfliteModel:
         threads: CPU threads for XNNPACK.
         kernels: ``xnnpack`` (LiteRT's default delegate), ``reference`` (builtin reference
             kernels, bit-exact with TFLM) or ``builtin`` (the optimized builtin kernels, no
-            delegate: they have ``DEPTH_TO_SPACE``, which the reference resolver lacks).
+            delegate: they have ops the reference resolver lacks, e.g. ``DEPTH_TO_SPACE``).
         contract: Override the recorded preprocessing contract.
     """
 
