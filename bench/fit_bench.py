@@ -12,7 +12,7 @@ Tasks (sizes are flags):
 
 * ``digits``: ``micro_cnn`` (width 16) on scikit-learn's handwritten digits; metric: test
   accuracy. Latency limit 5 ms per digit (``--digits-latency-ms``): the dense net's estimate is
-  2.6 ms on cortex-m4, 7.4 ms on nrf52840, 14.2 ms on the RP2040 and 0.08 ms on the Pi, so the
+  2.6 ms on cortex-m4, 7.4 ms on nrf52840, 14.2 ms on the RP2040 and 0.09 ms on the Pi, so the
   limit binds on two boards; nothing else would (the dense int8 model is 31 KB of flash).
 * ``rppg``: ``physnet_2p1d`` (width 8, 32 frames at 16x16) on synthetic rPPG; metric: the
   waveform's Pearson correlation on held-out subjects (32-frame clips are too short for an FFT
