@@ -57,13 +57,9 @@ def quantize_elu_islands(model_bytes: bytes) -> bytes:
         return model_bytes
     # ELU keeps op version 1: LiteRT registers only that one, and its kernel takes int8 too
     log.info("ELU in int8: %d float island(s) rewritten", done)
-    import flatbuffers
+    from firmware_export.offline_plan import pack_aligned
 
-    from firmware_export.offline_plan import realign
-
-    builder = flatbuffers.Builder(len(model_bytes) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return realign(bytes(builder.Output()))
+    return pack_aligned(model, len(model_bytes))
 
 
 def _producers(graph: Any) -> dict[int, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,13 +67,18 @@ def embed_plan(model_bytes: bytes, plan: MemoryPlan, timeout: float = 120) -> by
     entry.buffer = len(model.buffers)
     model.buffers.append(buf)
     model.metadata = [*meta, entry]
-    import flatbuffers
-
-    builder = flatbuffers.Builder(len(model_bytes) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    aligned = realign(bytes(builder.Output()), timeout)
+    aligned = pack_aligned(model, len(model_bytes), timeout)
     check_embedded(aligned, data)
     return aligned
+
+
+def pack_aligned(model: Any, size_hint: int, timeout: float = 120) -> bytes:
+    """An edited ``ModelT`` back to ``.tflite`` bytes, buffers aligned (:func:`realign`)."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(size_hint + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return realign(bytes(builder.Output()), timeout)
 
 
 def realign(model_bytes: bytes, timeout: float = 120) -> bytes:

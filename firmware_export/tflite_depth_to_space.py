@@ -43,13 +43,9 @@ def depth_to_space_as_transpose(model_bytes: bytes) -> bytes:
         return model_bytes
     graph.operators = ops
     _drop_unused_opcodes(model)  # a resolver refuses a model that lists an op it lacks
-    import flatbuffers
+    from firmware_export.offline_plan import pack_aligned
 
-    from firmware_export.offline_plan import realign
-
-    builder = flatbuffers.Builder(len(model_bytes) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return realign(bytes(builder.Output()))
+    return pack_aligned(model, len(model_bytes))
 
 
 def _block(op: Any) -> int:
