@@ -225,10 +225,9 @@ def _convert_torch_or_onnx(
             info = [{"origin": f"ONNX output {name!r}"} for name, _ in onnx_outputs(proto)]
     convert_from = onnx_path
     if profile.runtime == "litert":
-        rewrites += _rewrite_for_litert(onnx_path)
-        if opts.space_to_depth == "auto":
-            convert_from, blocks = _blocks_for_litert(onnx_path, work / "model_blocks.onnx")
-            rewrites += blocks
+        blocks = opts.space_to_depth == "auto"
+        convert_from, done = _rewrite_for_litert(onnx_path, work / "model_blocks.onnx", blocks)
+        rewrites += done
     cl = calib_io.to_channels_last(samples)
     keras_layers: dict[str, str] = {}
     modules = module_names(loaded.module)
@@ -277,31 +276,27 @@ def _convert_torch_or_onnx(
     return inputs, files
 
 
-def _rewrite_for_litert(onnx_path: Path) -> list[str]:
-    """The LiteRT-only ONNX rewrites (:mod:`firmware_export.rewrite_onnx_litert`), in place."""
+def _rewrite_for_litert(onnx_path: Path, blocks_path: Path, blocks: bool) -> tuple[Path, list[str]]:
+    """The LiteRT-only ONNX rewrites; returns the model to convert and what was rewritten.
+
+    Pools and divisions (:mod:`firmware_export.rewrite_onnx_litert`) are rewritten in
+    ``model.onnx`` itself. With ``blocks``, narrow convolutions on 2x2 pixel blocks
+    (:mod:`firmware_export.rewrite_onnx_s2d`) go to ``blocks_path`` only: ``model.onnx`` keeps
+    them as they are, since ONNX Runtime runs it (block convolutions cost it four times the
+    MACs) and the export verifies against it.
+    """
     from firmware_export.rewrite_onnx_litert import rewrite_for_litert
+    from firmware_export.rewrite_onnx_s2d import rewrite_convs_as_blocks
 
     proto = load_proto(onnx_path)
     done = rewrite_for_litert(proto)
     if done:
         onnx_path.write_bytes(proto.SerializeToString())
-    return done
-
-
-def _blocks_for_litert(onnx_path: Path, blocks_path: Path) -> tuple[Path, list[str]]:
-    """The ONNX model to convert with its narrow convolutions on 2x2 pixel blocks
-    (:mod:`firmware_export.rewrite_onnx_s2d`) and what was rewritten. ``model.onnx`` keeps
-    the convolutions as they are: it is what ONNX Runtime runs (block convolutions cost it
-    four times the MACs) and what the export verifies against.
-    """
-    from firmware_export.rewrite_onnx_s2d import rewrite_convs_as_blocks
-
-    proto = load_proto(onnx_path)
-    done = rewrite_convs_as_blocks(proto)
-    if not done:
-        return onnx_path, []
+    rewritten = rewrite_convs_as_blocks(proto) if blocks else []
+    if not rewritten:
+        return onnx_path, done
     blocks_path.write_bytes(proto.SerializeToString())
-    return blocks_path, [f"conv-space-to-depth:{name}" for name in done]
+    return blocks_path, done + [f"conv-space-to-depth:{name}" for name in rewritten]
 
 
 def _convert_keras(
